@@ -1,0 +1,315 @@
+"""Embedded mode's task store and task queue, both on one SQLite database.
+
+The queue is the table itself: a queued row is a message, claiming it is one UPDATE that leases
+it to a worker and counts the attempt, and a lease that is not renewed lapses so another worker
+can claim the task. Storing a result settles the message in the same commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from qtask.adapters.sqlite_db import SQLiteDatabase
+from qtask.constants import LEASE_SECONDS
+from qtask.domain.ports import Delivery
+from qtask.domain.task import CircuitInfo, Encoding, Status, Task, check_transition
+from qtask.errors import TaskNotFoundError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    source TEXT NOT NULL,
+    program BLOB,
+    info TEXT NOT NULL,
+    shots INTEGER NOT NULL,
+    seed INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    error TEXT,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    lease_owner TEXT,
+    lease_expires REAL,
+    idempotency_key TEXT UNIQUE
+);
+-- Only unfinished tasks are indexed for the queue, so claiming stays fast however many
+-- completed tasks the table keeps.
+CREATE INDEX IF NOT EXISTS tasks_active ON tasks (seq) WHERE status IN ('queued', 'running');
+"""
+
+_TERMINAL = (Status.COMPLETED.value, Status.FAILED.value)
+
+
+class SQLiteTaskStore:
+    """TaskStore and TaskQueue on one SQLite file; see the module docstring."""
+
+    def __init__(self, path: Path, *, owner: str = "embedded") -> None:
+        self._db = SQLiteDatabase(path, SCHEMA)
+        self._owner = owner
+        self._wakeup = asyncio.Event()
+
+    # --- TaskStore -------------------------------------------------------------------------
+
+    async def create(self, task: Task) -> Task:
+        """Store a new queued task durably (or return the one with its idempotency key)."""
+        return (await self.create_many([task]))[0]
+
+    async def create_many(self, tasks: Sequence[Task]) -> list[Task]:
+        """Store new queued tasks in one commit."""
+        rows = [_to_row(task) for task in tasks]
+
+        def insert(conn: sqlite3.Connection) -> list[Task]:
+            stored = []
+            for task, row in zip(tasks, rows, strict=True):
+                if task.idempotency_key is not None:
+                    existing = conn.execute(
+                        "SELECT * FROM tasks WHERE idempotency_key = ?", (task.idempotency_key,)
+                    ).fetchone()
+                    if existing is not None:
+                        stored.append(_from_row(existing))
+                        continue
+                conn.execute(_INSERT, row)
+                stored.append(task)
+            return stored
+
+        result = await self._db.write(insert)
+        self._wakeup.set()
+        return result
+
+    async def get(self, task_id: str) -> Task | None:
+        """Return the task or None."""
+        row = self._db.read(
+            lambda conn: conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        )
+        return None if row is None else _from_row(row)
+
+    async def complete(self, task_id: str, counts: dict[str, int]) -> Task:
+        """Store the result unless the task already ended; return the task as stored."""
+        payload = json.dumps(counts, separators=(",", ":"))
+        return await self._db.write(
+            lambda conn: self._finish(conn, task_id, Status.COMPLETED, result=payload)
+        )
+
+    async def fail(self, task_id: str, message: str) -> Task:
+        """End the task in error unless it already ended."""
+        return await self._db.write(
+            lambda conn: self._finish(conn, task_id, Status.FAILED, error=message)
+        )
+
+    async def release(self, task_id: str, reason: str | None, *, penalize: bool) -> Task | None:
+        """Put a running task back in the queue; None when it was not running."""
+
+        def requeue(conn: sqlite3.Connection) -> Task | None:
+            row = conn.execute(
+                "UPDATE tasks SET status = 'queued', lease_owner = NULL, lease_expires = NULL,"
+                " last_error = coalesce(?, last_error), attempts = attempts - ?"
+                " WHERE id = ? AND status = 'running' RETURNING *",
+                (reason, 0 if penalize else 1, task_id),
+            ).fetchone()
+            return None if row is None else _from_row(row)
+
+        task = await self._db.write(requeue)
+        self._wakeup.set()
+        return task
+
+    async def ping(self) -> None:
+        """Check the database can be read and written."""
+        self._db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+        await self._db.write(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        """Flush pending writes and close the database."""
+        await asyncio.to_thread(self._db.close)
+
+    # --- TaskQueue -------------------------------------------------------------------------
+
+    async def publish(self, tasks: Sequence[Task]) -> None:
+        """Rows are the messages: storing a task published it. Wake a waiting fetch."""
+        self._wakeup.set()
+
+    async def fetch(self, max_tasks: int, timeout: float) -> list[Delivery]:
+        """Claim up to `max_tasks` queued (or lease-lapsed) tasks, waiting up to `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._wakeup.clear()
+            now = time.time()
+            params = (now, self._owner, now + LEASE_SECONDS, now, max_tasks)
+            rows = await self._db.write(
+                lambda conn, params=params: conn.execute(_CLAIM, params).fetchall()  # type: ignore[misc]
+            )
+            if rows:
+                return [_SQLiteDelivery(self, _from_row(row)) for row in rows]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return []
+
+    async def renew(self, task_ids: Sequence[str]) -> None:
+        """Extend the leases of running tasks this worker still holds."""
+        until = time.time() + LEASE_SECONDS
+        ids = list(task_ids)
+
+        def touch(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE tasks SET lease_expires = ? WHERE id = ? AND status = 'running'",
+                [(until, task_id) for task_id in ids],
+            )
+
+        await self._db.write(touch)
+
+    async def recover(self) -> int:
+        """Requeue every running task; only safe while this process owns the data directory.
+
+        The attempt a crashed run used stays counted, so a circuit that kills the whole process
+        tree still ends in error after its bounded number of attempts.
+        """
+
+        def requeue_all(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "UPDATE tasks SET status = 'queued', lease_owner = NULL, lease_expires = NULL,"
+                " last_error = coalesce(last_error, 'the service stopped while the task ran')"
+                " WHERE status = 'running'"
+            )
+            return cursor.rowcount
+
+        count = await self._db.write(requeue_all)
+        self._wakeup.set()
+        return count
+
+    async def counts(self) -> dict[str, int]:
+        """Return the number of tasks in each status."""
+        rows = self._db.read(
+            lambda conn: conn.execute(
+                "SELECT status, count(*) FROM tasks GROUP BY status"
+            ).fetchall()
+        )
+        return {row[0]: row[1] for row in rows}
+
+    def _finish(
+        self,
+        conn: sqlite3.Connection,
+        task_id: str,
+        status: Status,
+        *,
+        result: str | None = None,
+        error: str | None = None,
+    ) -> Task:
+        row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise TaskNotFoundError(task_id)
+        if row["status"] in _TERMINAL:
+            return _from_row(row)  # the first outcome stored wins
+        check_transition(Status(row["status"]), status)
+        updated = conn.execute(
+            "UPDATE tasks SET status = ?, result = ?, error = ?, finished_at = ?,"
+            " lease_owner = NULL, lease_expires = NULL WHERE id = ? RETURNING *",
+            (status.value, result, error, time.time(), task_id),
+        ).fetchone()
+        return _from_row(updated)
+
+
+class _SQLiteDelivery:
+    """A claimed row. Storing the outcome already settled it, so ack has nothing to do."""
+
+    def __init__(self, store: SQLiteTaskStore, task: Task) -> None:
+        self._store = store
+        self._task = task
+
+    @property
+    def task(self) -> Task:
+        return self._task
+
+    async def ack(self) -> None:
+        return None
+
+    async def nak(self) -> None:
+        return None  # releasing the row in the store already made it claimable
+
+    async def in_progress(self) -> None:
+        await self._store.renew([self._task.id])
+
+
+_COLUMNS = (
+    "id, status, source, program, info, shots, seed, attempts, result, error, last_error,"
+    " created_at, started_at, finished_at, idempotency_key"
+)
+_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+
+_CLAIM = """
+UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?,
+    lease_owner = ?, lease_expires = ?
+WHERE seq IN (
+    SELECT seq FROM tasks
+    WHERE status IN ('queued', 'running')
+      AND (status = 'queued' OR lease_expires < ?)
+    ORDER BY seq LIMIT ?
+)
+RETURNING *
+"""
+
+
+def _to_row(task: Task) -> tuple[object, ...]:
+    info = task.info
+    info_json = json.dumps(
+        {
+            "encoding": info.encoding.value,
+            "num_qubits": info.num_qubits,
+            "num_clbits": info.num_clbits,
+            "num_operations": info.num_operations,
+            "clifford": info.clifford,
+            "needs_transpile": info.needs_transpile,
+            "measured": info.measured,
+        },
+        separators=(",", ":"),
+    )
+    return (
+        task.id,
+        task.status.value,
+        task.source,
+        task.program,
+        info_json,
+        task.shots,
+        task.seed,
+        task.attempts,
+        None if task.result is None else json.dumps(task.result, separators=(",", ":")),
+        task.error,
+        task.last_error,
+        task.created_at,
+        task.started_at,
+        task.finished_at,
+        task.idempotency_key,
+    )
+
+
+def _from_row(row: sqlite3.Row) -> Task:
+    info = json.loads(row["info"])
+    info["encoding"] = Encoding(info["encoding"])
+    return Task(
+        id=row["id"],
+        source=row["source"],
+        info=CircuitInfo(**info),
+        shots=row["shots"],
+        seed=row["seed"],
+        program=row["program"],
+        status=Status(row["status"]),
+        attempts=row["attempts"],
+        result=None if row["result"] is None else json.loads(row["result"]),
+        error=row["error"],
+        last_error=row["last_error"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        idempotency_key=row["idempotency_key"],
+    )

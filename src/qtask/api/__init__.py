@@ -1,0 +1,1 @@
+"""The HTTP API. Routes validate, call one TaskService method and shape the answer; nothing else."""

@@ -1,0 +1,35 @@
+"""Build the FastAPI application around a TaskService."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+from fastapi import FastAPI
+
+from qtask import __version__
+from qtask.api import errors
+from qtask.api.routes import ReadyCheck, router
+from qtask.service import TaskService
+
+
+def create_app(
+    service: TaskService,
+    *,
+    max_body_bytes: int,
+    ready_checks: dict[str, ReadyCheck] | None = None,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+) -> FastAPI:
+    """The qtask HTTP API; `lifespan` starts and stops what the service runs on."""
+    app = FastAPI(
+        title="qtask",
+        version=__version__,
+        description="Run quantum circuits asynchronously: submit OpenQASM, fetch counts later.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.max_body_bytes = max_body_bytes
+    app.state.ready_checks = ready_checks or {}
+    errors.install(app)
+    app.include_router(router)
+    return app

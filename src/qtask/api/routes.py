@@ -1,0 +1,162 @@
+"""The routes. Each validates its input, calls the TaskService once and shapes the answer."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Request, Response
+from pydantic import ValidationError
+
+from qtask.api.errors import describe_validation
+from qtask.api.schemas import (
+    CompletedResponse,
+    HealthResponse,
+    MessageResponse,
+    SubmitRequest,
+    SubmitResponse,
+)
+from qtask.constants import MSG_PENDING, MSG_SUBMITTED
+from qtask.domain.task import Status, Task
+from qtask.errors import InvalidRequestError, PayloadTooLargeError
+from qtask.service import Submission, TaskService
+
+ReadyCheck = Callable[[], Awaitable[str]]
+
+router = APIRouter()
+
+
+def _service(request: Request) -> TaskService:
+    service: TaskService = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[TaskService, Depends(_service)]
+
+_ERROR_BODY: dict[int | str, dict[str, Any]] = {
+    code: {"model": MessageResponse, "description": text}
+    for code, text in {
+        400: "Malformed request or invalid circuit (the message says where).",
+        413: "Request or circuit over the size limit.",
+        422: "Well-formed but not acceptable (wrong types, over a circuit limit).",
+        503: "The task store is unavailable; nothing was stored.",
+    }.items()
+}
+
+
+def _json(
+    content: object, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(content), status_code, headers, media_type="application/json")
+
+
+@router.post(
+    "/tasks",
+    status_code=202,
+    response_model=SubmitResponse,
+    responses=_ERROR_BODY,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": SubmitRequest.model_json_schema()}},
+        }
+    },
+    summary="Submit a circuit",
+)
+async def submit_task(
+    request: Request,
+    service: ServiceDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> Response:
+    """Store the circuit durably and queue it; answer with the task's id at once."""
+    payload = await _read_json(request)
+    try:
+        body = SubmitRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise _UnprocessableError(describe_validation(exc.errors())) from None
+    task = await service.submit(Submission(body.qc, body.shots, body.seed), idempotency_key)
+    return _json(
+        {"task_id": task.id, "message": MSG_SUBMITTED},
+        202,
+        {"Location": f"/tasks/{task.id}"},
+    )
+
+
+@router.get(
+    "/tasks/{task_id}",
+    response_model=CompletedResponse | MessageResponse,
+    responses={404: {"model": MessageResponse, "description": "No such task."}},
+    summary="Read a task",
+)
+async def get_task(task_id: str, service: ServiceDep) -> Response:
+    """Completed: the counts. Queued or running: pending. Failed: error with the reason."""
+    return _json(task_body(await service.get(task_id)))
+
+
+@router.get("/health", response_model=HealthResponse, summary="Liveness")
+async def health() -> Response:
+    """The process is up and serving HTTP."""
+    return _json({"status": "ok"})
+
+
+@router.get(
+    "/ready",
+    response_model=HealthResponse,
+    responses={503: {"model": HealthResponse}},
+    summary="Readiness",
+)
+async def ready(request: Request) -> Response:
+    """Every dependency answers: the store, the worker and parser processes."""
+    checks: dict[str, ReadyCheck] = request.app.state.ready_checks
+    results = {}
+    healthy = True
+    for name, check in checks.items():
+        try:
+            results[name] = await check()
+        except Exception as exc:  # a failing dependency is the answer, not an error
+            results[name] = f"failing: {exc}"
+            healthy = False
+    return _json(
+        {"status": "ready" if healthy else "unavailable", "checks": results},
+        200 if healthy else 503,
+    )
+
+
+def task_body(task: Task) -> dict[str, object]:
+    """The contract's body for a task in any state."""
+    if task.status is Status.COMPLETED:
+        return {"status": "completed", "result": task.result}
+    if task.status is Status.FAILED:
+        return {"status": "error", "message": task.error or "The task failed."}
+    return {"status": "pending", "message": MSG_PENDING}
+
+
+class _UnprocessableError(InvalidRequestError):
+    status_code = 422
+
+
+async def _read_json(request: Request) -> object:
+    limit: int = request.app.state.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"The request body is over the limit of {limit} bytes.")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"The request body is over the limit of {limit} bytes.")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise InvalidRequestError(
+            'The request body is empty; send JSON like {"qc": "OPENQASM 3.0; ..."}.'
+        )
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(payload, dict):
+        raise _UnprocessableError('The request body must be a JSON object like {"qc": "..."}.')
+    return payload

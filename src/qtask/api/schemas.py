@@ -1,0 +1,53 @@
+"""The request and response bodies of the API, as the seed's contract (000) defines them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+
+class SubmitRequest(BaseModel):
+    """POST /tasks. `quantum_circuit` is accepted as another name for `qc` (the 001 executor)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    qc: Annotated[
+        StrictStr,
+        Field(
+            validation_alias=AliasChoices("qc", "quantum_circuit"),
+            description="An OpenQASM 3 (or 2) program.",
+        ),
+    ]
+    shots: StrictInt = Field(default=1024, description="Number of samples.")
+    seed: StrictInt | None = Field(
+        default=None, ge=0, lt=2**63, description="Simulator seed for reproducible counts."
+    )
+
+
+class SubmitResponse(BaseModel):
+    """The answer to a submission."""
+
+    task_id: str
+    message: str
+
+
+class CompletedResponse(BaseModel):
+    """A finished task: counts keyed by bitstring, exactly as Qiskit's get_counts() gives them."""
+
+    status: Literal["completed"]
+    result: dict[str, int]
+
+
+class MessageResponse(BaseModel):
+    """A pending task, an error, or a task that failed."""
+
+    status: Literal["pending", "error"]
+    message: str
+
+
+class HealthResponse(BaseModel):
+    """Liveness or readiness, with the state of each dependency."""
+
+    status: str
+    checks: dict[str, str] = {}

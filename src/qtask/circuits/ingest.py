@@ -1,0 +1,374 @@
+"""Turn OpenQASM source into a checked circuit and the program a worker will run.
+
+The fast native importers are tried first; the ANTLR importer is the fallback for what they lack
+and the authority for error messages (it reports line and column). Includes are checked on the
+raw text before any parser sees it, because Qiskit's native OpenQASM 3 importer opens any path
+named in an `include`, whatever include path it is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from qiskit import qasm2, qasm3, qpy
+from qiskit.circuit import ControlFlowOp, QuantumCircuit
+from qiskit.exceptions import ExperimentalWarning, QiskitError
+
+from qtask.constants import ALLOWED_INCLUDES
+from qtask.domain.task import CircuitInfo, Encoding
+from qtask.errors import CircuitError, CircuitTooLargeError
+
+# The native importer warns on every call that it is experimental; we know, and chose it.
+warnings.filterwarnings("ignore", category=ExperimentalWarning)
+
+_HEADER = re.compile(rb"\A\s*(?://[^\n]*\n\s*|/\*.*?\*/\s*)*OPENQASM\s+(\d+)(?:\.\d+)?\s*;", re.S)
+_INCLUDE_WORD = re.compile(r"\binclude\b")
+_INCLUDE_STMT = re.compile(r"""include\s*(?:"([^"\n]*)"|'([^'\n]*)')\s*;""")
+
+# Operations Aer's stabilizer method runs; a circuit of only these costs polynomial memory.
+_CLIFFORD_OPS = frozenset(
+    {"h", "s", "sdg", "x", "y", "z", "cx", "cy", "cz", "swap", "id", "sx", "sxdg"}
+    | {"measure", "barrier", "reset", "delay"}
+)
+# Everything AerSimulator runs without transpiling (its target's operation names, Aer 0.18),
+# plus the directives every simulator accepts.
+_AER_OPS = frozenset(
+    [
+        "ccx",
+        "ccz",
+        "cp",
+        "crx",
+        "cry",
+        "crz",
+        "cswap",
+        "csx",
+        "cu",
+        "cu1",
+        "cu2",
+        "cu3",
+        "cx",
+        "cy",
+        "cz",
+        "diagonal",
+        "ecr",
+        "h",
+        "id",
+        "initialize",
+        "mcp",
+        "mcphase",
+        "mcr",
+        "mcrx",
+        "mcry",
+        "mcrz",
+        "mcswap",
+        "mcsx",
+        "mcu",
+        "mcu1",
+        "mcu2",
+        "mcu3",
+        "mcx",
+        "mcx_gray",
+        "mcy",
+        "mcz",
+        "multiplexer",
+        "p",
+        "pauli",
+        "r",
+        "rx",
+        "rxx",
+        "ry",
+        "ryy",
+        "rz",
+        "rzx",
+        "rzz",
+        "s",
+        "sdg",
+        "swap",
+        "sx",
+        "sxdg",
+        "t",
+        "tdg",
+        "u",
+        "u1",
+        "u2",
+        "u3",
+        "unitary",
+        "x",
+        "y",
+        "z",
+        "measure",
+        "reset",
+        "barrier",
+        "delay",
+        "store",
+        "if_else",
+        "while_loop",
+        "for_loop",
+        "switch_case",
+        "break_loop",
+        "continue_loop",
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The size limits a circuit must respect; built from the settings."""
+
+    max_circuit_bytes: int
+    max_qubits: int
+    max_operations: int
+    max_statevector_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class IngestedCircuit:
+    """A checked circuit: what it is, and the program bytes when they differ from the source."""
+
+    info: CircuitInfo
+    program: bytes | None
+
+
+class NeedsSlowPathError(Exception):
+    """Raised when only the ANTLR importer can decide, and the caller asked for the fast path."""
+
+
+def ingest(source: str, limits: Limits, *, fast_only: bool = False) -> IngestedCircuit:
+    """Check and parse `source`; raise CircuitError with a precise message if it is invalid.
+
+    With `fast_only`, raise NeedsSlowPathError instead of falling back to the slow ANTLR importer, so
+    an event loop can try the cheap path inline and send the rest to a worker process.
+    """
+    raw = source.encode("utf-8", "surrogatepass")
+    if len(raw) > limits.max_circuit_bytes:
+        raise CircuitTooLargeError(
+            f"The circuit is {len(raw)} bytes; the limit is {limits.max_circuit_bytes} bytes."
+        )
+    if not source.strip():
+        raise CircuitError("The circuit is empty.")
+    if "\x00" in source:
+        raise CircuitError("The circuit contains a NUL character.")
+    _check_includes(source)
+    version = _version(raw)
+    if version == 2:
+        circuit, encoding, program = _parse_qasm2(source), Encoding.QASM2, None
+    elif version == 3:
+        try:
+            circuit, encoding, program = _parse_qasm3_native(source), Encoding.QASM3, None
+        except _NativeRefusedError:
+            if fast_only:
+                raise NeedsSlowPathError from None
+            circuit = _parse_qasm3_antlr(source)
+            encoding, program = Encoding.QPY, dump_qpy(circuit)
+    else:
+        raise CircuitError(f"OpenQASM version {version} is not supported; use 2 or 3.")
+    info = describe(circuit, encoding)
+    check_limits(info, limits)
+    return IngestedCircuit(info=info, program=program)
+
+
+def load_program(encoding: Encoding, source: str, program: bytes | None) -> QuantumCircuit:
+    """Rebuild the circuit a task stored at submission (in a worker), without the ANTLR parser."""
+    if encoding is Encoding.QPY:
+        if program is None:
+            raise CircuitError("The task has no stored program.")
+        return qpy.load(io.BytesIO(program))[0]
+    if encoding is Encoding.QASM2:
+        return _parse_qasm2(source)
+    try:
+        return _parse_qasm3_native(source)
+    except _NativeRefusedError:
+        # Only reached if a task stored as native-parsable stops being so (a Qiskit upgrade).
+        return _parse_qasm3_antlr(source)
+
+
+def dump_qpy(circuit: QuantumCircuit) -> bytes:
+    """Serialise a circuit in Qiskit's binary QPY format."""
+    buffer = io.BytesIO()
+    qpy.dump(circuit, buffer)
+    return buffer.getvalue()
+
+
+def describe(circuit: QuantumCircuit, encoding: Encoding) -> CircuitInfo:
+    """Summarise what a worker needs to know to plan the run of `circuit`."""
+    names = _operation_names(circuit)
+    return CircuitInfo(
+        encoding=encoding,
+        num_qubits=circuit.num_qubits,
+        num_clbits=circuit.num_clbits,
+        num_operations=circuit.size(),
+        clifford=names <= _CLIFFORD_OPS,
+        needs_transpile=not names <= _AER_OPS,
+        measured="measure" in names,
+    )
+
+
+def check_limits(info: CircuitInfo, limits: Limits) -> None:
+    """Raise CircuitTooLargeError when the circuit is over a qubit, size or memory limit."""
+    if info.num_qubits == 0:
+        raise CircuitError("The circuit declares no qubits.")
+    if info.num_qubits > limits.max_qubits:
+        raise CircuitTooLargeError(
+            f"The circuit has {info.num_qubits} qubits; the limit is {limits.max_qubits}."
+        )
+    if info.num_operations > limits.max_operations:
+        raise CircuitTooLargeError(
+            f"The circuit has {info.num_operations} operations; "
+            f"the limit is {limits.max_operations}."
+        )
+    # A statevector of n qubits holds 2^n complex doubles (16 bytes each).
+    needed = 16 << info.num_qubits
+    if not info.clifford and needed > limits.max_statevector_bytes:
+        raise CircuitTooLargeError(
+            f"Simulating {info.num_qubits} qubits needs {_human(needed)} of memory for the "
+            f"statevector; this service allows {_human(limits.max_statevector_bytes)} "
+            f"(at most {limits.max_statevector_bytes.bit_length() - 5} qubits for circuits "
+            "with non-Clifford gates)."
+        )
+
+
+class _NativeRefusedError(Exception):
+    """The native importer could not read the source (unsupported feature or a real error)."""
+
+
+def _version(raw: bytes) -> int:
+    match = _HEADER.match(raw)
+    # OpenQASM 3 makes the version line optional; without one, read the source as version 3.
+    return int(match.group(1)) if match else 3
+
+
+def _check_includes(source: str) -> None:
+    # Every occurrence of the word, even in a comment, must be an allowed include statement:
+    # a stricter rule than the grammar's, and one no comment or string trick can get around.
+    for word in _INCLUDE_WORD.finditer(source):
+        stmt = _INCLUDE_STMT.match(source, word.start())
+        name = (stmt.group(1) or stmt.group(2)) if stmt else None
+        if name not in ALLOWED_INCLUDES:
+            line = source.count("\n", 0, word.start()) + 1
+            shown = f'"{name}"' if name is not None else "this include"
+            raise CircuitError(
+                f"Line {line}: {shown} cannot be included; only "
+                f"{' and '.join(sorted(ALLOWED_INCLUDES))} are available."
+            )
+
+
+def _parse_qasm2(source: str) -> QuantumCircuit:
+    try:
+        # An empty include path: qelib1.inc is built in and nothing may be read from disk.
+        return qasm2.loads(
+            source,
+            include_path=(),
+            custom_instructions=qasm2.LEGACY_CUSTOM_INSTRUCTIONS,
+        )
+    except qasm2.QASM2ParseError as exc:
+        raise CircuitError(f"Invalid OpenQASM 2: {_qasm2_message(str(exc))}") from None
+    except (QiskitError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise CircuitError(f"Invalid OpenQASM 2: {exc}") from None
+
+
+def _parse_qasm3_native(source: str) -> QuantumCircuit:
+    try:
+        with _stderr_silenced():
+            return qasm3.loads_experimental(source, include_path=[])
+    except Exception as exc:  # the native importer raises several unrelated types
+        raise _NativeRefusedError from exc
+
+
+def _parse_qasm3_antlr(source: str) -> QuantumCircuit:
+    import openqasm3
+    import openqasm3.parser
+    import qiskit_qasm3_import
+
+    try:
+        program = openqasm3.parse(source)
+    except openqasm3.parser.QASM3ParsingError as exc:
+        raise CircuitError(f"Invalid OpenQASM 3: {_antlr_message(exc)}") from None
+    except RecursionError:
+        raise CircuitError("Invalid OpenQASM 3: the program is nested too deeply.") from None
+    try:
+        return qiskit_qasm3_import.convert(program)
+    except qiskit_qasm3_import.ConversionError as exc:
+        raise CircuitError(f"Invalid OpenQASM 3: {_conversion_message(str(exc))}") from None
+    except RecursionError:
+        raise CircuitError("Invalid OpenQASM 3: the program is nested too deeply.") from None
+    except Exception as exc:  # the converter raises bare errors for some unsupported programs
+        raise CircuitError(f"Unsupported OpenQASM 3: {exc}") from None
+
+
+def _antlr_message(exc: BaseException) -> str:
+    text = str(exc)
+    if text:
+        match = re.match(r"L(\d+):C(\d+): (.*)", text, re.S)
+        if match:
+            return f"line {match[1]}, column {int(match[2]) + 1}: {match[3]}"
+        return text
+    cause: BaseException | None = exc.__cause__
+    while cause is not None:
+        token = getattr(cause, "offendingToken", None)
+        if token is None and cause.args and isinstance(cause.args[0], BaseException):
+            cause = cause.args[0]
+            continue
+        if token is not None:
+            shown = "end of input" if token.text == "<EOF>" else f"'{token.text}'"
+            return (
+                f"line {token.line}, column {token.column + 1}: unexpected {shown} "
+                "(is a ';' missing before it?)"
+            )
+        break
+    return "syntax error"
+
+
+def _conversion_message(text: str) -> str:
+    match = re.match(r"(\d+),(\d+): (.*)", text, re.S)
+    if match:
+        return f"line {match[1]}, column {int(match[2]) + 1}: {match[3]}"
+    return text
+
+
+def _qasm2_message(text: str) -> str:
+    match = re.match(r"<input>:(\d+),(\d+): (.*)", text, re.S)
+    if match:
+        return f"line {match[1]}, column {int(match[2]) + 1}: {match[3]}"
+    return text
+
+
+def _operation_names(circuit: QuantumCircuit) -> set[str]:
+    names: set[str] = set()
+    stack = [circuit]
+    while stack:
+        current = stack.pop()
+        for instruction in current.data:
+            operation = instruction.operation
+            names.add(operation.name)
+            if isinstance(operation, ControlFlowOp):
+                stack.extend(operation.blocks)
+    return names
+
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    # The native importer prints its diagnostics, with the user's source, straight to file
+    # descriptor 2. They would land in the service's logs; the ANTLR importer reports instead.
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

@@ -1,0 +1,137 @@
+"""All settings in one validated object: environment variables (QTASK_*) over an optional TOML file.
+
+`load_settings` is the only entry point; it turns every validation problem into a ConfigError
+that names the setting as the user would write it.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from qtask.errors import ConfigError
+
+_toml_path: ContextVar[Path | None] = ContextVar("qtask_toml_path", default=None)
+
+
+def _default_processes() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class ServerSettings(BaseModel):
+    """The HTTP listener."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+
+class StorageSettings(BaseModel):
+    """Where embedded mode keeps its state."""
+
+    data_dir: Path = Path("qtask-data")
+
+
+class WorkerSettings(BaseModel):
+    """The pool of worker processes that run circuits."""
+
+    processes: int = Field(default_factory=_default_processes, ge=1, le=256)
+    # Aer's OpenMP threads per process; 0 shares the cores evenly between the processes.
+    threads_per_process: int = Field(default=0, ge=0)
+    # Runs of one task that may crash or lose their worker before the task ends in error.
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    task_timeout_s: float = Field(default=600.0, gt=0)
+    # Most small circuits run together in one simulator call.
+    batch_size: int = Field(default=64, ge=1, le=10_000)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+
+
+class LimitsSettings(BaseModel):
+    """What one request or circuit may ask for."""
+
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_circuit_bytes: int = Field(default=512 << 10, ge=64)
+    max_qubits: int = Field(default=100, ge=1)
+    max_operations: int = Field(default=100_000, ge=1)
+    max_shots: int = Field(default=1_000_000, ge=1)
+    # Memory one statevector may take; 4096 MiB is 28 qubits. Clifford circuits are exempt.
+    max_statevector_mb: int = Field(default=4096, ge=1)
+    parse_timeout_s: float = Field(default=10.0, gt=0)
+    parse_processes: int = Field(default=1, ge=1, le=64)
+
+
+class LogSettings(BaseModel):
+    """Logging output."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # None: JSON when stdout is not a terminal, readable lines when it is.
+    json_output: bool | None = None
+
+
+class Settings(BaseSettings):
+    """Every setting of qtask. Environment: QTASK_<SECTION>__<NAME>, e.g. QTASK_SERVER__PORT."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="QTASK_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
+    worker: WorkerSettings = WorkerSettings()
+    limits: LimitsSettings = LimitsSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Order: explicit arguments, then environment, then the TOML file."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _toml_path.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
+    """Build the settings from overrides, QTASK_* variables and the TOML file, or fail clearly.
+
+    The TOML file is `config_file`, else $QTASK_CONFIG when set.
+    """
+    if config_file is None and os.environ.get("QTASK_CONFIG"):
+        config_file = Path(os.environ["QTASK_CONFIG"])
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+    token = _toml_path.set(config_file)
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except ValueError as exc:  # TOML syntax errors
+        raise ConfigError(f"config file {config_file}: {exc}") from None
+    finally:
+        _toml_path.reset(token)
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        path = [str(p) for p in error["loc"]]
+        env = "QTASK_" + "__".join(p.upper() for p in path)
+        dotted = ".".join(path)
+        problems.append(f"{dotted} (env {env}): {error['msg']}")
+    return "invalid configuration: " + "; ".join(problems)

@@ -1,0 +1,48 @@
+"""Names, messages and timings that are not settings, each with the reason it has its value.
+
+Nothing here may import from the rest of qtask: every layer reads these.
+"""
+
+from __future__ import annotations
+
+# The exact response messages of the seed's API contract (000). Clients match on these strings.
+MSG_SUBMITTED = "Task submitted successfully."
+MSG_PENDING = "Task is still in progress."
+MSG_NOT_FOUND = "Task not found."
+
+# Default shots when the client gives none: the seed's example uses 1024.
+DEFAULT_SHOTS = 1024
+
+# The only files a circuit may include. Both are built into Qiskit's importers, so no include
+# ever reads a file from the server's disk.
+ALLOWED_INCLUDES = frozenset({"stdgates.inc", "qelib1.inc"})
+
+# Sources up to this size are parsed with the native importer directly on the API's event loop:
+# a Bell circuit takes ~0.05 ms, far less than handing it to another process (~0.3 ms round trip).
+# Anything larger, or anything the native importer refuses, is parsed in a child process so the
+# event loop never stalls on a slow parse.
+INLINE_PARSE_MAX_BYTES = 4096
+
+# Circuits at most this wide and this long are "small": a worker may run several of them in one
+# Aer call, which costs little more than one. Larger circuits run alone so that one long run
+# cannot delay or take down a batch of short ones.
+BATCH_MAX_QUBITS = 16
+BATCH_MAX_OPERATIONS = 2000
+
+# How long a claimed task stays leased to a worker without a heartbeat. Workers renew leases every
+# LEASE_SECONDS / 3, so a live worker never loses a task however long the circuit runs, and a
+# dead worker's task becomes claimable again after at most LEASE_SECONDS.
+LEASE_SECONDS = 30.0
+
+# How long the scheduler sleeps when the queue is empty before polling again. A submit also
+# wakes it at once in embedded mode, so this only bounds the delay after a missed wake-up.
+IDLE_POLL_SECONDS = 0.05
+
+# Exit code of a child process that was asked to stop; anything else is a crash.
+CHILD_EXIT_OK = 0
+
+# The name of the lock file that keeps two `qtask serve` processes off one data directory:
+# recovery at start-up requeues every running task, which is only safe with one owner.
+LOCK_FILE = "qtask.lock"
+DB_FILE = "qtask.db"
+OBJECTS_DIR = "objects"

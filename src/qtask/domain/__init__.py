@@ -1,0 +1,1 @@
+"""The task model, its state machine and the ports that adapters implement. No I/O here."""

@@ -1,0 +1,101 @@
+"""The ports: what the service needs from storage, dispatch and object storage.
+
+Embedded mode implements them on SQLite and a local directory; distributed mode (later) on Redis,
+NATS JetStream and S3. `qtask.testing` has in-memory versions for unit tests. No I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from qtask.domain.task import Task
+
+
+class TaskStore(Protocol):
+    """Durable task records. Every write is committed before its coroutine returns."""
+
+    async def create(self, task: Task) -> Task:
+        """Store a new queued task, or return the existing one with the same idempotency key."""
+        ...
+
+    async def create_many(self, tasks: Sequence[Task]) -> list[Task]:
+        """Store several new tasks in one commit; same idempotency rule as create."""
+        ...
+
+    async def get(self, task_id: str) -> Task | None:
+        """Return the task, or None when there is no such task."""
+        ...
+
+    async def complete(self, task_id: str, counts: dict[str, int]) -> Task:
+        """Record a result. The first result wins: a late duplicate changes nothing."""
+        ...
+
+    async def fail(self, task_id: str, message: str) -> Task:
+        """End the task in error with a message a user can act on (no-op once terminal)."""
+        ...
+
+    async def release(self, task_id: str, reason: str | None, *, penalize: bool) -> Task | None:
+        """Put a running task back in the queue (a retry); `penalize=False` refunds the attempt."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailableError unless the store can be read and written."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+        ...
+
+
+class Delivery(Protocol):
+    """One task handed to a worker; the worker must settle it with exactly one of ack or nak."""
+
+    @property
+    def task(self) -> Task:
+        """The task as it was when it was handed out (status running, attempts counted)."""
+        ...
+
+    async def ack(self) -> None:
+        """Say the task is settled (its outcome is stored); it must not be delivered again."""
+        ...
+
+    async def nak(self) -> None:
+        """Say the task was put back (released in the store) and may be delivered again."""
+        ...
+
+    async def in_progress(self) -> None:
+        """Say the task is still being worked on, so it is not handed to another worker."""
+        ...
+
+
+class TaskQueue(Protocol):
+    """Dispatch of task ids to workers, at least once."""
+
+    async def publish(self, tasks: Sequence[Task]) -> None:
+        """Make stored queued tasks available to workers."""
+        ...
+
+    async def fetch(self, max_tasks: int, timeout: float) -> list[Delivery]:
+        """Wait up to `timeout` seconds for tasks and return at most `max_tasks` of them."""
+        ...
+
+    async def close(self) -> None:
+        """Stop handing out tasks."""
+        ...
+
+
+class ObjectStore(Protocol):
+    """Blobs under string keys: circuits and results for long-term keeping (the 002 seed)."""
+
+    async def put(self, key: str, data: bytes) -> None:
+        """Store `data` durably under `key`, replacing what was there."""
+        ...
+
+    async def get(self, key: str) -> bytes | None:
+        """Return the blob, or None when there is none."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the blob if it exists."""
+        ...

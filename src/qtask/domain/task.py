@@ -1,0 +1,108 @@
+"""The task: an immutable record, its states and the transitions allowed between them.
+
+Storage adapters persist these; nothing in this module performs I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+
+from qtask.errors import InvalidTransitionError
+
+
+class Status(enum.StrEnum):
+    """Where a task is in its life; see docs/architecture.md for the diagram."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        """True once the task can never change again."""
+        return self in (Status.COMPLETED, Status.FAILED)
+
+
+# Every allowed move. RUNNING -> QUEUED is a retry (worker crash, lease lost, shutdown);
+# QUEUED -> FAILED is a task given up on before it ran (its attempts were used up);
+# QUEUED -> COMPLETED is a result from a worker whose lease lapsed while it ran: the result is
+# still correct, and the first result stored wins.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.QUEUED: frozenset({Status.RUNNING, Status.COMPLETED, Status.FAILED}),
+    Status.RUNNING: frozenset({Status.QUEUED, Status.COMPLETED, Status.FAILED}),
+    Status.COMPLETED: frozenset(),
+    Status.FAILED: frozenset(),
+}
+
+
+def check_transition(current: Status, new: Status) -> None:
+    """Raise InvalidTransitionError unless the state machine allows current -> new."""
+    if new not in TRANSITIONS[current]:
+        raise InvalidTransitionError(f"a {current} task cannot become {new}")
+
+
+class Encoding(enum.StrEnum):
+    """How the program a worker runs is stored.
+
+    QASM2 and QASM3 mean the source itself parses with Qiskit's fast native importers; QPY means
+    the API parsed the source with the slow ANTLR importer once and stored the result in Qiskit's
+    binary format, so that no worker has to parse it again.
+    """
+
+    QASM2 = "qasm2"
+    QASM3 = "qasm3"
+    QPY = "qpy"
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitInfo:
+    """What ingestion learned about a circuit; workers use it to plan, users to see."""
+
+    encoding: Encoding
+    num_qubits: int
+    num_clbits: int
+    num_operations: int
+    # Aer's automatic method simulates Clifford-only circuits with the stabilizer method, whose
+    # memory grows polynomially, so the statevector memory limit does not apply to them.
+    clifford: bool
+    # True when the circuit has an instruction Aer cannot run as is and must be transpiled.
+    needs_transpile: bool
+    # False when the circuit measures nothing; the worker then measures every qubit.
+    measured: bool
+
+
+def new_task_id() -> str:
+    """Return a fresh unguessable task id (122 random bits)."""
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One submitted circuit and everything known about its execution."""
+
+    id: str
+    source: str
+    info: CircuitInfo
+    shots: int
+    seed: int | None = None
+    # The program in `info.encoding` when that differs from the source (QPY bytes), else None.
+    program: bytes | None = None
+    status: Status = Status.QUEUED
+    attempts: int = 0
+    result: dict[str, int] | None = None
+    error: str | None = None
+    # The reason of the most recent failed attempt, kept to explain a task that is given up on.
+    last_error: str | None = None
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    idempotency_key: str | None = None
+
+    def moved(self, status: Status, **changes: object) -> Task:
+        """Return a copy in `status`, after checking the move against the state machine."""
+        check_transition(self.status, status)
+        return replace(self, status=status, **changes)  # type: ignore[arg-type]

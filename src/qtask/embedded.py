@@ -1,0 +1,130 @@
+"""Embedded mode: the API, the worker loop and the child processes in one `qtask serve`.
+
+This module wires the SQLite adapter, the parser pool and the worker pool to the service and
+the API; it is the only place that knows which adapters embedded mode uses.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import IO
+
+from fastapi import FastAPI
+
+from qtask.adapters.sqlite_store import SQLiteTaskStore
+from qtask.api.app import create_app
+from qtask.config import Settings
+from qtask.constants import DB_FILE, LOCK_FILE
+from qtask.errors import ConfigError
+from qtask.logs import get_logger
+from qtask.service import CircuitIngestor, TaskService
+from qtask.worker.pool import ChildPool
+from qtask.worker.runner import Worker
+
+log = get_logger("embedded")
+
+# Modules the forkserver imports once, so that every child starts with Qiskit and Aer loaded.
+_PRELOAD = ["qtask.execution.aer", "qtask.circuits.parse_child"]
+# OpenMP threads that spin while idle steal the core from the other worker processes; passive
+# waiting removed a 10x collapse when two processes shared two cores (see FACTS.md).
+_CHILD_ENV = {"OMP_WAIT_POLICY": "passive"}
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Take the data directory for this process, or raise ConfigError naming its holder."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the process's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(
+            f"{data_dir} is in use by {holder}; give each qtask serve its own --data-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"qtask serve (pid {os.getpid()})\n")
+    handle.flush()
+    return handle
+
+
+class EmbeddedService:
+    """Everything `qtask serve` runs, built from the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        worker = settings.worker
+        threads = worker.threads_per_process or max(1, (os.cpu_count() or 1) // worker.processes)
+        self.store = SQLiteTaskStore(settings.storage.data_dir / DB_FILE)
+        self.parse_pool = ChildPool(
+            settings.limits.parse_processes,
+            "qtask.circuits.parse_child:parse",
+            init_path="qtask.circuits.parse_child:warm_up",
+            preload=_PRELOAD,
+            env=_CHILD_ENV,
+        )
+        self.exec_pool = ChildPool(
+            worker.processes,
+            "qtask.execution.aer:run_items",
+            init_path="qtask.execution.aer:init_process",
+            # Aer refuses runs that need more than this; twice the statevector leaves room for
+            # the simulator's working copies.
+            init_args=(threads, 2 * settings.limits.max_statevector_mb),
+            preload=_PRELOAD,
+            env=_CHILD_ENV,
+        )
+        self.worker = Worker(self.store, self.store, self.exec_pool, worker)
+        ingestor = CircuitIngestor(settings.limits, self.parse_pool)
+        self.service = TaskService(self.store, self.store, ingestor, settings.limits)
+        self.app: FastAPI = create_app(
+            self.service,
+            max_body_bytes=settings.limits.max_body_bytes,
+            ready_checks={
+                "store": self._check_store,
+                "workers": self._check_workers,
+                "parsers": self._check_parsers,
+            },
+            lifespan=self._lifespan,
+        )
+
+    @asynccontextmanager
+    async def _lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        recovered = await self.store.recover()
+        if recovered:
+            log.warning("tasks_recovered", count=recovered)
+        await self.parse_pool.start()
+        await self.exec_pool.start()
+        self.worker.start()
+        counts = await self.store.counts()
+        log.info("service_started", processes=self.exec_pool.size, tasks=counts)
+        try:
+            yield
+        finally:
+            log.info("service_stopping", grace_s=self.settings.worker.shutdown_grace_s)
+            await self.worker.stop(self.settings.worker.shutdown_grace_s)
+            await self.exec_pool.close()
+            await self.parse_pool.close()
+            await self.store.close()
+            log.info("service_stopped")
+
+    async def _check_store(self) -> str:
+        await self.store.ping()
+        return "ok"
+
+    async def _check_workers(self) -> str:
+        alive = self.exec_pool.alive()
+        if alive == 0:
+            raise RuntimeError("no worker process is running")
+        return f"ok ({alive}/{self.exec_pool.size} processes)"
+
+    async def _check_parsers(self) -> str:
+        alive = self.parse_pool.alive()
+        if alive == 0:
+            raise RuntimeError("no parser process is running")
+        return f"ok ({alive}/{self.parse_pool.size} processes)"

@@ -1,0 +1,58 @@
+"""The single error tree of qtask. Every error a caller may handle derives from QTaskError.
+
+Adapters wrap their drivers' exceptions in these; the API maps them to HTTP answers in one place.
+"""
+
+from __future__ import annotations
+
+
+class QTaskError(Exception):
+    """Raised for any failure qtask knows how to describe."""
+
+
+class ConfigError(QTaskError):
+    """Raised when the configuration is invalid; the message names the setting."""
+
+
+class InvalidRequestError(QTaskError):
+    """Raised when a request is malformed: it can never succeed as sent (HTTP 400/422)."""
+
+    status_code = 400
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    """Raised when a request or a circuit is over a configured size limit (HTTP 413)."""
+
+    status_code = 413
+
+
+class CircuitError(InvalidRequestError):
+    """Raised when a circuit cannot be parsed or is not allowed; the message says where and why."""
+
+    status_code = 400
+
+
+class CircuitTooLargeError(CircuitError):
+    """Raised when a circuit is over a qubit, operation or memory limit."""
+
+    status_code = 422
+
+
+class TaskNotFoundError(QTaskError):
+    """Raised when no task has the given id (or the caller may not see it)."""
+
+
+class InvalidTransitionError(QTaskError):
+    """Raised when a task is asked to move to a state its state machine does not allow."""
+
+
+class StoreUnavailableError(QTaskError):
+    """Raised when the task store cannot be reached or cannot commit (HTTP 503)."""
+
+
+class ExecutionError(QTaskError):
+    """Raised when a circuit fails while running on a backend; the task ends in error."""
+
+
+class ShuttingDownError(QTaskError):
+    """Raised when work is refused because the process is shutting down."""

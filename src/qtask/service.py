@@ -1,0 +1,125 @@
+"""The task service: the use cases behind the API, independent of HTTP and of the adapters."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from qtask.circuits.ingest import IngestedCircuit, Limits, NeedsSlowPathError, ingest
+from qtask.circuits.parse_child import ParseReply
+from qtask.config import LimitsSettings
+from qtask.constants import INLINE_PARSE_MAX_BYTES
+from qtask.domain.ports import TaskQueue, TaskStore
+from qtask.domain.task import Task, new_task_id
+from qtask.errors import (
+    CircuitError,
+    CircuitTooLargeError,
+    InvalidRequestError,
+    TaskNotFoundError,
+)
+from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildPool, ChildTimeoutError
+
+
+def limits_from(settings: LimitsSettings) -> Limits:
+    """The circuit limits named by the settings."""
+    return Limits(
+        max_circuit_bytes=settings.max_circuit_bytes,
+        max_qubits=settings.max_qubits,
+        max_operations=settings.max_operations,
+        max_statevector_bytes=settings.max_statevector_mb << 20,
+    )
+
+
+class CircuitIngestor:
+    """Parses small, natively readable circuits inline and everything else in a child process."""
+
+    def __init__(self, settings: LimitsSettings, pool: ChildPool | None) -> None:
+        self._limits = limits_from(settings)
+        self._pool = pool
+        self._timeout = settings.parse_timeout_s
+
+    async def ingest(self, source: str) -> IngestedCircuit:
+        """Check and parse a circuit; raise CircuitError with the reason when it is not valid."""
+        if len(source) <= INLINE_PARSE_MAX_BYTES:
+            try:
+                return ingest(source, self._limits, fast_only=True)
+            except NeedsSlowPathError:
+                pass
+        if self._pool is None:
+            return await asyncio.to_thread(ingest, source, self._limits)
+        try:
+            reply: ParseReply = await self._pool.call((source, self._limits), self._timeout)
+        except ChildTimeoutError:
+            raise CircuitTooLargeError(
+                f"The circuit could not be parsed within {self._timeout:g} s."
+            ) from None
+        except (ChildCrashedError, ChildFailedError) as exc:
+            raise CircuitError(f"The circuit could not be parsed: {exc}.") from None
+        kind, circuit, status, message = reply
+        if kind != "ok" or circuit is None:
+            error = CircuitTooLargeError(message) if status == 422 else CircuitError(message)
+            raise error
+        return circuit
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One circuit as a client submitted it, after the request's shape was checked."""
+
+    source: str
+    shots: int
+    seed: int | None = None
+
+
+class TaskService:
+    """Submit circuits and read tasks; the only thing the API's routes call."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        queue: TaskQueue,
+        ingestor: CircuitIngestor,
+        limits: LimitsSettings,
+    ) -> None:
+        self._store = store
+        self._queue = queue
+        self._ingestor = ingestor
+        self._max_shots = limits.max_shots
+
+    async def submit(self, submission: Submission, idempotency_key: str | None = None) -> Task:
+        """Validate and durably store a task, then hand it to the workers."""
+        task = await self._prepare(submission, idempotency_key)
+        stored = await self._store.create(task)
+        if stored.id == task.id:
+            await self._queue.publish([stored])
+        return stored
+
+    async def submit_many(self, submissions: list[Submission]) -> list[Task]:
+        """Validate every circuit first; store them all in one commit, or none."""
+        tasks = [await self._prepare(submission, None) for submission in submissions]
+        stored = await self._store.create_many(tasks)
+        await self._queue.publish(stored)
+        return stored
+
+    async def get(self, task_id: str) -> Task:
+        """Return the task or raise TaskNotFoundError."""
+        task = await self._store.get(task_id)
+        if task is None:
+            raise TaskNotFoundError(task_id)
+        return task
+
+    async def _prepare(self, submission: Submission, key: str | None) -> Task:
+        if not 1 <= submission.shots <= self._max_shots:
+            raise InvalidRequestError(
+                f"shots must be between 1 and {self._max_shots}; got {submission.shots}."
+            )
+        circuit = await self._ingestor.ingest(submission.source)
+        return Task(
+            id=new_task_id(),
+            source=submission.source,
+            info=circuit.info,
+            program=circuit.program,
+            shots=submission.shots,
+            seed=submission.seed,
+            idempotency_key=key,
+        )

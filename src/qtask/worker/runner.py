@@ -1,0 +1,309 @@
+"""The worker loop: take tasks from the queue, run them in child processes, store the outcome.
+
+Rules it keeps:
+- an outcome is stored durably before the delivery is acknowledged;
+- a task already ended (a redelivery after a crash) is acknowledged without running again;
+- a task whose attempts are used up ends in error with the reason of its last failure;
+- a crash or timeout of a batch sends each of its tasks back to run alone, so one poison
+  circuit cannot take its neighbours' attempts with it; a timeout of a task running alone is
+  final (the circuit is simply too slow), a crash is retried up to the attempt limit;
+- on shutdown no new task is taken, running ones may finish within the grace period, and the
+  rest go back to the queue with their attempt refunded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+
+import structlog
+
+from qtask.config import WorkerSettings
+from qtask.constants import BATCH_MAX_OPERATIONS, BATCH_MAX_QUBITS, LEASE_SECONDS
+from qtask.domain.ports import Delivery, TaskQueue, TaskStore
+from qtask.domain.task import Task
+from qtask.execution.aer import RunItem, RunOutcome
+from qtask.logs import get_logger
+from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildPool, ChildTimeoutError
+
+log = get_logger("worker")
+
+
+class Worker:
+    """Feeds a ChildPool from a TaskQueue and records outcomes in a TaskStore."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        queue: TaskQueue,
+        pool: ChildPool,
+        settings: WorkerSettings,
+        *,
+        worker_id: str = "embedded",
+    ) -> None:
+        self._store = store
+        self._queue = queue
+        self._pool = pool
+        self._settings = settings
+        self._worker_id = worker_id
+        self._slots = _Slots(pool.size)
+        self._held: dict[str, Delivery] = {}
+        self._running: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._interrupted = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self.completed = 0
+        self.failed = 0
+        self.retried = 0
+
+    def start(self) -> None:
+        """Start the fetch loop and the lease heartbeat in the background."""
+        self._loop_task = asyncio.create_task(self._fetch_loop(), name="worker-fetch")
+        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="worker-heartbeat")
+
+    @property
+    def in_flight(self) -> int:
+        """Tasks this worker holds (running or about to)."""
+        return len(self._held)
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking tasks, let running ones finish for `grace` seconds, requeue the rest."""
+        self._stopping.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._running:
+            _, pending = await asyncio.wait(self._running, timeout=grace)
+            if pending:
+                log.warning("shutdown_interrupting", tasks=len(self._held))
+                self._interrupted = True
+                await self._pool.close()
+                await asyncio.wait(pending)
+        for delivery in list(self._held.values()):  # taken from the queue but never started
+            await self._release(delivery, None, penalize=False)
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
+
+    async def _fetch_loop(self) -> None:
+        batch_size = self._settings.batch_size
+        while not self._stopping.is_set():
+            free = await self._slots.take_all()
+            try:
+                deliveries = await self._fetch(free * batch_size)
+            except Exception:
+                log.exception("fetch_failed")
+                deliveries = []
+                await asyncio.sleep(1.0)
+            runnable = await self._screen(deliveries)
+            batches = _plan(runnable, batch_size)
+            # Keep one slot per batch; hand back the slots this fetch did not need.
+            if len(batches) < free:
+                self._slots.give(free - len(batches))
+            for batch in batches[:free]:
+                self._spawn(batch)
+            for batch in batches[free:]:  # more batches than slots: wait for one each
+                await self._slots.take_one()
+                self._spawn(batch)
+
+    async def _fetch(self, limit: int) -> list[Delivery]:
+        if self._stopping.is_set():
+            return []
+        fetch = asyncio.ensure_future(self._queue.fetch(limit, timeout=1.0))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if fetch.done():
+            deliveries = fetch.result()
+        else:
+            fetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetch
+            return []
+        for delivery in deliveries:
+            self._held[delivery.task.id] = delivery
+        if self._stopping.is_set():
+            for delivery in deliveries:
+                await self._release(delivery, None, penalize=False)
+            return []
+        return deliveries
+
+    async def _screen(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        runnable = []
+        for delivery in deliveries:
+            task = delivery.task
+            if task.status.terminal:  # a redelivery of a task that already ended
+                await self._settle(delivery)
+                continue
+            if task.attempts > self._settings.max_attempts:
+                reason = task.last_error or "its worker was lost"
+                await self._fail(
+                    delivery,
+                    f"The task was given up after {self._settings.max_attempts} attempts; "
+                    f"the last one failed because {reason}.",
+                )
+                continue
+            runnable.append(delivery)
+        return runnable
+
+    def _spawn(self, batch: list[Delivery]) -> None:
+        job = asyncio.create_task(self._execute(batch))
+        self._running.add(job)
+        job.add_done_callback(self._running.discard)
+        job.add_done_callback(lambda _: self._slots.give(1))
+
+    async def _execute(self, batch: list[Delivery]) -> None:
+        items = [RunItem.from_task(delivery.task) for delivery in batch]
+        started = time.perf_counter()
+        try:
+            outcomes: list[RunOutcome] = await self._pool.call(items, self._settings.task_timeout_s)
+        except ChildTimeoutError:
+            if len(batch) == 1:
+                limit = self._settings.task_timeout_s
+                await self._fail(
+                    batch[0], f"The task ran longer than the limit of {limit:g} s and was stopped."
+                )
+            else:
+                for delivery in batch:
+                    await self._release(delivery, "its batch ran out of time", penalize=True)
+            return
+        except (ChildCrashedError, ChildFailedError) as exc:
+            if self._interrupted:
+                for delivery in batch:
+                    await self._release(delivery, None, penalize=False)
+                return
+            reason = str(exc)
+            log.warning("worker_process_lost", tasks=[d.task.id for d in batch], reason=reason)
+            for delivery in batch:
+                await self._release(delivery, reason, penalize=True)
+            return
+        except Exception:  # the store or pool broke; the lease will lapse and the task rerun
+            log.exception("batch_failed", tasks=[d.task.id for d in batch])
+            for delivery in batch:
+                self._held.pop(delivery.task.id, None)
+            return
+        elapsed = time.perf_counter() - started
+        for delivery, outcome in zip(batch, outcomes, strict=True):
+            await self._record(delivery, outcome, elapsed, len(batch))
+
+    async def _record(
+        self, delivery: Delivery, outcome: RunOutcome, elapsed: float, batch_size: int
+    ) -> None:
+        task = delivery.task
+        with structlog.contextvars.bound_contextvars(
+            task_id=task.id, attempt=task.attempts, worker_id=self._worker_id
+        ):
+            try:
+                if outcome.counts is not None:
+                    await self._store.complete(task.id, outcome.counts)
+                    await self._settle(delivery)
+                    self.completed += 1
+                    _canonical(task, "completed", outcome.seconds, elapsed, batch_size)
+                else:
+                    await self._fail(delivery, outcome.error or "The run failed.")
+                    _canonical(task, "failed", outcome.seconds, elapsed, batch_size)
+            except Exception:
+                # Not stored, so not acknowledged: the lease lapses and the task runs again.
+                log.exception("record_failed")
+                self._held.pop(task.id, None)
+
+    async def _fail(self, delivery: Delivery, message: str) -> None:
+        await self._store.fail(delivery.task.id, message)
+        await self._settle(delivery)
+        self.failed += 1
+        log.info("task_failed", task_id=delivery.task.id, reason=message)
+
+    async def _release(self, delivery: Delivery, reason: str | None, *, penalize: bool) -> None:
+        try:
+            await self._store.release(delivery.task.id, reason, penalize=penalize)
+            await delivery.nak()
+            self.retried += 1
+        except Exception:
+            log.exception("release_failed", task_id=delivery.task.id)
+        finally:
+            self._held.pop(delivery.task.id, None)
+
+    async def _settle(self, delivery: Delivery) -> None:
+        try:
+            await delivery.ack()
+        finally:
+            self._held.pop(delivery.task.id, None)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 3)
+            for delivery in list(self._held.values()):
+                try:
+                    await delivery.in_progress()
+                except Exception:
+                    log.exception("heartbeat_failed", task_id=delivery.task.id)
+
+
+def _plan(deliveries: Sequence[Delivery], batch_size: int) -> list[list[Delivery]]:
+    """Group small first-attempt tasks into batches; everything else runs alone."""
+    batches: list[list[Delivery]] = []
+    current: list[Delivery] = []
+    for delivery in deliveries:
+        if _batchable(delivery.task):
+            current.append(delivery)
+            if len(current) == batch_size:
+                batches.append(current)
+                current = []
+        else:
+            batches.append([delivery])
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _batchable(task: Task) -> bool:
+    info = task.info
+    return (
+        task.attempts == 1
+        and info.num_qubits <= BATCH_MAX_QUBITS
+        and info.num_operations <= BATCH_MAX_OPERATIONS
+    )
+
+
+class _Slots:
+    """Free child processes, counted; the fetch loop takes all free ones at once."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._changed = asyncio.Event()
+
+    async def take_all(self) -> int:
+        while self.free == 0:
+            self._changed.clear()
+            await self._changed.wait()
+        taken, self.free = self.free, 0
+        return taken
+
+    async def take_one(self) -> None:
+        while self.free == 0:
+            self._changed.clear()
+            await self._changed.wait()
+        self.free -= 1
+
+    def give(self, count: int) -> None:
+        self.free += count
+        self._changed.set()
+
+
+def _canonical(task: Task, outcome: str, run_s: float, batch_s: float, batch_size: int) -> None:
+    log.info(
+        "task_finished",
+        outcome=outcome,
+        qubits=task.info.num_qubits,
+        shots=task.shots,
+        attempts=task.attempts,
+        queue_wait_s=round((task.started_at or task.created_at) - task.created_at, 6),
+        run_s=round(run_s, 6),
+        batch_s=round(batch_s, 6),
+        batch_size=batch_size,
+    )

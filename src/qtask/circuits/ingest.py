@@ -142,7 +142,7 @@ class NeedsSlowPathError(Exception):
 def ingest(source: str, limits: Limits, *, fast_only: bool = False) -> IngestedCircuit:
     """Check and parse `source`; raise CircuitError with a precise message if it is invalid.
 
-    With `fast_only`, raise NeedsSlowPathError instead of falling back to the slow ANTLR importer, so
+    With `fast_only`, raise NeedsSlowPathError rather than fall back to the slow ANTLR importer,
     an event loop can try the cheap path inline and send the rest to a worker process.
     """
     raw = source.encode("utf-8", "surrogatepass")

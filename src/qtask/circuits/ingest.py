@@ -143,7 +143,7 @@ def ingest(source: str, limits: Limits, *, fast_only: bool = False) -> IngestedC
     """Check and parse `source`; raise CircuitError with a precise message if it is invalid.
 
     With `fast_only`, raise NeedsSlowPathError rather than fall back to the slow ANTLR importer,
-    an event loop can try the cheap path inline and send the rest to a worker process.
+    so an event loop can try the cheap path inline and send the rest to a worker process.
     """
     raw = source.encode("utf-8", "surrogatepass")
     if len(raw) > limits.max_circuit_bytes:

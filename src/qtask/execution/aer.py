@@ -19,75 +19,6 @@ from qiskit.transpiler import PassManager
 from qtask.circuits.ingest import load_program
 from qtask.domain.task import Encoding, Task
 
-# Aer's basis and directives; a pass manager for this basis has no qubit limit, unlike one for
-# AerSimulator's target (which refuses more than 30 qubits).
-_BASIS = sorted(
-    [
-        "ccx",
-        "ccz",
-        "cp",
-        "crx",
-        "cry",
-        "crz",
-        "cswap",
-        "csx",
-        "cu",
-        "cu1",
-        "cu2",
-        "cu3",
-        "cx",
-        "cy",
-        "cz",
-        "ecr",
-        "h",
-        "id",
-        "mcp",
-        "mcphase",
-        "mcr",
-        "mcrx",
-        "mcry",
-        "mcrz",
-        "mcswap",
-        "mcsx",
-        "mcu",
-        "mcu1",
-        "mcu2",
-        "mcu3",
-        "mcx",
-        "mcy",
-        "mcz",
-        "p",
-        "pauli",
-        "r",
-        "rx",
-        "rxx",
-        "ry",
-        "ryy",
-        "rz",
-        "rzx",
-        "rzz",
-        "s",
-        "sdg",
-        "swap",
-        "sx",
-        "sxdg",
-        "t",
-        "tdg",
-        "u",
-        "u1",
-        "u2",
-        "u3",
-        "unitary",
-        "x",
-        "y",
-        "z",
-        "measure",
-        "reset",
-        "barrier",
-        "delay",
-    ]
-)
-
 
 @dataclass(frozen=True, slots=True)
 class RunItem:
@@ -179,9 +110,14 @@ def _prepare(item: RunItem) -> QuantumCircuit:
 def _transpiler() -> PassManager:
     global _pass_manager
     if _pass_manager is None:
+        from qiskit.circuit.library import get_standard_gate_name_mapping
         from qiskit.transpiler import generate_preset_pass_manager
 
-        _pass_manager = generate_preset_pass_manager(optimization_level=0, basis_gates=_BASIS)
+        # Aer's own operations that the transpiler knows by name. A pass manager for a basis,
+        # unlike one for AerSimulator's target, has no 30-qubit limit.
+        standard = get_standard_gate_name_mapping()
+        basis = sorted(name for name in _simulator.target.operation_names if name in standard)
+        _pass_manager = generate_preset_pass_manager(optimization_level=0, basis_gates=basis)
     return _pass_manager
 
 

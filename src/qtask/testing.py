@@ -1,0 +1,173 @@
+"""In-memory implementations of the ports, for fast unit tests only.
+
+They follow the same rules as the real adapters (first result wins, leased claims, attempts
+counted at claim) so that service and worker logic can be tested without I/O. They never stand
+in for a real component in an integration or end-to-end test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+from qtask.constants import LEASE_SECONDS
+from qtask.domain.ports import Delivery
+from qtask.domain.task import Status, Task
+from qtask.errors import TaskNotFoundError
+
+
+class InMemoryTaskStore:
+    """TaskStore and TaskQueue in a dict; one instance plays both roles, as SQLite does."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, Task] = {}
+        self._leases: dict[str, float] = {}
+        self._keys: dict[str, str] = {}
+        self._wakeup = asyncio.Event()
+
+    async def create(self, task: Task) -> Task:
+        """Store a task, or return the one already stored under its idempotency key."""
+        return (await self.create_many([task]))[0]
+
+    async def create_many(self, tasks: Sequence[Task]) -> list[Task]:
+        """Store tasks; same idempotency rule as create."""
+        stored = []
+        for task in tasks:
+            key = task.idempotency_key
+            if key is not None and key in self._keys:
+                stored.append(self.tasks[self._keys[key]])
+                continue
+            self.tasks[task.id] = task
+            if key is not None:
+                self._keys[key] = task.id
+            stored.append(task)
+        self._wakeup.set()
+        return stored
+
+    async def get(self, task_id: str) -> Task | None:
+        """Return the task or None."""
+        return self.tasks.get(task_id)
+
+    async def complete(self, task_id: str, counts: dict[str, int]) -> Task:
+        """Store a result unless the task already ended."""
+        return self._finish(task_id, Status.COMPLETED, result=dict(counts))
+
+    async def fail(self, task_id: str, message: str) -> Task:
+        """End the task in error unless it already ended."""
+        return self._finish(task_id, Status.FAILED, error=message)
+
+    async def release(self, task_id: str, reason: str | None, *, penalize: bool) -> Task | None:
+        """Requeue a running task."""
+        task = self.tasks.get(task_id)
+        if task is None or task.status is not Status.RUNNING:
+            return None
+        moved = task.moved(
+            Status.QUEUED,
+            last_error=reason if reason is not None else task.last_error,
+            attempts=task.attempts - (0 if penalize else 1),
+        )
+        self.tasks[task_id] = moved
+        self._leases.pop(task_id, None)
+        self._wakeup.set()
+        return moved
+
+    async def ping(self) -> None:
+        """Always reachable."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    async def publish(self, tasks: Sequence[Task]) -> None:
+        """Wake a waiting fetch."""
+        self._wakeup.set()
+
+    async def fetch(self, max_tasks: int, timeout: float) -> list[Delivery]:
+        """Claim queued or lease-lapsed tasks in submission order."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._wakeup.clear()
+            now = time.time()
+            claimed: list[Delivery] = []
+            for task in list(self.tasks.values()):
+                if len(claimed) == max_tasks:
+                    break
+                lapsed = task.status is Status.RUNNING and self._leases.get(task.id, 0) < now
+                if task.status is Status.QUEUED or lapsed:
+                    started = replace(
+                        task, status=Status.RUNNING, attempts=task.attempts + 1, started_at=now
+                    )
+                    self.tasks[task.id] = started
+                    self._leases[task.id] = now + LEASE_SECONDS
+                    claimed.append(InMemoryDelivery(self, started))
+            if claimed:
+                return claimed
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return []
+
+    def expire_lease(self, task_id: str) -> None:
+        """Make a running task's lease lapse now, as if its worker had died."""
+        self._leases[task_id] = 0.0
+
+    def _finish(self, task_id: str, status: Status, **changes: object) -> Task:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise TaskNotFoundError(task_id)
+        if task.status.terminal:
+            return task
+        finished = task.moved(status, finished_at=time.time(), **changes)
+        self.tasks[task_id] = finished
+        self._leases.pop(task_id, None)
+        return finished
+
+
+class InMemoryDelivery:
+    """A claimed task; counts how it was settled, for assertions."""
+
+    def __init__(self, store: InMemoryTaskStore, task: Task) -> None:
+        self._store = store
+        self._task = task
+        self.acked = 0
+        self.naked = 0
+
+    @property
+    def task(self) -> Task:
+        """The task as claimed."""
+        return self._task
+
+    async def ack(self) -> None:
+        """Record the ack."""
+        self.acked += 1
+
+    async def nak(self) -> None:
+        """Record the nak."""
+        self.naked += 1
+
+    async def in_progress(self) -> None:
+        """Renew the lease."""
+        self._store._leases[self._task.id] = time.time() + LEASE_SECONDS
+
+
+class InMemoryObjectStore:
+    """ObjectStore in a dict."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    async def put(self, key: str, data: bytes) -> None:
+        """Store a copy."""
+        self.objects[key] = bytes(data)
+
+    async def get(self, key: str) -> bytes | None:
+        """Return the blob or None."""
+        return self.objects.get(key)
+
+    async def delete(self, key: str) -> None:
+        """Remove the blob if present."""
+        self.objects.pop(key, None)

@@ -1,0 +1,161 @@
+"""The task API over real HTTP against a real `qtask serve` process (embedded mode)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from qtask_testkit import BELL, ServerProcess, db_task_count, ghz, submit, wait_done
+
+QASM2_BELL = (
+    'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\n'
+    "h q[0];\ncx q[0],q[1];\nmeasure q -> c;\n"
+)
+
+
+def test_seed_bell_example_returns_even_counts(client: httpx.Client) -> None:
+    response = client.post("/tasks", json={"qc": BELL})
+    assert response.status_code == 202
+    body = response.json()
+    assert set(body) == {"task_id", "message"}
+    assert body["message"] == "Task submitted successfully."
+    assert response.headers["location"] == f"/tasks/{body['task_id']}"
+
+    done = wait_done(client, body["task_id"])
+    assert set(done) == {"status", "result"}
+    assert done["status"] == "completed"
+    counts = done["result"]
+    assert set(counts) == {"00", "11"}
+    assert sum(counts.values()) == 1024
+    assert 400 <= counts["00"] <= 624  # 50/50 within ~7 standard deviations
+
+
+def test_pending_body_is_exact_while_queued(client: httpx.Client) -> None:
+    # Submit enough work that the last task is still queued when read.
+    ids = [submit(client, ghz(18), shots=20000) for _ in range(6)]
+    assert client.get(f"/tasks/{ids[-1]}").json() == {
+        "status": "pending",
+        "message": "Task is still in progress.",
+    }
+    for task_id in ids:
+        assert wait_done(client, task_id)["status"] == "completed"
+
+
+def test_quantum_circuit_alias_and_shots(client: httpx.Client) -> None:
+    response = client.post("/tasks", json={"quantum_circuit": BELL, "shots": 100})
+    assert response.status_code == 202
+    done = wait_done(client, response.json()["task_id"])
+    assert sum(done["result"].values()) == 100
+
+
+def test_seeded_runs_are_reproducible(client: httpx.Client) -> None:
+    first = [submit(client, ghz(5), shots=333, seed=42) for _ in range(3)]
+    results = [wait_done(client, task_id)["result"] for task_id in first]
+    assert results[0] == results[1] == results[2]
+    assert set(results[0]) == {"00000", "11111"}
+    other = wait_done(client, submit(client, ghz(5), shots=333, seed=43))["result"]
+    assert other != results[0]
+
+
+def test_openqasm2_is_accepted(client: httpx.Client) -> None:
+    done = wait_done(client, submit(client, QASM2_BELL))
+    assert set(done["result"]) == {"00", "11"}
+
+
+def test_circuits_the_native_parser_refuses_run_via_antlr(client: httpx.Client) -> None:
+    source = (
+        'OPENQASM 3.0; include "stdgates.inc";\n'
+        "gate bell a, b { h a; cx a, b; }\n"
+        "qubit[2] q; bit[2] c;\n"
+        "rz(pi/2) q[0]; rz(-pi/2) q[0];\n"
+        "bell q[0], q[1];\n"
+        "c = measure q;\n"
+    )
+    done = wait_done(client, submit(client, source, seed=7))
+    assert set(done["result"]) == {"00", "11"}
+
+
+def test_circuit_without_measurements_measures_every_qubit(client: httpx.Client) -> None:
+    source = 'OPENQASM 3.0; include "stdgates.inc"; qubit[3] q; x q[0]; x q[2];'
+    done = wait_done(client, submit(client, source))
+    assert done["result"] == {"101": 1024}
+
+
+def test_unknown_task_is_exact_404(client: httpx.Client) -> None:
+    for task_id in ("12345", "00000000-0000-4000-8000-000000000000", "..%2F..%2Fetc%2Fpasswd"):
+        response = client.get(f"/tasks/{task_id}")
+        assert response.status_code == 404
+        assert response.json() == {"status": "error", "message": "Task not found."}
+
+
+def test_task_ids_are_uuid4_and_not_sequential(client: httpx.Client) -> None:
+    import uuid
+
+    ids = [submit(client, BELL) for _ in range(3)]
+    assert all(uuid.UUID(task_id).version == 4 for task_id in ids)
+    assert len(set(ids)) == 3
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "fragment"),
+    [
+        (b"not json", 400, "not valid JSON"),
+        (b"", 400, "empty"),
+        (b"[1, 2]", 422, "JSON object"),
+        (b"{}", 422, "'qc' is required"),
+        (b'{"qc": 5}', 422, "'qc'"),
+        (b'{"qc": ""}', 400, "empty"),
+        (b'{"qc": "   "}', 400, "empty"),
+        (b'{"qc": "OPENQASM 3.0; qubit q;", "shots": 0}', 400, "shots"),
+        (b'{"qc": "OPENQASM 3.0; qubit q;", "shots": "many"}', 422, "'shots'"),
+        (b'{"qc": "OPENQASM 3.0; qubit q;", "shots": 10000000000}', 400, "shots"),
+        (b'{"qc": "OPENQASM 3.0;\\nqubit[2] q;\\nh q[0]\\ncx q[0], q[1];"}', 400, "line 4"),
+        (b'{"qc": "OPENQASM 3.0; include \\"/etc/passwd\\"; qubit q;"}', 400, "cannot be included"),
+        (b'{"qc": "OPENQASM 3.0; include \\"../x.inc\\"; qubit q;"}', 400, "cannot be included"),
+        (
+            b'{"qc": "OPENQASM 3.0; qubit[40] q; bit[40] c; U(0.1,0,0) q[0]; c = measure q;"}',
+            422,
+            "memory",
+        ),
+        (b'{"qc": "OPENQASM 3.0; qubit[500] q;"}', 422, "qubits"),
+        (b'{"qc": "OPENQASM 9.0; qubit q;"}', 400, "version"),
+    ],
+)
+def test_bad_input_gets_4xx_and_creates_nothing(
+    client: httpx.Client, server: ServerProcess, content: bytes, status: int, fragment: str
+) -> None:
+    before = db_task_count(server.data_dir)
+    response = client.post("/tasks", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"status", "message"}
+    assert body["status"] == "error"
+    assert fragment in body["message"]
+    assert db_task_count(server.data_dir) == before
+
+
+def test_payload_over_limit_is_413(client: httpx.Client, server: ServerProcess) -> None:
+    before = db_task_count(server.data_dir)
+    response = client.post("/tasks", json={"qc": "x" * (2 << 20)})
+    assert response.status_code == 413
+    assert response.json()["status"] == "error"
+    assert db_task_count(server.data_dir) == before
+
+
+def test_health_ready_and_docs(client: httpx.Client) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200
+    assert set(ready.json()["checks"]) == {"store", "workers", "parsers"}
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert "/tasks" in spec["paths"]
+    assert "/tasks/{task_id}" in spec["paths"]
+
+
+def test_wrong_method_and_path_get_json_errors(client: httpx.Client) -> None:
+    response = client.delete("/tasks")
+    assert response.status_code == 405
+    assert response.json()["status"] == "error"
+    response = client.get("/nowhere")
+    assert response.status_code == 404
+    assert response.json()["status"] == "error"

@@ -1,0 +1,158 @@
+"""Helpers shared by the integration and end-to-end tests: a real `qtask serve` process and
+a small HTTP client that submits and polls like a user would."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BELL = (
+    'OPENQASM 3.0; include "stdgates.inc"; qubit[2] q; bit[2] c; h q[0]; cx q[0],q[1]; '
+    "c[0] = measure q[0]; c[1] = measure q[1];"
+)
+
+
+def ghz(n: int) -> str:
+    """An n-qubit GHZ circuit in OpenQASM 3."""
+    lines = ['OPENQASM 3.0; include "stdgates.inc";', f"qubit[{n}] q; bit[{n}] c;", "h q[0];"]
+    lines += [f"cx q[{i}], q[{i + 1}];" for i in range(n - 1)]
+    lines.append("c = measure q;")
+    return "\n".join(lines)
+
+
+def slow_circuit(qubits: int = 22, layers: int = 40) -> str:
+    """A non-Clifford circuit that takes Aer seconds to simulate on this machine."""
+    lines = ['OPENQASM 3.0; include "stdgates.inc";', f"qubit[{qubits}] q; bit[{qubits}] c;"]
+    for layer in range(layers):
+        lines += [f"rx(0.{layer + 1}) q[{i}];" for i in range(qubits)]
+        lines += [f"cx q[{i}], q[{i + 1}];" for i in range(0, qubits - 1)]
+    lines.append("c = measure q;")
+    return "\n".join(lines)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """`qtask serve` as a user runs it, in its own process group so it can be killed whole."""
+
+    def __init__(
+        self, data_dir: Path, *, workers: int = 2, env: dict[str, str] | None = None
+    ) -> None:
+        self.data_dir = data_dir
+        self.workers = workers
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
+        self.starts = 0
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the server and wait until /ready answers 200."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "QTASK_LOG__JSON_OUTPUT": "true", **self.env}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "qtask",
+                "serve",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+                "--workers",
+                str(self.workers),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        log.close()
+        self.starts += 1
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"qtask serve exited early:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"qtask serve not ready in {timeout} s:\n{self.log()}")
+
+    def kill_tree(self) -> None:
+        """SIGKILL the server and every process it started, at once."""
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM the server and wait for it to exit; return its exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    def group_alive(self) -> list[int]:
+        """Pids still alive in the server's process group."""
+        assert self.process is not None
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "-g", str(self.process.pid)], capture_output=True, text=True
+        )
+        return [int(p) for p in out.stdout.split()]
+
+    def log(self) -> str:
+        """What the server printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def submit(client: httpx.Client, qc: str, **extra: Any) -> str:
+    """Submit a circuit and return its task id (asserting the contract's answer)."""
+    response = client.post("/tasks", json={"qc": qc, **extra})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["message"] == "Task submitted successfully."
+    return str(body["task_id"])
+
+
+def wait_done(client: httpx.Client, task_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Poll until the task is no longer pending; return the final body."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body: dict[str, Any] = client.get(f"/tasks/{task_id}").json()
+        if body["status"] != "pending":
+            return body
+        time.sleep(0.02)
+    raise AssertionError(f"task {task_id} still pending after {timeout} s")
+
+
+def db_task_count(data_dir: Path) -> int:
+    """How many tasks the server's database holds (read directly, for no-task-created checks)."""
+    import sqlite3
+
+    conn = sqlite3.connect(data_dir / "qtask.db")
+    try:
+        return int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0])
+    finally:
+        conn.close()

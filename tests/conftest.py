@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+
 import httpx
 import pytest
+
 from qtask_testkit import ServerProcess
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+
 from qtask_testkit import BELL, ServerProcess, db_task_count, ghz, submit, wait_done
 
 QASM2_BELL = (

@@ -46,3 +46,8 @@ CHILD_EXIT_OK = 0
 LOCK_FILE = "qtask.lock"
 DB_FILE = "qtask.db"
 OBJECTS_DIR = "objects"
+
+# Fault injection for the crash tests: when this variable is set, a worker process that is
+# handed a circuit whose source contains its value kills itself with SIGKILL, as a segfault or
+# the OOM killer would. Unset in production, it costs one dictionary lookup per task.
+FAULT_CRASH_MARKER_ENV = "QTASK_FAULT_CRASH_MARKER"

@@ -8,6 +8,8 @@ one Aer call; seeded ones run one per call so their counts do not depend on thei
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from qiskit.circuit import QuantumCircuit
 from qiskit.transpiler import PassManager
 
 from qtask.circuits.ingest import load_program
+from qtask.constants import FAULT_CRASH_MARKER_ENV
 from qtask.domain.task import Encoding, Task
 
 
@@ -99,6 +102,9 @@ def run_items(items: list[RunItem]) -> list[RunOutcome]:
 
 
 def _prepare(item: RunItem) -> QuantumCircuit:
+    marker = os.environ.get(FAULT_CRASH_MARKER_ENV)
+    if marker and marker in item.source:  # fault injection for tests: die like a segfault would
+        os.kill(os.getpid(), signal.SIGKILL)
     circuit = load_program(item.encoding, item.source, item.program)
     if not item.measured:
         circuit.measure_all()

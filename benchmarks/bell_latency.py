@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from qtask_testkit import BELL, ServerProcess  # noqa: E402
+from qtask_testkit import BELL, ServerProcess
 
 
 def measure(url: str, count: int) -> list[float]:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from qtask_testkit import BELL, ServerProcess, ghz, slow_circuit, submit, wait_done
 
 # A circuit of ~0.1 s; enough of them keep the workers busy while the test kills the service.

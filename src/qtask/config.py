@@ -11,7 +11,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,6 +31,8 @@ def _default_processes() -> int:
 class ServerSettings(BaseModel):
     """The HTTP listener."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
 
@@ -38,11 +40,15 @@ class ServerSettings(BaseModel):
 class StorageSettings(BaseModel):
     """Where embedded mode keeps its state."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     data_dir: Path = Path("qtask-data")
 
 
 class WorkerSettings(BaseModel):
     """The pool of worker processes that run circuits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     processes: int = Field(default_factory=_default_processes, ge=1, le=256)
     # Aer's OpenMP threads per process; 0 shares the cores evenly between the processes.
@@ -58,6 +64,8 @@ class WorkerSettings(BaseModel):
 class LimitsSettings(BaseModel):
     """What one request or circuit may ask for."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     max_circuit_bytes: int = Field(default=512 << 10, ge=64)
     max_qubits: int = Field(default=100, ge=1)
@@ -71,6 +79,8 @@ class LimitsSettings(BaseModel):
 
 class LogSettings(BaseModel):
     """Logging output."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # None: JSON when stdout is not a terminal, readable lines when it is.

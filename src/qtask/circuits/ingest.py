@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import re
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -267,16 +268,21 @@ def _parse_qasm2(source: str) -> QuantumCircuit:
             custom_instructions=qasm2.LEGACY_CUSTOM_INSTRUCTIONS,
         )
     except qasm2.QASM2ParseError as exc:
-        raise CircuitError(f"Invalid OpenQASM 2: {_qasm2_message(str(exc))}") from None
+        text = getattr(exc, "message", None) or str(exc)  # str() wraps the message in quotes
+        raise CircuitError(f"Invalid OpenQASM 2: {_qasm2_message(text)}") from None
     except (QiskitError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise CircuitError(f"Invalid OpenQASM 2: {exc}") from None
 
 
 def _parse_qasm3_native(source: str) -> QuantumCircuit:
     try:
-        with _stderr_silenced():
+        with _output_silenced():
             return qasm3.loads_experimental(source, include_path=[])
-    except Exception as exc:  # the native importer raises several unrelated types
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        # Several unrelated types, and a Rust panic (pyo3's PanicException derives from
+        # BaseException) on some inputs; the ANTLR importer then decides.
         raise _NativeRefusedError from exc
 
 
@@ -360,15 +366,21 @@ def _human(n: int) -> str:
 
 
 @contextlib.contextmanager
-def _stderr_silenced() -> Iterator[None]:
-    # The native importer prints its diagnostics, with the user's source, straight to file
-    # descriptor 2. They would land in the service's logs; the ANTLR importer reports instead.
-    saved = os.dup(2)
+def _output_silenced() -> Iterator[None]:
+    # The native importer prints its diagnostics, quoting the user's source, straight to file
+    # descriptors 1 and 2. They would land in the service's logs as non-JSON lines; the ANTLR
+    # importer reports errors instead. The window is the parse alone (microseconds).
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.flush()
+    saved = [os.dup(1), os.dup(2)]
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
+        os.dup2(devnull, 1)
         os.dup2(devnull, 2)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)

@@ -107,6 +107,15 @@ def _prepare(item: RunItem) -> QuantumCircuit:
         os.kill(os.getpid(), signal.SIGKILL)
     circuit = load_program(item.encoding, item.source, item.program)
     if not item.measured:
+        if circuit.num_clbits and not any(instruction.clbits for instruction in circuit.data):
+            # Bits declared but never written would show up as constant zeros in every key;
+            # without them the keys are just the measured qubits.
+            bare = QuantumCircuit(*circuit.qregs, name=circuit.name)
+            if not circuit.qregs:
+                bare.add_bits(circuit.qubits)
+            for instruction in circuit.data:
+                bare.append(instruction.operation, instruction.qubits)
+            circuit = bare
         circuit.measure_all()
     if item.needs_transpile:
         circuit = _transpiler().run(circuit)

@@ -86,6 +86,8 @@ class _Child:
     def __init__(self, process: BaseProcess, conn: Connection) -> None:
         self.process = process
         self.conn = conn
+        # The future a call waits on for this child's answer; woken when the child is killed.
+        self.waiter: asyncio.Future[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -95,6 +97,10 @@ class _Child:
         with contextlib.suppress(ProcessLookupError, AttributeError, ValueError):
             self.process.kill()
         self.process.join(5)
+        # Closing the pipe silently drops the event loop's reader, so wake the waiting call
+        # ourselves: it then reads the closed pipe and reports the crash.
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
         self.conn.close()
 
     def exit_description(self) -> str:
@@ -203,15 +209,18 @@ class ChildPool:
             child.conn.send(request)
         except (OSError, ValueError) as exc:
             raise ChildCrashedError("send failed") from exc
-        readable = loop.create_future()
+        readable: asyncio.Future[None] = loop.create_future()
         fd = child.conn.fileno()
         loop.add_reader(fd, _wake, readable)
+        child.waiter = readable
         try:
             await asyncio.wait_for(readable, timeout)
         except TimeoutError:
             raise ChildTimeoutError(f"no answer within {timeout:g} s") from None
         finally:
-            loop.remove_reader(fd)
+            child.waiter = None
+            if not child.conn.closed:
+                loop.remove_reader(fd)
         try:
             return child.conn.recv()
         except (EOFError, OSError) as exc:

@@ -163,6 +163,10 @@ class Worker:
         try:
             outcomes: list[RunOutcome] = await self._pool.call(items, self._settings.task_timeout_s)
         except ChildTimeoutError:
+            if self._interrupted:
+                for delivery in batch:
+                    await self._release(delivery, None, penalize=False)
+                return
             if len(batch) == 1:
                 limit = self._settings.task_timeout_s
                 await self._fail(

@@ -1,0 +1,450 @@
+"""The SQLite task store and queue, on a real database file."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from qtask.adapters import sqlite_store
+from qtask.adapters.sqlite_store import SQLiteTaskStore
+from qtask.domain.task import CircuitInfo, Encoding, Status, Task, new_task_id
+from qtask.errors import StoreUnavailableError, TaskNotFoundError
+
+BELL = (
+    'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\n'
+    "h q[0];\ncx q[0], q[1];\nc = measure q;\n"
+)
+INFO = CircuitInfo(
+    encoding=Encoding.QASM3,
+    num_qubits=2,
+    num_clbits=2,
+    num_operations=4,
+    clifford=True,
+    needs_transpile=False,
+    measured=True,
+)
+
+
+def make_task(**changes: object) -> Task:
+    task = Task(id=new_task_id(), source=BELL, info=INFO, shots=100)
+    return replace(task, **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "qtask.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[SQLiteTaskStore]:
+    opened = SQLiteTaskStore(db_path)
+    yield opened
+    await opened.close()
+
+
+async def stored(store: SQLiteTaskStore, task_id: str) -> Task:
+    task = await store.get(task_id)
+    assert task is not None
+    return task
+
+
+# --- create and get --------------------------------------------------------------------------
+
+
+async def test_create_get_roundtrip_of_every_field(store: SQLiteTaskStore) -> None:
+    info = CircuitInfo(
+        encoding=Encoding.QPY,
+        num_qubits=5,
+        num_clbits=3,
+        num_operations=17,
+        clifford=False,
+        needs_transpile=True,
+        measured=False,
+    )
+    task = Task(
+        id=new_task_id(),
+        source="OPENQASM 3.0;\n// ünïcödé ✓\nqubit q;\n",
+        info=info,
+        shots=4096,
+        seed=2**63 - 1,
+        program=bytes(range(256)) + b"\x00\xff",
+        status=Status.QUEUED,
+        attempts=0,
+        result=None,
+        error=None,
+        last_error="an earlier problem",
+        created_at=1_700_000_000.123456,
+        started_at=None,
+        finished_at=None,
+        idempotency_key="key-1",
+    )
+    returned = await store.create(task)
+    assert returned == task
+    assert await store.get(task.id) == task
+
+
+async def test_roundtrip_of_a_finished_task_record(store: SQLiteTaskStore) -> None:
+    task = make_task(
+        status=Status.COMPLETED,
+        attempts=2,
+        result={"00": 51, "11": 49},
+        error=None,
+        started_at=1.5,
+        finished_at=2.25,
+        seed=0,
+    )
+    await store.create(task)
+    assert await store.get(task.id) == task
+    failed = make_task(status=Status.FAILED, error="The simulator failed: x", attempts=3)
+    await store.create(failed)
+    assert await store.get(failed.id) == failed
+
+
+async def test_get_unknown_is_none(store: SQLiteTaskStore) -> None:
+    assert await store.get("no-such-task") is None
+
+
+async def test_create_many(store: SQLiteTaskStore) -> None:
+    tasks = [make_task(shots=n) for n in range(1, 6)]
+    returned = await store.create_many(tasks)
+    assert returned == tasks
+    for task in tasks:
+        assert await store.get(task.id) == task
+    assert await store.counts() == {"queued": 5}
+
+
+async def test_create_many_empty(store: SQLiteTaskStore) -> None:
+    assert await store.create_many([]) == []
+
+
+async def test_idempotency_key_returns_the_first_task(store: SQLiteTaskStore) -> None:
+    first = await store.create(make_task(idempotency_key="k"))
+    second = await store.create(make_task(idempotency_key="k", shots=7))
+    assert second == first
+    assert await store.counts() == {"queued": 1}
+    other = await store.create(make_task(idempotency_key="other"))
+    assert other.id != first.id
+    assert await store.counts() == {"queued": 2}
+
+
+async def test_idempotency_key_within_one_create_many(store: SQLiteTaskStore) -> None:
+    a = make_task(idempotency_key="same")
+    b = make_task(idempotency_key="same")
+    returned = await store.create_many([a, b])
+    assert [t.id for t in returned] == [a.id, a.id]
+    assert await store.get(b.id) is None
+
+
+async def test_concurrent_creates_with_one_key_store_one_task(store: SQLiteTaskStore) -> None:
+    tasks = [make_task(idempotency_key="race") for _ in range(20)]
+    returned = await asyncio.gather(*(store.create(t) for t in tasks))
+    assert len({t.id for t in returned}) == 1
+    assert await store.counts() == {"queued": 1}
+
+
+async def test_tasks_without_key_are_never_deduplicated(store: SQLiteTaskStore) -> None:
+    await store.create(make_task())
+    await store.create(make_task())
+    assert await store.counts() == {"queued": 2}
+
+
+async def test_failing_write_does_not_spoil_its_group(store: SQLiteTaskStore) -> None:
+    task = make_task()
+    await store.create(task)
+    good = make_task()
+    results = await asyncio.gather(
+        store.create(replace(task, shots=1)),  # the same id again: the insert fails
+        store.create(good),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Exception)
+    assert results[1] == good
+    assert await store.get(good.id) == good
+    assert (await stored(store, task.id)).shots == 100
+
+
+async def test_concurrent_creates_are_all_stored(store: SQLiteTaskStore) -> None:
+    tasks = [make_task(shots=i + 1) for i in range(200)]
+    returned = await asyncio.gather(*(store.create(t) for t in tasks))
+    assert returned == tasks
+    assert await store.counts() == {"queued": 200}
+    for task in tasks[::37]:
+        assert await store.get(task.id) == task
+
+
+# --- the queue ----------------------------------------------------------------------------
+
+
+async def test_fetch_claims_in_submission_order(store: SQLiteTaskStore) -> None:
+    tasks = [make_task() for _ in range(5)]
+    for task in tasks:
+        await store.create(task)
+    before = time.time()
+    first = await store.fetch(3, timeout=0)
+    assert [d.task.id for d in first] == [t.id for t in tasks[:3]]
+    for delivery in first:
+        assert delivery.task.status is Status.RUNNING
+        assert delivery.task.attempts == 1
+        assert delivery.task.started_at is not None
+        assert delivery.task.started_at >= before - 1
+        assert await store.get(delivery.task.id) == delivery.task
+    rest = await store.fetch(10, timeout=0)
+    assert [d.task.id for d in rest] == [t.id for t in tasks[3:]]
+    assert await store.counts() == {"running": 5}
+
+
+async def test_leased_tasks_are_not_fetched_again(store: SQLiteTaskStore) -> None:
+    await store.create(make_task())
+    assert len(await store.fetch(10, timeout=0)) == 1
+    assert await store.fetch(10, timeout=0) == []
+
+
+async def test_finished_tasks_are_not_fetched(store: SQLiteTaskStore) -> None:
+    await store.create(make_task(status=Status.COMPLETED, result={"0": 1}))
+    await store.create(make_task(status=Status.FAILED, error="x"))
+    assert await store.fetch(10, timeout=0) == []
+
+
+async def test_fetch_times_out_empty(store: SQLiteTaskStore) -> None:
+    began = time.monotonic()
+    assert await store.fetch(1, timeout=0.2) == []
+    elapsed = time.monotonic() - began
+    assert 0.15 <= elapsed < 2.0
+
+
+async def test_fetch_wakes_up_on_create(store: SQLiteTaskStore) -> None:
+    task = make_task()
+
+    async def create_later() -> None:
+        await asyncio.sleep(0.05)
+        await store.create(task)
+
+    began = time.monotonic()
+    deliveries, _ = await asyncio.gather(store.fetch(1, timeout=10.0), create_later())
+    elapsed = time.monotonic() - began
+    assert [d.task.id for d in deliveries] == [task.id]
+    assert elapsed < 2.0
+
+
+async def test_fetch_wakes_up_on_release(store: SQLiteTaskStore) -> None:
+    task = await store.create(make_task())
+    await store.fetch(1, timeout=0)
+
+    async def release_later() -> None:
+        await asyncio.sleep(0.05)
+        await store.release(task.id, "crash", penalize=True)
+
+    began = time.monotonic()
+    deliveries, _ = await asyncio.gather(store.fetch(1, timeout=10.0), release_later())
+    assert [d.task.id for d in deliveries] == [task.id]
+    assert deliveries[0].task.attempts == 2
+    assert time.monotonic() - began < 2.0
+
+
+async def test_lapsed_lease_is_claimed_again(
+    store: SQLiteTaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = await store.create(make_task())
+    monkeypatch.setattr(sqlite_store, "LEASE_SECONDS", -1.0)  # every lease lapses at once
+    [first] = await store.fetch(1, timeout=0)
+    [second] = await store.fetch(1, timeout=0)
+    assert first.task.id == second.task.id == task.id
+    assert second.task.attempts == 2
+
+
+async def test_renewed_lease_is_not_claimed(
+    store: SQLiteTaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = await store.create(make_task())
+    monkeypatch.setattr(sqlite_store, "LEASE_SECONDS", -1.0)
+    [delivery] = await store.fetch(1, timeout=0)
+    monkeypatch.setattr(sqlite_store, "LEASE_SECONDS", 30.0)
+    await delivery.in_progress()  # renews the lease
+    assert await store.fetch(1, timeout=0) == []
+    assert (await stored(store, task.id)).status is Status.RUNNING
+
+
+async def test_delivery_ack_and_nak_are_harmless(store: SQLiteTaskStore) -> None:
+    task = await store.create(make_task())
+    [delivery] = await store.fetch(1, timeout=0)
+    assert delivery.task.id == task.id
+    await store.complete(task.id, {"00": 1})
+    await delivery.ack()
+    await delivery.nak()
+    assert (await stored(store, task.id)).status is Status.COMPLETED
+
+
+# --- outcomes --------------------------------------------------------------------------------
+
+
+async def test_complete_is_first_wins(store: SQLiteTaskStore) -> None:
+    task = await store.create(make_task())
+    await store.fetch(1, timeout=0)
+    done = await store.complete(task.id, {"00": 60, "11": 40})
+    assert done.status is Status.COMPLETED
+    assert done.result == {"00": 60, "11": 40}
+    assert done.finished_at is not None
+    again = await store.complete(task.id, {"01": 100})
+    assert again == done
+    after_fail = await store.fail(task.id, "late failure")
+    assert after_fail == done
+    assert await store.get(task.id) == done
+
+
+async def test_fail_is_final(store: SQLiteTaskStore) -> None:
+    task = await store.create(make_task())
+    await store.fetch(1, timeout=0)
+    failed = await store.fail(task.id, "The task ran longer than the limit.")
+    assert failed.status is Status.FAILED
+    assert failed.error == "The task ran longer than the limit."
+    assert failed.result is None
+    assert await store.complete(task.id, {"00": 1}) == failed
+    assert await store.release(task.id, "crash", penalize=True) is None
+    assert await store.get(task.id) == failed
+
+
+async def test_complete_of_a_queued_task(store: SQLiteTaskStore) -> None:
+    # A result from a worker whose lease lapsed and whose task was requeued is still stored.
+    task = await store.create(make_task())
+    done = await store.complete(task.id, {"00": 1})
+    assert done.status is Status.COMPLETED
+
+
+async def test_outcome_of_unknown_task(store: SQLiteTaskStore) -> None:
+    with pytest.raises(TaskNotFoundError):
+        await store.complete("missing", {"0": 1})
+    with pytest.raises(TaskNotFoundError):
+        await store.fail("missing", "x")
+
+
+async def test_release_with_penalty_keeps_the_attempt(store: SQLiteTaskStore) -> None:
+    task = await store.create(make_task())
+    await store.fetch(1, timeout=0)
+    released = await store.release(task.id, "the worker process died", penalize=True)
+    assert released is not None
+    assert released.status is Status.QUEUED
+    assert released.attempts == 1
+    assert released.last_error == "the worker process died"
+    assert await store.get(task.id) == released
+
+
+async def test_release_without_penalty_refunds_the_attempt(store: SQLiteTaskStore) -> None:
+    task = await store.create(make_task())
+    await store.fetch(1, timeout=0)
+    await store.release(task.id, "first", penalize=True)
+    [delivery] = await store.fetch(1, timeout=0)
+    assert delivery.task.attempts == 2
+    released = await store.release(task.id, None, penalize=False)
+    assert released is not None
+    assert released.status is Status.QUEUED
+    assert released.attempts == 1
+    assert released.last_error == "first"  # a None reason keeps the previous one
+
+
+async def test_release_of_a_task_that_is_not_running(store: SQLiteTaskStore) -> None:
+    task = await store.create(make_task())
+    assert await store.release(task.id, "x", penalize=False) is None
+    assert await store.release("missing", "x", penalize=False) is None
+    assert (await stored(store, task.id)).attempts == 0
+
+
+async def test_recover_requeues_running_tasks_and_keeps_attempts(
+    store: SQLiteTaskStore,
+) -> None:
+    running = [await store.create(make_task()) for _ in range(2)]
+    await store.fetch(2, timeout=0)
+    queued = await store.create(make_task())
+    done = await store.create(make_task())
+    await store.complete(done.id, {"00": 1})
+
+    assert await store.recover() == 2
+    for task in running:
+        recovered = await stored(store, task.id)
+        assert recovered.status is Status.QUEUED
+        assert recovered.attempts == 1
+        assert recovered.last_error == "the service stopped while the task ran"
+    assert (await stored(store, queued.id)).attempts == 0
+    assert (await stored(store, done.id)).status is Status.COMPLETED
+    deliveries = await store.fetch(10, timeout=0)
+    assert [d.task.id for d in deliveries] == [running[0].id, running[1].id, queued.id]
+    assert [d.task.attempts for d in deliveries] == [2, 2, 1]
+
+
+async def test_recover_keeps_an_earlier_reason(store: SQLiteTaskStore) -> None:
+    task = await store.create(make_task())
+    await store.fetch(1, timeout=0)
+    await store.release(task.id, "crashed", penalize=True)
+    await store.fetch(1, timeout=0)
+    await store.recover()
+    assert (await stored(store, task.id)).last_error == "crashed"
+
+
+async def test_recover_with_nothing_running(store: SQLiteTaskStore) -> None:
+    await store.create(make_task())
+    assert await store.recover() == 0
+
+
+# --- durability and lifecycle ----------------------------------------------------------------
+
+
+async def test_data_survives_reopening(db_path: Path) -> None:
+    first = SQLiteTaskStore(db_path)
+    done = await first.create(make_task(idempotency_key="durable"))
+    running = await first.create(make_task())
+    queued = await first.create(make_task())
+    await first.fetch(2, timeout=0)
+    completed = await first.complete(done.id, {"00": 3})
+    await first.close()
+
+    second = SQLiteTaskStore(db_path)
+    try:
+        assert await second.get(done.id) == completed
+        assert (await stored(second, running.id)).status is Status.RUNNING
+        assert (await stored(second, queued.id)).status is Status.QUEUED
+        assert await second.create(make_task(idempotency_key="durable")) == completed
+        assert await second.recover() == 1
+        deliveries = await second.fetch(5, timeout=0)
+        assert [d.task.id for d in deliveries] == [running.id, queued.id]
+        assert [d.task.attempts for d in deliveries] == [2, 1]
+    finally:
+        await second.close()
+
+
+async def test_create_then_close_keeps_every_acknowledged_write(db_path: Path) -> None:
+    first = SQLiteTaskStore(db_path)
+    tasks = [make_task() for _ in range(50)]
+    await asyncio.gather(*(first.create(t) for t in tasks))
+    await first.close()
+    second = SQLiteTaskStore(db_path)
+    try:
+        assert await second.counts() == {"queued": 50}
+    finally:
+        await second.close()
+
+
+async def test_ping(store: SQLiteTaskStore) -> None:
+    await store.ping()
+
+
+async def test_write_after_close_is_refused(db_path: Path) -> None:
+    closing = SQLiteTaskStore(db_path)
+    await closing.close()
+    await closing.close()  # closing twice is fine
+    with pytest.raises(StoreUnavailableError):
+        await closing.create(make_task())
+
+
+async def test_counts(store: SQLiteTaskStore) -> None:
+    assert await store.counts() == {}
+    a = await store.create(make_task())
+    await store.create(make_task())
+    await store.create(make_task())
+    await store.fetch(1, timeout=0)
+    await store.complete(a.id, {"00": 1})
+    await store.fetch(1, timeout=0)
+    assert await store.counts() == {"completed": 1, "running": 1, "queued": 1}

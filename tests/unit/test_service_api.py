@@ -1,0 +1,491 @@
+"""The HTTP API and TaskService over the in-memory store, driven in-process through ASGI."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+
+from qtask.api.app import create_app
+from qtask.config import LimitsSettings
+from qtask.constants import MSG_NOT_FOUND, MSG_PENDING, MSG_SUBMITTED
+from qtask.domain.task import Encoding, Status, Task
+from qtask.errors import InvalidRequestError, StoreUnavailableError, TaskNotFoundError
+from qtask.service import CircuitIngestor, Submission, TaskService, limits_from
+from qtask.testing import InMemoryTaskStore
+
+MAX_BODY = 4096
+MAX_SHOTS = 10_000
+
+BELL = (
+    'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\n'
+    "h q[0];\ncx q[0], q[1];\nc = measure q;\n"
+)
+# Line 4 lacks its semicolon; the parser notices at the start of line 5.
+SYNTAX_ERROR = 'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nh q[0]\ncx q[0], q[1];\n'
+# Needs the slow ANTLR importer (pi), which runs in a thread when there is no parse pool.
+PI_CIRCUIT = (
+    'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[1] q;\nbit[1] c;\n'
+    "rx(pi/2) q[0];\nc[0] = measure q[0];\n"
+)
+
+
+class Harness:
+    def __init__(self, store: InMemoryTaskStore, service: TaskService, app: FastAPI) -> None:
+        self.store = store
+        self.service = service
+        self.app = app
+
+
+def build(store: Any | None = None, **limits: Any) -> Harness:
+    settings = LimitsSettings(max_shots=MAX_SHOTS, **limits)
+    memory = store if store is not None else InMemoryTaskStore()
+    service = TaskService(memory, memory, CircuitIngestor(settings, pool=None), settings)
+    return Harness(memory, service, create_app(service, max_body_bytes=MAX_BODY))
+
+
+@pytest.fixture
+def harness() -> Harness:
+    return build()
+
+
+@pytest.fixture
+async def client(harness: Harness) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=harness.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        yield http
+
+
+@pytest.fixture
+def store(harness: Harness) -> InMemoryTaskStore:
+    return harness.store
+
+
+def assert_error_body(response: httpx.Response) -> str:
+    body = response.json()
+    assert set(body) == {"status", "message"}
+    assert body["status"] == "error"
+    assert isinstance(body["message"], str)
+    assert body["message"]
+    assert response.headers["content-type"].startswith("application/json")
+    return str(body["message"])
+
+
+async def submit(client: httpx.AsyncClient, **body: Any) -> httpx.Response:
+    return await client.post("/tasks", json=body)
+
+
+# --- submitting ------------------------------------------------------------------------------
+
+
+async def test_submit_returns_202_with_exact_body(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    response = await submit(client, qc=BELL)
+    assert response.status_code == 202
+    body = response.json()
+    task_id = body["task_id"]
+    assert body == {"task_id": task_id, "message": MSG_SUBMITTED}
+    assert body["message"] == "Task submitted successfully."
+    assert response.headers["location"] == f"/tasks/{task_id}"
+    task = store.tasks[task_id]
+    assert task.status is Status.QUEUED
+    assert task.source == BELL
+    assert task.shots == 1024
+    assert task.seed is None
+    assert task.info.encoding is Encoding.QASM3
+
+
+async def test_submit_with_shots_and_seed(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    response = await submit(client, qc=BELL, shots=77, seed=5)
+    assert response.status_code == 202
+    task = store.tasks[response.json()["task_id"]]
+    assert task.shots == 77
+    assert task.seed == 5
+
+
+async def test_quantum_circuit_alias(client: httpx.AsyncClient, store: InMemoryTaskStore) -> None:
+    response = await submit(client, quantum_circuit=BELL)
+    assert response.status_code == 202
+    assert store.tasks[response.json()["task_id"]].source == BELL
+
+
+async def test_unknown_fields_are_ignored(client: httpx.AsyncClient) -> None:
+    response = await submit(client, qc=BELL, colour="blue")
+    assert response.status_code == 202
+
+
+async def test_each_submission_gets_a_new_id(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    first = (await submit(client, qc=BELL)).json()["task_id"]
+    second = (await submit(client, qc=BELL)).json()["task_id"]
+    assert first != second
+    assert set(store.tasks) == {first, second}
+
+
+async def test_slow_path_circuit_is_parsed_in_a_thread(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    response = await submit(client, qc=PI_CIRCUIT)
+    assert response.status_code == 202
+    task = store.tasks[response.json()["task_id"]]
+    assert task.info.encoding is Encoding.QPY
+    assert task.program
+
+
+async def test_qasm2_submission(client: httpx.AsyncClient, store: InMemoryTaskStore) -> None:
+    source = (
+        'OPENQASM 2.0; include "qelib1.inc"; qreg q[2]; creg c[2]; '
+        "h q[0]; cx q[0],q[1]; measure q -> c;"
+    )
+    response = await submit(client, qc=source)
+    assert response.status_code == 202
+    assert store.tasks[response.json()["task_id"]].info.encoding is Encoding.QASM2
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+async def test_get_pending_task(client: httpx.AsyncClient) -> None:
+    task_id = (await submit(client, qc=BELL)).json()["task_id"]
+    response = await client.get(f"/tasks/{task_id}")
+    assert response.status_code == 200
+    assert response.json() == {"status": "pending", "message": MSG_PENDING}
+    assert response.json()["message"] == "Task is still in progress."
+
+
+async def test_get_running_task_is_pending(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    task_id = (await submit(client, qc=BELL)).json()["task_id"]
+    [delivery] = await store.fetch(1, timeout=0)
+    assert delivery.task.status is Status.RUNNING
+    response = await client.get(f"/tasks/{task_id}")
+    assert response.json() == {"status": "pending", "message": MSG_PENDING}
+
+
+async def test_get_completed_task(client: httpx.AsyncClient, store: InMemoryTaskStore) -> None:
+    task_id = (await submit(client, qc=BELL)).json()["task_id"]
+    await store.complete(task_id, {"00": 3})
+    response = await client.get(f"/tasks/{task_id}")
+    assert response.status_code == 200
+    assert response.json() == {"status": "completed", "result": {"00": 3}}
+
+
+async def test_get_failed_task(client: httpx.AsyncClient, store: InMemoryTaskStore) -> None:
+    task_id = (await submit(client, qc=BELL)).json()["task_id"]
+    await store.fail(task_id, "The simulator failed: out of memory")
+    response = await client.get(f"/tasks/{task_id}")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "error",
+        "message": "The simulator failed: out of memory",
+    }
+
+
+async def test_get_unknown_task(client: httpx.AsyncClient) -> None:
+    response = await client.get("/tasks/00000000-0000-4000-8000-000000000000")
+    assert response.status_code == 404
+    assert response.json() == {"status": "error", "message": MSG_NOT_FOUND}
+    assert response.json()["message"] == "Task not found."
+
+
+async def test_unknown_route_uses_the_error_body(client: httpx.AsyncClient) -> None:
+    response = await client.get("/nothing/here")
+    assert response.status_code == 404
+    assert response.json() == {"status": "error", "message": MSG_NOT_FOUND}
+
+
+async def test_wrong_method_uses_the_error_body(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/tasks")
+    assert response.status_code == 405
+    assert_error_body(response)
+
+
+# --- bad requests: nothing is stored -------------------------------------------------------
+
+
+async def test_non_json_body(client: httpx.AsyncClient, store: InMemoryTaskStore) -> None:
+    response = await client.post(
+        "/tasks", content=b"qc=OPENQASM", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert "not valid JSON" in assert_error_body(response)
+    assert store.tasks == {}
+
+
+async def test_empty_body(client: httpx.AsyncClient, store: InMemoryTaskStore) -> None:
+    response = await client.post("/tasks", content=b"  ")
+    assert response.status_code == 400
+    assert "empty" in assert_error_body(response)
+    assert store.tasks == {}
+
+
+@pytest.mark.parametrize("payload", [[{"qc": BELL}], "OPENQASM 3.0;", 42, None])
+async def test_json_that_is_not_an_object(
+    client: httpx.AsyncClient, store: InMemoryTaskStore, payload: object
+) -> None:
+    response = await client.post("/tasks", content=orjson.dumps(payload))
+    assert response.status_code == 422
+    assert "JSON object" in assert_error_body(response)
+    assert store.tasks == {}
+
+
+async def test_missing_qc(client: httpx.AsyncClient, store: InMemoryTaskStore) -> None:
+    response = await submit(client, shots=10)
+    assert response.status_code == 422
+    assert "qc" in assert_error_body(response)
+    assert store.tasks == {}
+
+
+@pytest.mark.parametrize("qc", [123, None, ["OPENQASM 3.0;"], {"src": BELL}, True])
+async def test_qc_of_wrong_type(
+    client: httpx.AsyncClient, store: InMemoryTaskStore, qc: object
+) -> None:
+    response = await submit(client, qc=qc)
+    assert response.status_code == 422
+    assert "qc" in assert_error_body(response)
+    assert store.tasks == {}
+
+
+@pytest.mark.parametrize("shots", [0, -1, MAX_SHOTS + 1])
+async def test_shots_out_of_range(
+    client: httpx.AsyncClient, store: InMemoryTaskStore, shots: int
+) -> None:
+    response = await submit(client, qc=BELL, shots=shots)
+    assert 400 <= response.status_code < 500
+    assert "shots" in assert_error_body(response)
+    assert store.tasks == {}
+
+
+async def test_max_shots_is_accepted(client: httpx.AsyncClient) -> None:
+    assert (await submit(client, qc=BELL, shots=MAX_SHOTS)).status_code == 202
+
+
+@pytest.mark.parametrize("shots", ["5", 5.0, 2.5, True, None])
+async def test_shots_of_wrong_type(
+    client: httpx.AsyncClient, store: InMemoryTaskStore, shots: object
+) -> None:
+    response = await submit(client, qc=BELL, shots=shots)
+    assert response.status_code == 422
+    assert "shots" in assert_error_body(response)
+    assert store.tasks == {}
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, "7", 1.5])
+async def test_bad_seed(client: httpx.AsyncClient, store: InMemoryTaskStore, seed: object) -> None:
+    response = await submit(client, qc=BELL, seed=seed)
+    assert response.status_code == 422
+    assert "seed" in assert_error_body(response)
+    assert store.tasks == {}
+
+
+async def test_body_over_limit(client: httpx.AsyncClient, store: InMemoryTaskStore) -> None:
+    source = BELL + "// " + "x" * MAX_BODY + "\n"
+    response = await submit(client, qc=source)
+    assert response.status_code == 413
+    assert str(MAX_BODY) in assert_error_body(response)
+    assert store.tasks == {}
+
+
+async def test_streamed_body_over_limit_without_content_length(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"qc": "'
+        for _ in range(10):
+            yield b"x" * 1024
+        yield b'"}'
+
+    response = await client.post("/tasks", content=chunks())
+    assert response.status_code == 413
+    assert_error_body(response)
+    assert store.tasks == {}
+
+
+async def test_circuit_syntax_error(client: httpx.AsyncClient, store: InMemoryTaskStore) -> None:
+    response = await submit(client, qc=SYNTAX_ERROR)
+    assert response.status_code == 400
+    message = assert_error_body(response)
+    assert "line 5" in message
+    assert "column" in message
+    assert store.tasks == {}
+
+
+async def test_empty_circuit(client: httpx.AsyncClient, store: InMemoryTaskStore) -> None:
+    response = await submit(client, qc="   ")
+    assert response.status_code == 400
+    assert "empty" in assert_error_body(response)
+    assert store.tasks == {}
+
+
+async def test_forbidden_include(client: httpx.AsyncClient, store: InMemoryTaskStore) -> None:
+    response = await submit(client, qc='OPENQASM 3.0;\ninclude "/etc/passwd";\nqubit q;\n')
+    assert response.status_code == 400
+    assert "cannot be included" in assert_error_body(response)
+    assert store.tasks == {}
+
+
+async def test_circuit_over_memory_limit(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    source = 'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[40] q;\nh q[0];\nt q[0];\n'
+    response = await submit(client, qc=source)
+    assert response.status_code == 422
+    assert "memory" in assert_error_body(response)
+    assert store.tasks == {}
+
+
+async def test_circuit_over_byte_limit_below_body_limit() -> None:
+    harness = build(max_circuit_bytes=200)
+    transport = httpx.ASGITransport(app=harness.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        response = await submit(http, qc=BELL + "// " + "x" * 200 + "\n")
+    assert response.status_code == 422
+    assert "bytes" in assert_error_body(response)
+    assert harness.store.tasks == {}
+
+
+# --- idempotency -------------------------------------------------------------------------------
+
+
+async def test_idempotency_key_returns_the_same_task(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    headers = {"Idempotency-Key": "order-42"}
+    first = await client.post("/tasks", json={"qc": BELL}, headers=headers)
+    second = await client.post("/tasks", json={"qc": BELL, "shots": 5}, headers=headers)
+    assert first.status_code == second.status_code == 202
+    task_id = first.json()["task_id"]
+    assert second.json() == {"task_id": task_id, "message": MSG_SUBMITTED}
+    assert second.headers["location"] == f"/tasks/{task_id}"
+    assert list(store.tasks) == [task_id]
+    assert store.tasks[task_id].idempotency_key == "order-42"
+    assert store.tasks[task_id].shots == 1024  # the first submission is what counts
+
+
+async def test_different_idempotency_keys_make_different_tasks(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    first = await client.post("/tasks", json={"qc": BELL}, headers={"Idempotency-Key": "a"})
+    second = await client.post("/tasks", json={"qc": BELL}, headers={"Idempotency-Key": "b"})
+    assert first.json()["task_id"] != second.json()["task_id"]
+    assert len(store.tasks) == 2
+
+
+async def test_overlong_idempotency_key(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    response = await client.post(
+        "/tasks", json={"qc": BELL}, headers={"Idempotency-Key": "k" * 256}
+    )
+    assert response.status_code == 422
+    assert_error_body(response)
+    assert store.tasks == {}
+
+
+# --- health and readiness ------------------------------------------------------------------
+
+
+async def test_health(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+
+
+async def test_ready_without_checks(client: httpx.AsyncClient) -> None:
+    response = await client.get("/ready")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "checks": {}}
+
+
+async def test_ready_reports_a_failing_check() -> None:
+    async def ok() -> str:
+        return "ok"
+
+    async def broken() -> str:
+        raise RuntimeError("disk gone")
+
+    harness = build()
+    app = create_app(
+        harness.service, max_body_bytes=MAX_BODY, ready_checks={"store": ok, "pool": broken}
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        response = await http.get("/ready")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {"store": "ok", "pool": "failing: disk gone"},
+    }
+
+
+# --- store failures --------------------------------------------------------------------------
+
+
+class BrokenStore(InMemoryTaskStore):
+    async def create_many(self, tasks: Any) -> list[Task]:
+        raise StoreUnavailableError("database is locked")
+
+
+async def test_store_unavailable_is_503() -> None:
+    harness = build(store=BrokenStore())
+    transport = httpx.ASGITransport(app=harness.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        response = await submit(http, qc=BELL)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    message = assert_error_body(response)
+    assert "database is locked" not in message
+
+
+# --- the service without HTTP --------------------------------------------------------------
+
+
+async def test_service_submit_and_get(harness: Harness) -> None:
+    task = await harness.service.submit(Submission(BELL, 10, 3))
+    assert await harness.service.get(task.id) == task
+    with pytest.raises(TaskNotFoundError):
+        await harness.service.get("missing")
+
+
+async def test_service_rejects_bad_shots_before_parsing(harness: Harness) -> None:
+    with pytest.raises(InvalidRequestError, match="shots"):
+        await harness.service.submit(Submission("not a circuit", 0))
+    assert harness.store.tasks == {}
+
+
+async def test_service_submit_many_is_all_or_nothing(harness: Harness) -> None:
+    with pytest.raises(InvalidRequestError):
+        await harness.service.submit_many([Submission(BELL, 10), Submission(SYNTAX_ERROR, 10)])
+    assert harness.store.tasks == {}
+    stored = await harness.service.submit_many([Submission(BELL, 10), Submission(BELL, 20)])
+    assert [t.shots for t in stored] == [10, 20]
+    assert len(harness.store.tasks) == 2
+
+
+def test_limits_from_settings() -> None:
+    limits = limits_from(LimitsSettings(max_statevector_mb=2))
+    assert limits.max_statevector_bytes == 2 << 20
+    assert limits.max_qubits == 100
+
+
+async def test_single_quoted_include_is_accepted(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    source = "OPENQASM 3.0;\ninclude 'stdgates.inc';\nqubit q;\nbit c;\nh q;\nc = measure q;\n"
+    try:
+        response = await submit(client, qc=source)
+    except BaseException as exc:  # the escaping panic becomes an ordinary test failure
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        pytest.fail(f"the request raised {type(exc).__name__}: {exc}")
+    assert response.status_code == 202
+    assert len(store.tasks) == 1

@@ -1,0 +1,542 @@
+"""The worker loop, with the in-memory store and a fake pool standing in for child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+
+import pytest
+
+from qtask.circuits.ingest import Limits, ingest
+from qtask.config import WorkerSettings
+from qtask.domain.ports import Delivery
+from qtask.domain.task import CircuitInfo, Status, Task, new_task_id
+from qtask.execution.aer import RunItem, RunOutcome
+from qtask.testing import InMemoryDelivery, InMemoryTaskStore
+from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildTimeoutError
+from qtask.worker.runner import Worker, _plan
+
+BELL = (
+    'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\n'
+    "h q[0];\ncx q[0], q[1];\nc = measure q;\n"
+)
+LIMITS = Limits(
+    max_circuit_bytes=1 << 20,
+    max_qubits=100,
+    max_operations=100_000,
+    max_statevector_bytes=1 << 30,
+)
+INFO = ingest(BELL, LIMITS).info
+# Too wide to share a batch (more than BATCH_MAX_QUBITS).
+BIG_INFO = replace(INFO, num_qubits=20, num_clbits=20)
+CRASH = "the worker process died (killed by signal SIGKILL)"
+
+Behaviour = Callable[[list[RunItem], float], Awaitable[list[RunOutcome]]]
+
+
+def counts_for(items: Sequence[RunItem]) -> list[RunOutcome]:
+    return [RunOutcome(item.task_id, counts={"00": item.shots}) for item in items]
+
+
+async def succeed(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+    return counts_for(items)
+
+
+class FakePool:
+    """Stands in for ChildPool: records each call and answers as `behaviour` says."""
+
+    def __init__(self, behaviour: Behaviour = succeed, size: int = 1) -> None:
+        self.size = size
+        self.behaviour = behaviour
+        self.calls: list[list[RunItem]] = []
+        self.timeouts: list[float] = []
+        self.closed = asyncio.Event()
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return [len(call) for call in self.calls]
+
+    async def call(self, items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        self.calls.append(list(items))
+        self.timeouts.append(timeout)
+        return await self.behaviour(items, timeout)
+
+    async def close(self) -> None:
+        self.closed.set()
+
+
+class RecordingStore(InMemoryTaskStore):
+    """The in-memory store, keeping every delivery it hands out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deliveries: list[InMemoryDelivery] = []
+
+    async def fetch(self, max_tasks: int, timeout: float) -> list[Delivery]:
+        deliveries = await super().fetch(max_tasks, timeout)
+        for delivery in deliveries:
+            assert isinstance(delivery, InMemoryDelivery)
+            self.deliveries.append(delivery)
+        return deliveries
+
+    def deliveries_of(self, task_id: str) -> list[InMemoryDelivery]:
+        return [d for d in self.deliveries if d.task.id == task_id]
+
+
+def settings(**changes: object) -> WorkerSettings:
+    values: dict[str, object] = {
+        "processes": 1,
+        "max_attempts": 3,
+        "task_timeout_s": 5.0,
+        "batch_size": 8,
+    }
+    values.update(changes)
+    return WorkerSettings(**values)  # type: ignore[arg-type]
+
+
+def make_task(info: CircuitInfo = INFO, **changes: object) -> Task:
+    task = Task(id=new_task_id(), source=BELL, info=info, shots=10)
+    return replace(task, **changes)  # type: ignore[arg-type]
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+
+
+def all_terminal(store: InMemoryTaskStore) -> Callable[[], bool]:
+    return lambda: all(task.status.terminal for task in store.tasks.values())
+
+
+async def run_until_done(
+    store: InMemoryTaskStore, pool: FakePool, worker_settings: WorkerSettings
+) -> Worker:
+    worker = Worker(store, store, pool, worker_settings)  # type: ignore[arg-type]
+    worker.start()
+    try:
+        await wait_until(all_terminal(store))
+    finally:
+        await worker.stop(grace=1.0)
+    return worker
+
+
+# --- the happy path --------------------------------------------------------------------------
+
+
+async def test_task_completes_and_is_acked() -> None:
+    store = RecordingStore()
+    task = await store.create(make_task())
+    pool = FakePool()
+    worker = await run_until_done(store, pool, settings(task_timeout_s=7.5))
+
+    done = store.tasks[task.id]
+    assert done.status is Status.COMPLETED
+    assert done.result == {"00": 10}
+    assert done.attempts == 1
+    assert done.finished_at is not None
+    [delivery] = store.deliveries
+    assert delivery.acked == 1
+    assert delivery.naked == 0
+    assert pool.batch_sizes == [1]
+    assert pool.timeouts == [7.5]
+    [item] = pool.calls[0]
+    assert item == RunItem.from_task(delivery.task)
+    assert worker.completed == 1
+    assert worker.failed == 0
+    assert worker.in_flight == 0
+
+
+async def test_task_submitted_while_running_is_picked_up() -> None:
+    store = RecordingStore()
+    worker = Worker(store, store, FakePool(), settings())  # type: ignore[arg-type]
+    worker.start()
+    try:
+        await asyncio.sleep(0.02)  # the worker is now waiting in fetch
+        task = await store.create(make_task())
+        await wait_until(lambda: store.tasks[task.id].status is Status.COMPLETED, timeout=2.0)
+    finally:
+        await worker.stop(grace=1.0)
+
+
+async def test_run_error_ends_task_in_error_and_acks() -> None:
+    async def broken(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        return [RunOutcome(item.task_id, error="The simulator failed: boom") for item in items]
+
+    store = RecordingStore()
+    task = await store.create(make_task())
+    worker = await run_until_done(store, FakePool(broken), settings())
+    failed = store.tasks[task.id]
+    assert failed.status is Status.FAILED
+    assert failed.error == "The simulator failed: boom"
+    assert store.deliveries[0].acked == 1
+    assert worker.failed == 1
+
+
+# --- redelivery of a settled task ----------------------------------------------------------
+
+
+class ScriptedQueue:
+    """A queue that hands out given deliveries once, then nothing."""
+
+    def __init__(self, deliveries: list[Delivery]) -> None:
+        self._pending = list(deliveries)
+        self.fetched = asyncio.Event()
+
+    async def publish(self, tasks: Sequence[Task]) -> None:
+        return None
+
+    async def fetch(self, max_tasks: int, timeout: float) -> list[Delivery]:
+        if self._pending:
+            batch, self._pending = self._pending[:max_tasks], self._pending[max_tasks:]
+            return batch
+        self.fetched.set()
+        await asyncio.sleep(timeout)
+        return []
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("status", [Status.COMPLETED, Status.FAILED])
+async def test_redelivered_terminal_task_is_acked_not_rerun(status: Status) -> None:
+    store = InMemoryTaskStore()
+    task = await store.create(make_task())
+    if status is Status.COMPLETED:
+        settled = await store.complete(task.id, {"11": 10})
+    else:
+        settled = await store.fail(task.id, "earlier failure")
+    delivery = InMemoryDelivery(store, settled)
+    queue = ScriptedQueue([delivery])
+    pool = FakePool()
+    worker = Worker(store, queue, pool, settings())  # type: ignore[arg-type]
+    worker.start()
+    try:
+        await asyncio.wait_for(queue.fetched.wait(), 2.0)
+    finally:
+        await worker.stop(grace=1.0)
+    assert pool.calls == []
+    assert delivery.acked == 1
+    assert delivery.naked == 0
+    assert store.tasks[task.id] == settled
+    assert worker.completed == 0
+
+
+# --- crashes, timeouts, retries ------------------------------------------------------------
+
+
+async def test_crash_releases_task_and_retry_completes() -> None:
+    calls = 0
+
+    async def crash_once(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ChildCrashedError(CRASH)
+        return counts_for(items)
+
+    store = RecordingStore()
+    task = await store.create(make_task())
+    pool = FakePool(crash_once)
+    worker = await run_until_done(store, pool, settings())
+
+    done = store.tasks[task.id]
+    assert done.status is Status.COMPLETED
+    assert done.attempts == 2  # the crashed attempt counts
+    assert done.last_error == CRASH
+    first, second = store.deliveries_of(task.id)
+    assert (first.naked, first.acked) == (1, 0)
+    assert (second.naked, second.acked) == (0, 1)
+    assert first.task.attempts == 1
+    assert second.task.attempts == 2
+    assert worker.retried == 1
+    assert worker.completed == 1
+
+
+async def test_handler_failure_is_retried_like_a_crash() -> None:
+    calls = 0
+
+    async def fail_once(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ChildFailedError("MemoryError: ")
+        return counts_for(items)
+
+    store = RecordingStore()
+    task = await store.create(make_task())
+    await run_until_done(store, FakePool(fail_once), settings())
+    done = store.tasks[task.id]
+    assert done.status is Status.COMPLETED
+    assert done.attempts == 2
+    assert done.last_error == "MemoryError: "
+
+
+async def test_task_crashing_every_time_fails_after_max_attempts() -> None:
+    async def always_crash(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        raise ChildCrashedError(CRASH)
+
+    store = RecordingStore()
+    task = await store.create(make_task())
+    pool = FakePool(always_crash)
+    worker = await run_until_done(store, pool, settings(max_attempts=3))
+
+    failed = store.tasks[task.id]
+    assert failed.status is Status.FAILED
+    assert failed.error is not None
+    assert "3 attempts" in failed.error
+    assert CRASH in failed.error
+    assert failed.result is None
+    assert pool.batch_sizes == [1, 1, 1]  # never run a fourth time
+    deliveries = store.deliveries_of(task.id)
+    assert [d.task.attempts for d in deliveries] == [1, 2, 3, 4]
+    assert [d.naked for d in deliveries] == [1, 1, 1, 0]
+    assert deliveries[-1].acked == 1
+    assert worker.failed == 1
+
+
+async def test_max_attempts_one_fails_after_first_crash() -> None:
+    async def always_crash(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        raise ChildCrashedError(CRASH)
+
+    store = RecordingStore()
+    task = await store.create(make_task())
+    pool = FakePool(always_crash)
+    await run_until_done(store, pool, settings(max_attempts=1))
+    assert store.tasks[task.id].status is Status.FAILED
+    assert "1 attempts" in (store.tasks[task.id].error or "")
+    assert pool.batch_sizes == [1]
+
+
+async def test_timeout_of_a_solo_task_is_final() -> None:
+    async def too_slow(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        raise ChildTimeoutError(f"no answer within {timeout:g} s")
+
+    store = RecordingStore()
+    task = await store.create(make_task())
+    pool = FakePool(too_slow)
+    await run_until_done(store, pool, settings(task_timeout_s=2.5))
+
+    failed = store.tasks[task.id]
+    assert failed.status is Status.FAILED
+    assert failed.error is not None
+    assert "limit of 2.5 s" in failed.error
+    assert failed.attempts == 1
+    assert pool.batch_sizes == [1]  # not retried
+    assert store.deliveries[0].acked == 1
+
+
+async def test_crashing_batch_is_retried_one_task_at_a_time() -> None:
+    async def crash_batches(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        if len(items) > 1:
+            raise ChildCrashedError(CRASH)
+        return counts_for(items)
+
+    store = RecordingStore()
+    tasks = [await store.create(make_task()) for _ in range(3)]
+    pool = FakePool(crash_batches)
+    await run_until_done(store, pool, settings(batch_size=8))
+
+    assert pool.batch_sizes == [3, 1, 1, 1]
+    for task in tasks:
+        done = store.tasks[task.id]
+        assert done.status is Status.COMPLETED
+        assert done.attempts == 2
+        assert done.last_error == CRASH
+
+
+async def test_batch_timeout_sends_each_task_back_to_run_alone() -> None:
+    async def slow_batches(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        if len(items) > 1:
+            raise ChildTimeoutError("no answer")
+        return counts_for(items)
+
+    store = RecordingStore()
+    tasks = [await store.create(make_task()) for _ in range(2)]
+    pool = FakePool(slow_batches)
+    await run_until_done(store, pool, settings(batch_size=8))
+
+    assert pool.batch_sizes == [2, 1, 1]
+    for task in tasks:
+        done = store.tasks[task.id]
+        assert done.status is Status.COMPLETED
+        assert done.last_error == "its batch ran out of time"
+
+
+async def test_only_the_poison_task_of_a_batch_fails() -> None:
+    store = RecordingStore()
+    good = [await store.create(make_task()) for _ in range(2)]
+    poison = await store.create(make_task(source=BELL + "// poison\n"))
+
+    async def poison_kills(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        if any("poison" in item.source for item in items):
+            raise ChildCrashedError(CRASH)
+        return counts_for(items)
+
+    pool = FakePool(poison_kills)
+    await run_until_done(store, pool, settings(max_attempts=2))
+
+    assert store.tasks[poison.id].status is Status.FAILED
+    for task in good:
+        assert store.tasks[task.id].status is Status.COMPLETED
+        assert store.tasks[task.id].attempts == 2
+
+
+# --- planning --------------------------------------------------------------------------------
+
+
+async def test_small_first_attempt_tasks_are_batched_up_to_batch_size() -> None:
+    store = RecordingStore()
+    for _ in range(10):
+        await store.create(make_task())
+    pool = FakePool()
+    await run_until_done(store, pool, settings(batch_size=4))
+    assert pool.batch_sizes == [4, 4, 2]
+    assert all(task.status is Status.COMPLETED for task in store.tasks.values())
+
+
+async def test_seeded_and_unseeded_results_go_to_their_own_tasks() -> None:
+    store = RecordingStore()
+    tasks = [await store.create(make_task(shots=n)) for n in (5, 6, 7)]
+    await run_until_done(store, FakePool(), settings())
+    assert [store.tasks[t.id].result for t in tasks] == [{"00": 5}, {"00": 6}, {"00": 7}]
+
+
+class PlanDelivery:
+    def __init__(self, task: Task) -> None:
+        self.task = task
+
+
+def planned(info: CircuitInfo = INFO, attempts: int = 1, **changes: object) -> PlanDelivery:
+    return PlanDelivery(make_task(info, attempts=attempts, status=Status.RUNNING, **changes))
+
+
+def test_plan_batches_small_first_attempts() -> None:
+    deliveries = [planned() for _ in range(5)]
+    batches = _plan(deliveries, 2)  # type: ignore[arg-type]
+    assert [len(b) for b in batches] == [2, 2, 1]
+    assert [d for b in batches for d in b] == deliveries  # order kept
+
+
+def test_plan_runs_retries_and_large_circuits_alone() -> None:
+    small1, small2, small3 = planned(), planned(), planned()
+    big = planned(BIG_INFO)
+    retry = planned(attempts=2)
+    long_one = planned(replace(INFO, num_operations=2001))
+    deliveries = [small1, big, small2, retry, small3, long_one]
+    batches = _plan(deliveries, 2)  # type: ignore[arg-type]
+    assert batches == [[big], [small1, small2], [retry], [long_one], [small3]]
+
+
+def test_plan_boundaries() -> None:
+    edge = planned(replace(INFO, num_qubits=16, num_operations=2000))
+    small = planned()
+    assert _plan([edge, small], 8) == [[edge, small]]  # type: ignore[arg-type]
+    wide = planned(replace(INFO, num_qubits=17))
+    assert _plan([wide, small], 8) == [[wide], [small]]  # type: ignore[arg-type]
+
+
+def test_plan_batch_size_one_runs_everything_alone() -> None:
+    deliveries = [planned() for _ in range(3)]
+    assert _plan(deliveries, 1) == [[d] for d in deliveries]  # type: ignore[arg-type]
+
+
+def test_plan_empty() -> None:
+    assert _plan([], 4) == []
+
+
+# --- shutdown --------------------------------------------------------------------------------
+
+
+async def test_stop_waits_for_a_run_that_finishes_within_grace() -> None:
+    started = asyncio.Event()
+
+    async def slowish(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        started.set()
+        await asyncio.sleep(0.1)
+        return counts_for(items)
+
+    store = RecordingStore()
+    task = await store.create(make_task())
+    pool = FakePool(slowish)
+    worker = Worker(store, store, pool, settings())  # type: ignore[arg-type]
+    worker.start()
+    await asyncio.wait_for(started.wait(), 2.0)
+    await worker.stop(grace=5.0)
+    assert store.tasks[task.id].status is Status.COMPLETED
+    assert not pool.closed.is_set()
+
+
+async def test_stop_after_grace_requeues_running_and_held_tasks() -> None:
+    started = asyncio.Event()
+
+    async def hang_until_closed(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        started.set()
+        await pool.closed.wait()
+        raise ChildCrashedError("the worker process died (killed by signal SIGKILL)")
+
+    store = RecordingStore()
+    # One pool slot: the big task runs alone and hangs; the small one is fetched with it but
+    # waits for a slot, so it is held without running.
+    small = await store.create(make_task())
+    big = await store.create(make_task(BIG_INFO))
+    pool = FakePool(hang_until_closed)
+    worker = Worker(store, store, pool, settings(batch_size=2))  # type: ignore[arg-type]
+    worker.start()
+    await asyncio.wait_for(started.wait(), 2.0)
+    assert worker.in_flight == 2
+
+    began = time.monotonic()
+    await worker.stop(grace=0.1)
+    assert time.monotonic() - began < 2.0
+    assert pool.closed.is_set()
+    assert pool.batch_sizes == [1]
+    assert [item.task_id for item in pool.calls[0]] == [big.id]
+    for task_id in (small.id, big.id):
+        requeued = store.tasks[task_id]
+        assert requeued.status is Status.QUEUED
+        assert requeued.attempts == 0  # the interrupted attempt is refunded
+        [delivery] = store.deliveries_of(task_id)
+        assert delivery.naked == 1
+        assert delivery.acked == 0
+    assert worker.in_flight == 0
+
+
+async def test_stop_of_idle_worker_is_prompt() -> None:
+    store = RecordingStore()
+    worker = Worker(store, store, FakePool(), settings())  # type: ignore[arg-type]
+    worker.start()
+    await asyncio.sleep(0.02)
+    began = time.monotonic()
+    await worker.stop(grace=5.0)
+    assert time.monotonic() - began < 1.0
+    assert store.deliveries == []
+
+
+async def test_no_task_is_taken_after_stop() -> None:
+    store = RecordingStore()
+    pool = FakePool()
+    worker = Worker(store, store, pool, settings())  # type: ignore[arg-type]
+    worker.start()
+    await worker.stop(grace=1.0)
+    task = await store.create(make_task())
+    await asyncio.sleep(0.05)
+    assert store.tasks[task.id].status is Status.QUEUED
+    assert pool.calls == []
+
+
+async def test_lapsed_lease_is_redelivered_and_completed_once() -> None:
+    # A worker whose lease lapsed while it ran still stores its result; the first result wins.
+    store = RecordingStore()
+    task = await store.create(make_task())
+    [stale] = await store.fetch(1, timeout=0)
+    store.expire_lease(task.id)
+    await run_until_done(store, FakePool(), settings())
+    assert store.tasks[task.id].status is Status.COMPLETED
+    assert store.tasks[task.id].attempts == 2
+    late = await store.complete(stale.task.id, {"11": 1})
+    assert late.result == {"00": 10}

@@ -5,7 +5,14 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from qtask_testkit import BELL, ServerProcess, db_task_count, ghz, submit, wait_done
+from qtask_testkit import (
+    BELL,
+    ServerProcess,
+    db_task_count,
+    ghz,
+    submit,
+    wait_done,
+)
 
 QASM2_BELL = (
     'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\n'
@@ -160,3 +167,13 @@ def test_wrong_method_and_path_get_json_errors(client: httpx.Client) -> None:
     response = client.get("/nowhere")
     assert response.status_code == 404
     assert response.json()["status"] == "error"
+
+
+def test_large_result_crosses_the_process_pipe_intact(client: httpx.Client) -> None:
+    # ~4,000 distinct 16-bit keys: the worker's reply is far larger than a pipe's 64 KiB buffer,
+    # so it reaches the server in parts (a non-blocking read of it once failed under uvloop).
+    source = 'OPENQASM 3.0; include "stdgates.inc"; qubit[16] q; bit[16] c; h q; c = measure q;'
+    done = wait_done(client, submit(client, source, shots=8192, seed=3))
+    assert done["status"] == "completed"
+    assert sum(done["result"].values()) == 8192
+    assert len(done["result"]) > 2000

@@ -251,3 +251,21 @@ async def test_worker_shutdown_requeues_an_interrupted_task(tmp_path: Path) -> N
     finally:
         await pool.close()
         await store.close()
+
+
+def test_large_reply_arrives_whole_under_uvloop() -> None:
+    # uvloop's add_reader leaves the pipe non-blocking; a reply far larger than the pipe's
+    # buffer then arrives in parts, and reading it must wait for the rest, not fail.
+    import uvloop
+
+    async def scenario() -> None:
+        opened = await started(1, "echo")
+        try:
+            payload = os.urandom(1 << 20) * 8
+            for _ in range(3):
+                assert await opened.call(payload, timeout=30) == payload
+        finally:
+            await opened.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())

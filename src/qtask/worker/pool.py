@@ -44,6 +44,15 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def _receive(conn: Connection) -> Any:
+    # An event loop's add_reader may leave the descriptor non-blocking (uvloop does). A reply
+    # larger than the pipe's buffer then arrives in parts, and a non-blocking read of the rest
+    # would fail; the child is writing it right now, so wait for it.
+    if not conn.closed:
+        os.set_blocking(conn.fileno(), True)
+    return conn.recv()
+
+
 def _resolve(path: str) -> Callable[..., Any]:
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
@@ -222,7 +231,7 @@ class ChildPool:
             if not child.conn.closed:
                 loop.remove_reader(fd)
         try:
-            return child.conn.recv()
+            return _receive(child.conn)
         except (EOFError, OSError) as exc:
             raise ChildCrashedError("pipe closed") from exc
 
@@ -252,7 +261,7 @@ class ChildPool:
         loop.add_reader(fd, _wake, ready)
         try:
             await asyncio.wait_for(ready, _START_TIMEOUT)
-            hello = parent_conn.recv()
+            hello = _receive(parent_conn)
         except (TimeoutError, EOFError, OSError) as exc:
             description = child.exit_description()
             child.kill()

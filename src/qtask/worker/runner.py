@@ -116,8 +116,17 @@ class Worker:
             return []
         fetch = asyncio.ensure_future(self._queue.fetch(limit, timeout=1.0))
         stop = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
+        try:
+            await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # Whatever the fetch already claimed must be held, so stop() puts it back.
+            if fetch.done() and not fetch.cancelled() and fetch.exception() is None:
+                for delivery in fetch.result():
+                    self._held[delivery.task.id] = delivery
+            fetch.cancel()
+            raise
+        finally:
+            stop.cancel()
         if fetch.done():
             deliveries = fetch.result()
         else:

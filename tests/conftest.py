@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from qtask_testkit import ServerProcess
+from servers import NatsServer, RedisServer, S3Server
 
 
 @pytest.fixture(scope="module")
@@ -24,3 +27,30 @@ def client(server: ServerProcess) -> Iterator[httpx.Client]:
     """An HTTP client for the module's server."""
     with httpx.Client(base_url=server.url, timeout=30) as http:
         yield http
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server (AOF on) for one test."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A fresh nats-server with JetStream for one test."""
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def s3_server(tmp_path: Path) -> Iterator[S3Server]:
+    """A fresh S3 server (rclone) with the test bucket, for one test."""
+    server = S3Server(tmp_path / "s3")
+    server.start()
+    yield server
+    server.stop(signal.SIGKILL)

@@ -26,6 +26,10 @@ class InMemoryTaskStore:
         self._leases: dict[str, float] = {}
         self._keys: dict[str, str] = {}
         self._wakeup = asyncio.Event()
+        self._unpublished: dict[str, float] = {}
+        self.dead: list[dict[str, object]] = []
+        # False: behave like SQLite (storing is publishing). True: like Redis beside NATS.
+        self.tracks_publishing = False
 
     async def create(self, task: Task) -> Task:
         """Store a task, or return the one already stored under its idempotency key."""
@@ -40,6 +44,8 @@ class InMemoryTaskStore:
                 stored.append(self.tasks[self._keys[key]])
                 continue
             self.tasks[task.id] = task
+            if self.tracks_publishing:
+                self._unpublished[task.id] = task.created_at
             if key is not None:
                 self._keys[key] = task.id
             stored.append(task)
@@ -50,13 +56,50 @@ class InMemoryTaskStore:
         """Return the task or None."""
         return self.tasks.get(task_id)
 
+    async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
+        """Mark a task running as `attempt`, unless it already ended."""
+        task = self.tasks.get(task_id)
+        if task is None or task.status.terminal:
+            return task
+        started = replace(task, status=Status.RUNNING, attempts=attempt, started_at=time.time())
+        self.tasks[task_id] = started
+        return started
+
+    async def mark_published(self, task_ids: Sequence[str]) -> None:
+        """Forget these tasks as unpublished."""
+        for task_id in task_ids:
+            self._unpublished.pop(task_id, None)
+
+    async def unpublished(self, older_than: float, limit: int) -> list[Task]:
+        """Queued tasks never confirmed published, oldest first."""
+        found = [
+            self.tasks[task_id]
+            for task_id, created in sorted(self._unpublished.items(), key=lambda kv: kv[1])
+            if created < older_than and self.tasks[task_id].status is Status.QUEUED
+        ]
+        return found[:limit]
+
+    async def dead_letters(self, limit: int) -> list[dict[str, object]]:
+        """Newest first."""
+        return list(reversed(self.dead))[:limit]
+
     async def complete(self, task_id: str, counts: dict[str, int]) -> Task:
         """Store a result unless the task already ended."""
         return self._finish(task_id, Status.COMPLETED, result=dict(counts))
 
-    async def fail(self, task_id: str, message: str) -> Task:
+    async def fail(self, task_id: str, message: str, *, dead_letter: bool = False) -> Task:
         """End the task in error unless it already ended."""
-        return self._finish(task_id, Status.FAILED, error=message)
+        task = self._finish(task_id, Status.FAILED, error=message)
+        if dead_letter:
+            self.dead.append(
+                {
+                    "task_id": task_id,
+                    "reason": message,
+                    "attempts": task.attempts,
+                    "at": time.time(),
+                }
+            )
+        return task
 
     async def release(self, task_id: str, reason: str | None, *, penalize: bool) -> Task | None:
         """Requeue a running task."""

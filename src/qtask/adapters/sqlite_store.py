@@ -44,6 +44,13 @@ CREATE TABLE IF NOT EXISTS tasks (
 -- Only unfinished tasks are indexed for the queue, so claiming stays fast however many
 -- completed tasks the table keeps.
 CREATE INDEX IF NOT EXISTS tasks_active ON tasks (seq) WHERE status IN ('queued', 'running');
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    at REAL NOT NULL
+);
 """
 
 _TERMINAL = (Status.COMPLETED.value, Status.FAILED.value)
@@ -92,6 +99,39 @@ class SQLiteTaskStore:
         )
         return None if row is None else _from_row(row)
 
+    async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
+        """Mark a task running as `attempt` (a claim already did; this is for other queues)."""
+
+        def mark(conn: sqlite3.Connection) -> Task | None:
+            row = conn.execute(
+                "UPDATE tasks SET status = 'running', attempts = ?, started_at = ?,"
+                " lease_owner = ?, lease_expires = ?"
+                " WHERE id = ? AND status IN ('queued', 'running') RETURNING *",
+                (attempt, time.time(), worker_id, time.time() + LEASE_SECONDS, task_id),
+            ).fetchone()
+            if row is None:
+                row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            return None if row is None else _from_row(row)
+
+        return await self._db.write(mark)
+
+    async def mark_published(self, task_ids: Sequence[str]) -> None:
+        """Nothing to record: a stored row is already in the queue."""
+
+    async def unpublished(self, older_than: float, limit: int) -> list[Task]:
+        """Always empty: storing a task is publishing it."""
+        return []
+
+    async def dead_letters(self, limit: int) -> list[dict[str, object]]:
+        """The newest dead-letter records."""
+        rows = self._db.read(
+            lambda conn: conn.execute(
+                "SELECT task_id, reason, attempts, at FROM dead_letters ORDER BY seq DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [dict(row) for row in rows]
+
     async def complete(self, task_id: str, counts: dict[str, int]) -> Task:
         """Store the result unless the task already ended; return the task as stored."""
         payload = json.dumps(counts, separators=(",", ":"))
@@ -99,11 +139,19 @@ class SQLiteTaskStore:
             lambda conn: self._finish(conn, task_id, Status.COMPLETED, result=payload)
         )
 
-    async def fail(self, task_id: str, message: str) -> Task:
-        """End the task in error unless it already ended."""
-        return await self._db.write(
-            lambda conn: self._finish(conn, task_id, Status.FAILED, error=message)
-        )
+    async def fail(self, task_id: str, message: str, *, dead_letter: bool = False) -> Task:
+        """End the task in error unless it already ended; optionally file a dead letter."""
+
+        def finish(conn: sqlite3.Connection) -> Task:
+            task = self._finish(conn, task_id, Status.FAILED, error=message)
+            if dead_letter:
+                conn.execute(
+                    "INSERT INTO dead_letters (task_id, reason, attempts, at) VALUES (?, ?, ?, ?)",
+                    (task_id, message, task.attempts, time.time()),
+                )
+            return task
+
+        return await self._db.write(finish)
 
     async def release(self, task_id: str, reason: str | None, *, penalize: bool) -> Task | None:
         """Put a running task back in the queue; None when it was not running."""

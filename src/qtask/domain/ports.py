@@ -27,12 +27,36 @@ class TaskStore(Protocol):
         """Return the task, or None when there is no such task."""
         ...
 
+    async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
+        """Mark a delivered task running as attempt `attempt`; return it as stored.
+
+        Returns the task unchanged when it already ended (the caller acknowledges it without
+        running it again) and None when there is no such task.
+        """
+        ...
+
+    async def mark_published(self, task_ids: Sequence[str]) -> None:
+        """Record that these tasks reached the queue, so the reconciler leaves them alone."""
+        ...
+
+    async def unpublished(self, older_than: float, limit: int) -> list[Task]:
+        """Queued tasks created before `older_than` (epoch seconds) never confirmed published."""
+        ...
+
     async def complete(self, task_id: str, counts: dict[str, int]) -> Task:
         """Record a result. The first result wins: a late duplicate changes nothing."""
         ...
 
-    async def fail(self, task_id: str, message: str) -> Task:
-        """End the task in error with a message a user can act on (no-op once terminal)."""
+    async def fail(self, task_id: str, message: str, *, dead_letter: bool = False) -> Task:
+        """End the task in error with a message a user can act on (no-op once terminal).
+
+        `dead_letter` also files the task in the dead-letter record the operator inspects
+        (tasks whose deliveries or attempts were used up).
+        """
+        ...
+
+    async def dead_letters(self, limit: int) -> list[dict[str, object]]:
+        """The most recent dead-letter records, newest first."""
         ...
 
     async def release(self, task_id: str, reason: str | None, *, penalize: bool) -> Task | None:

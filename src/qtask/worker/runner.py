@@ -155,6 +155,7 @@ class Worker:
                     delivery,
                     f"The task was given up after {self._settings.max_attempts} attempts; "
                     f"the last one failed because {reason}.",
+                    dead_letter=True,
                 )
                 continue
             runnable.append(delivery)
@@ -225,8 +226,8 @@ class Worker:
                 log.exception("record_failed")
                 self._held.pop(task.id, None)
 
-    async def _fail(self, delivery: Delivery, message: str) -> None:
-        await self._store.fail(delivery.task.id, message)
+    async def _fail(self, delivery: Delivery, message: str, *, dead_letter: bool = False) -> None:
+        await self._store.fail(delivery.task.id, message, dead_letter=dead_letter)
         await self._settle(delivery)
         self.failed += 1
         log.info("task_failed", task_id=delivery.task.id, reason=message)

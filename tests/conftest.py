@@ -10,20 +10,27 @@ import httpx
 import pytest
 
 from qtask_testkit import ServerProcess
-from servers import NatsServer, RedisServer, S3Server
+from servers import DistributedDeployment, NatsServer, RedisServer, S3Server
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A real `qtask serve` shared by the tests of one module."""
-    process = ServerProcess(tmp_path_factory.mktemp("serve") / "data")
-    process.start()
-    yield process
-    process.terminate()
+@pytest.fixture(scope="module", params=["embedded", "distributed"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess | DistributedDeployment]:
+    """The whole service, shared by the tests of one module: `qtask serve`, or `qtask api`
+    with two `qtask worker`s and a poller on real Redis, NATS and S3 servers."""
+    deployment: ServerProcess | DistributedDeployment
+    if request.param == "embedded":
+        deployment = ServerProcess(tmp_path_factory.mktemp("serve") / "data")
+    else:
+        deployment = DistributedDeployment(tmp_path_factory.mktemp("distributed"))
+    deployment.start()
+    yield deployment
+    deployment.terminate()
 
 
 @pytest.fixture
-def client(server: ServerProcess) -> Iterator[httpx.Client]:
+def client(server: ServerProcess | DistributedDeployment) -> Iterator[httpx.Client]:
     """An HTTP client for the module's server."""
     with httpx.Client(base_url=server.url, timeout=30) as http:
         yield http

@@ -126,6 +126,10 @@ class ServerProcess:
         """What the server printed so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def task_count(self) -> int:
+        """How many tasks the server's database holds."""
+        return db_task_count(self.data_dir)
+
 
 def submit(client: httpx.Client, qc: str, **extra: Any) -> str:
     """Submit a circuit and return its task id (asserting the contract's answer)."""

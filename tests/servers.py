@@ -149,3 +149,175 @@ class S3Server(_Server):
             "--auth-key", f"{S3_ACCESS_KEY},{S3_SECRET_KEY}",
             "--config", "/dev/null",
         ]  # fmt: skip
+
+
+class RoleProcess:
+    """One `qtask <role>` process in its own process group, killable as a whole."""
+
+    def __init__(self, role: str, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.role = role
+        self.args = args
+        self.env = env
+        self.log_path = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the process (without waiting for it to be ready)."""
+        import os
+
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "qtask", self.role, *self.args],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
+                start_new_session=True,
+            )  # fmt: skip
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the process and its children."""
+        import os
+
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, wait, then make sure nothing of it is left."""
+        import os
+
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    def log(self) -> str:
+        """What the process printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class DistributedDeployment:
+    """Redis, NATS and S3 servers with `qtask api`, N `qtask worker`s and a `qtask poller`.
+
+    Offers what the tests use of ServerProcess: `url`, `start()`, `terminate()`,
+    `task_count()`, `log()`.
+    """
+
+    def __init__(self, directory: Path, *, workers: int = 2, processes: int = 1,
+                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.redis = RedisServer(directory / "redis")
+        self.nats = NatsServer(directory / "nats")
+        self.s3 = S3Server(directory / "s3")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_env = env or {}
+        self.processes = processes
+        self.api: RoleProcess | None = None
+        self.workers: list[RoleProcess] = []
+        self.poller: RoleProcess | None = None
+        self.worker_count = workers
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The configuration every role gets."""
+        return {
+            "QTASK_STORAGE__STORE": "redis",
+            "QTASK_STORAGE__QUEUE": "nats",
+            "QTASK_STORAGE__OBJECTS_URL": f"s3://{S3_BUCKET}",
+            "QTASK_REDIS__URL": self.redis.url,
+            "QTASK_NATS__URL": self.nats.url,
+            "QTASK_NATS__ACK_WAIT_S": "3",
+            "QTASK_NATS__RECONCILE_INTERVAL_S": "0.5",
+            "QTASK_LOG__JSON_OUTPUT": "true",
+            **self.s3.env,
+            **self.extra_env,
+        }
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the servers (if not running) and every role; wait until the API is ready."""
+        for server in (self.redis, self.nats, self.s3):
+            if server.process is None or server.process.poll() is not None:
+                server.start()
+        self.start_api()
+        while len(self.workers) < self.worker_count:
+            self.add_worker()
+        if self.poller is None or not self.poller.alive():
+            self.poller = RoleProcess(
+                "poller", [], {**self.env, "QTASK_WORKER__HEALTH_PORT": str(free_port())},
+                self.dir / "poller.log",
+            )  # fmt: skip
+            self.poller.start()
+        self.wait_ready(timeout)
+
+    def start_api(self, env: dict[str, str] | None = None) -> None:
+        """Start (or restart) the API process."""
+        if self.api is not None and self.api.alive():
+            self.api.terminate()
+        self.api = RoleProcess(
+            "api", ["--port", str(self.port)], {**self.env, **(env or {})}, self.dir / "api.log"
+        )
+        self.api.start()
+
+    def add_worker(self) -> RoleProcess:
+        """Start one more worker."""
+        index = len(self.workers)
+        worker = RoleProcess(
+            "worker",
+            ["--workers", str(self.processes)],
+            {**self.env, "QTASK_WORKER__HEALTH_PORT": str(free_port())},
+            self.dir / f"worker-{index}.log",
+        )
+        worker.start()
+        self.workers.append(worker)
+        return worker
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until the API's /ready answers 200."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.api is not None
+            if not self.api.alive():
+                raise RuntimeError(f"qtask api exited early:\n{self.api.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"qtask api not ready in {timeout} s:\n{self.log()}")
+
+    def terminate(self, timeout: float = 30.0) -> None:
+        """Stop every role, then the servers."""
+        for role in [self.api, self.poller, *self.workers]:
+            if role is not None:
+                role.terminate(timeout)
+        for server in (self.redis, self.nats, self.s3):
+            server.stop(signal.SIGKILL)
+
+    def task_count(self) -> int:
+        """How many task records Redis holds."""
+        import redis
+
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            return sum(1 for _ in client.scan_iter(match="qtask:task:*", count=1000))
+        finally:
+            client.close()
+
+    def log(self) -> str:
+        """Every role's output, labelled."""
+        roles = [self.api, self.poller, *self.workers]
+        return "\n".join(f"--- {r.role}\n{r.log()}" for r in roles if r is not None)

@@ -1,63 +1,122 @@
-"""The `qtask` command: `qtask serve` runs the whole service in one process tree."""
+"""The `qtask` command.
+
+- `qtask serve`: everything in one process tree (embedded mode, the default).
+- `qtask api`, `qtask worker`, `qtask poller`: the roles of distributed mode (Redis + NATS).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from qtask import __version__
-from qtask.config import load_settings
-from qtask.errors import ConfigError
+from qtask.config import Settings, load_settings
+from qtask.errors import ConfigError, QTaskError
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen command."""
-    parser = argparse.ArgumentParser(prog="qtask", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="qtask", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"qtask {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the API and workers in one process tree")
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    _http_options(serve)
     serve.add_argument(
         "--data-dir", type=Path, help="where tasks are stored (default ./qtask-data)"
     )
     serve.add_argument("--workers", type=int, help="worker processes (default: one per core)")
-    serve.add_argument("--config", type=Path, help="a TOML settings file (or $QTASK_CONFIG)")
+    api = commands.add_parser("api", help="distributed mode: the HTTP API")
+    _http_options(api)
+    worker = commands.add_parser("worker", help="distributed mode: run circuits from the queue")
+    worker.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    worker.add_argument("--config", type=Path, help="a TOML settings file (or $QTASK_CONFIG)")
+    poller = commands.add_parser("poller", help="distributed mode: publish tasks the API could not")
+    poller.add_argument("--config", type=Path, help="a TOML settings file (or $QTASK_CONFIG)")
     args = parser.parse_args(argv)
     try:
+        settings = load_settings(args.config, **_overrides(args))
+        _configure_logging(settings)
         if args.command == "serve":
-            return _serve(args)
+            return _serve(settings)
+        if args.command == "api":
+            return _api(settings)
+        if args.command == "worker":
+            from qtask.roles import run_worker
+
+            asyncio.run(run_worker(settings))
+            return 0
+        if args.command == "poller":
+            from qtask.roles import run_poller
+
+            asyncio.run(run_poller(settings))
+            return 0
     except ConfigError as exc:
         print(f"qtask: {exc}", file=sys.stderr)
         return 2
+    except QTaskError as exc:
+        print(f"qtask: {exc}", file=sys.stderr)
+        return 1
     return 1
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _http_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    parser.add_argument("--config", type=Path, help="a TOML settings file (or $QTASK_CONFIG)")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
-    if args.host is not None or args.port is not None:
-        overrides["server"] = {
-            k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None
-        }
-    if args.data_dir is not None:
+    server = {k: getattr(args, k, None) for k in ("host", "port")}
+    if any(v is not None for v in server.values()):
+        overrides["server"] = {k: v for k, v in server.items() if v is not None}
+    if getattr(args, "data_dir", None) is not None:
         overrides["storage"] = {"data_dir": args.data_dir}
-    if args.workers is not None:
+    if getattr(args, "workers", None) is not None:
         overrides["worker"] = {"processes": args.workers}
-    settings = load_settings(args.config, **overrides)
+    return overrides
 
-    import uvicorn
 
+def _configure_logging(settings: Settings) -> None:
     from qtask import logs
-    from qtask.embedded import EmbeddedService, lock_data_dir
 
     logs.configure(settings.log.level, settings.log.json_output)
+
+
+def _serve(settings: Settings) -> int:
+    from qtask.embedded import EmbeddedService, lock_data_dir
+
+    if settings.storage.store != "sqlite":
+        raise ConfigError(
+            "qtask serve runs embedded mode (storage.store = 'sqlite'); "
+            "for Redis and NATS run qtask api and qtask worker"
+        )
     lock = lock_data_dir(settings.storage.data_dir)
-    service = EmbeddedService(settings)
+    try:
+        _run_http(EmbeddedService(settings).app, settings)
+    finally:
+        lock.close()
+    return 0
+
+
+def _api(settings: Settings) -> int:
+    from qtask.roles import ApiRole
+
+    _run_http(ApiRole(settings).app, settings)
+    return 0
+
+
+def _run_http(app: Any, settings: Settings) -> None:
+    import uvicorn
+
     config = uvicorn.Config(
-        service.app,
+        app,
         host=settings.server.host,
         port=settings.server.port,
         log_config=None,
@@ -68,11 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
     # that was installed before it. A no-op handler there makes a clean shutdown exit with 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
-    try:
-        uvicorn.Server(config).run()
-    finally:
-        lock.close()
-    return 0
+    uvicorn.Server(config).run()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -38,11 +38,52 @@ class ServerSettings(BaseModel):
 
 
 class StorageSettings(BaseModel):
-    """Where embedded mode keeps its state."""
+    """Which adapters hold task state, dispatch tasks and keep objects."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # sqlite: one file under data_dir (embedded mode). redis: the [redis] server.
+    store: Literal["sqlite", "redis"] = "sqlite"
+    # embedded: the SQLite table is the queue. nats: a JetStream stream on the [nats] server.
+    queue: Literal["embedded", "nats"] = "embedded"
     data_dir: Path = Path("qtask-data")
+    # Where circuits and results are also written, one object per task: a directory path,
+    # file:///dir, or s3://bucket/prefix (credentials and endpoint from the AWS_* variables).
+    # None keeps them in the task store only.
+    objects_url: str | None = None
+
+    @model_validator(mode="after")
+    def _compatible(self) -> StorageSettings:
+        if (self.store, self.queue) not in {("sqlite", "embedded"), ("redis", "nats")}:
+            raise ValueError(
+                f"store={self.store!r} cannot work with queue={self.queue!r}: use sqlite with "
+                "embedded (one machine) or redis with nats (distributed)"
+            )
+        return self
+
+
+class RedisSettings(BaseModel):
+    """The Redis server that holds task records in distributed mode."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = Field(default="qtask", pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class NatsSettings(BaseModel):
+    """The NATS JetStream server that dispatches tasks in distributed mode."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = "nats://127.0.0.1:4222"
+    stream: str = Field(default="QTASK", pattern=r"^[A-Za-z0-9_-]+$")
+    subject: str = "qtask.tasks"
+    durable: str = Field(default="workers", pattern=r"^[A-Za-z0-9_-]+$")
+    # Seconds a delivered task may go without a heartbeat before NATS redelivers it.
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    # Seconds between passes of the reconciler that publishes tasks stored but never published.
+    reconcile_interval_s: float = Field(default=2.0, gt=0)
 
 
 class WorkerSettings(BaseModel):
@@ -50,7 +91,13 @@ class WorkerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    processes: int = Field(default_factory=_default_processes, ge=1, le=256)
+    # `max_concurrent_tasks` is the name the 001 executor's config.toml uses.
+    processes: int = Field(
+        default_factory=_default_processes,
+        ge=1,
+        le=256,
+        validation_alias=AliasChoices("processes", "max_concurrent_tasks"),
+    )
     # Aer's OpenMP threads per process; 0 shares the cores evenly between the processes.
     threads_per_process: int = Field(default=0, ge=0)
     # Runs of one task that may crash or lose their worker before the task ends in error.
@@ -59,6 +106,8 @@ class WorkerSettings(BaseModel):
     # Most small circuits run together in one simulator call.
     batch_size: int = Field(default=64, ge=1, le=10_000)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # `qtask worker` answers GET /health and /ready here (0: no HTTP listener).
+    health_port: int = Field(default=8001, ge=0, le=65535)
 
 
 class LimitsSettings(BaseModel):
@@ -96,6 +145,8 @@ class Settings(BaseSettings):
 
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
+    redis: RedisSettings = RedisSettings()
+    nats: NatsSettings = NatsSettings()
     worker: WorkerSettings = WorkerSettings()
     limits: LimitsSettings = LimitsSettings()
     log: LogSettings = LogSettings()

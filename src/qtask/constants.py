@@ -51,3 +51,12 @@ OBJECTS_DIR = "objects"
 # handed a circuit whose source contains its value kills itself with SIGKILL, as a segfault or
 # the OOM killer would. Unset in production, it costs one dictionary lookup per task.
 FAULT_CRASH_MARKER_ENV = "QTASK_FAULT_CRASH_MARKER"
+
+# A stored task younger than this is left to the API that is publishing it right now; older
+# ones never confirmed as published are re-published by the reconciler. JetStream drops the
+# duplicate if both publish (the message id is the task id; its duplicate window is 120 s).
+RECONCILE_GRACE_SECONDS = 5.0
+
+# Fault injection for the chaos tests: when set, the API process SIGKILLs itself right after a
+# task is stored and before it is published, the gap the reconciler exists to close.
+FAULT_EXIT_AFTER_STORE_ENV = "QTASK_FAULT_EXIT_AFTER_STORE"

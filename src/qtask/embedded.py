@@ -15,6 +15,7 @@ from typing import IO
 
 from fastapi import FastAPI
 
+from qtask import wiring
 from qtask.adapters.sqlite_store import SQLiteTaskStore
 from qtask.api.app import create_app
 from qtask.config import Settings
@@ -22,16 +23,9 @@ from qtask.constants import DB_FILE, LOCK_FILE
 from qtask.errors import ConfigError
 from qtask.logs import get_logger
 from qtask.service import CircuitIngestor, TaskService
-from qtask.worker.pool import ChildPool
 from qtask.worker.runner import Worker
 
 log = get_logger("embedded")
-
-# Modules the forkserver imports once, so that every child starts with Qiskit and Aer loaded.
-_PRELOAD = ["qtask.execution.aer", "qtask.circuits.parse_child"]
-# OpenMP threads that spin while idle steal the core from the other worker processes; passive
-# waiting removed a 10x collapse when two processes shared two cores (see FACTS.md).
-_CHILD_ENV = {"OMP_WAIT_POLICY": "passive"}
 
 
 def lock_data_dir(data_dir: Path) -> IO[str]:
@@ -59,29 +53,17 @@ class EmbeddedService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        worker = settings.worker
-        threads = worker.threads_per_process or max(1, (os.cpu_count() or 1) // worker.processes)
         self.store = SQLiteTaskStore(settings.storage.data_dir / DB_FILE)
-        self.parse_pool = ChildPool(
-            settings.limits.parse_processes,
-            "qtask.circuits.parse_child:parse",
-            init_path="qtask.circuits.parse_child:warm_up",
-            preload=_PRELOAD,
-            env=_CHILD_ENV,
+        self.parse_pool = wiring.parse_pool(settings)
+        self.exec_pool = wiring.exec_pool(settings)
+        self.objects = wiring.object_store(settings)
+        self.worker = Worker(
+            self.store, self.store, self.exec_pool, settings.worker, objects=self.objects
         )
-        self.exec_pool = ChildPool(
-            worker.processes,
-            "qtask.execution.aer:run_items",
-            init_path="qtask.execution.aer:init_process",
-            # Aer refuses runs that need more than this; twice the statevector leaves room for
-            # the simulator's working copies.
-            init_args=(threads, 2 * settings.limits.max_statevector_mb),
-            preload=_PRELOAD,
-            env=_CHILD_ENV,
-        )
-        self.worker = Worker(self.store, self.store, self.exec_pool, worker)
         ingestor = CircuitIngestor(settings.limits, self.parse_pool)
-        self.service = TaskService(self.store, self.store, ingestor, settings.limits)
+        self.service = TaskService(
+            self.store, self.store, ingestor, settings.limits, objects=self.objects
+        )
         self.app: FastAPI = create_app(
             self.service,
             max_body_bytes=settings.limits.max_body_bytes,

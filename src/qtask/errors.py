@@ -50,6 +50,14 @@ class StoreUnavailableError(QTaskError):
     """Raised when the task store cannot be reached or cannot commit (HTTP 503)."""
 
 
+class QueueUnavailableError(QTaskError):
+    """Raised when the task queue (NATS) cannot be reached; stored tasks are published later."""
+
+
+class ObjectStoreUnavailableError(QTaskError):
+    """Raised when the object store cannot be read or written."""
+
+
 class ExecutionError(QTaskError):
     """Raised when a circuit fails while running on a backend; the task ends in error."""
 

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import os
+import signal
+from dataclasses import dataclass, replace
 
+from qtask.adapters.objects import circuit_key, result_key
 from qtask.circuits.ingest import IngestedCircuit, Limits, NeedsSlowPathError, ingest
 from qtask.circuits.parse_child import ParseReply
 from qtask.config import LimitsSettings
-from qtask.constants import INLINE_PARSE_MAX_BYTES
-from qtask.domain.ports import TaskQueue, TaskStore
+from qtask.constants import FAULT_EXIT_AFTER_STORE_ENV, INLINE_PARSE_MAX_BYTES
+from qtask.domain.ports import ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import Task, new_task_id
 from qtask.errors import (
     CircuitError,
     CircuitTooLargeError,
     InvalidRequestError,
+    QueueUnavailableError,
     TaskNotFoundError,
 )
+from qtask.logs import get_logger
 from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildPool, ChildTimeoutError
+
+log = get_logger("service")
 
 
 def limits_from(settings: LimitsSettings) -> Limits:
@@ -80,9 +87,11 @@ class TaskService:
         queue: TaskQueue,
         ingestor: CircuitIngestor,
         limits: LimitsSettings,
+        objects: ObjectStore | None = None,
     ) -> None:
         self._store = store
         self._queue = queue
+        self._objects = objects
         self._ingestor = ingestor
         self._max_shots = limits.max_shots
 
@@ -91,14 +100,14 @@ class TaskService:
         task = await self._prepare(submission, idempotency_key)
         stored = await self._store.create(task)
         if stored.id == task.id:
-            await self._queue.publish([stored])
+            await self._publish([stored])
         return stored
 
     async def submit_many(self, submissions: list[Submission]) -> list[Task]:
         """Validate every circuit first; store them all in one commit, or none."""
         tasks = [await self._prepare(submission, None) for submission in submissions]
         stored = await self._store.create_many(tasks)
-        await self._queue.publish(stored)
+        await self._publish(stored)
         return stored
 
     async def get(self, task_id: str) -> Task:
@@ -108,13 +117,23 @@ class TaskService:
             raise TaskNotFoundError(task_id)
         return task
 
+    async def _publish(self, tasks: list[Task]) -> None:
+        if os.environ.get(FAULT_EXIT_AFTER_STORE_ENV):  # chaos tests: die in the gap
+            os.kill(os.getpid(), signal.SIGKILL)
+        try:
+            await self._queue.publish(tasks)
+        except QueueUnavailableError as exc:
+            # The tasks are durably stored and listed as unpublished: the reconciler publishes
+            # them once the queue is back. Accepting them now is safe.
+            log.warning("publish_deferred", tasks=len(tasks), reason=str(exc))
+
     async def _prepare(self, submission: Submission, key: str | None) -> Task:
         if not 1 <= submission.shots <= self._max_shots:
             raise InvalidRequestError(
                 f"shots must be between 1 and {self._max_shots}; got {submission.shots}."
             )
         circuit = await self._ingestor.ingest(submission.source)
-        return Task(
+        task = Task(
             id=new_task_id(),
             source=submission.source,
             info=circuit.info,
@@ -123,3 +142,9 @@ class TaskService:
             seed=submission.seed,
             idempotency_key=key,
         )
+        if self._objects is None:
+            return task
+        # The circuit object exists before the record that points to it.
+        circuit_object = circuit_key(task.id)
+        await self._objects.put(circuit_object, submission.source.encode("utf-8", "replace"))
+        return replace(task, circuit_object=circuit_object, result_object=result_key(task.id))

@@ -8,11 +8,13 @@ import pytest
 from qtask_testkit import (
     BELL,
     ServerProcess,
-    db_task_count,
     ghz,
     submit,
     wait_done,
 )
+from servers import DistributedDeployment
+
+Deployment = ServerProcess | DistributedDeployment
 
 QASM2_BELL = (
     'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\n'
@@ -129,24 +131,24 @@ def test_task_ids_are_uuid4_and_not_sequential(client: httpx.Client) -> None:
     ],
 )
 def test_bad_input_gets_4xx_and_creates_nothing(
-    client: httpx.Client, server: ServerProcess, content: bytes, status: int, fragment: str
+    client: httpx.Client, server: Deployment, content: bytes, status: int, fragment: str
 ) -> None:
-    before = db_task_count(server.data_dir)
+    before = server.task_count()
     response = client.post("/tasks", content=content, headers={"content-type": "application/json"})
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"status", "message"}
     assert body["status"] == "error"
     assert fragment in body["message"]
-    assert db_task_count(server.data_dir) == before
+    assert server.task_count() == before
 
 
-def test_payload_over_limit_is_413(client: httpx.Client, server: ServerProcess) -> None:
-    before = db_task_count(server.data_dir)
+def test_payload_over_limit_is_413(client: httpx.Client, server: Deployment) -> None:
+    before = server.task_count()
     response = client.post("/tasks", json={"qc": "x" * (2 << 20)})
     assert response.status_code == 413
     assert response.json()["status"] == "error"
-    assert db_task_count(server.data_dir) == before
+    assert server.task_count() == before
 
 
 def test_health_ready_and_docs(client: httpx.Client) -> None:

@@ -39,7 +39,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     finished_at REAL,
     lease_owner TEXT,
     lease_expires REAL,
-    idempotency_key TEXT UNIQUE
+    idempotency_key TEXT UNIQUE,
+    circuit_object TEXT,
+    result_object TEXT
 );
 -- Only unfinished tasks are indexed for the queue, so claiming stays fast however many
 -- completed tasks the table keeps.
@@ -291,9 +293,9 @@ class _SQLiteDelivery:
 
 _COLUMNS = (
     "id, status, source, program, info, shots, seed, attempts, result, error, last_error,"
-    " created_at, started_at, finished_at, idempotency_key"
+    " created_at, started_at, finished_at, idempotency_key, circuit_object, result_object"
 )
-_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 17)})"
 
 _CLAIM = """
 UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?,
@@ -338,6 +340,8 @@ def _to_row(task: Task) -> tuple[object, ...]:
         task.started_at,
         task.finished_at,
         task.idempotency_key,
+        task.circuit_object,
+        task.result_object,
     )
 
 
@@ -360,4 +364,6 @@ def _from_row(row: sqlite3.Row) -> Task:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         idempotency_key=row["idempotency_key"],
+        circuit_object=row["circuit_object"],
+        result_object=row["result_object"],
     )

@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from qtask.constants import MSG_NOT_FOUND
 from qtask.errors import (
     InvalidRequestError,
+    ObjectStoreUnavailableError,
     QTaskError,
     ShuttingDownError,
     StoreUnavailableError,
@@ -41,6 +42,7 @@ def install(app: FastAPI) -> None:
         return error_response(exc.status_code, str(exc))
 
     @app.exception_handler(StoreUnavailableError)
+    @app.exception_handler(ObjectStoreUnavailableError)
     @app.exception_handler(ShuttingDownError)
     async def unavailable(_: Request, exc: Exception) -> Response:
         log.warning("service_unavailable", reason=str(exc))

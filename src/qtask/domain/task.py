@@ -101,6 +101,10 @@ class Task:
     started_at: float | None = None
     finished_at: float | None = None
     idempotency_key: str | None = None
+    # Where the object store keeps this task's circuit and, once completed, its result; None
+    # when no object store is configured.
+    circuit_object: str | None = None
+    result_object: str | None = None
 
     def moved(self, status: Status, **changes: object) -> Task:
         """Return a copy in `status`, after checking the move against the state machine."""

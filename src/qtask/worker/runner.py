@@ -18,11 +18,12 @@ import contextlib
 import time
 from collections.abc import Sequence
 
+import orjson
 import structlog
 
 from qtask.config import WorkerSettings
 from qtask.constants import BATCH_MAX_OPERATIONS, BATCH_MAX_QUBITS, LEASE_SECONDS
-from qtask.domain.ports import Delivery, TaskQueue, TaskStore
+from qtask.domain.ports import Delivery, ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import Task
 from qtask.execution.aer import RunItem, RunOutcome
 from qtask.logs import get_logger
@@ -42,12 +43,17 @@ class Worker:
         settings: WorkerSettings,
         *,
         worker_id: str = "embedded",
+        heartbeat_s: float = LEASE_SECONDS / 3,
+        objects: ObjectStore | None = None,
     ) -> None:
         self._store = store
         self._queue = queue
         self._pool = pool
         self._settings = settings
         self._worker_id = worker_id
+        self._objects = objects
+        # How often held tasks are reported alive: well inside the lease (or NATS ack wait).
+        self._heartbeat_s = heartbeat_s
         self._slots = _Slots(pool.size)
         self._held: dict[str, Delivery] = {}
         self._running: set[asyncio.Task[None]] = set()
@@ -214,6 +220,11 @@ class Worker:
         ):
             try:
                 if outcome.counts is not None:
+                    if self._objects is not None and task.result_object is not None:
+                        # Stored before the record says completed, so it always exists then.
+                        await self._objects.put(
+                            task.result_object, _result_document(task, outcome.counts)
+                        )
                     await self._store.complete(task.id, outcome.counts)
                     await self._settle(delivery)
                     self.completed += 1
@@ -250,7 +261,7 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(LEASE_SECONDS / 3)
+            await asyncio.sleep(self._heartbeat_s)
             for delivery in list(self._held.values()):
                 try:
                     await delivery.in_progress()
@@ -320,4 +331,21 @@ def _canonical(task: Task, outcome: str, run_s: float, batch_s: float, batch_siz
         run_s=round(run_s, 6),
         batch_s=round(batch_s, 6),
         batch_size=batch_size,
+    )
+
+
+def _result_document(task: Task, counts: dict[str, int]) -> bytes:
+    """The result object: the counts and what produced them."""
+    return orjson.dumps(
+        {
+            "task_id": task.id,
+            "status": "completed",
+            "result": counts,
+            "shots": task.shots,
+            "seed": task.seed,
+            "qubits": task.info.num_qubits,
+            "attempts": task.attempts,
+            "circuit_object": task.circuit_object,
+            "completed_at": time.time(),
+        }
     )

@@ -1,0 +1,206 @@
+"""Distributed mode's process roles: `qtask api`, `qtask worker` and `qtask poller`.
+
+Each role is the same code as embedded mode with the Redis store and the NATS JetStream queue
+behind the ports. Any number of each may run; they share nothing but Redis, NATS and the
+object store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from qtask import wiring
+from qtask.adapters.nats_queue import NatsTaskQueue
+from qtask.adapters.redis_store import RedisTaskStore
+from qtask.api.app import create_app
+from qtask.config import Settings
+from qtask.errors import ConfigError
+from qtask.logs import get_logger
+from qtask.reconciler import Reconciler
+from qtask.service import CircuitIngestor, TaskService
+from qtask.worker.health import Check, serve_health
+from qtask.worker.runner import Worker
+
+log = get_logger("roles")
+
+
+def _require_distributed(settings: Settings) -> None:
+    if settings.storage.store != "redis" or settings.storage.queue != "nats":
+        raise ConfigError(
+            "qtask api/worker/poller need storage.store = 'redis' and storage.queue = 'nats' "
+            "(env QTASK_STORAGE__STORE=redis QTASK_STORAGE__QUEUE=nats); "
+            "for one machine use qtask serve"
+        )
+
+
+def _store(settings: Settings) -> RedisTaskStore:
+    return RedisTaskStore(settings.redis.url, prefix=settings.redis.prefix)
+
+
+def _queue(settings: Settings, store: RedisTaskStore, worker_id: str) -> NatsTaskQueue:
+    nats = settings.nats
+    return NatsTaskQueue(
+        nats.url,
+        store,
+        stream=nats.stream,
+        subject=nats.subject,
+        durable=nats.durable,
+        ack_wait=nats.ack_wait_s,
+        # One delivery more than the attempts allowed: the worker must see the task once more
+        # to record that it was given up on.
+        max_deliver=settings.worker.max_attempts + 1,
+        worker_id=worker_id,
+    )
+
+
+class ApiRole:
+    """The HTTP API with its parser processes and a reconciler."""
+
+    def __init__(self, settings: Settings) -> None:
+        _require_distributed(settings)
+        self.settings = settings
+        self.store = _store(settings)
+        self.queue = _queue(settings, self.store, wiring.worker_id())
+        self.parse_pool = wiring.parse_pool(settings)
+        ingestor = CircuitIngestor(settings.limits, self.parse_pool)
+        self.service = TaskService(
+            self.store, self.queue, ingestor, settings.limits, objects=wiring.object_store(settings)
+        )
+        self.reconciler = Reconciler(self.store, self.queue, settings.nats.reconcile_interval_s)
+        self.app: FastAPI = create_app(
+            self.service,
+            max_body_bytes=settings.limits.max_body_bytes,
+            ready_checks={
+                "store": self._check_store,
+                "queue": self._check_queue,
+                "parsers": self._check_parsers,
+            },
+            lifespan=self._lifespan,
+        )
+
+    @asynccontextmanager
+    async def _lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        await self.queue.connect()
+        await self.parse_pool.start()
+        self.reconciler.start()
+        log.info("api_started", redis=self.settings.redis.url, nats=self.settings.nats.url)
+        try:
+            yield
+        finally:
+            await self.reconciler.stop()
+            await self.parse_pool.close()
+            await self.queue.close()
+            await self.store.close()
+
+    async def _check_store(self) -> str:
+        await self.store.ping()
+        return "ok"
+
+    async def _check_queue(self) -> str:
+        await self.queue.ping()
+        return "ok"
+
+    async def _check_parsers(self) -> str:
+        if self.parse_pool.alive() == 0:
+            raise RuntimeError("no parser process is running")
+        return "ok"
+
+
+async def run_worker(settings: Settings) -> None:
+    """Run circuits from the queue until SIGTERM, then drain gracefully."""
+    _require_distributed(settings)
+    me = wiring.worker_id()
+    store = _store(settings)
+    queue = _queue(settings, store, me)
+    pool = wiring.exec_pool(settings)
+    await queue.connect()
+    await pool.start()
+    worker = Worker(
+        store,
+        queue,
+        pool,
+        settings.worker,
+        worker_id=me,
+        heartbeat_s=settings.nats.ack_wait_s / 3,
+        objects=wiring.object_store(settings),
+    )
+    worker.start()
+
+    async def check_pool() -> str:
+        if pool.alive() == 0:
+            raise RuntimeError("no worker process is running")
+        return f"ok ({pool.alive()}/{pool.size} processes)"
+
+    async def check_store() -> str:
+        await store.ping()
+        return "ok"
+
+    async def check_queue() -> str:
+        await queue.ping()
+        return "ok"
+
+    health = await _health(
+        settings, {"store": check_store, "queue": check_queue, "workers": check_pool}
+    )
+    log.info("worker_started", worker_id=me, processes=pool.size)
+    await _until_signalled()
+    log.info("worker_stopping", grace_s=settings.worker.shutdown_grace_s)
+    if health is not None:
+        health.close()
+    await worker.stop(settings.worker.shutdown_grace_s)
+    await pool.close()
+    await queue.close()
+    await store.close()
+    log.info(
+        "worker_stopped", completed=worker.completed, failed=worker.failed, retried=worker.retried
+    )
+
+
+async def run_poller(settings: Settings) -> None:
+    """Re-publish stored-but-unpublished tasks until SIGTERM."""
+    _require_distributed(settings)
+    store = _store(settings)
+    queue = _queue(settings, store, wiring.worker_id())
+    await queue.connect()
+    reconciler = Reconciler(store, queue, settings.nats.reconcile_interval_s)
+    reconciler.start()
+
+    async def check_store() -> str:
+        await store.ping()
+        return "ok"
+
+    async def check_queue() -> str:
+        await queue.ping()
+        return "ok"
+
+    health = await _health(settings, {"store": check_store, "queue": check_queue})
+    log.info("poller_started")
+    await _until_signalled()
+    if health is not None:
+        health.close()
+    await reconciler.stop()
+    await queue.close()
+    await store.close()
+    log.info("poller_stopped", republished=reconciler.republished)
+
+
+async def _health(settings: Settings, checks: dict[str, Check]) -> asyncio.Server | None:
+    port = settings.worker.health_port
+    if port == 0:
+        return None
+    return await serve_health(settings.server.host, port, checks)
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    await stop.wait()

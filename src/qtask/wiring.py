@@ -1,0 +1,62 @@
+"""Builds the parts every process role is made of, from the settings.
+
+`embedded.py` (qtask serve) and `roles.py` (qtask api / worker / poller) assemble these; this is
+the only module that knows which class implements which port for which setting.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from qtask.config import Settings
+from qtask.domain.ports import ObjectStore
+from qtask.worker.pool import ChildPool
+
+# Modules the forkserver imports once, so that every child starts with Qiskit and Aer loaded.
+_PRELOAD = ["qtask.execution.aer", "qtask.circuits.parse_child"]
+# OpenMP threads that spin while idle steal the core from the other worker processes; passive
+# waiting removed a 10x collapse when two processes shared two cores (see FACTS.md).
+_CHILD_ENV = {"OMP_WAIT_POLICY": "passive"}
+
+
+def worker_id() -> str:
+    """A name for this worker process that is unique across machines."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def parse_pool(settings: Settings) -> ChildPool:
+    """Child processes that parse circuits the API's event loop should not."""
+    return ChildPool(
+        settings.limits.parse_processes,
+        "qtask.circuits.parse_child:parse",
+        init_path="qtask.circuits.parse_child:warm_up",
+        preload=_PRELOAD,
+        env=_CHILD_ENV,
+    )
+
+
+def exec_pool(settings: Settings) -> ChildPool:
+    """Child processes that run circuits on Aer."""
+    worker = settings.worker
+    threads = worker.threads_per_process or max(1, (os.cpu_count() or 1) // worker.processes)
+    return ChildPool(
+        worker.processes,
+        "qtask.execution.aer:run_items",
+        init_path="qtask.execution.aer:init_process",
+        # Aer refuses runs that need more than this; twice the statevector leaves room for the
+        # simulator's working copies.
+        init_args=(threads, 2 * settings.limits.max_statevector_mb),
+        preload=_PRELOAD,
+        env=_CHILD_ENV,
+    )
+
+
+def object_store(settings: Settings) -> ObjectStore | None:
+    """The configured object store, or None when circuits and results stay in the task store."""
+    url = settings.storage.objects_url
+    if not url:
+        return None
+    from qtask.adapters.objects import open_object_store
+
+    return open_object_store(url)

@@ -1,0 +1,61 @@
+"""A minimal HTTP listener for processes without the API: GET /health and GET /ready.
+
+Compose healthchecks and orchestrators probe `qtask worker` and `qtask poller` through it.
+It answers these two paths only, reads at most one request line and headers per connection,
+and closes every connection after answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import orjson
+
+Check = Callable[[], Awaitable[str]]
+
+# A probe that has not sent its request line within this many seconds is dropped.
+_READ_TIMEOUT = 5.0
+
+
+async def serve_health(host: str, port: int, checks: dict[str, Check]) -> asyncio.Server:
+    """Start answering /health (always 200) and /ready (200 when every check passes)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), _READ_TIMEOUT)
+            parts = line.decode("latin-1").split()
+            path = parts[1] if len(parts) >= 2 else ""
+            body: dict[str, object]
+            if path == "/health":
+                status, body = 200, {"status": "ok"}
+            elif path == "/ready":
+                results: dict[str, str] = {}
+                healthy = True
+                for name, check in checks.items():
+                    try:
+                        results[name] = await check()
+                    except Exception as exc:  # a failing dependency is the answer
+                        results[name] = f"failing: {exc}"
+                        healthy = False
+                status = 200 if healthy else 503
+                body = {"status": "ready" if healthy else "unavailable", "checks": results}
+            else:
+                status, body = 404, {"status": "error", "message": "Not found."}
+            payload = orjson.dumps(body)
+            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
+            writer.write(
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+                + payload
+            )
+            await writer.drain()
+        except (TimeoutError, ConnectionError, UnicodeError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    return await asyncio.start_server(handle, host, port)

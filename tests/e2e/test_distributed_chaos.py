@@ -1,0 +1,154 @@
+"""Chaos in distributed mode: real Redis, NATS JetStream and S3 servers, real `qtask api`,
+`qtask worker` and `qtask poller` processes. Each test asserts that every accepted task
+completes, with exactly one result."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from qtask_testkit import BELL, ghz, slow_circuit, submit, wait_done
+from servers import DistributedDeployment
+
+MEDIUM = slow_circuit(16, 10)  # ~0.1 s of simulation
+
+
+def _check_all_completed(
+    client: httpx.Client, expected: dict[str, tuple[int, int]], timeout: float = 120
+) -> None:
+    for task_id, (qubits, shots) in expected.items():
+        body = wait_done(client, task_id, timeout=timeout)
+        assert body["status"] == "completed", (task_id, body)
+        counts = body["result"]
+        assert sum(counts.values()) == shots
+        assert all(len(key) == qubits for key in counts)
+
+
+def _result_object(deployment: DistributedDeployment, task_id: str) -> dict[str, object]:
+    path = deployment.s3.dir / "data" / "qtask" / "results" / f"{task_id}.json"
+    loaded: dict[str, object] = json.loads(path.read_text())
+    return loaded
+
+
+def _submit_mix(client: httpx.Client, count: int) -> dict[str, tuple[int, int]]:
+    expected: dict[str, tuple[int, int]] = {}
+    for i in range(count):
+        if i % 4 == 0:
+            expected[submit(client, MEDIUM, shots=200)] = (16, 200)
+        elif i % 2:
+            expected[submit(client, BELL)] = (2, 1024)
+        else:
+            expected[submit(client, ghz(5), shots=300)] = (5, 300)
+    return expected
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> DistributedDeployment:
+    """A fresh deployment per test (servers and roles are stopped by the test's finalizer)."""
+    return DistributedDeployment(tmp_path / "d")
+
+
+def test_killed_worker_task_completes_on_another(deployment: DistributedDeployment) -> None:
+    deployment.start()
+    try:
+        with httpx.Client(base_url=deployment.url, timeout=30) as client:
+            # Two slow tasks keep both single-process workers busy.
+            slow = [submit(client, slow_circuit(20, 10)) for _ in range(2)]
+            time.sleep(1.0)
+            victim = deployment.workers[0]
+            killed_at = time.monotonic()
+            victim.kill()
+            for task_id in slow:
+                body = wait_done(client, task_id, timeout=90)
+                assert body["status"] == "completed", body
+                assert sum(body["result"].values()) == 1024
+                # The stored result object is the one the API serves: one result per task.
+                assert _result_object(deployment, task_id)["result"] == body["result"]
+            recovered_after = time.monotonic() - killed_at
+            print(f"both tasks completed {recovered_after:.1f} s after the worker was killed")
+            survivor = deployment.workers[1].log()
+            assert survivor.count('"event": "task_finished"') >= 1
+    finally:
+        deployment.terminate()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_nats_restart_mid_load_loses_nothing(
+    deployment: DistributedDeployment, sig: signal.Signals
+) -> None:
+    deployment.start()
+    try:
+        with httpx.Client(base_url=deployment.url, timeout=30) as client:
+            expected = _submit_mix(client, 120)
+            deployment.nats.stop(sig)
+            # While NATS is down the API still accepts durably; the reconciler publishes later.
+            expected.update(_submit_mix(client, 20))
+            time.sleep(1.0)
+            deployment.nats.start()
+            expected.update(_submit_mix(client, 20))
+            _check_all_completed(client, expected)
+            print(f"NATS {sig.name}: {len(expected)} tasks, all completed")
+    finally:
+        deployment.terminate()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_redis_restart_mid_load_loses_nothing(
+    deployment: DistributedDeployment, sig: signal.Signals
+) -> None:
+    deployment.start()
+    try:
+        with httpx.Client(base_url=deployment.url, timeout=30) as client:
+            expected = _submit_mix(client, 120)
+            deployment.redis.restart(sig)
+            expected.update(_submit_mix(client, 40))
+            _check_all_completed(client, expected)
+            print(f"Redis {sig.name}: {len(expected)} tasks, all completed")
+    finally:
+        deployment.terminate()
+
+
+def test_api_killed_between_store_and_publish(deployment: DistributedDeployment) -> None:
+    deployment.start()
+    try:
+        deployment.start_api(env={"QTASK_FAULT_EXIT_AFTER_STORE": "1"})
+        deployment.wait_ready()
+        headers = {"Idempotency-Key": "chaos-store-then-die"}
+        with (
+            httpx.Client(base_url=deployment.url, timeout=30) as client,
+            pytest.raises(httpx.HTTPError),
+        ):
+            client.post("/tasks", json={"qc": BELL}, headers=headers)
+        assert deployment.task_count() == 1  # stored, then the API died before publishing
+        deployment.start_api()
+        deployment.wait_ready()
+        with httpx.Client(base_url=deployment.url, timeout=30) as client:
+            # The client retries with the same key: same task, nothing new created.
+            response = client.post("/tasks", json={"qc": BELL}, headers=headers)
+            assert response.status_code == 202
+            task_id = response.json()["task_id"]
+            assert deployment.task_count() == 1
+            body = wait_done(client, task_id, timeout=60)
+            assert body["status"] == "completed"
+    finally:
+        deployment.terminate()
+
+
+def test_three_workers_share_the_load(tmp_path: Path) -> None:
+    deployment = DistributedDeployment(tmp_path / "d", workers=3)
+    deployment.start()
+    try:
+        with httpx.Client(base_url=deployment.url, timeout=30) as client:
+            expected = {submit(client, MEDIUM, shots=100): (16, 100) for _ in range(60)}
+            _check_all_completed(client, expected)
+        per_worker = [w.log().count('"event": "task_finished"') for w in deployment.workers]
+        print(f"tasks per worker: {per_worker}")
+        assert sum(per_worker) == 60
+        assert all(count > 0 for count in per_worker)
+    finally:
+        deployment.terminate()

@@ -17,7 +17,7 @@ from pathlib import Path
 from qtask.adapters.sqlite_db import SQLiteDatabase
 from qtask.constants import LEASE_SECONDS
 from qtask.domain.ports import Delivery
-from qtask.domain.task import CircuitInfo, Encoding, Status, Task, check_transition
+from qtask.domain.task import Status, Task, check_transition, info_from_json, info_to_json
 from qtask.errors import TaskNotFoundError
 
 SCHEMA = """
@@ -311,19 +311,7 @@ RETURNING *
 
 
 def _to_row(task: Task) -> tuple[object, ...]:
-    info = task.info
-    info_json = json.dumps(
-        {
-            "encoding": info.encoding.value,
-            "num_qubits": info.num_qubits,
-            "num_clbits": info.num_clbits,
-            "num_operations": info.num_operations,
-            "clifford": info.clifford,
-            "needs_transpile": info.needs_transpile,
-            "measured": info.measured,
-        },
-        separators=(",", ":"),
-    )
+    info_json = info_to_json(task.info)
     return (
         task.id,
         task.status.value,
@@ -346,12 +334,10 @@ def _to_row(task: Task) -> tuple[object, ...]:
 
 
 def _from_row(row: sqlite3.Row) -> Task:
-    info = json.loads(row["info"])
-    info["encoding"] = Encoding(info["encoding"])
     return Task(
         id=row["id"],
         source=row["source"],
-        info=CircuitInfo(**info),
+        info=info_from_json(row["info"]),
         shots=row["shots"],
         seed=row["seed"],
         program=row["program"],

@@ -6,6 +6,7 @@ Storage adapters persist these; nothing in this module performs I/O.
 from __future__ import annotations
 
 import enum
+import json
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -73,6 +74,20 @@ class CircuitInfo:
     needs_transpile: bool
     # False when the circuit measures nothing; the worker then measures every qubit.
     measured: bool
+
+
+def info_to_json(info: CircuitInfo) -> str:
+    """Encode a CircuitInfo as compact JSON (how every store keeps it)."""
+    fields = {name: getattr(info, name) for name in CircuitInfo.__dataclass_fields__}
+    fields["encoding"] = info.encoding.value
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def info_from_json(text: str | bytes) -> CircuitInfo:
+    """Decode what info_to_json wrote."""
+    fields = json.loads(text)
+    fields["encoding"] = Encoding(fields["encoding"])
+    return CircuitInfo(**fields)
 
 
 def new_task_id() -> str:

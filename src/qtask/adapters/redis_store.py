@@ -1,0 +1,540 @@
+"""Distributed mode's task store on Redis.
+
+Layout, every key under one prefix (default "qtask"):
+
+- `{prefix}:task:{id}`: a hash per task. Each Task field is a hash field, absent when None;
+  `info` and `result` are JSON, `program` raw bytes, floats in Python's round-trip repr. A
+  running task also has `worker`, the id of the worker that started it.
+- `{prefix}:idem:{key}`: the id of the task created with that idempotency key.
+- `{prefix}:unpublished`: sorted set of queued task ids not yet confirmed published to the
+  queue, scored by created_at; the reconciler republishes what lingers there.
+- `{prefix}:counts`: hash of status -> number of tasks in it.
+- `{prefix}:dead`: list of dead-letter records (JSON), newest first, capped at 10,000.
+
+Every change of a task is one Lua script, so it is atomic: the task hash, the counters, the ledger
+and the dead letters change together or not at all. Each call returns once Redis has applied
+and acknowledged it. Durability across a Redis restart is the server's: with AOF on (the test
+servers and compose set `appendonly yes`), Redis normally writes a command to the append-only
+file before it replies, so an acknowledged write survives the redis-server process being
+killed; with `appendfsync everysec` an operating-system crash or power loss (or a disk so slow
+that Redis postpones the write) can still lose up to about two seconds of writes, which
+`appendfsync always` prevents at a cost in throughput. Without AOF a restart loses them all.
+
+The client retries on connection errors and timeouts with a capped exponential backoff, so a
+Redis restart of a few seconds delays calls rather than failing them; anything Redis cannot do
+is raised as StoreUnavailableError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from qtask.domain.task import Status, Task, info_from_json, info_to_json
+from qtask.errors import StoreUnavailableError, TaskNotFoundError
+
+if TYPE_CHECKING:
+    from qtask.domain.ports import TaskStore
+
+# Key names, each formatted with the store's prefix. They live here rather than in
+# qtask.constants because they are this adapter's storage format, which nothing else reads.
+TASK_KEY = "{prefix}:task:{task_id}"
+IDEMPOTENCY_KEY = "{prefix}:idem:{key}"
+UNPUBLISHED_KEY = "{prefix}:unpublished"
+COUNTS_KEY = "{prefix}:counts"
+DEAD_KEY = "{prefix}:dead"
+PING_KEY = "{prefix}:ping"
+DEFAULT_PREFIX = "qtask"
+
+# Dead letters kept: enough for an operator to see every recent give-up, bounded so a task
+# that keeps failing cannot grow the list (and Redis's memory) without end.
+DEAD_LETTERS_MAX = 10_000
+
+# Connection settings. A socket that does not answer in 5 s is treated as broken; a pooled
+# connection idle for 5 s is checked with PING before use, so one left dead by a server restart
+# is replaced instead of failing a call. Retries back off from 50 ms to at most 1 s each; 20 of
+# them ride out roughly 16 s of Redis being away (a restart takes a few seconds).
+SOCKET_TIMEOUT_SECONDS = 5.0
+HEALTH_CHECK_INTERVAL_SECONDS = 5
+RETRY_BASE_SECONDS = 0.05
+RETRY_CAP_SECONDS = 1.0
+RETRIES = 20
+# Connections one store opens at most. A burst of calls beyond that waits for a free connection
+# (up to POOL_TIMEOUT_SECONDS, longer than the retries above can take) instead of failing.
+MAX_CONNECTIONS = 64
+POOL_TIMEOUT_SECONDS = 30.0
+
+# ping() is a health check: it must answer quickly, not wait out the retries above.
+PING_TIMEOUT_SECONDS = 2.0
+# The ping key only proves a write went through; it expires so it never accumulates.
+PING_KEY_TTL_MS = 60_000
+
+# When unpublished() meets ids whose task is no longer queued it drops them and reads again;
+# this bounds the rounds so one call's cost stays bounded however stale the ledger is.
+_UNPUBLISHED_ROUNDS = 8
+
+# Lua scripts. They touch only keys passed in KEYS (what Redis Cluster requires); the ARGV
+# layout of each is described at its top. `false` comes back to Python as None.
+
+_CREATE_LUA = """
+-- KEYS[1] counts hash, KEYS[2] unpublished zset, then per task its hash key followed by its
+-- idempotency key when it has one.
+-- ARGV per task: id, has_key ('1'/'0'), status, created_at, stale, n, then n field/value items.
+-- `stale` is a task id the idempotency key may be taken over from (its task vanished), or ''.
+-- Returns per task 1 when stored, or the id of the task already stored (same id or same key).
+local out = {}
+local k = 3
+local a = 1
+while a <= #ARGV do
+  local id, has_key, status, created, stale = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
+    ARGV[a + 4]
+  local n = tonumber(ARGV[a + 5])
+  local first = a + 6
+  a = first + n
+  local task_key = KEYS[k]
+  k = k + 1
+  local idem_key = false
+  if has_key == '1' then
+    idem_key = KEYS[k]
+    k = k + 1
+  end
+  local existing = false
+  if redis.call('EXISTS', task_key) == 1 then
+    existing = id
+  elseif idem_key then
+    local holder = redis.call('GET', idem_key)
+    if holder and holder ~= stale then
+      existing = holder
+    end
+  end
+  if existing then
+    out[#out + 1] = existing
+  else
+    redis.call('HSET', task_key, unpack(ARGV, first, first + n - 1))
+    if idem_key then
+      redis.call('SET', idem_key, id)
+    end
+    redis.call('HINCRBY', KEYS[1], status, 1)
+    if status == 'queued' then
+      redis.call('ZADD', KEYS[2], created, id)
+    end
+    out[#out + 1] = 1
+  end
+end
+return out
+"""
+
+_START_LUA = """
+-- KEYS[1] task hash, KEYS[2] counts. ARGV: attempt, now, worker id.
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  return false
+end
+if status == 'queued' or status == 'running' then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', ARGV[1], 'started_at', ARGV[2],
+    'worker', ARGV[3])
+  if status == 'queued' then
+    redis.call('HINCRBY', KEYS[2], 'queued', -1)
+    redis.call('HINCRBY', KEYS[2], 'running', 1)
+  end
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+_FINISH_LUA = """
+-- KEYS[1] task hash, KEYS[2] counts, KEYS[3] dead-letter list.
+-- ARGV: new status, field to set, its value, field to clear, now, dead letter ('1'/'0'),
+-- dead letters kept, task id, reason (for the dead letter).
+-- The first outcome wins: a task that already ended is returned unchanged, with no dead letter.
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  return false
+end
+if status == 'queued' or status == 'running' then
+  redis.call('HSET', KEYS[1], 'status', ARGV[1], ARGV[2], ARGV[3], 'finished_at', ARGV[5])
+  redis.call('HDEL', KEYS[1], ARGV[4], 'worker')
+  redis.call('HINCRBY', KEYS[2], status, -1)
+  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+  if ARGV[6] == '1' then
+    local attempts = redis.call('HGET', KEYS[1], 'attempts')
+    local record = '{"task_id":' .. cjson.encode(ARGV[8]) .. ',"reason":' ..
+      cjson.encode(ARGV[9]) .. ',"attempts":' .. attempts .. ',"at":' .. ARGV[5] .. '}'
+    redis.call('LPUSH', KEYS[3], record)
+    redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[7]) - 1)
+  end
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+_RELEASE_LUA = """
+-- KEYS[1] task hash, KEYS[2] counts. ARGV: has reason ('1'/'0'), reason, attempts to refund.
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then
+  return false
+end
+redis.call('HSET', KEYS[1], 'status', 'queued')
+if ARGV[1] == '1' then
+  redis.call('HSET', KEYS[1], 'last_error', ARGV[2])
+end
+if ARGV[3] ~= '0' then
+  redis.call('HINCRBY', KEYS[1], 'attempts', -tonumber(ARGV[3]))
+end
+redis.call('HDEL', KEYS[1], 'worker')
+redis.call('HINCRBY', KEYS[2], 'running', -1)
+redis.call('HINCRBY', KEYS[2], 'queued', 1)
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+class RedisTaskStore:
+    """TaskStore on Redis; see the module docstring for the layout and guarantees."""
+
+    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX) -> None:
+        self._prefix = prefix
+        self._where = _describe(url)
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=POOL_TIMEOUT_SECONDS,
+            decode_responses=False,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+            health_check_interval=HEALTH_CHECK_INTERVAL_SECONDS,
+            retry=Retry(
+                ExponentialBackoff(cap=RETRY_CAP_SECONDS, base=RETRY_BASE_SECONDS), RETRIES
+            ),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        self._redis = redis.asyncio.Redis.from_pool(pool)
+        self._create = self._redis.register_script(_CREATE_LUA)
+        self._start = self._redis.register_script(_START_LUA)
+        self._finish = self._redis.register_script(_FINISH_LUA)
+        self._release = self._redis.register_script(_RELEASE_LUA)
+        self._counts_key = COUNTS_KEY.format(prefix=prefix)
+        self._unpublished_key = UNPUBLISHED_KEY.format(prefix=prefix)
+        self._dead_key = DEAD_KEY.format(prefix=prefix)
+
+    # --- TaskStore -------------------------------------------------------------------------
+
+    async def create(self, task: Task) -> Task:
+        """Store a new task (or return the one already stored with its idempotency key)."""
+        return (await self.create_many([task]))[0]
+
+    async def create_many(self, tasks: Sequence[Task]) -> list[Task]:
+        """Store new tasks in one atomic script; same idempotency rule as create."""
+        if not tasks:
+            return []
+        with self._unavailable("store new tasks"):
+            replies = await self._insert(tasks, [""] * len(tasks))
+            holders = [reply for reply in replies if isinstance(reply, str)]
+            found = await self._get_many(holders) if holders else {}
+            stored: list[Task] = []
+            for task, reply in zip(tasks, replies, strict=True):
+                if isinstance(reply, Task):
+                    stored.append(reply)
+                elif (existing := found[reply]) is not None:
+                    stored.append(existing)
+                else:
+                    stored.append(await self._take_over(task, reply))
+        return stored
+
+    async def get(self, task_id: str) -> Task | None:
+        """Return the task or None."""
+        with self._unavailable(f"read task {task_id}"):
+            raw = await self._redis.hgetall(self._task_key(task_id))
+        return _from_hash(_bytes_hash(raw)) if raw else None
+
+    async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
+        """Mark a queued or running task running as `attempt`; an ended task is returned as is."""
+        with self._unavailable(f"start task {task_id}"):
+            reply = await self._start(
+                keys=[self._task_key(task_id), self._counts_key],
+                args=[attempt, repr(time.time()), worker_id],
+            )
+        return None if reply is None else _from_hash(_pairs(reply))
+
+    async def mark_published(self, task_ids: Sequence[str]) -> None:
+        """Take these tasks off the unpublished ledger."""
+        if not task_ids:
+            return
+        with self._unavailable("record published tasks"):
+            await self._redis.zrem(self._unpublished_key, *task_ids)
+
+    async def unpublished(self, older_than: float, limit: int) -> list[Task]:
+        """Queued tasks created before `older_than` never confirmed published, oldest first."""
+        if limit <= 0:
+            return []
+        found: list[Task] = []
+        with self._unavailable("list unpublished tasks"):
+            for _ in range(_UNPUBLISHED_ROUNDS):
+                wanted = limit - len(found)
+                ids = await self._redis.zrangebyscore(
+                    self._unpublished_key,
+                    "-inf",
+                    f"({older_than!r}",
+                    start=len(found),
+                    num=wanted,
+                )
+                if not ids:
+                    break
+                tasks = await self._get_many([_text(i) for i in ids])
+                gone = [task_id for task_id, task in tasks.items() if task is None]
+                gone += [
+                    task.id for task in tasks.values() if task and task.status is not Status.QUEUED
+                ]
+                found += [t for t in tasks.values() if t and t.status is Status.QUEUED]
+                if gone:
+                    # Started or ended tasks reached a worker, so they were published.
+                    await self._redis.zrem(self._unpublished_key, *gone)
+                if not gone or len(ids) < wanted:
+                    break
+        return found[:limit]
+
+    async def complete(self, task_id: str, counts: dict[str, int]) -> Task:
+        """Store the result unless the task already ended; return the task as stored."""
+        result = json.dumps(counts, separators=(",", ":"))
+        return await self._end(task_id, Status.COMPLETED, "result", result, "error", dead=False)
+
+    async def fail(self, task_id: str, message: str, *, dead_letter: bool = False) -> Task:
+        """End the task in error unless it already ended; optionally file a dead letter.
+
+        The dead letter is filed only by the call that ends the task, so a retried call (or a
+        late one for a task that already ended) does not file it twice.
+        """
+        return await self._end(task_id, Status.FAILED, "error", message, "result", dead=dead_letter)
+
+    async def dead_letters(self, limit: int) -> list[dict[str, object]]:
+        """The newest dead-letter records."""
+        if limit <= 0:
+            return []
+        with self._unavailable("read dead letters"):
+            records = await self._redis.lrange(self._dead_key, 0, limit - 1)
+        return [json.loads(record) for record in records]
+
+    async def release(self, task_id: str, reason: str | None, *, penalize: bool) -> Task | None:
+        """Put a running task back in the queue; None when it was not running."""
+        with self._unavailable(f"release task {task_id}"):
+            reply = await self._release(
+                keys=[self._task_key(task_id), self._counts_key],
+                args=["0" if reason is None else "1", reason or "", "0" if penalize else "1"],
+            )
+        return None if reply is None else _from_hash(_pairs(reply))
+
+    async def ping(self, timeout: float = PING_TIMEOUT_SECONDS) -> None:
+        """Check within `timeout` seconds that Redis accepts a write."""
+        key = PING_KEY.format(prefix=self._prefix)
+        with self._unavailable("answer a health check"):
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._redis.set(key, repr(time.time()), px=PING_KEY_TTL_MS)
+            except TimeoutError as exc:
+                raise StoreUnavailableError(
+                    f"the task store (Redis at {self._where}) did not answer within {timeout} s"
+                ) from exc
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        with self._unavailable("close its connections"):
+            await self._redis.aclose()
+
+    # --- extras ----------------------------------------------------------------------------
+
+    async def counts(self) -> dict[str, int]:
+        """Return the number of tasks in each status (statuses with none are left out)."""
+        with self._unavailable("count tasks"):
+            raw = await self._redis.hgetall(self._counts_key)
+        counted = {_text(k): int(v) for k, v in raw.items()}
+        return {status: n for status, n in counted.items() if n > 0}
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _task_key(self, task_id: str) -> str:
+        return TASK_KEY.format(prefix=self._prefix, task_id=task_id)
+
+    @contextlib.contextmanager
+    def _unavailable(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailableError(
+                f"the task store (Redis at {self._where}) could not {action}: {exc}"
+            ) from exc
+
+    async def _insert(self, tasks: Sequence[Task], stale: Sequence[str]) -> list[Task | str]:
+        """Run the create script: each task comes back as stored, or as the id already there."""
+        keys = [self._counts_key, self._unpublished_key]
+        args: list[str | bytes] = []
+        for task, stale_id in zip(tasks, stale, strict=True):
+            fields = _to_hash(task)
+            keys.append(self._task_key(task.id))
+            if task.idempotency_key is not None:
+                keys.append(IDEMPOTENCY_KEY.format(prefix=self._prefix, key=task.idempotency_key))
+            args += [
+                task.id,
+                "0" if task.idempotency_key is None else "1",
+                task.status.value,
+                repr(task.created_at),
+                stale_id,
+                str(len(fields)),
+                *fields,
+            ]
+        replies: list[int | bytes] = await self._create(keys=keys, args=args)
+        return [
+            task if reply == 1 else _text(reply) for task, reply in zip(tasks, replies, strict=True)
+        ]
+
+    async def _take_over(self, task: Task, holder: str) -> Task:
+        """Store `task` under an idempotency key whose task (`holder`) no longer exists."""
+        (reply,) = await self._insert([task], [holder])
+        if isinstance(reply, Task):
+            return reply
+        existing = await self.get(reply)  # another create took the key over first
+        if existing is None:
+            raise StoreUnavailableError(
+                f"the task store (Redis at {self._where}) lost task {reply} while storing"
+                f" task {task.id}"
+            )
+        return existing
+
+    async def _get_many(self, task_ids: list[str]) -> dict[str, Task | None]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hgetall(self._task_key(task_id))
+            raws: list[dict[bytes, bytes]] = await pipe.execute()
+        return {
+            task_id: _from_hash(raw) if raw else None
+            for task_id, raw in zip(task_ids, raws, strict=True)
+        }
+
+    async def _end(
+        self, task_id: str, status: Status, field: str, value: str, clear: str, *, dead: bool
+    ) -> Task:
+        with self._unavailable(f"store the outcome of task {task_id}"):
+            reply = await self._finish(
+                keys=[self._task_key(task_id), self._counts_key, self._dead_key],
+                args=[
+                    status.value,
+                    field,
+                    value,
+                    clear,
+                    repr(time.time()),
+                    "1" if dead else "0",
+                    DEAD_LETTERS_MAX,
+                    task_id,
+                    value,
+                ],
+            )
+        if reply is None:
+            raise TaskNotFoundError(task_id)
+        return _from_hash(_pairs(reply))
+
+
+def _describe(url: str) -> str:
+    """Where the server is, for messages: the URL without credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or parts.path or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{host}{port}{parts.path if parts.hostname else ''}"
+
+
+def _text(value: object) -> str:
+    """A reply item as text (the client returns bytes; it is typed to allow str too)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"unexpected Redis reply item {value!r}")
+
+
+def _bytes_hash(raw: Mapping[bytes | str, bytes | str]) -> dict[bytes, bytes]:
+    """A HGETALL reply with bytes keys and values, however the client's types describe it."""
+    return {_raw(k): _raw(v) for k, v in raw.items()}
+
+
+def _raw(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A HGETALL reply from a script (a flat list) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _to_hash(task: Task) -> list[str | bytes]:
+    """The task as flat field/value items for HSET; None fields are left out."""
+    info_json = info_to_json(task.info)
+    optional: dict[str, str | bytes | None] = {
+        "program": task.program,
+        "seed": None if task.seed is None else str(task.seed),
+        "result": None if task.result is None else json.dumps(task.result, separators=(",", ":")),
+        "error": task.error,
+        "last_error": task.last_error,
+        "started_at": None if task.started_at is None else repr(task.started_at),
+        "finished_at": None if task.finished_at is None else repr(task.finished_at),
+        "idempotency_key": task.idempotency_key,
+        "circuit_object": task.circuit_object,
+        "result_object": task.result_object,
+    }
+    fields: list[str | bytes] = [
+        "id", task.id,
+        "status", task.status.value,
+        "source", task.source,
+        "info", info_json,
+        "shots", str(task.shots),
+        "attempts", str(task.attempts),
+        "created_at", repr(task.created_at),
+    ]  # fmt: skip
+    for name, value in optional.items():
+        if value is not None:
+            fields += [name, value]
+    return fields
+
+
+def _from_hash(raw: dict[bytes, bytes]) -> Task:
+    def text(name: bytes) -> str | None:
+        value = raw.get(name)
+        return None if value is None else value.decode()
+
+    def number(name: bytes) -> float | None:
+        value = raw.get(name)
+        return None if value is None else float(value)
+
+    seed = raw.get(b"seed")
+    result = raw.get(b"result")
+    return Task(
+        id=raw[b"id"].decode(),
+        source=raw[b"source"].decode(),
+        info=info_from_json(raw[b"info"]),
+        shots=int(raw[b"shots"]),
+        seed=None if seed is None else int(seed),
+        program=raw.get(b"program"),
+        status=Status(raw[b"status"].decode()),
+        attempts=int(raw[b"attempts"]),
+        result=None if result is None else json.loads(result),
+        error=text(b"error"),
+        last_error=text(b"last_error"),
+        created_at=float(raw[b"created_at"]),
+        started_at=number(b"started_at"),
+        finished_at=number(b"finished_at"),
+        idempotency_key=text(b"idempotency_key"),
+        circuit_object=text(b"circuit_object"),
+        result_object=text(b"result_object"),
+    )
+
+
+if TYPE_CHECKING:
+
+    def _conforms(store: RedisTaskStore) -> TaskStore:
+        return store  # mypy checks that RedisTaskStore satisfies the port

@@ -1,0 +1,446 @@
+"""The Redis task store, on a real redis-server with AOF on."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from qtask.adapters.redis_store import RedisTaskStore
+from qtask.domain.task import CircuitInfo, Encoding, Status, Task, new_task_id
+from qtask.errors import StoreUnavailableError, TaskNotFoundError
+from servers import RedisServer
+
+BELL = (
+    'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\n'
+    "h q[0];\ncx q[0], q[1];\nc = measure q;\n"
+)
+INFO = CircuitInfo(
+    encoding=Encoding.QASM3,
+    num_qubits=2,
+    num_clbits=2,
+    num_operations=4,
+    clifford=True,
+    needs_transpile=False,
+    measured=True,
+)
+
+
+def make_task(**changes: object) -> Task:
+    task = Task(id=new_task_id(), source=BELL, info=INFO, shots=100)
+    return replace(task, **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[RedisTaskStore]:
+    opened = RedisTaskStore(redis_server.url)
+    yield opened
+    await opened.close()
+
+
+async def stored(store: RedisTaskStore, task_id: str) -> Task:
+    task = await store.get(task_id)
+    assert task is not None
+    return task
+
+
+# --- create and get --------------------------------------------------------------------------
+
+
+async def test_create_get_roundtrip_of_every_field(store: RedisTaskStore) -> None:
+    info = CircuitInfo(
+        encoding=Encoding.QPY,
+        num_qubits=5,
+        num_clbits=3,
+        num_operations=17,
+        clifford=False,
+        needs_transpile=True,
+        measured=False,
+    )
+    task = Task(
+        id=new_task_id(),
+        source="OPENQASM 3.0;\n// ünïcödé ✓\nqubit q;\n",
+        info=info,
+        shots=4096,
+        seed=2**63 - 1,
+        program=bytes(range(256)) + b"\x00\xff",
+        status=Status.QUEUED,
+        attempts=0,
+        result=None,
+        error=None,
+        last_error="an earlier problem",
+        created_at=1_700_000_000.123456,
+        started_at=None,
+        finished_at=None,
+        idempotency_key="key-1",
+    )
+    assert await store.create(task) == task
+    assert await store.get(task.id) == task
+
+
+async def test_roundtrip_of_finished_records_and_empty_values(store: RedisTaskStore) -> None:
+    completed = make_task(
+        status=Status.COMPLETED,
+        attempts=2,
+        result={"00": 51, "11": 49},
+        started_at=1.5,
+        finished_at=2.25,
+        seed=0,
+        program=b"",
+        source="",
+    )
+    failed = make_task(status=Status.FAILED, error="The simulator failed: x", attempts=3)
+    no_seed = make_task(seed=None, program=None, result={})
+    for task in (completed, failed, no_seed):
+        await store.create(task)
+        assert await store.get(task.id) == task
+
+
+async def test_get_unknown_is_none(store: RedisTaskStore) -> None:
+    assert await store.get("no-such-task") is None
+
+
+async def test_create_many(store: RedisTaskStore) -> None:
+    tasks = [make_task(shots=n) for n in range(1, 6)]
+    assert await store.create_many(tasks) == tasks
+    for task in tasks:
+        assert await store.get(task.id) == task
+    assert await store.counts() == {"queued": 5}
+    assert await store.create_many([]) == []
+
+
+async def test_idempotency_key_returns_the_same_task_and_stores_once(
+    store: RedisTaskStore,
+) -> None:
+    first = make_task(idempotency_key="abc")
+    second = make_task(idempotency_key="abc", shots=7)
+    assert await store.create(first) == first
+    assert await store.create(second) == first
+    assert await store.get(second.id) is None
+    # In one batch too, and beside new tasks.
+    other = make_task(idempotency_key="xyz")
+    third = make_task(idempotency_key="abc")
+    assert await store.create_many([third, other, replace(other, id=new_task_id())]) == [
+        first,
+        other,
+        other,
+    ]
+    assert await store.counts() == {"queued": 2}
+    assert len(await store.unpublished(time.time() + 1, 10)) == 2
+
+
+async def test_creating_the_same_task_twice_stores_it_once(store: RedisTaskStore) -> None:
+    """A create retried after a lost reply must not count or overwrite the task again."""
+    task = make_task()
+    await store.create(task)
+    await store.start(task.id, 1, "w1")
+    assert (await store.create(task)).status is Status.RUNNING
+    assert await store.counts() == {"running": 1}
+
+
+async def test_idempotency_key_whose_task_vanished_is_taken_over(
+    store: RedisTaskStore, redis_server: RedisServer
+) -> None:
+    first = await store.create(make_task(idempotency_key="k"))
+    await store._redis.delete(f"qtask:task:{first.id}")
+    second = make_task(idempotency_key="k")
+    assert await store.create(second) == second
+    assert await store.create(make_task(idempotency_key="k")) == second
+
+
+async def test_200_concurrent_creates_are_all_stored(store: RedisTaskStore) -> None:
+    tasks = [make_task(shots=n + 1) for n in range(200)]
+    returned = await asyncio.gather(*(store.create(task) for task in tasks))
+    assert returned == tasks
+    for task in tasks:
+        assert await store.get(task.id) == task
+    assert await store.counts() == {"queued": 200}
+
+
+async def test_prefixes_keep_stores_apart(redis_server: RedisServer) -> None:
+    one = RedisTaskStore(redis_server.url, prefix="one")
+    two = RedisTaskStore(redis_server.url, prefix="two")
+    try:
+        task = await one.create(make_task(idempotency_key="k"))
+        assert await two.get(task.id) is None
+        assert await two.counts() == {}
+        other = make_task(idempotency_key="k")
+        assert await two.create(other) == other
+    finally:
+        await one.close()
+        await two.close()
+
+
+# --- start -----------------------------------------------------------------------------------
+
+
+async def test_start_marks_running_and_counts_the_attempt(store: RedisTaskStore) -> None:
+    task = await store.create(make_task())
+    before = time.time()
+    started = await store.start(task.id, 1, "worker-a")
+    assert started is not None
+    assert started.status is Status.RUNNING
+    assert started.attempts == 1
+    assert started.started_at is not None
+    assert started.started_at >= before
+    assert await store.get(task.id) == started
+    again = await store.start(task.id, 2, "worker-b")  # a redelivery to another worker
+    assert again is not None
+    assert again.attempts == 2
+    assert await store.counts() == {"running": 1}
+
+
+async def test_start_on_an_ended_task_returns_it_unchanged(store: RedisTaskStore) -> None:
+    task = await store.create(make_task())
+    done = await store.complete(task.id, {"00": 100})
+    assert await store.start(task.id, 5, "w") == done
+    assert await store.get(task.id) == done
+
+
+async def test_start_on_unknown_task_is_none(store: RedisTaskStore) -> None:
+    assert await store.start("no-such-task", 1, "w") is None
+
+
+# --- complete and fail -----------------------------------------------------------------------
+
+
+async def test_first_result_wins(store: RedisTaskStore) -> None:
+    task = await store.create(make_task())
+    await store.start(task.id, 1, "w")
+    done = await store.complete(task.id, {"00": 60, "11": 40})
+    assert done.status is Status.COMPLETED
+    assert done.result == {"00": 60, "11": 40}
+    assert done.finished_at is not None
+    assert done.error is None
+    assert await store.complete(task.id, {"01": 100}) == done
+    assert await store.fail(task.id, "late failure", dead_letter=True) == done
+    assert await store.get(task.id) == done
+    assert await store.dead_letters(10) == []
+    assert await store.counts() == {"completed": 1}
+
+
+async def test_complete_from_queued_is_allowed(store: RedisTaskStore) -> None:
+    """A result from a worker whose lease lapsed (the task was requeued) still counts."""
+    task = await store.create(make_task())
+    done = await store.complete(task.id, {"0": 1})
+    assert done.status is Status.COMPLETED
+
+
+async def test_complete_or_fail_unknown_raises(store: RedisTaskStore) -> None:
+    with pytest.raises(TaskNotFoundError):
+        await store.complete("no-such-task", {})
+    with pytest.raises(TaskNotFoundError):
+        await store.fail("no-such-task", "x")
+
+
+async def test_fail_with_dead_letter(store: RedisTaskStore) -> None:
+    plain = await store.create(make_task())
+    failed = await store.fail(plain.id, "The circuit is invalid.")
+    assert failed.status is Status.FAILED
+    assert failed.error == "The circuit is invalid."
+    assert failed.result is None
+    given_up = await store.create(make_task())
+    await store.start(given_up.id, 3, "w")
+    message = 'Given up after 3 attempts; "quotes", ünïcödé and a \\ backslash.'
+    before = time.time()
+    await store.fail(given_up.id, message, dead_letter=True)
+    newest = await store.create(make_task())
+    await store.fail(newest.id, "second", dead_letter=True)
+    records = await store.dead_letters(10)
+    assert [r["task_id"] for r in records] == [newest.id, given_up.id]
+    assert records[1]["reason"] == message
+    assert records[1]["attempts"] == 3
+    assert isinstance(records[1]["at"], float)
+    assert records[1]["at"] >= before
+    assert await store.dead_letters(1) == records[:1]
+    assert await store.dead_letters(0) == []
+    assert await store.counts() == {"failed": 3}
+
+
+# --- release ---------------------------------------------------------------------------------
+
+
+async def test_release_penalized_keeps_the_attempt(store: RedisTaskStore) -> None:
+    task = await store.create(make_task(last_error="old"))
+    await store.start(task.id, 2, "w")
+    released = await store.release(task.id, "the worker crashed", penalize=True)
+    assert released is not None
+    assert released.status is Status.QUEUED
+    assert released.attempts == 2
+    assert released.last_error == "the worker crashed"
+    assert await store.get(task.id) == released
+    assert await store.counts() == {"queued": 1}
+
+
+async def test_release_unpenalized_refunds_the_attempt(store: RedisTaskStore) -> None:
+    task = await store.create(make_task(last_error="old"))
+    await store.start(task.id, 2, "w")
+    released = await store.release(task.id, None, penalize=False)
+    assert released is not None
+    assert released.attempts == 1
+    assert released.last_error == "old"
+
+
+async def test_release_of_a_task_that_is_not_running_is_none(store: RedisTaskStore) -> None:
+    task = await store.create(make_task())
+    assert await store.release(task.id, "x", penalize=True) is None
+    await store.complete(task.id, {})
+    assert await store.release(task.id, "x", penalize=True) is None
+    assert await store.release("no-such-task", "x", penalize=True) is None
+    assert (await stored(store, task.id)).status is Status.COMPLETED
+
+
+# --- the unpublished ledger ------------------------------------------------------------------
+
+
+async def test_unpublished_lists_old_queued_tasks_until_published(store: RedisTaskStore) -> None:
+    old = [await store.create(make_task(created_at=100.0 + n)) for n in range(3)]
+    recent = await store.create(make_task(created_at=1000.0))
+    assert await store.unpublished(500.0, 10) == old
+    assert await store.unpublished(500.0, 2) == old[:2]
+    assert await store.unpublished(100.0, 10) == []  # strictly older than the cut-off
+    assert await store.unpublished(2000.0, 10) == [*old, recent]
+    await store.mark_published([old[0].id, "no-such-task"])
+    await store.mark_published([])
+    assert await store.unpublished(500.0, 10) == old[1:]
+    assert await store.unpublished(500.0, 0) == []
+
+
+async def test_unpublished_skips_tasks_that_moved_on(store: RedisTaskStore) -> None:
+    tasks = [await store.create(make_task(created_at=100.0 + n)) for n in range(6)]
+    await store.complete(tasks[0].id, {})
+    await store.start(tasks[1].id, 1, "w")
+    await store.fail(tasks[2].id, "x")
+    assert await store.unpublished(500.0, 2) == tasks[3:5]
+    # The tasks that moved on were dropped from the ledger, even after a release.
+    await store.release(tasks[1].id, None, penalize=False)
+    assert await store.unpublished(500.0, 10) == tasks[3:]
+    ended = make_task(status=Status.COMPLETED, created_at=1.0)
+    await store.create(ended)
+    assert await store.unpublished(500.0, 10) == tasks[3:]
+
+
+# --- counts ----------------------------------------------------------------------------------
+
+
+async def test_counts_follow_every_transition(store: RedisTaskStore) -> None:
+    assert await store.counts() == {}
+    ids = [(await store.create(make_task())).id for _ in range(5)]
+    await store.start(ids[0], 1, "w")
+    await store.start(ids[1], 1, "w")
+    await store.start(ids[1], 2, "w")
+    await store.complete(ids[1], {})
+    await store.fail(ids[2], "x")
+    await store.start(ids[3], 1, "w")
+    await store.release(ids[3], None, penalize=True)
+    assert await store.counts() == {"queued": 2, "running": 1, "completed": 1, "failed": 1}
+
+
+# --- durability and availability -------------------------------------------------------------
+
+
+async def test_acknowledged_writes_survive_redis_being_killed(redis_server: RedisServer) -> None:
+    first = RedisTaskStore(redis_server.url)
+    try:
+        tasks = [make_task(program=bytes([n]) * 3, seed=n) for n in range(20)]
+        await first.create_many(tasks[:10])
+        for task in tasks[10:]:
+            await first.create(task)
+        await first.start(tasks[0].id, 1, "w")
+        await first.complete(tasks[0].id, {"00": 100})
+        await first.fail(tasks[1].id, "dead", dead_letter=True)
+        await first.mark_published([t.id for t in tasks[2:5]])
+        expected = [await stored(first, task.id) for task in tasks]
+        counts = await first.counts()
+        unpublished = await first.unpublished(time.time() + 1, 100)
+    finally:
+        await first.close()
+
+    redis_server.restart(signal.SIGKILL)
+
+    second = RedisTaskStore(redis_server.url)
+    try:
+        assert [await second.get(task.id) for task in tasks] == expected
+        assert await second.counts() == counts
+        assert await second.unpublished(time.time() + 1, 100) == unpublished
+        assert [r["task_id"] for r in await second.dead_letters(10)] == [tasks[1].id]
+        # The scripts are gone from the restarted server's cache; they are loaded again.
+        assert (await second.complete(tasks[5].id, {"1": 1})).status is Status.COMPLETED
+    finally:
+        await second.close()
+
+
+async def test_a_restart_is_ridden_out_by_the_same_store(
+    store: RedisTaskStore, redis_server: RedisServer
+) -> None:
+    task = await store.create(make_task())
+    redis_server.restart(signal.SIGTERM)  # every pooled connection is now dead
+    assert await store.get(task.id) == task
+    other = await store.create(make_task())
+    assert (await store.start(other.id, 1, "w")) is not None
+
+
+async def test_calls_made_while_redis_is_restarting_wait_for_it(
+    store: RedisTaskStore, redis_server: RedisServer
+) -> None:
+    task = await store.create(make_task())
+    down, up = threading.Event(), threading.Event()
+
+    def bounce() -> None:
+        redis_server.stop(signal.SIGTERM)
+        down.set()
+        time.sleep(1.0)
+        redis_server.start()
+        up.set()
+
+    restart = asyncio.create_task(asyncio.to_thread(bounce))
+    created = []
+    spanning_the_outage = 0  # calls that began before Redis was back and ended after it left
+    while not restart.done():
+        began_before_up = not up.is_set()
+        created.append(await store.create(make_task()))
+        assert await store.get(task.id) == task
+        spanning_the_outage += began_before_up and down.is_set()
+        await asyncio.sleep(0.01)
+    await restart
+    assert spanning_the_outage >= 1
+    for new in created:
+        assert await store.get(new.id) == new
+
+
+async def test_ping_raises_when_redis_is_down(
+    store: RedisTaskStore, redis_server: RedisServer
+) -> None:
+    await store.ping()
+    redis_server.stop(signal.SIGKILL)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match=r"Redis at 127\.0\.0\.1"):
+            await store.ping(timeout=0.5)
+        assert time.monotonic() - started < 3
+    finally:
+        redis_server.start()
+    await store.ping()
+
+
+async def test_a_call_that_outlasts_the_retries_raises_store_unavailable(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qtask.adapters import redis_store
+
+    monkeypatch.setattr(redis_store, "RETRIES", 1)
+    quick = RedisTaskStore(redis_server.url)
+    try:
+        redis_server.stop(signal.SIGKILL)
+        with pytest.raises(StoreUnavailableError, match="could not read task x"):
+            await quick.get("x")
+        with pytest.raises(StoreUnavailableError):
+            await quick.create(make_task())
+    finally:
+        redis_server.start()
+        await quick.close()

@@ -1,0 +1,254 @@
+"""The TaskStore contract, checked on every implementation: SQLite, Redis and in-memory.
+
+Each test states one rule of the port (ports.TaskStore) that the service and workers rely on,
+whichever store is behind them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from qtask.adapters.redis_store import RedisTaskStore
+from qtask.adapters.sqlite_store import SQLiteTaskStore
+from qtask.domain.ports import TaskStore
+from qtask.domain.task import CircuitInfo, Encoding, Status, Task, new_task_id
+from qtask.errors import TaskNotFoundError
+from qtask.testing import InMemoryTaskStore
+from servers import RedisServer
+
+INFO = CircuitInfo(
+    encoding=Encoding.QASM3,
+    num_qubits=2,
+    num_clbits=2,
+    num_operations=4,
+    clifford=True,
+    needs_transpile=False,
+    measured=True,
+)
+
+
+def make_task(**changes: object) -> Task:
+    task = Task(id=new_task_id(), source="OPENQASM 3.0;", info=INFO, shots=100)
+    return replace(task, **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["sqlite", "redis", "memory"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TaskStore]:
+    opened: TaskStore
+    if request.param == "sqlite":
+        opened = SQLiteTaskStore(tmp_path / "t.db")
+    elif request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        opened = RedisTaskStore(server.url)
+    else:
+        opened = InMemoryTaskStore()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def tracking_store(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[TaskStore]:
+    """A store that keeps the unpublished ledger (SQLite needs none: storing is publishing)."""
+    opened: TaskStore
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        opened = RedisTaskStore(server.url)
+    else:
+        memory = InMemoryTaskStore()
+        memory.tracks_publishing = True
+        opened = memory
+    yield opened
+    await opened.close()
+
+
+async def stored(store: TaskStore, task_id: str) -> Task:
+    task = await store.get(task_id)
+    assert task is not None
+    return task
+
+
+# --- create and get --------------------------------------------------------------------------
+
+
+async def test_create_then_get_returns_the_task(store: TaskStore) -> None:
+    task = make_task(
+        seed=7,
+        program=b"\x00qpy\xff",
+        idempotency_key="k",
+        created_at=12.5,
+        circuit_object="circuits/x.qasm",
+        result_object="results/x.json",
+    )
+    assert await store.create(task) == task
+    assert await store.get(task.id) == task
+    assert await store.get("no-such-task") is None
+
+
+async def test_create_many_stores_every_task(store: TaskStore) -> None:
+    tasks = [make_task(shots=n) for n in range(1, 4)]
+    assert await store.create_many(tasks) == tasks
+    assert [await store.get(task.id) for task in tasks] == tasks
+
+
+async def test_an_idempotency_key_stores_one_task(store: TaskStore) -> None:
+    first = make_task(idempotency_key="same")
+    duplicate = make_task(idempotency_key="same", shots=5)
+    assert await store.create(first) == first
+    assert await store.create(duplicate) == first
+    assert await store.get(duplicate.id) is None
+    again, fresh = make_task(idempotency_key="same"), make_task(idempotency_key="new")
+    twin = make_task(idempotency_key="new")
+    assert await store.create_many([again, fresh, twin]) == [first, fresh, fresh]
+    assert await store.get(twin.id) is None
+
+
+# --- start -----------------------------------------------------------------------------------
+
+
+async def test_start_marks_the_task_running_as_that_attempt(store: TaskStore) -> None:
+    task = await store.create(make_task())
+    started = await store.start(task.id, 1, "worker-1")
+    assert started is not None
+    assert started.status is Status.RUNNING
+    assert started.attempts == 1
+    assert started.started_at is not None
+    assert await store.get(task.id) == started
+    redelivered = await store.start(task.id, 2, "worker-2")
+    assert redelivered is not None
+    assert redelivered.attempts == 2
+
+
+async def test_start_returns_an_ended_task_unchanged(store: TaskStore) -> None:
+    task = await store.create(make_task())
+    done = await store.complete(task.id, {"00": 100})
+    assert await store.start(task.id, 3, "w") == done
+    assert await store.get(task.id) == done
+
+
+async def test_start_of_an_unknown_task_is_none(store: TaskStore) -> None:
+    assert await store.start("no-such-task", 1, "w") is None
+
+
+# --- complete and fail -----------------------------------------------------------------------
+
+
+async def test_the_first_result_wins(store: TaskStore) -> None:
+    task = await store.create(make_task())
+    await store.start(task.id, 1, "w")
+    done = await store.complete(task.id, {"00": 55, "11": 45})
+    assert done.status is Status.COMPLETED
+    assert done.result == {"00": 55, "11": 45}
+    assert done.error is None
+    assert done.finished_at is not None
+    assert await store.complete(task.id, {"01": 100}) == done
+    assert await store.fail(task.id, "too late") == done
+    assert await store.get(task.id) == done
+
+
+async def test_a_queued_task_may_complete_or_fail(store: TaskStore) -> None:
+    completed = await store.create(make_task())
+    assert (await store.complete(completed.id, {"0": 1})).status is Status.COMPLETED
+    failed = await store.create(make_task())
+    assert (await store.fail(failed.id, "invalid")).status is Status.FAILED
+
+
+async def test_the_first_failure_wins(store: TaskStore) -> None:
+    task = await store.create(make_task())
+    failed = await store.fail(task.id, "The circuit failed.")
+    assert failed.status is Status.FAILED
+    assert failed.error == "The circuit failed."
+    assert failed.result is None
+    assert await store.complete(task.id, {"0": 1}) == failed
+    assert await store.get(task.id) == failed
+
+
+async def test_ending_an_unknown_task_raises(store: TaskStore) -> None:
+    with pytest.raises(TaskNotFoundError):
+        await store.complete("no-such-task", {})
+    with pytest.raises(TaskNotFoundError):
+        await store.fail("no-such-task", "x")
+
+
+async def test_fail_with_dead_letter_files_a_record(store: TaskStore) -> None:
+    quiet = await store.create(make_task())
+    await store.fail(quiet.id, "not a dead letter")
+    assert await store.dead_letters(10) == []
+    task = await store.create(make_task())
+    await store.start(task.id, 4, "w")
+    before = time.time()
+    await store.fail(task.id, "given up after 4 attempts", dead_letter=True)
+    later = await store.create(make_task())
+    await store.fail(later.id, "also given up", dead_letter=True)
+    records = await store.dead_letters(10)
+    assert [record["task_id"] for record in records] == [later.id, task.id]  # newest first
+    oldest = records[1]
+    assert set(oldest) == {"task_id", "reason", "attempts", "at"}
+    assert oldest["reason"] == "given up after 4 attempts"
+    assert oldest["attempts"] == 4
+    assert isinstance(oldest["at"], float)
+    assert oldest["at"] >= before - 1
+    assert await store.dead_letters(1) == records[:1]
+
+
+# --- release ---------------------------------------------------------------------------------
+
+
+async def test_a_penalized_release_keeps_the_attempt(store: TaskStore) -> None:
+    task = await store.create(make_task())
+    await store.start(task.id, 2, "w")
+    released = await store.release(task.id, "the worker died", penalize=True)
+    assert released is not None
+    assert released.status is Status.QUEUED
+    assert released.attempts == 2
+    assert released.last_error == "the worker died"
+    assert await store.get(task.id) == released
+
+
+async def test_an_unpenalized_release_refunds_the_attempt(store: TaskStore) -> None:
+    task = await store.create(make_task(last_error="earlier"))
+    await store.start(task.id, 2, "w")
+    released = await store.release(task.id, None, penalize=False)
+    assert released is not None
+    assert released.status is Status.QUEUED
+    assert released.attempts == 1
+    assert released.last_error == "earlier"
+
+
+async def test_only_a_running_task_is_released(store: TaskStore) -> None:
+    task = await store.create(make_task())
+    assert await store.release(task.id, "x", penalize=True) is None
+    await store.complete(task.id, {})
+    assert await store.release(task.id, "x", penalize=True) is None
+    assert (await stored(store, task.id)).status is Status.COMPLETED
+    assert await store.release("no-such-task", None, penalize=False) is None
+
+
+# --- ping ------------------------------------------------------------------------------------
+
+
+async def test_a_healthy_store_answers_ping(store: TaskStore) -> None:
+    await store.ping()
+
+
+# --- the unpublished ledger ------------------------------------------------------------------
+
+
+async def test_unpublished_lists_queued_tasks_until_published(tracking_store: TaskStore) -> None:
+    store = tracking_store
+    old = [await store.create(make_task(created_at=10.0 + n)) for n in range(3)]
+    recent = await store.create(make_task(created_at=500.0))
+    assert await store.unpublished(100.0, 10) == old
+    assert await store.unpublished(100.0, 2) == old[:2]
+    assert await store.unpublished(1000.0, 10) == [*old, recent]
+    await store.mark_published([old[0].id])
+    assert await store.unpublished(100.0, 10) == old[1:]
+    await store.complete(old[1].id, {})
+    await store.start(old[2].id, 1, "w")
+    assert await store.unpublished(100.0, 10) == []

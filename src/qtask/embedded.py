@@ -71,6 +71,7 @@ class EmbeddedService:
                 "store": self._check_store,
                 "workers": self._check_workers,
                 "parsers": self._check_parsers,
+                **({"objects": self._check_objects} if self.objects is not None else {}),
             },
             lifespan=self._lifespan,
         )
@@ -93,10 +94,17 @@ class EmbeddedService:
             await self.exec_pool.close()
             await self.parse_pool.close()
             await self.store.close()
+            if self.objects is not None:
+                await self.objects.close()
             log.info("service_stopped")
 
     async def _check_store(self) -> str:
         await self.store.ping()
+        return "ok"
+
+    async def _check_objects(self) -> str:
+        assert self.objects is not None
+        await self.objects.ping()
         return "ok"
 
     async def _check_workers(self) -> str:

@@ -69,8 +69,9 @@ class ApiRole:
         self.queue = _queue(settings, self.store, wiring.worker_id())
         self.parse_pool = wiring.parse_pool(settings)
         ingestor = CircuitIngestor(settings.limits, self.parse_pool)
+        self.objects = wiring.object_store(settings)
         self.service = TaskService(
-            self.store, self.queue, ingestor, settings.limits, objects=wiring.object_store(settings)
+            self.store, self.queue, ingestor, settings.limits, objects=self.objects
         )
         self.reconciler = Reconciler(self.store, self.queue, settings.nats.reconcile_interval_s)
         self.app: FastAPI = create_app(
@@ -80,6 +81,7 @@ class ApiRole:
                 "store": self._check_store,
                 "queue": self._check_queue,
                 "parsers": self._check_parsers,
+                **({"objects": self._check_objects} if self.objects is not None else {}),
             },
             lifespan=self._lifespan,
         )
@@ -97,6 +99,13 @@ class ApiRole:
             await self.parse_pool.close()
             await self.queue.close()
             await self.store.close()
+            if self.objects is not None:
+                await self.objects.close()
+
+    async def _check_objects(self) -> str:
+        assert self.objects is not None
+        await self.objects.ping()
+        return "ok"
 
     async def _check_store(self) -> str:
         await self.store.ping()
@@ -119,6 +128,7 @@ async def run_worker(settings: Settings) -> None:
     store = _store(settings)
     queue = _queue(settings, store, me)
     pool = wiring.exec_pool(settings)
+    objects = wiring.object_store(settings)
     await queue.connect()
     await pool.start()
     worker = Worker(
@@ -128,7 +138,7 @@ async def run_worker(settings: Settings) -> None:
         settings.worker,
         worker_id=me,
         heartbeat_s=settings.nats.ack_wait_s / 3,
-        objects=wiring.object_store(settings),
+        objects=objects,
     )
     worker.start()
 
@@ -157,6 +167,8 @@ async def run_worker(settings: Settings) -> None:
     await pool.close()
     await queue.close()
     await store.close()
+    if objects is not None:
+        await objects.close()
     log.info(
         "worker_stopped", completed=worker.completed, failed=worker.failed, retried=worker.retried
     )

@@ -214,3 +214,9 @@ class InMemoryObjectStore:
     async def delete(self, key: str) -> None:
         """Remove the blob if present."""
         self.objects.pop(key, None)
+
+    async def ping(self) -> None:
+        """Always reachable."""
+
+    async def close(self) -> None:
+        """Nothing to release."""

@@ -123,3 +123,11 @@ class ObjectStore(Protocol):
     async def delete(self, key: str) -> None:
         """Remove the blob if it exists."""
         ...
+
+    async def ping(self) -> None:
+        """Raise ObjectStoreUnavailableError unless the store answers."""
+        ...
+
+    async def close(self) -> None:
+        """Release the client."""
+        ...

@@ -155,7 +155,9 @@ def test_health_ready_and_docs(client: httpx.Client) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")
     assert ready.status_code == 200
-    assert set(ready.json()["checks"]) == {"store", "workers", "parsers"}
+    checks = ready.json()["checks"]
+    assert {"store", "parsers"} <= set(checks)
+    assert all(value.startswith("ok") for value in checks.values())
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     assert "/tasks" in spec["paths"]

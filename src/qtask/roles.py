@@ -52,9 +52,11 @@ def _queue(settings: Settings, store: RedisTaskStore, worker_id: str) -> NatsTas
         subject=nats.subject,
         durable=nats.durable,
         ack_wait=nats.ack_wait_s,
-        # One delivery more than the attempts allowed: the worker must see the task once more
-        # to record that it was given up on.
-        max_deliver=settings.worker.max_attempts + 1,
+        # Unbounded at the NATS level: JetStream keeps a message that reached max_deliver in
+        # the work queue but never delivers it again, which would strand its task if that last
+        # delivery were lost. The bound is the worker's: on the delivery after the last allowed
+        # attempt it records the failure, files a dead letter and acknowledges.
+        max_deliver=-1,
         worker_id=worker_id,
     )
 

@@ -152,3 +152,24 @@ def test_three_workers_share_the_load(tmp_path: Path) -> None:
         assert all(count > 0 for count in per_worker)
     finally:
         deployment.terminate()
+
+
+def test_poison_task_is_dead_lettered_after_bounded_deliveries(tmp_path: Path) -> None:
+    marker = "// poison-pill"
+    deployment = DistributedDeployment(tmp_path / "d", env={"QTASK_FAULT_CRASH_MARKER": marker})
+    deployment.start()
+    try:
+        with httpx.Client(base_url=deployment.url, timeout=30) as client:
+            poison = submit(client, f"{marker}\n{BELL}")
+            others = {submit(client, BELL): (2, 1024) for _ in range(20)}
+            body = wait_done(client, poison, timeout=90)
+            assert body["status"] == "error"
+            assert "3 attempts" in body["message"]
+            _check_all_completed(client, others)
+        import redis
+
+        records = redis.Redis.from_url(deployment.redis.url).lrange("qtask:dead", 0, -1)
+        dead = [json.loads(record) for record in records]
+        assert [record["task_id"] for record in dead] == [poison]
+    finally:
+        deployment.terminate()

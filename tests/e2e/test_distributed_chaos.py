@@ -35,6 +35,25 @@ def _result_object(deployment: DistributedDeployment, task_id: str) -> dict[str,
     return loaded
 
 
+def _wait_redelivery(
+    deployment: DistributedDeployment, task_ids: list[str], timeout: float
+) -> float:
+    """Return the monotonic time at which one of the tasks started its second attempt."""
+    import redis
+
+    client = redis.Redis.from_url(deployment.redis.url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for task_id in task_ids:
+                if int(client.hget(f"qtask:task:{task_id}", "attempts") or 0) >= 2:
+                    return time.monotonic()
+            time.sleep(0.05)
+    finally:
+        client.close()
+    raise AssertionError("no task was redelivered")
+
+
 def _submit_mix(client: httpx.Client, count: int) -> dict[str, tuple[int, int]]:
     expected: dict[str, tuple[int, int]] = {}
     for i in range(count):
@@ -63,6 +82,9 @@ def test_killed_worker_task_completes_on_another(deployment: DistributedDeployme
             victim = deployment.workers[0]
             killed_at = time.monotonic()
             victim.kill()
+            redelivered_after = _wait_redelivery(deployment, slow, timeout=60) - killed_at
+            print(f"redelivered {redelivered_after:.1f} s after SIGKILL (ack_wait 3 s)")
+            assert redelivered_after < 20
             for task_id in slow:
                 body = wait_done(client, task_id, timeout=90)
                 assert body["status"] == "completed", body

@@ -10,15 +10,34 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from qtask.domain.task import CircuitInfo, Encoding, Task, new_task_id
+
 BELL = (
     'OPENQASM 3.0; include "stdgates.inc"; qubit[2] q; bit[2] c; h q[0]; cx q[0],q[1]; '
     "c[0] = measure q[0]; c[1] = measure q[1];"
 )
+
+
+BELL_INFO = CircuitInfo(
+    encoding=Encoding.QASM3,
+    num_qubits=2,
+    num_clbits=2,
+    num_operations=4,
+    clifford=True,
+    needs_transpile=False,
+    measured=True,
+)
+
+
+def make_task(**changes: Any) -> Task:
+    """A queued Bell task (100 shots) with the given fields changed, for store tests."""
+    return replace(Task(id=new_task_id(), source=BELL, info=BELL_INFO, shots=100), **changes)
 
 
 def ghz(n: int) -> str:

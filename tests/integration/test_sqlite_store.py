@@ -14,25 +14,9 @@ from qtask.adapters import sqlite_store
 from qtask.adapters.sqlite_store import SQLiteTaskStore
 from qtask.domain.task import CircuitInfo, Encoding, Status, Task, new_task_id
 from qtask.errors import StoreUnavailableError, TaskNotFoundError
+from qtask_testkit import BELL_INFO, make_task
 
-BELL = (
-    'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\n'
-    "h q[0];\ncx q[0], q[1];\nc = measure q;\n"
-)
-INFO = CircuitInfo(
-    encoding=Encoding.QASM3,
-    num_qubits=2,
-    num_clbits=2,
-    num_operations=4,
-    clifford=True,
-    needs_transpile=False,
-    measured=True,
-)
-
-
-def make_task(**changes: object) -> Task:
-    task = Task(id=new_task_id(), source=BELL, info=INFO, shots=100)
-    return replace(task, **changes)  # type: ignore[arg-type]
+INFO = BELL_INFO
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,25 +15,11 @@ import pytest
 from qtask.adapters.redis_store import RedisTaskStore
 from qtask.adapters.sqlite_store import SQLiteTaskStore
 from qtask.domain.ports import TaskStore
-from qtask.domain.task import CircuitInfo, Encoding, Status, Task, new_task_id
+from qtask.domain.task import Status, Task
 from qtask.errors import TaskNotFoundError
 from qtask.testing import InMemoryTaskStore
+from qtask_testkit import make_task
 from servers import RedisServer
-
-INFO = CircuitInfo(
-    encoding=Encoding.QASM3,
-    num_qubits=2,
-    num_clbits=2,
-    num_operations=4,
-    clifford=True,
-    needs_transpile=False,
-    measured=True,
-)
-
-
-def make_task(**changes: object) -> Task:
-    task = Task(id=new_task_id(), source="OPENQASM 3.0;", info=INFO, shots=100)
-    return replace(task, **changes)  # type: ignore[arg-type]
 
 
 @pytest.fixture(params=["sqlite", "redis", "memory"])

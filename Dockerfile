@@ -13,7 +13,7 @@ RUN python3 -m venv /opt/qtask
 RUN set -eu; \
     if ls /wheelhouse/*.whl >/dev/null 2>&1; then src="--no-index --find-links /wheelhouse"; \
     else src=""; fi; \
-    /opt/qtask/bin/pip install $src --only-binary=:all: setuptools wheel
+    /opt/qtask/bin/pip install $src --only-binary=:all: --upgrade setuptools wheel
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN set -eu; \

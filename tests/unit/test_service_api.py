@@ -489,3 +489,34 @@ async def test_single_quoted_include_is_accepted(
         pytest.fail(f"the request raised {type(exc).__name__}: {exc}")
     assert response.status_code == 202
     assert len(store.tasks) == 1
+
+
+async def test_client_disconnect_mid_body_is_not_an_internal_error() -> None:
+
+    from qtask.api.app import create_app
+    from qtask.config import LimitsSettings
+    from qtask.service import CircuitIngestor, TaskService
+    from qtask.testing import InMemoryTaskStore
+
+    store = InMemoryTaskStore()
+    service = TaskService(store, store, CircuitIngestor(LimitsSettings(), None), LimitsSettings())
+    app = create_app(service, max_body_bytes=1 << 20)
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/tasks", "raw_path": b"/tasks", "query_string": b"",
+        "root_path": "", "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {},
+    }  # fmt: skip
+    app.state.service = service
+    await app(scope, receive, send)  # type: ignore[arg-type]
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 400
+    assert store.tasks == {}

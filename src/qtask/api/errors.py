@@ -6,6 +6,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from qtask.constants import MSG_NOT_FOUND
 from qtask.errors import (
@@ -65,6 +66,12 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         message = MSG_NOT_FOUND if exc.status_code == 404 else str(exc.detail)
         return error_response(exc.status_code, message, dict(exc.headers or {}))
+
+    @app.exception_handler(ClientDisconnect)
+    async def disconnected(_: Request, __: Exception) -> Response:
+        # The client went away mid-request: nobody reads this answer and nothing was stored.
+        log.info("client_disconnected")
+        return error_response(400, "The client disconnected before the request was complete.")
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> Response:

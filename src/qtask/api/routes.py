@@ -27,7 +27,8 @@ ReadyCheck = Callable[[], Awaitable[str]]
 router = APIRouter()
 
 
-def _service(request: Request) -> TaskService:
+async def _service(request: Request) -> TaskService:
+    # async: FastAPI runs a plain-def dependency in a worker thread, a hop per request.
     service: TaskService = request.app.state.service
     return service
 

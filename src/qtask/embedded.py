@@ -68,10 +68,10 @@ class EmbeddedService:
             self.service,
             max_body_bytes=settings.limits.max_body_bytes,
             ready_checks={
-                "store": self._check_store,
-                "workers": self._check_workers,
-                "parsers": self._check_parsers,
-                **({"objects": self._check_objects} if self.objects is not None else {}),
+                "store": wiring.ping_check(self.store),
+                "workers": wiring.pool_check(self.exec_pool, "worker"),
+                "parsers": wiring.pool_check(self.parse_pool, "parser"),
+                **wiring.optional_ping_check("objects", self.objects),
             },
             lifespan=self._lifespan,
         )
@@ -97,24 +97,3 @@ class EmbeddedService:
             if self.objects is not None:
                 await self.objects.close()
             log.info("service_stopped")
-
-    async def _check_store(self) -> str:
-        await self.store.ping()
-        return "ok"
-
-    async def _check_objects(self) -> str:
-        assert self.objects is not None
-        await self.objects.ping()
-        return "ok"
-
-    async def _check_workers(self) -> str:
-        alive = self.exec_pool.alive()
-        if alive == 0:
-            raise RuntimeError("no worker process is running")
-        return f"ok ({alive}/{self.exec_pool.size} processes)"
-
-    async def _check_parsers(self) -> str:
-        alive = self.parse_pool.alive()
-        if alive == 0:
-            raise RuntimeError("no parser process is running")
-        return f"ok ({alive}/{self.parse_pool.size} processes)"

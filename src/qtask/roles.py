@@ -43,7 +43,7 @@ def _store(settings: Settings) -> RedisTaskStore:
     return RedisTaskStore(settings.redis.url, prefix=settings.redis.prefix)
 
 
-def _queue(settings: Settings, store: RedisTaskStore, worker_id: str) -> NatsTaskQueue:
+def _queue(settings: Settings, store: RedisTaskStore) -> NatsTaskQueue:
     nats = settings.nats
     return NatsTaskQueue(
         nats.url,
@@ -57,7 +57,6 @@ def _queue(settings: Settings, store: RedisTaskStore, worker_id: str) -> NatsTas
         # delivery were lost. The bound is the worker's: on the delivery after the last allowed
         # attempt it records the failure, files a dead letter and acknowledges.
         max_deliver=-1,
-        worker_id=worker_id,
     )
 
 
@@ -68,7 +67,7 @@ class ApiRole:
         _require_distributed(settings)
         self.settings = settings
         self.store = _store(settings)
-        self.queue = _queue(settings, self.store, wiring.worker_id())
+        self.queue = _queue(settings, self.store)
         self.parse_pool = wiring.parse_pool(settings)
         ingestor = CircuitIngestor(settings.limits, self.parse_pool)
         self.objects = wiring.object_store(settings)
@@ -80,10 +79,10 @@ class ApiRole:
             self.service,
             max_body_bytes=settings.limits.max_body_bytes,
             ready_checks={
-                "store": self._check_store,
-                "queue": self._check_queue,
-                "parsers": self._check_parsers,
-                **({"objects": self._check_objects} if self.objects is not None else {}),
+                "store": wiring.ping_check(self.store),
+                "queue": wiring.ping_check(self.queue),
+                "parsers": wiring.pool_check(self.parse_pool, "parser"),
+                **wiring.optional_ping_check("objects", self.objects),
             },
             lifespan=self._lifespan,
         )
@@ -104,31 +103,13 @@ class ApiRole:
             if self.objects is not None:
                 await self.objects.close()
 
-    async def _check_objects(self) -> str:
-        assert self.objects is not None
-        await self.objects.ping()
-        return "ok"
-
-    async def _check_store(self) -> str:
-        await self.store.ping()
-        return "ok"
-
-    async def _check_queue(self) -> str:
-        await self.queue.ping()
-        return "ok"
-
-    async def _check_parsers(self) -> str:
-        if self.parse_pool.alive() == 0:
-            raise RuntimeError("no parser process is running")
-        return "ok"
-
 
 async def run_worker(settings: Settings) -> None:
     """Run circuits from the queue until SIGTERM, then drain gracefully."""
     _require_distributed(settings)
-    me = wiring.worker_id()
     store = _store(settings)
-    queue = _queue(settings, store, me)
+    queue = _queue(settings, store)
+    me = queue.worker_id
     pool = wiring.exec_pool(settings)
     objects = wiring.object_store(settings)
     await queue.connect()
@@ -144,21 +125,13 @@ async def run_worker(settings: Settings) -> None:
     )
     worker.start()
 
-    async def check_pool() -> str:
-        if pool.alive() == 0:
-            raise RuntimeError("no worker process is running")
-        return f"ok ({pool.alive()}/{pool.size} processes)"
-
-    async def check_store() -> str:
-        await store.ping()
-        return "ok"
-
-    async def check_queue() -> str:
-        await queue.ping()
-        return "ok"
-
     health = await _health(
-        settings, {"store": check_store, "queue": check_queue, "workers": check_pool}
+        settings,
+        {
+            "store": wiring.ping_check(store),
+            "queue": wiring.ping_check(queue),
+            "workers": wiring.pool_check(pool, "worker"),
+        },
     )
     log.info("worker_started", worker_id=me, processes=pool.size)
     await _until_signalled()
@@ -180,20 +153,14 @@ async def run_poller(settings: Settings) -> None:
     """Re-publish stored-but-unpublished tasks until SIGTERM."""
     _require_distributed(settings)
     store = _store(settings)
-    queue = _queue(settings, store, wiring.worker_id())
+    queue = _queue(settings, store)
     await queue.connect()
     reconciler = Reconciler(store, queue, settings.nats.reconcile_interval_s)
     reconciler.start()
 
-    async def check_store() -> str:
-        await store.ping()
-        return "ok"
-
-    async def check_queue() -> str:
-        await queue.ping()
-        return "ok"
-
-    health = await _health(settings, {"store": check_store, "queue": check_queue})
+    health = await _health(
+        settings, {"store": wiring.ping_check(store), "queue": wiring.ping_check(queue)}
+    )
     log.info("poller_started")
     await _until_signalled()
     if health is not None:

@@ -7,22 +7,50 @@ the only module that knows which class implements which port for which setting.
 from __future__ import annotations
 
 import os
-import socket
+from typing import Protocol
 
 from qtask.config import Settings
 from qtask.domain.ports import ObjectStore
+from qtask.worker.health import Check
 from qtask.worker.pool import ChildPool
+
+
+class _Pingable(Protocol):
+    async def ping(self) -> None: ...
+
+
+def ping_check(component: _Pingable) -> Check:
+    """A readiness check that passes when `component.ping()` does."""
+
+    async def check() -> str:
+        await component.ping()
+        return "ok"
+
+    return check
+
+
+def pool_check(pool: ChildPool, kind: str) -> Check:
+    """A readiness check that passes while at least one of the pool's processes runs."""
+
+    async def check() -> str:
+        alive = pool.alive()
+        if alive == 0:
+            raise RuntimeError(f"no {kind} process is running")
+        return f"ok ({alive}/{pool.size} processes)"
+
+    return check
+
+
+def optional_ping_check(name: str, component: _Pingable | None) -> dict[str, Check]:
+    """{name: ping check} for a configured component, {} for an absent one."""
+    return {} if component is None else {name: ping_check(component)}
+
 
 # Modules the forkserver imports once, so that every child starts with Qiskit and Aer loaded.
 _PRELOAD = ["qtask.execution.aer", "qtask.circuits.parse_child"]
 # OpenMP threads that spin while idle steal the core from the other worker processes; passive
 # waiting removed a 10x collapse when two processes shared two cores (see FACTS.md).
 _CHILD_ENV = {"OMP_WAIT_POLICY": "passive"}
-
-
-def worker_id() -> str:
-    """A name for this worker process that is unique across machines."""
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def parse_pool(settings: Settings) -> ChildPool:

@@ -148,6 +148,10 @@ class S3Server(_Server):
             "--addr", f"127.0.0.1:{self.port}",
             "--auth-key", f"{S3_ACCESS_KEY},{S3_SECRET_KEY}",
             "--config", "/dev/null",
+            # rclone's directory cache can keep a stale entry after simultaneous uploads into
+            # one folder, failing GETs of that key until the cache expires (5 min by
+            # default); a short expiry heals it within the client's retry window.
+            "--dir-cache-time", "1s",
         ]  # fmt: skip
 
 

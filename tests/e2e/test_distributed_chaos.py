@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from qtask.adapters.objects import result_key
 from qtask_testkit import BELL, ghz, slow_circuit, submit, wait_done
 from servers import DistributedDeployment
 
@@ -30,7 +31,7 @@ def _check_all_completed(
 
 
 def _result_object(deployment: DistributedDeployment, task_id: str) -> dict[str, object]:
-    path = deployment.s3.dir / "data" / "qtask" / "results" / f"{task_id}.json"
+    path = deployment.s3.dir / "data" / "qtask" / result_key(task_id)
     loaded: dict[str, object] = json.loads(path.read_text())
     return loaded
 

@@ -129,7 +129,8 @@ async def test_objects_land_under_their_key(opened: Opened) -> None:
         pytest.skip("memory has no directory")
     task_id = "4f1d7c2e-0000-4000-8000-000000000001"
     await opened.store.put(circuit_key(task_id), b"OPENQASM 3.0;")
-    assert (opened.root / "circuits" / f"{task_id}.qasm").read_bytes() == b"OPENQASM 3.0;"
+    landed = opened.root / "circuits" / "4f" / f"{task_id}.qasm"
+    assert landed.read_bytes() == b"OPENQASM 3.0;"
 
 
 async def test_concurrent_puts(opened: Opened) -> None:
@@ -261,9 +262,10 @@ async def test_s3_objects_land_under_the_prefix(s3_env: S3Server) -> None:
     store = open_object_store(f"s3://{S3_BUCKET}/some/prefix/")
     plain = open_object_store(f"s3://{S3_BUCKET}")
     await store.put(program_key("t1"), b"QPY")
-    assert (bucket_dir / "some" / "prefix" / "programs" / "t1.qpy").read_bytes() == b"QPY"
-    assert await plain.get("some/prefix/programs/t1.qpy") == b"QPY"
-    assert await plain.get("programs/t1.qpy") is None
+    assert program_key("t1") == "programs/t1/t1.qpy"
+    assert (bucket_dir / "some" / "prefix" / "programs" / "t1" / "t1.qpy").read_bytes() == b"QPY"
+    assert await plain.get("some/prefix/programs/t1/t1.qpy") == b"QPY"
+    assert await plain.get("programs/t1/t1.qpy") is None
     await store.close()
     await plain.close()
 
@@ -393,9 +395,9 @@ def test_bad_allow_http_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_key_helpers_lay_out_keys() -> None:
     task_id = "0b7e5a52-3c1d-4e8f-9a0b-1c2d3e4f5a6b"
-    assert circuit_key(task_id) == f"circuits/{task_id}.qasm"
-    assert result_key(task_id) == f"results/{task_id}.json"
-    assert program_key(task_id) == f"programs/{task_id}.qpy"
+    assert circuit_key(task_id) == f"circuits/0b/{task_id}.qasm"
+    assert result_key(task_id) == f"results/0b/{task_id}.json"
+    assert program_key(task_id) == f"programs/0b/{task_id}.qpy"
 
 
 @pytest.mark.parametrize(

@@ -83,19 +83,33 @@ def _checked_task_id(task_id: str) -> str:
     return task_id
 
 
+def _sharded(kind: str, task_id: str, suffix: str) -> str:
+    """`{kind}/{first two characters of the id}/{id}{suffix}`.
+
+    The shard level keeps directories small where the store is a filesystem (a local
+    directory, or an S3 server over one such as rclone's): a million tasks make 256 folders
+    of about 4,000 files for random UUIDs, not one folder of a million. It also spreads
+    concurrent writes, which rclone's S3 server needs: its directory cache can mis-handle
+    simultaneous uploads into one folder (seen here with 100 parallel PUTs, about once in 150
+    rounds), after which a GET of that key fails until the cache refreshes.
+    """
+    checked = _checked_task_id(task_id)
+    return f"{kind}/{checked[:2]}/{checked}{suffix}"
+
+
 def circuit_key(task_id: str) -> str:
-    """Key of a task's submitted circuit source: `circuits/{task_id}.qasm`."""
-    return f"circuits/{_checked_task_id(task_id)}.qasm"
+    """Key of a task's submitted circuit source: `circuits/{id[:2]}/{id}.qasm`."""
+    return _sharded("circuits", task_id, ".qasm")
 
 
 def result_key(task_id: str) -> str:
-    """Key of a task's result document (JSON): `results/{task_id}.json`."""
-    return f"results/{_checked_task_id(task_id)}.json"
+    """Key of a task's result document (JSON): `results/{id[:2]}/{id}.json`."""
+    return _sharded("results", task_id, ".json")
 
 
 def program_key(task_id: str) -> str:
-    """Key of a task's compiled program (QPY): `programs/{task_id}.qpy`."""
-    return f"programs/{_checked_task_id(task_id)}.qpy"
+    """Key of a task's compiled program (QPY): `programs/{id[:2]}/{id}.qpy`."""
+    return _sharded("programs", task_id, ".qpy")
 
 
 def _check_key(key: str) -> None:

@@ -116,6 +116,9 @@ class LimitsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    # POST /tasks/batch: how many circuits one request may carry, and its body size.
+    max_batch_tasks: int = Field(default=1000, ge=1)
+    max_batch_body_bytes: int = Field(default=16 << 20, ge=1024)
     max_circuit_bytes: int = Field(default=512 << 10, ge=64)
     max_qubits: int = Field(default=100, ge=1)
     max_operations: int = Field(default=100_000, ge=1)

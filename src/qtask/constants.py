@@ -7,6 +7,7 @@ from __future__ import annotations
 
 # The exact response messages of the seed's API contract (000). Clients match on these strings.
 MSG_SUBMITTED = "Task submitted successfully."
+MSG_BATCH_SUBMITTED = "Tasks submitted successfully."
 MSG_PENDING = "Task is still in progress."
 MSG_NOT_FOUND = "Task not found."
 

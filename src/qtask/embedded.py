@@ -67,6 +67,7 @@ class EmbeddedService:
         self.app: FastAPI = create_app(
             self.service,
             max_body_bytes=settings.limits.max_body_bytes,
+            max_batch_body_bytes=settings.limits.max_batch_body_bytes,
             ready_checks={
                 "store": wiring.ping_check(self.store),
                 "workers": wiring.pool_check(self.exec_pool, "worker"),

@@ -78,6 +78,7 @@ class ApiRole:
         self.app: FastAPI = create_app(
             self.service,
             max_body_bytes=settings.limits.max_body_bytes,
+            max_batch_body_bytes=settings.limits.max_batch_body_bytes,
             ready_checks={
                 "store": wiring.ping_check(self.store),
                 "queue": wiring.ping_check(self.queue),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from qtask.adapters.objects import circuit_key, result_key
@@ -18,6 +19,7 @@ from qtask.errors import (
     CircuitError,
     CircuitTooLargeError,
     InvalidRequestError,
+    PayloadTooLargeError,
     QueueUnavailableError,
     TaskNotFoundError,
 )
@@ -25,6 +27,11 @@ from qtask.logs import get_logger
 from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildPool, ChildTimeoutError
 
 log = get_logger("service")
+
+# A batch parses inline circuits back to back; yield to the event loop this often.
+_YIELD_EVERY = 64
+# Object-store writes one batch keeps in flight.
+_OBJECT_PUTS_AT_ONCE = 32
 
 
 def limits_from(settings: LimitsSettings) -> Limits:
@@ -94,6 +101,7 @@ class TaskService:
         self._objects = objects
         self._ingestor = ingestor
         self._max_shots = limits.max_shots
+        self._max_batch = limits.max_batch_tasks
 
     async def submit(self, submission: Submission, idempotency_key: str | None = None) -> Task:
         """Validate and durably store a task, then hand it to the workers."""
@@ -103,11 +111,35 @@ class TaskService:
             await self._publish([stored])
         return stored
 
-    async def submit_many(self, submissions: list[Submission]) -> list[Task]:
-        """Validate every circuit first; store them all in one commit, or none."""
-        tasks = [await self._prepare(submission, None) for submission in submissions]
+    async def submit_many(
+        self, submissions: Sequence[Submission], idempotency_key: str | None = None
+    ) -> list[Task]:
+        """Validate every circuit first, then store them all in one commit, or none.
+
+        An invalid circuit fails the whole batch with its error, prefixed by `tasks[i]: `.
+        With `idempotency_key`, circuit i is stored under `{key}/{i}`, so a retried batch
+        returns the tasks the first attempt stored.
+        """
+        if not submissions:
+            raise InvalidRequestError("A batch needs at least one task.")
+        if len(submissions) > self._max_batch:
+            raise PayloadTooLargeError(
+                f"A batch may hold at most {self._max_batch} tasks; got {len(submissions)}."
+            )
+        tasks = []
+        for index, submission in enumerate(submissions):
+            key = None if idempotency_key is None else f"{idempotency_key}/{index}"
+            try:
+                tasks.append(await self._parse(submission, key))
+            except InvalidRequestError as exc:
+                raise type(exc)(f"tasks[{index}]: {exc}") from None
+            if index % _YIELD_EVERY == _YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # inline parses are synchronous: let others run
+        tasks = await self._put_circuits(tasks, [s.source for s in submissions])
         stored = await self._store.create_many(tasks)
-        await self._publish(stored)
+        new = [kept for kept, task in zip(stored, tasks, strict=True) if kept.id == task.id]
+        if new:
+            await self._publish(new)
         return stored
 
     async def get(self, task_id: str) -> Task:
@@ -128,12 +160,16 @@ class TaskService:
             log.warning("publish_deferred", tasks=len(tasks), reason=str(exc))
 
     async def _prepare(self, submission: Submission, key: str | None) -> Task:
+        task = await self._parse(submission, key)
+        return (await self._put_circuits([task], [submission.source]))[0]
+
+    async def _parse(self, submission: Submission, key: str | None) -> Task:
         if not 1 <= submission.shots <= self._max_shots:
             raise InvalidRequestError(
                 f"shots must be between 1 and {self._max_shots}; got {submission.shots}."
             )
         circuit = await self._ingestor.ingest(submission.source)
-        task = Task(
+        return Task(
             id=new_task_id(),
             source=submission.source,
             info=circuit.info,
@@ -142,9 +178,19 @@ class TaskService:
             seed=submission.seed,
             idempotency_key=key,
         )
+
+    async def _put_circuits(self, tasks: list[Task], sources: Sequence[str]) -> list[Task]:
+        """With an object store, write each task's circuit there and point the task at it."""
         if self._objects is None:
-            return task
-        # The circuit object exists before the record that points to it.
-        circuit_object = circuit_key(task.id)
-        await self._objects.put(circuit_object, submission.source.encode("utf-8", "replace"))
-        return replace(task, circuit_object=circuit_object, result_object=result_key(task.id))
+            return tasks
+        objects = self._objects
+        limit = asyncio.Semaphore(_OBJECT_PUTS_AT_ONCE)
+
+        async def put(task: Task, source: str) -> Task:
+            # The circuit object exists before the record that points to it.
+            circuit_object = circuit_key(task.id)
+            async with limit:
+                await objects.put(circuit_object, source.encode("utf-8", "replace"))
+            return replace(task, circuit_object=circuit_object, result_object=result_key(task.id))
+
+        return list(await asyncio.gather(*map(put, tasks, sources)))

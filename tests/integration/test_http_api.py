@@ -151,6 +151,32 @@ def test_payload_over_limit_is_413(client: httpx.Client, server: Deployment) -> 
     assert server.task_count() == before
 
 
+def test_batch_runs_every_task_and_keeps_order(client: httpx.Client) -> None:
+    items = [{"qc": BELL, "shots": 100 + i} for i in range(30)]
+    items += [{"qc": ghz(4), "shots": 50, "seed": 7}, {"qc": QASM2_BELL, "shots": 64}]
+    response = client.post("/tasks/batch", json={"tasks": items})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["message"] == "Tasks submitted successfully."
+    ids = body["task_ids"]
+    assert len(set(ids)) == len(items)
+    results = [wait_done(client, task_id)["result"] for task_id in ids]
+    assert [sum(counts.values()) for counts in results] == [item["shots"] for item in items]
+    assert all(set(counts) <= {"00", "11"} for counts in results[:30])
+    assert set(results[30]) <= {"0000", "1111"}
+    rerun = wait_done(client, submit(client, ghz(4), shots=50, seed=7))["result"]
+    assert rerun == results[30]  # a seeded task in a batch runs as it would alone
+
+
+def test_batch_with_a_bad_circuit_creates_nothing(client: httpx.Client, server: Deployment) -> None:
+    before = server.task_count()
+    items = [{"qc": BELL}, {"qc": 'OPENQASM 3.0;\ninclude "/etc/passwd";\n'}, {"qc": BELL}]
+    response = client.post("/tasks/batch", json={"tasks": items})
+    assert response.status_code == 400
+    assert response.json()["message"].startswith("tasks[1]: ")
+    assert server.task_count() == before
+
+
 def test_health_ready_and_docs(client: httpx.Client) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")

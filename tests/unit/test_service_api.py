@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from qtask.api.app import create_app
 from qtask.config import LimitsSettings
-from qtask.constants import MSG_NOT_FOUND, MSG_PENDING, MSG_SUBMITTED
+from qtask.constants import MSG_BATCH_SUBMITTED, MSG_NOT_FOUND, MSG_PENDING, MSG_SUBMITTED
 from qtask.domain.task import Encoding, Status, Task
 from qtask.errors import InvalidRequestError, StoreUnavailableError, TaskNotFoundError
 from qtask.service import CircuitIngestor, Submission, TaskService, limits_from
@@ -389,6 +389,117 @@ async def test_overlong_idempotency_key(
     assert response.status_code == 422
     assert_error_body(response)
     assert store.tasks == {}
+
+
+# --- batches -------------------------------------------------------------------------------
+
+
+async def test_batch_stores_every_task_and_answers_ids_in_order(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    items = [{"qc": BELL, "shots": 10 + i} for i in range(5)] + [{"quantum_circuit": BELL}]
+    response = await client.post("/tasks/batch", json={"tasks": items})
+    assert response.status_code == 202
+    body = response.json()
+    assert set(body) == {"task_ids", "message"}
+    assert body["message"] == MSG_BATCH_SUBMITTED
+    ids = body["task_ids"]
+    assert len(ids) == len(set(ids)) == 6
+    assert [store.tasks[task_id].shots for task_id in ids] == [10, 11, 12, 13, 14, 1024]
+    assert all(store.tasks[task_id].status is Status.QUEUED for task_id in ids)
+    for task_id in ids:
+        read = await client.get(f"/tasks/{task_id}")
+        assert read.json() == {"status": "pending", "message": MSG_PENDING}
+
+
+async def test_batch_with_one_bad_circuit_stores_nothing_and_names_it(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    items = [{"qc": BELL}, {"qc": BELL}, {"qc": SYNTAX_ERROR}, {"qc": BELL}]
+    response = await client.post("/tasks/batch", json={"tasks": items})
+    assert response.status_code == 400
+    message = assert_error_body(response)
+    assert message.startswith("tasks[2]: ")
+    assert "line" in message
+    assert store.tasks == {}
+
+
+async def test_batch_item_over_a_limit_keeps_its_status(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    items = [{"qc": BELL}, {"qc": BELL, "shots": MAX_SHOTS + 1}]
+    response = await client.post("/tasks/batch", json={"tasks": items})
+    assert response.status_code == 400
+    assert assert_error_body(response).startswith("tasks[1]: shots must be between")
+    assert store.tasks == {}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"tasks": []}, 422, "'tasks'"),
+        ({}, 422, "'tasks' is required"),
+        ({"tasks": "OPENQASM 3.0;"}, 422, "'tasks'"),
+        ({"tasks": [{"shots": 5}]}, 422, "'tasks.0.qc' is required"),
+        ({"tasks": [{"qc": BELL}, {"qc": 7}]}, 422, "'tasks.1.qc'"),
+        ([{"qc": BELL}], 422, "JSON object"),
+    ],
+)
+async def test_malformed_batches(
+    client: httpx.AsyncClient, store: InMemoryTaskStore, body: Any, status: int, needle: str
+) -> None:
+    response = await client.post("/tasks/batch", json=body)
+    assert response.status_code == status
+    assert needle in assert_error_body(response)
+    assert store.tasks == {}
+
+
+async def test_batch_over_the_task_limit_is_413() -> None:
+    harness = build(max_batch_tasks=3)
+    transport = httpx.ASGITransport(app=harness.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        response = await http.post("/tasks/batch", json={"tasks": [{"qc": BELL}] * 4})
+    assert response.status_code == 413
+    assert "at most 3 tasks; got 4" in assert_error_body(response)
+    assert harness.store.tasks == {}
+
+
+async def test_batch_body_limit_is_its_own() -> None:
+    settings = LimitsSettings(max_shots=MAX_SHOTS)
+    memory = InMemoryTaskStore()
+    service = TaskService(memory, memory, CircuitIngestor(settings, pool=None), settings)
+    app = create_app(service, max_body_bytes=MAX_BODY, max_batch_body_bytes=4 * MAX_BODY)
+    transport = httpx.ASGITransport(app=app)
+    per_item = len(orjson.dumps({"qc": BELL})) + 1
+    fitting = [{"qc": BELL}] * (2 * MAX_BODY // per_item)  # over /tasks' limit, under the batch's
+    oversized = [{"qc": BELL}] * (5 * MAX_BODY // per_item)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        fits = await http.post("/tasks/batch", json={"tasks": fitting})
+        too_big = await http.post("/tasks/batch", json={"tasks": oversized})
+    assert fits.status_code == 202
+    assert too_big.status_code == 413
+    assert "over the limit of 16384 bytes" in assert_error_body(too_big)
+    assert len(memory.tasks) == len(fitting)
+
+
+async def test_batch_idempotency_key_returns_the_first_batch(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    headers = {"Idempotency-Key": "run-7"}
+    items = [{"qc": BELL}, {"qc": BELL, "shots": 3}]
+    first = await client.post("/tasks/batch", json={"tasks": items}, headers=headers)
+    second = await client.post("/tasks/batch", json={"tasks": items}, headers=headers)
+    assert first.status_code == second.status_code == 202
+    assert first.json() == second.json()
+    ids = first.json()["task_ids"]
+    assert sorted(store.tasks) == sorted(ids)
+    assert [store.tasks[i].idempotency_key for i in ids] == ["run-7/0", "run-7/1"]
+
+
+async def test_get_of_the_batch_path_is_not_a_task(client: httpx.AsyncClient) -> None:
+    response = await client.get("/tasks/batch")
+    assert response.status_code == 404
+    assert assert_error_body(response) == MSG_NOT_FOUND
 
 
 # --- health and readiness ------------------------------------------------------------------

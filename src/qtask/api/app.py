@@ -17,6 +17,7 @@ def create_app(
     service: TaskService,
     *,
     max_body_bytes: int,
+    max_batch_body_bytes: int | None = None,
     ready_checks: dict[str, ReadyCheck] | None = None,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
 ) -> FastAPI:
@@ -29,6 +30,7 @@ def create_app(
     )
     app.state.service = service
     app.state.max_body_bytes = max_body_bytes
+    app.state.max_batch_body_bytes = max_batch_body_bytes or max_body_bytes
     app.state.ready_checks = ready_checks or {}
     errors.install(app)
     app.include_router(router)

@@ -11,13 +11,15 @@ from pydantic import ValidationError
 
 from qtask.api.errors import describe_validation
 from qtask.api.schemas import (
+    BatchSubmitRequest,
+    BatchSubmitResponse,
     CompletedResponse,
     HealthResponse,
     MessageResponse,
     SubmitRequest,
     SubmitResponse,
 )
-from qtask.constants import MSG_PENDING, MSG_SUBMITTED
+from qtask.constants import MSG_BATCH_SUBMITTED, MSG_PENDING, MSG_SUBMITTED
 from qtask.domain.task import Status, Task
 from qtask.errors import InvalidRequestError, PayloadTooLargeError
 from qtask.service import Submission, TaskService
@@ -71,7 +73,7 @@ async def submit_task(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
     """Store the circuit durably and queue it; answer with the task's id at once."""
-    payload = await _read_json(request)
+    payload = await _read_json(request, request.app.state.max_body_bytes)
     try:
         body = SubmitRequest.model_validate(payload)
     except ValidationError as exc:
@@ -82,6 +84,41 @@ async def submit_task(
         202,
         {"Location": f"/tasks/{task.id}"},
     )
+
+
+@router.post(
+    "/tasks/batch",
+    status_code=202,
+    response_model=BatchSubmitResponse,
+    responses=_ERROR_BODY,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": BatchSubmitRequest.model_json_schema()}},
+        }
+    },
+    summary="Submit several circuits",
+)
+async def submit_batch(
+    request: Request,
+    service: ServiceDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> Response:
+    """Store every circuit, or none if any is invalid; answer with one id per circuit, in order.
+
+    Each task is then read with GET /tasks/{id}. An invalid circuit fails the whole batch and
+    the message names it (`tasks[3]: ...`). With an Idempotency-Key, a retried batch returns
+    the ids the first attempt created.
+    """
+    payload = await _read_json(request, request.app.state.max_batch_body_bytes)
+    try:
+        body = BatchSubmitRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise _UnprocessableError(describe_validation(exc.errors())) from None
+    tasks = await service.submit_many(
+        [Submission(item.qc, item.shots, item.seed) for item in body.tasks], idempotency_key
+    )
+    return _json({"task_ids": [task.id for task in tasks], "message": MSG_BATCH_SUBMITTED}, 202)
 
 
 @router.get(
@@ -137,8 +174,7 @@ class _UnprocessableError(InvalidRequestError):
     status_code = 422
 
 
-async def _read_json(request: Request) -> object:
-    limit: int = request.app.state.max_body_bytes
+async def _read_json(request: Request, limit: int) -> object:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"The request body is over the limit of {limit} bytes.")

@@ -25,6 +25,23 @@ class SubmitRequest(BaseModel):
     )
 
 
+class BatchSubmitRequest(BaseModel):
+    """POST /tasks/batch: several circuits in one request, each as POST /tasks takes it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    tasks: list[SubmitRequest] = Field(
+        min_length=1, description="The circuits, each with its own shots and seed."
+    )
+
+
+class BatchSubmitResponse(BaseModel):
+    """The answer to a batch: one task id per circuit, in the order they were sent."""
+
+    task_ids: list[str]
+    message: str
+
+
 class SubmitResponse(BaseModel):
     """The answer to a submission."""
 

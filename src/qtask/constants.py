@@ -11,6 +11,9 @@ MSG_BATCH_SUBMITTED = "Tasks submitted successfully."
 MSG_PENDING = "Task is still in progress."
 MSG_NOT_FOUND = "Task not found."
 
+# GET /tasks?ids=...: ids one request may read (256 UUIDs make a 9.5 KB query string).
+MAX_IDS_PER_READ = 256
+
 # Default shots when the client gives none: the seed's example uses 1024.
 DEFAULT_SHOTS = 1024
 

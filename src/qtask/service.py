@@ -12,7 +12,11 @@ from qtask.adapters.objects import circuit_key, result_key
 from qtask.circuits.ingest import IngestedCircuit, Limits, NeedsSlowPathError, ingest
 from qtask.circuits.parse_child import ParseReply
 from qtask.config import LimitsSettings
-from qtask.constants import FAULT_EXIT_AFTER_STORE_ENV, INLINE_PARSE_MAX_BYTES
+from qtask.constants import (
+    FAULT_EXIT_AFTER_STORE_ENV,
+    INLINE_PARSE_MAX_BYTES,
+    MAX_IDS_PER_READ,
+)
 from qtask.domain.ports import ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import Task, new_task_id
 from qtask.errors import (
@@ -148,6 +152,16 @@ class TaskService:
         if task is None:
             raise TaskNotFoundError(task_id)
         return task
+
+    async def get_many(self, task_ids: Sequence[str]) -> dict[str, Task]:
+        """Return the tasks that exist among `task_ids`, by id (missing ids are left out)."""
+        if not task_ids:
+            raise InvalidRequestError("Name at least one task id.")
+        if len(task_ids) > MAX_IDS_PER_READ:
+            raise InvalidRequestError(
+                f"At most {MAX_IDS_PER_READ} task ids may be read at once; got {len(task_ids)}."
+            )
+        return await self._store.get_many(task_ids)
 
     async def _publish(self, tasks: list[Task]) -> None:
         if os.environ.get(FAULT_EXIT_AFTER_STORE_ENV):  # chaos tests: die in the gap

@@ -56,6 +56,10 @@ class InMemoryTaskStore:
         """Return the task or None."""
         return self.tasks.get(task_id)
 
+    async def get_many(self, task_ids: Sequence[str]) -> dict[str, Task]:
+        """Return the tasks that exist among `task_ids`, by id."""
+        return {task_id: self.tasks[task_id] for task_id in task_ids if task_id in self.tasks}
+
     async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
         """Mark a task running as `attempt`, unless it already ended."""
         task = self.tasks.get(task_id)

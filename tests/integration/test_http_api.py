@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -166,6 +168,22 @@ def test_batch_runs_every_task_and_keeps_order(client: httpx.Client) -> None:
     assert set(results[30]) <= {"0000", "1111"}
     rerun = wait_done(client, submit(client, ghz(4), shots=50, seed=7))["result"]
     assert rerun == results[30]  # a seeded task in a batch runs as it would alone
+
+
+def test_read_many_tasks_in_one_request(client: httpx.Client) -> None:
+    ids = client.post("/tasks/batch", json={"tasks": [{"qc": BELL, "shots": 10}] * 50}).json()
+    wanted = ids["task_ids"] + ["not-a-task"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        response = client.get("/tasks", params={"ids": ",".join(wanted)})
+        assert response.status_code == 200
+        bodies = response.json()["tasks"]
+        if all(body["status"] != "pending" for body in bodies):
+            break
+        time.sleep(0.05)
+    assert [body["task_id"] for body in bodies] == wanted
+    assert all(sum(body["result"].values()) == 10 for body in bodies[:-1])
+    assert bodies[-1] == {"task_id": "not-a-task", "status": "error", "message": "Task not found."}
 
 
 def test_batch_with_a_bad_circuit_creates_nothing(client: httpx.Client, server: Deployment) -> None:

@@ -82,6 +82,19 @@ async def test_create_many_stores_every_task(store: TaskStore) -> None:
     assert [await store.get(task.id) for task in tasks] == tasks
 
 
+async def test_get_many_returns_the_tasks_that_exist(store: TaskStore) -> None:
+    tasks = await store.create_many([make_task(shots=n) for n in range(1, 6)])
+    done = await store.complete(tasks[1].id, {"0": 2})
+    wanted = [tasks[4].id, "no-such-task", tasks[1].id, tasks[4].id, tasks[0].id]
+    assert await store.get_many(wanted) == {
+        tasks[4].id: tasks[4],
+        tasks[1].id: done,
+        tasks[0].id: tasks[0],
+    }
+    assert await store.get_many([]) == {}
+    assert await store.get_many(["nothing", "here"]) == {}
+
+
 async def test_an_idempotency_key_stores_one_task(store: TaskStore) -> None:
     first = make_task(idempotency_key="same")
     duplicate = make_task(idempotency_key="same", shots=5)

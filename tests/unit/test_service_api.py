@@ -12,7 +12,13 @@ from fastapi import FastAPI
 
 from qtask.api.app import create_app
 from qtask.config import LimitsSettings
-from qtask.constants import MSG_BATCH_SUBMITTED, MSG_NOT_FOUND, MSG_PENDING, MSG_SUBMITTED
+from qtask.constants import (
+    MAX_IDS_PER_READ,
+    MSG_BATCH_SUBMITTED,
+    MSG_NOT_FOUND,
+    MSG_PENDING,
+    MSG_SUBMITTED,
+)
 from qtask.domain.task import Encoding, Status, Task
 from qtask.errors import InvalidRequestError, StoreUnavailableError, TaskNotFoundError
 from qtask.service import CircuitIngestor, Submission, TaskService, limits_from
@@ -494,6 +500,45 @@ async def test_batch_idempotency_key_returns_the_first_batch(
     ids = first.json()["task_ids"]
     assert sorted(store.tasks) == sorted(ids)
     assert [store.tasks[i].idempotency_key for i in ids] == ["run-7/0", "run-7/1"]
+
+
+async def test_get_many_answers_each_id_in_order(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    ids = (await client.post("/tasks/batch", json={"tasks": [{"qc": BELL}] * 3})).json()
+    first, second, third = ids["task_ids"]
+    await store.complete(first, {"00": 3, "11": 1})
+    await store.fail(second, "boom")
+    response = await client.get(f"/tasks?ids={third},{first}&ids=missing,{second}")
+    assert response.status_code == 200
+    assert response.json() == {
+        "tasks": [
+            {"task_id": third, "status": "pending", "message": MSG_PENDING},
+            {"task_id": first, "status": "completed", "result": {"00": 3, "11": 1}},
+            {"task_id": "missing", "status": "error", "message": MSG_NOT_FOUND},
+            {"task_id": second, "status": "error", "message": "boom"},
+        ]
+    }
+
+
+@pytest.mark.parametrize(
+    ("query", "needle"),
+    [("", "'query.ids' is required"), ("?ids=", "at least one"), ("?ids=,,", "at least one")],
+)
+async def test_get_many_without_ids_is_a_clear_error(
+    client: httpx.AsyncClient, query: str, needle: str
+) -> None:
+    response = await client.get(f"/tasks{query}")
+    assert 400 <= response.status_code < 500
+    assert needle in assert_error_body(response)
+
+
+async def test_get_many_over_the_limit(client: httpx.AsyncClient) -> None:
+    response = await client.get(
+        "/tasks?ids=" + ",".join(f"t{i}" for i in range(MAX_IDS_PER_READ + 1))
+    )
+    assert response.status_code == 400
+    assert f"At most {MAX_IDS_PER_READ} task ids" in assert_error_body(response)
 
 
 async def test_get_of_the_batch_path_is_not_a_task(client: httpx.AsyncClient) -> None:

@@ -256,6 +256,15 @@ class RedisTaskStore:
             raw = await self._redis.hgetall(self._task_key(task_id))
         return _from_hash(_bytes_hash(raw)) if raw else None
 
+    async def get_many(self, task_ids: Sequence[str]) -> dict[str, Task]:
+        """Return the tasks that exist among `task_ids`, by id, in one pipeline."""
+        unique = list(dict.fromkeys(task_ids))
+        if not unique:
+            return {}
+        with self._unavailable(f"read {len(unique)} tasks"):
+            found = await self._get_many(unique)
+        return {task_id: task for task_id, task in found.items() if task is not None}
+
     async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
         """Mark a queued or running task running as `attempt`; an ended task is returned as is."""
         with self._unavailable(f"start task {task_id}"):

@@ -101,6 +101,19 @@ class SQLiteTaskStore:
         )
         return None if row is None else _from_row(row)
 
+    async def get_many(self, task_ids: Sequence[str]) -> dict[str, Task]:
+        """Return the tasks that exist among `task_ids`, by id."""
+        unique = list(dict.fromkeys(task_ids))
+        if not unique:
+            return {}
+        marks = ",".join("?" * len(unique))
+        rows = self._db.read(
+            lambda conn: conn.execute(
+                f"SELECT * FROM tasks WHERE id IN ({marks})", unique
+            ).fetchall()
+        )
+        return {row["id"]: _from_row(row) for row in rows}
+
     async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
         """Mark a task running as `attempt` (a claim already did; this is for other queues)."""
 

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import ValidationError
 
 from qtask.api.errors import describe_validation
@@ -18,8 +18,15 @@ from qtask.api.schemas import (
     MessageResponse,
     SubmitRequest,
     SubmitResponse,
+    TaskListResponse,
 )
-from qtask.constants import MSG_BATCH_SUBMITTED, MSG_PENDING, MSG_SUBMITTED
+from qtask.constants import (
+    MAX_IDS_PER_READ,
+    MSG_BATCH_SUBMITTED,
+    MSG_NOT_FOUND,
+    MSG_PENDING,
+    MSG_SUBMITTED,
+)
 from qtask.domain.task import Status, Task
 from qtask.errors import InvalidRequestError, PayloadTooLargeError
 from qtask.service import Submission, TaskService
@@ -119,6 +126,40 @@ async def submit_batch(
         [Submission(item.qc, item.shots, item.seed) for item in body.tasks], idempotency_key
     )
     return _json({"task_ids": [task.id for task in tasks], "message": MSG_BATCH_SUBMITTED}, 202)
+
+
+@router.get(
+    "/tasks",
+    response_model=TaskListResponse,
+    responses={400: {"model": MessageResponse, "description": "No ids, or too many."}},
+    summary="Read several tasks",
+)
+async def get_tasks(
+    service: ServiceDep,
+    ids: Annotated[
+        list[str],
+        Query(
+            description="Task ids, comma-separated and/or repeated "
+            f"(`?ids=a,b` or `?ids=a&ids=b`); at most {MAX_IDS_PER_READ}."
+        ),
+    ],
+) -> Response:
+    """Each task's body as GET /tasks/{id} gives it, plus its `task_id`, in the order asked.
+
+    An unknown id gets the not-found body in its place rather than failing the request.
+    """
+    wanted = [part for value in ids for part in value.split(",") if part]
+    found = await service.get_many(wanted)
+    return _json(
+        {
+            "tasks": [
+                {"task_id": task_id, **task_body(task)}
+                if (task := found.get(task_id)) is not None
+                else {"task_id": task_id, "status": "error", "message": MSG_NOT_FOUND}
+                for task_id in wanted
+            ]
+        }
+    )
 
 
 @router.get(

@@ -63,6 +63,12 @@ class MessageResponse(BaseModel):
     message: str
 
 
+class TaskListResponse(BaseModel):
+    """GET /tasks?ids=...: each task's body with its id; unknown ids get the not-found body."""
+
+    tasks: list[dict[str, object]]
+
+
 class HealthResponse(BaseModel):
     """Liveness or readiness, with the state of each dependency."""
 

@@ -27,6 +27,10 @@ class TaskStore(Protocol):
         """Return the task, or None when there is no such task."""
         ...
 
+    async def get_many(self, task_ids: Sequence[str]) -> dict[str, Task]:
+        """Return the tasks that exist among `task_ids`, by id, in one round trip."""
+        ...
+
     async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
         """Mark a delivered task running as attempt `attempt`; return it as stored.
 

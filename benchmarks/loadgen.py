@@ -7,7 +7,8 @@ next circuit, submits it with `POST /tasks`, polls `GET /tasks/{id}` every `poll
 seconds until it is no longer pending, and moves on: a closed loop with at most `concurrency`
 tasks outstanding. A submission answered with an error status (or failing in transport) is
 retried after a short pause, as a well-behaved client would. At the deadline every client
-stops and the result covers what finished by then.
+stops and the result covers what finished by then. With `batch` > 1 a virtual client submits
+that many circuits in one `POST /tasks/batch` and polls them together with `GET /tasks?ids=`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import itertools
 import json
 import resource
 import sys
@@ -35,6 +37,7 @@ if importlib.util.find_spec("sniffio") is None:
 
 SHOTS = 1024
 RETRY_PAUSE_S = 0.05
+MAX_IDS_PER_READ = 256  # the API's limit for GET /tasks?ids=
 
 
 @dataclass(slots=True)
@@ -89,7 +92,15 @@ class Transport(Protocol):
 
     async def get_task(self, task_id: str) -> tuple[int, Any]: ...
 
+    async def post_batch(self, sources: list[str]) -> tuple[int, Any]: ...
+
+    async def get_tasks(self, task_ids: list[str]) -> tuple[int, Any]: ...
+
     async def aclose(self) -> None: ...
+
+
+def _batch_body(sources: list[str]) -> dict[str, Any]:
+    return {"tasks": [{"qc": source, "shots": SHOTS} for source in sources]}
 
 
 class HttpxTransport:
@@ -105,6 +116,14 @@ class HttpxTransport:
 
     async def get_task(self, task_id: str) -> tuple[int, Any]:
         response = await self.client.get(f"/tasks/{task_id}")
+        return response.status_code, _json_or_text(response.content)
+
+    async def post_batch(self, sources: list[str]) -> tuple[int, Any]:
+        response = await self.client.post("/tasks/batch", json=_batch_body(sources))
+        return response.status_code, _json_or_text(response.content)
+
+    async def get_tasks(self, task_ids: list[str]) -> tuple[int, Any]:
+        response = await self.client.get("/tasks", params={"ids": ",".join(task_ids)})
         return response.status_code, _json_or_text(response.content)
 
     async def aclose(self) -> None:
@@ -189,6 +208,14 @@ class RawTransport:
     async def get_task(self, task_id: str) -> tuple[int, Any]:
         return await self._request("GET", f"/tasks/{task_id}")
 
+    async def post_batch(self, sources: list[str]) -> tuple[int, Any]:
+        return await self._request(
+            "POST", "/tasks/batch", json.dumps(_batch_body(sources)).encode()
+        )
+
+    async def get_tasks(self, task_ids: list[str]) -> tuple[int, Any]:
+        return await self._request("GET", "/tasks?ids=" + ",".join(task_ids))
+
     async def aclose(self) -> None:
         for writer in self.open:
             writer.close()
@@ -254,17 +281,82 @@ async def _client(
             if status != 200:
                 result.note_error(f"GET {status}: {body}")
             elif body["status"] != "pending":
-                now = time.perf_counter()
-                result.last_done = now
-                if body["status"] == "completed":
-                    result.completed += 1
-                    result.latencies.append(now - started)
-                else:
-                    result.failed += 1
-                    if len(result.error_samples) < 3:
-                        result.error_samples.append(f"task error: {str(body)[:200]}")
+                _record_done(result, body, started)
                 break
             await asyncio.sleep(poll_interval)
+
+
+async def _submit_batch(
+    transport: Transport, sources: list[str], result: LoadResult, deadline: float
+) -> tuple[list[str], float] | None:
+    started = time.perf_counter()
+    if result.first_submit is None:
+        result.first_submit = started
+    while time.monotonic() < deadline:
+        try:
+            status, body = await transport.post_batch(sources)
+        except TRANSPORT_ERRORS as exc:
+            result.note_error(f"POST batch {type(exc).__name__}: {exc}")
+            await asyncio.sleep(RETRY_PAUSE_S)
+            continue
+        if status == 202:
+            return [str(task_id) for task_id in body["task_ids"]], started
+        result.note_error(f"POST batch {status}: {body}")
+        await asyncio.sleep(RETRY_PAUSE_S)
+    return None
+
+
+def _record_done(result: LoadResult, body: dict[str, Any], started: float) -> None:
+    now = time.perf_counter()
+    result.last_done = now
+    if body["status"] == "completed":
+        result.completed += 1
+        result.latencies.append(now - started)
+    else:
+        result.failed += 1
+        if len(result.error_samples) < 3:
+            result.error_samples.append(f"task error: {str(body)[:200]}")
+
+
+async def _batch_client(
+    transport: Transport,
+    sources: Iterator[str],
+    batch: int,
+    result: LoadResult,
+    poll_interval: float,
+    deadline: float,
+) -> None:
+    """Submit `batch` circuits in one POST /tasks/batch; poll them with GET /tasks?ids=."""
+    while chunk := list(itertools.islice(sources, batch)):
+        submitted = await _submit_batch(transport, chunk, result, deadline)
+        if submitted is None:
+            return
+        pending, started = submitted
+        while pending:
+            if time.monotonic() >= deadline:
+                result.outstanding += pending
+                return
+            await asyncio.sleep(poll_interval)
+            still = []
+            for start in range(0, len(pending), MAX_IDS_PER_READ):
+                wanted = pending[start : start + MAX_IDS_PER_READ]
+                try:
+                    status, body = await transport.get_tasks(wanted)
+                except TRANSPORT_ERRORS as exc:
+                    result.note_error(f"GET many {type(exc).__name__}: {exc}")
+                    still += wanted
+                    continue
+                result.polls += 1
+                if status != 200:
+                    result.note_error(f"GET many {status}: {body}")
+                    still += wanted
+                    continue
+                for task in body["tasks"]:
+                    if task["status"] == "pending":
+                        still.append(task["task_id"])
+                    else:
+                        _record_done(result, task, started)
+            pending = still
 
 
 def _cpu_seconds() -> float:
@@ -279,6 +371,7 @@ async def _run(
     poll_interval: float,
     budget_s: float,
     client: str,
+    batch: int,
 ) -> LoadResult:
     result = LoadResult(tasks=len(sources))
     cpu_before = _cpu_seconds()
@@ -286,10 +379,19 @@ async def _run(
     shared = iter(sources)  # every virtual client takes the next circuit from one iterator
     transport = CLIENTS[client](url, concurrency)
     try:
-        workers = [
-            asyncio.create_task(_client(transport, shared, result, poll_interval, deadline))
-            for _ in range(min(concurrency, len(sources)))
-        ]
+        if batch > 1:
+            clients = max(1, min(concurrency // batch, -(-len(sources) // batch)))
+            workers = [
+                asyncio.create_task(
+                    _batch_client(transport, shared, batch, result, poll_interval, deadline)
+                )
+                for _ in range(clients)
+            ]
+        else:
+            workers = [
+                asyncio.create_task(_client(transport, shared, result, poll_interval, deadline))
+                for _ in range(min(concurrency, len(sources)))
+            ]
         # Every client returns by the deadline, except one stuck in a request (30 s timeout).
         done, pending = await asyncio.wait(workers, timeout=budget_s + 35)
         for task in pending:
@@ -313,15 +415,20 @@ def run_load(
     poll_interval: float = 0.005,
     budget_s: float = 300.0,
     client: str = "httpx",
+    batch: int = 1,
 ) -> LoadResult:
-    """Submit every source and wait for every result, or stop after `budget_s` seconds."""
+    """Submit every source and wait for every result, or stop after `budget_s` seconds.
+
+    With `batch` > 1, each of `concurrency // batch` virtual clients submits `batch` circuits
+    in one POST /tasks/batch and polls them together with GET /tasks?ids=.
+    """
     runner_kwargs: dict[str, Any] = {}
     with contextlib.suppress(ImportError):
         import uvloop  # the client's own CPU use competes with the server on the same cores
 
         runner_kwargs["loop_factory"] = uvloop.new_event_loop
     with asyncio.Runner(**runner_kwargs) as runner:
-        return runner.run(_run(url, sources, concurrency, poll_interval, budget_s, client))
+        return runner.run(_run(url, sources, concurrency, poll_interval, budget_s, client, batch))
 
 
 async def _drain(url: str, task_ids: list[str], budget_s: float) -> int:

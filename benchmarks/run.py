@@ -130,6 +130,7 @@ def run_deployment(
                     poll_interval=args.poll_interval,
                     budget_s=args.budget,
                     client=args.client,
+                    batch=args.batch,
                 )
             report.usage.merge_peaks(sampler.usage)
             row = Row(name, workload.name, load, sampler.usage, bare[workload.name], workload.large)
@@ -259,8 +260,15 @@ def parse_args() -> argparse.Namespace:
         help="httpx.AsyncClient, or a minimal asyncio HTTP/1.1 client with ~1/10 the CPU cost",
     )
     parser.add_argument("--budget", type=float, help="seconds per workload (default 300, 120)")
+    parser.add_argument("--tasks", type=int, help="tasks per workload (default: its own size)")
     parser.add_argument("--light", type=int, help="one-at-a-time Bell tasks (default 200, 50)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes / workers")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="circuits per POST /tasks/batch, polled with GET /tasks?ids= (1: POST /tasks each)",
+    )
     args = parser.parse_args()
     if args.budget is None:
         args.budget = 120.0 if args.quick else 300.0
@@ -275,7 +283,7 @@ def main() -> None:
     names = args.workload or [
         n for n in workloads.NAMES if not (args.quick and n in workloads.SKIPPED_IN_QUICK)
     ]
-    chosen = [workloads.build(name, args.quick) for name in names]
+    chosen = [workloads.build(name, args.quick, args.tasks) for name in names]
     light = [workloads.BELL] * args.light
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="qtask-bench-"))
@@ -293,7 +301,9 @@ def main() -> None:
     print(f"\n## qtask benchmarks{' (--quick)' if args.quick else ''}\n")
     print(machine())
     print(
-        f"{args.workers} workers; {args.client} client; {args.concurrency} tasks outstanding, "
+        f"{args.workers} workers; {args.client} client; "
+        + (f"batches of {args.batch}; " if args.batch > 1 else "")
+        + f"{args.concurrency} tasks outstanding, "
         f"polled every {args.poll_interval * 1000:g} ms; {workloads.SHOTS} shots; "
         f"budget {args.budget:g} s per workload; total run {time.monotonic() - started:.0f} s\n"
     )

@@ -79,10 +79,10 @@ NAMES = list(SIZES)
 SKIPPED_IN_QUICK = frozenset({"random22"})  # unless named with --workload
 
 
-def build(name: str, quick: bool) -> Workload:
-    """The workload `name` at its default or --quick size."""
+def build(name: str, quick: bool, count: int | None = None) -> Workload:
+    """The workload `name` with `count` tasks, or at its default or --quick size."""
     default, quick_count, large, description = SIZES[name]
-    n = quick_count if quick else default
+    n = count if count is not None else quick_count if quick else default
     if name == "bell":
         sources = [BELL] * n
     elif name == "ghz20":

@@ -18,7 +18,7 @@ from qtask.constants import (
     MAX_IDS_PER_READ,
 )
 from qtask.domain.ports import ObjectStore, TaskQueue, TaskStore
-from qtask.domain.task import Task, new_task_id
+from qtask.domain.task import Task, TaskOutcome, new_task_id
 from qtask.errors import (
     CircuitError,
     CircuitTooLargeError,
@@ -153,15 +153,22 @@ class TaskService:
             raise TaskNotFoundError(task_id)
         return task
 
-    async def get_many(self, task_ids: Sequence[str]) -> dict[str, Task]:
-        """Return the tasks that exist among `task_ids`, by id (missing ids are left out)."""
+    async def read(self, task_id: str) -> TaskOutcome:
+        """What a client may see of the task; raise TaskNotFoundError when there is none."""
+        found = (await self._store.outcomes([task_id])).get(task_id)
+        if found is None:
+            raise TaskNotFoundError(task_id)
+        return found
+
+    async def read_many(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
+        """What a client may see of the tasks among `task_ids` that exist (others left out)."""
         if not task_ids:
             raise InvalidRequestError("Name at least one task id.")
         if len(task_ids) > MAX_IDS_PER_READ:
             raise InvalidRequestError(
                 f"At most {MAX_IDS_PER_READ} task ids may be read at once; got {len(task_ids)}."
             )
-        return await self._store.get_many(task_ids)
+        return await self._store.outcomes(task_ids)
 
     async def _publish(self, tasks: list[Task]) -> None:
         if os.environ.get(FAULT_EXIT_AFTER_STORE_ENV):  # chaos tests: die in the gap

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from qtask.constants import LEASE_SECONDS
 from qtask.domain.ports import Delivery
-from qtask.domain.task import Status, Task
+from qtask.domain.task import Status, Task, TaskOutcome
 from qtask.errors import TaskNotFoundError
 
 
@@ -56,9 +56,13 @@ class InMemoryTaskStore:
         """Return the task or None."""
         return self.tasks.get(task_id)
 
-    async def get_many(self, task_ids: Sequence[str]) -> dict[str, Task]:
-        """Return the tasks that exist among `task_ids`, by id."""
-        return {task_id: self.tasks[task_id] for task_id in task_ids if task_id in self.tasks}
+    async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
+        """Status, result and error of the tasks that exist among `task_ids`, by id."""
+        return {
+            task.id: TaskOutcome(task.id, task.status, task.result, task.error)
+            for task_id in task_ids
+            if (task := self.tasks.get(task_id)) is not None
+        }
 
     async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
         """Mark a task running as `attempt`, unless it already ended."""

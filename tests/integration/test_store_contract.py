@@ -15,7 +15,7 @@ import pytest
 from qtask.adapters.redis_store import RedisTaskStore
 from qtask.adapters.sqlite_store import SQLiteTaskStore
 from qtask.domain.ports import TaskStore
-from qtask.domain.task import Status, Task
+from qtask.domain.task import Status, Task, TaskOutcome
 from qtask.errors import TaskNotFoundError
 from qtask.testing import InMemoryTaskStore
 from qtask_testkit import make_task
@@ -82,17 +82,21 @@ async def test_create_many_stores_every_task(store: TaskStore) -> None:
     assert [await store.get(task.id) for task in tasks] == tasks
 
 
-async def test_get_many_returns_the_tasks_that_exist(store: TaskStore) -> None:
+async def test_outcomes_of_the_tasks_that_exist(store: TaskStore) -> None:
     tasks = await store.create_many([make_task(shots=n) for n in range(1, 6)])
-    done = await store.complete(tasks[1].id, {"0": 2})
-    wanted = [tasks[4].id, "no-such-task", tasks[1].id, tasks[4].id, tasks[0].id]
-    assert await store.get_many(wanted) == {
-        tasks[4].id: tasks[4],
-        tasks[1].id: done,
-        tasks[0].id: tasks[0],
+    await store.complete(tasks[1].id, {"0": 2, "1": 9})
+    await store.start(tasks[2].id, 1, "w")
+    await store.fail(tasks[2].id, "it broke")
+    await store.start(tasks[3].id, 1, "w")
+    wanted = [tasks[4].id, "no-such-task", tasks[1].id, tasks[4].id, tasks[2].id, tasks[3].id]
+    assert await store.outcomes(wanted) == {
+        tasks[4].id: TaskOutcome(tasks[4].id, Status.QUEUED),
+        tasks[1].id: TaskOutcome(tasks[1].id, Status.COMPLETED, {"0": 2, "1": 9}),
+        tasks[2].id: TaskOutcome(tasks[2].id, Status.FAILED, error="it broke"),
+        tasks[3].id: TaskOutcome(tasks[3].id, Status.RUNNING),
     }
-    assert await store.get_many([]) == {}
-    assert await store.get_many(["nothing", "here"]) == {}
+    assert await store.outcomes([]) == {}
+    assert await store.outcomes(["nothing", "here"]) == {}
 
 
 async def test_an_idempotency_key_stores_one_task(store: TaskStore) -> None:

@@ -35,6 +35,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+import orjson
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -42,7 +43,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from qtask.domain.task import Status, Task, info_from_json, info_to_json
+from qtask.domain.task import Status, Task, TaskOutcome, info_from_json, info_to_json
 from qtask.errors import StoreUnavailableError, TaskNotFoundError
 
 if TYPE_CHECKING:
@@ -256,14 +257,26 @@ class RedisTaskStore:
             raw = await self._redis.hgetall(self._task_key(task_id))
         return _from_hash(_bytes_hash(raw)) if raw else None
 
-    async def get_many(self, task_ids: Sequence[str]) -> dict[str, Task]:
-        """Return the tasks that exist among `task_ids`, by id, in one pipeline."""
+    async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
+        """Status, result and error of the tasks that exist among `task_ids`, in one pipeline."""
         unique = list(dict.fromkeys(task_ids))
         if not unique:
             return {}
         with self._unavailable(f"read {len(unique)} tasks"):
-            found = await self._get_many(unique)
-        return {task_id: task for task_id, task in found.items() if task is not None}
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for task_id in unique:
+                    pipe.hmget(self._task_key(task_id), "status", "result", "error")
+                replies: list[list[bytes | None]] = await pipe.execute()
+        found = {}
+        for task_id, (status, result, error) in zip(unique, replies, strict=True):
+            if status is not None:
+                found[task_id] = TaskOutcome(
+                    task_id,
+                    Status(status.decode()),
+                    None if result is None else orjson.loads(result),
+                    None if error is None else error.decode(),
+                )
+        return found
 
     async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
         """Mark a queued or running task running as `attempt`; an ended task is returned as is."""

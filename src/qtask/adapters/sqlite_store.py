@@ -14,10 +14,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
+
 from qtask.adapters.sqlite_db import SQLiteDatabase
 from qtask.constants import LEASE_SECONDS
 from qtask.domain.ports import Delivery
-from qtask.domain.task import Status, Task, check_transition, info_from_json, info_to_json
+from qtask.domain.task import (
+    Status,
+    Task,
+    TaskOutcome,
+    check_transition,
+    info_from_json,
+    info_to_json,
+)
 from qtask.errors import TaskNotFoundError
 
 SCHEMA = """
@@ -101,18 +110,20 @@ class SQLiteTaskStore:
         )
         return None if row is None else _from_row(row)
 
-    async def get_many(self, task_ids: Sequence[str]) -> dict[str, Task]:
-        """Return the tasks that exist among `task_ids`, by id."""
+    async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
+        """Status, result and error of the tasks that exist among `task_ids`, by id."""
         unique = list(dict.fromkeys(task_ids))
         if not unique:
             return {}
         marks = ",".join("?" * len(unique))
-        rows = self._db.read(
-            lambda conn: conn.execute(
-                f"SELECT * FROM tasks WHERE id IN ({marks})", unique
-            ).fetchall()
-        )
-        return {row["id"]: _from_row(row) for row in rows}
+        query = f"SELECT id, status, result, error FROM tasks WHERE id IN ({marks})"
+        rows = self._db.read(lambda conn: conn.execute(query, unique).fetchall())
+        return {
+            row[0]: TaskOutcome(
+                row[0], Status(row[1]), None if row[2] is None else orjson.loads(row[2]), row[3]
+            )
+            for row in rows
+        }
 
     async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
         """Mark a task running as `attempt` (a claim already did; this is for other queues)."""

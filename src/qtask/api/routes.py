@@ -27,7 +27,7 @@ from qtask.constants import (
     MSG_PENDING,
     MSG_SUBMITTED,
 )
-from qtask.domain.task import Status, Task
+from qtask.domain.task import Status, Task, TaskOutcome
 from qtask.errors import InvalidRequestError, PayloadTooLargeError
 from qtask.service import Submission, TaskService
 
@@ -149,7 +149,7 @@ async def get_tasks(
     An unknown id gets the not-found body in its place rather than failing the request.
     """
     wanted = [part for value in ids for part in value.split(",") if part]
-    found = await service.get_many(wanted)
+    found = await service.read_many(wanted)
     return _json(
         {
             "tasks": [
@@ -170,7 +170,7 @@ async def get_tasks(
 )
 async def get_task(task_id: str, service: ServiceDep) -> Response:
     """Completed: the counts. Queued or running: pending. Failed: error with the reason."""
-    return _json(task_body(await service.get(task_id)))
+    return _json(task_body(await service.read(task_id)))
 
 
 @router.get("/health", response_model=HealthResponse, summary="Liveness")
@@ -202,7 +202,7 @@ async def ready(request: Request) -> Response:
     )
 
 
-def task_body(task: Task) -> dict[str, object]:
+def task_body(task: Task | TaskOutcome) -> dict[str, object]:
     """The contract's body for a task in any state."""
     if task.status is Status.COMPLETED:
         return {"status": "completed", "result": task.result}

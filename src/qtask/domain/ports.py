@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from qtask.domain.task import Task
+from qtask.domain.task import Task, TaskOutcome
 
 
 class TaskStore(Protocol):
@@ -27,8 +27,8 @@ class TaskStore(Protocol):
         """Return the task, or None when there is no such task."""
         ...
 
-    async def get_many(self, task_ids: Sequence[str]) -> dict[str, Task]:
-        """Return the tasks that exist among `task_ids`, by id, in one round trip."""
+    async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
+        """Status, result and error of the tasks that exist among `task_ids`, in one round trip."""
         ...
 
     async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:

@@ -125,3 +125,16 @@ class Task:
         """Return a copy in `status`, after checking the move against the state machine."""
         check_transition(self.status, status)
         return replace(self, status=status, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutcome:
+    """What a client reads of a task: its status and, once it ended, its counts or error.
+
+    Reading this is the API's hot path (clients poll it), so stores fetch only these fields.
+    """
+
+    id: str
+    status: Status
+    result: dict[str, int] | None = None
+    error: str | None = None

@@ -278,21 +278,28 @@ class NatsTaskQueue:
             return []
         async with self._fetch_lock:
             messages = await self._pull(max_tasks, max(timeout, _MIN_FETCH_SECONDS))
+        # Started concurrently: one store round trip's latency for the whole fetch.
+        started = await asyncio.gather(*map(self._start, messages), return_exceptions=True)
         deliveries: list[Delivery] = []
-        for msg in messages:
-            try:
-                delivery = await self._start(msg)
-            except Exception:
-                # Not naked: a nak would hand them straight back to a worker whose store is
-                # failing, spending JetStream deliveries (max_deliver) in a tight loop. And
-                # nats-server 2.9 mishandles a nak with a delay (it delivered one message twice
-                # and lost another in our tests).
-                if not deliveries:
-                    raise
-                log.exception("nats_start_failed", returned=len(deliveries), left=len(messages))
-                break
-            if delivery is not None:
-                deliveries.append(delivery)
+        failures: list[BaseException] = []
+        for result in started:
+            if isinstance(result, BaseException):
+                failures.append(result)
+            elif result is not None:
+                deliveries.append(result)
+        if failures:
+            # Not naked: a nak would hand them straight back to a worker whose store is
+            # failing, spending JetStream deliveries (max_deliver) in a tight loop. And
+            # nats-server 2.9 mishandles a nak with a delay (it delivered one message twice
+            # and lost another in our tests).
+            if not deliveries:
+                raise failures[0]
+            log.warning(
+                "nats_start_failed",
+                returned=len(deliveries),
+                left=len(failures),
+                error=_describe(failures[0]),
+            )
         return deliveries
 
     async def _pull(self, max_tasks: int, timeout: float) -> list[Msg]:

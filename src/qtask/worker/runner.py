@@ -208,8 +208,14 @@ class Worker:
                 self._held.pop(delivery.task.id, None)
             return
         elapsed = time.perf_counter() - started
-        for delivery, outcome in zip(batch, outcomes, strict=True):
-            await self._record(delivery, outcome, elapsed, len(batch))
+        # Concurrently: each task still stores its result object, then its record, then acks,
+        # but a batch's writes share round trips (and, on SQLite, one group commit).
+        await asyncio.gather(
+            *(
+                self._record(delivery, outcome, elapsed, len(batch))
+                for delivery, outcome in zip(batch, outcomes, strict=True)
+            )
+        )
 
     async def _record(
         self, delivery: Delivery, outcome: RunOutcome, elapsed: float, batch_size: int

@@ -120,9 +120,13 @@ class Distributed:
 
     name = "distributed"
 
-    def __init__(self, root: Path, workers: int = 2) -> None:
+    def __init__(self, root: Path, workers: int = 2, objects: bool = True) -> None:
         self.root = root
-        self.deployment = DistributedDeployment(root / "distributed", workers=workers, processes=1)
+        # Without objects: tasks and results live in Redis only, and the S3 server sits idle.
+        env = {} if objects else {"QTASK_STORAGE__OBJECTS_URL": ""}
+        self.deployment = DistributedDeployment(
+            root / "distributed", workers=workers, processes=1, env=env
+        )
         self.url = self.deployment.url
 
     def start(self) -> float:
@@ -162,10 +166,12 @@ class Distributed:
         self.deployment.terminate()
 
 
-def make(name: str, workers: int = 2) -> Deployment:
+def make(name: str, workers: int = 2, objects: bool = True) -> Deployment:
     """A fresh, not yet started deployment in a new temporary directory."""
     root = Path(tempfile.mkdtemp(prefix=f"qtask-bench-{name}-"))
-    return Embedded(root, workers) if name == "embedded" else Distributed(root, workers)
+    if name == "embedded":
+        return Embedded(root, workers)
+    return Distributed(root, workers, objects)
 
 
 @dataclass(slots=True)

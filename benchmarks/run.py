@@ -94,7 +94,7 @@ def run_deployment(
     """Start one deployment, run the light row and every workload, stop it."""
     report = DeploymentReport(name)
     rows: list[Row] = []
-    deployment = deployments.make(name, workers=args.workers)
+    deployment = deployments.make(name, workers=args.workers, objects=not args.no_objects)
     try:
         log(f"{name}: starting")
         report.startup_s = deployment.start()
@@ -260,6 +260,11 @@ def parse_args() -> argparse.Namespace:
         help="httpx.AsyncClient, or a minimal asyncio HTTP/1.1 client with ~1/10 the CPU cost",
     )
     parser.add_argument("--budget", type=float, help="seconds per workload (default 300, 120)")
+    parser.add_argument(
+        "--no-objects",
+        action="store_true",
+        help="distributed without an object store (results in Redis only): qtask without S3",
+    )
     parser.add_argument("--tasks", type=int, help="tasks per workload (default: its own size)")
     parser.add_argument("--light", type=int, help="one-at-a-time Bell tasks (default 200, 50)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes / workers")
@@ -303,6 +308,7 @@ def main() -> None:
     print(
         f"{args.workers} workers; {args.client} client; "
         + (f"batches of {args.batch}; " if args.batch > 1 else "")
+        + ("distributed without an object store; " if args.no_objects else "")
         + f"{args.concurrency} tasks outstanding, "
         f"polled every {args.poll_interval * 1000:g} ms; {workloads.SHOTS} shots; "
         f"budget {args.budget:g} s per workload; total run {time.monotonic() - started:.0f} s\n"

@@ -12,20 +12,20 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-
-from fastapi import FastAPI
+from typing import TYPE_CHECKING
 
 from qtask import wiring
 from qtask.adapters.nats_queue import NatsTaskQueue
 from qtask.adapters.redis_store import RedisTaskStore
-from qtask.api.app import create_app
 from qtask.config import Settings
 from qtask.errors import ConfigError
 from qtask.logs import get_logger
 from qtask.reconciler import Reconciler
-from qtask.service import CircuitIngestor, TaskService
 from qtask.worker.health import Check, serve_health
 from qtask.worker.runner import Worker
+
+if TYPE_CHECKING:  # the API's modules (FastAPI, the circuit parser) load only in `qtask api`
+    from fastapi import FastAPI
 
 log = get_logger("roles")
 
@@ -64,6 +64,9 @@ class ApiRole:
     """The HTTP API with its parser processes and a reconciler."""
 
     def __init__(self, settings: Settings) -> None:
+        from qtask.api.app import create_app
+        from qtask.service import CircuitIngestor, TaskService
+
         _require_distributed(settings)
         self.settings = settings
         self.store = _store(settings)
@@ -113,8 +116,8 @@ async def run_worker(settings: Settings) -> None:
     me = queue.worker_id
     pool = wiring.exec_pool(settings)
     objects = wiring.object_store(settings)
-    await queue.connect()
-    await pool.start()
+    # The child processes start (importing Qiskit) while the connections are made.
+    await asyncio.gather(queue.connect(), pool.start())
     worker = Worker(
         store,
         queue,

@@ -21,7 +21,8 @@ from qtask.circuits.ingest import (
 from qtask.domain.task import Encoding
 from qtask.errors import CircuitError, CircuitTooLargeError, InvalidRequestError
 from qtask.execution import aer
-from qtask.execution.aer import RunItem, init_process, run_items
+from qtask.execution.aer import init_process, run_items
+from qtask.execution.items import RunItem
 
 LIMITS = Limits(
     max_circuit_bytes=512 << 10,

@@ -13,7 +13,7 @@ from qtask.circuits.ingest import Limits, ingest
 from qtask.config import WorkerSettings
 from qtask.domain.ports import Delivery
 from qtask.domain.task import CircuitInfo, Status, Task, new_task_id
-from qtask.execution.aer import RunItem, RunOutcome
+from qtask.execution.items import RunItem, RunOutcome
 from qtask.testing import InMemoryDelivery, InMemoryTaskStore
 from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildTimeoutError
 from qtask.worker.runner import Worker, _plan

@@ -12,7 +12,6 @@ import os
 import signal
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
 
 from qiskit.circuit import QuantumCircuit
@@ -20,46 +19,7 @@ from qiskit.transpiler import PassManager
 
 from qtask.circuits.ingest import load_program
 from qtask.constants import FAULT_CRASH_MARKER_ENV
-from qtask.domain.task import Encoding, Task
-
-
-@dataclass(frozen=True, slots=True)
-class RunItem:
-    """What a child needs to run one task; small and picklable."""
-
-    task_id: str
-    encoding: Encoding
-    source: str
-    program: bytes | None
-    shots: int
-    seed: int | None
-    measured: bool
-    needs_transpile: bool
-
-    @classmethod
-    def from_task(cls, task: Task) -> RunItem:
-        """Take the fields a run needs from a task."""
-        return cls(
-            task_id=task.id,
-            encoding=task.info.encoding,
-            source=task.source,
-            program=task.program,
-            shots=task.shots,
-            seed=task.seed,
-            measured=task.info.measured,
-            needs_transpile=task.info.needs_transpile,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class RunOutcome:
-    """Counts, or an error message a user can act on, for one task."""
-
-    task_id: str
-    counts: dict[str, int] | None = None
-    error: str | None = None
-    seconds: float = 0.0
-
+from qtask.execution.items import RunItem, RunOutcome
 
 _simulator: Any = None
 _pass_manager: PassManager | None = None

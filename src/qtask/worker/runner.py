@@ -25,7 +25,7 @@ from qtask.config import WorkerSettings
 from qtask.constants import BATCH_MAX_OPERATIONS, BATCH_MAX_QUBITS, LEASE_SECONDS
 from qtask.domain.ports import Delivery, ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import Task
-from qtask.execution.aer import RunItem, RunOutcome
+from qtask.execution.items import RunItem, RunOutcome
 from qtask.logs import get_logger
 from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildPool, ChildTimeoutError
 

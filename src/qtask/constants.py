@@ -20,6 +20,9 @@ DEFAULT_SHOTS = 1024
 # The only files a circuit may include. Both are built into Qiskit's importers, so no include
 # ever reads a file from the server's disk.
 ALLOWED_INCLUDES = frozenset({"stdgates.inc", "qelib1.inc"})
+# Classical bits a circuit may declare. Qiskit's parsers allocate every declared bit and qubit
+# before anything else; `bit[2000000000] c;` would take minutes and gigabytes.
+MAX_DECLARED_CLBITS = 100_000
 
 # Sources up to this size are parsed with the native importer directly on the API's event loop:
 # a Bell circuit takes ~0.05 ms, far less than handing it to another process (~0.3 ms round trip).

@@ -195,6 +195,36 @@ def test_batch_with_a_bad_circuit_creates_nothing(client: httpx.Client, server: 
     assert server.task_count() == before
 
 
+_GATE_BOMB = " ".join(
+    ["gate g0 a { h a; }"] + [f"gate g{i} a {{ g{i - 1} a; g{i - 1} a; }}" for i in range(1, 25)]
+)
+
+
+@pytest.mark.parametrize(
+    ("source", "needle"),
+    [
+        ("OPENQASM 3.0; qubit[2147483648] q;", "declares 2147483648 qubits"),
+        ('OPENQASM 2.0; include "qelib1.inc"; qreg q[2147483648];', "declares 2147483648 qubits"),
+        ("OPENQASM 3.0; qubit[2] q; bit[2000000000] c;", "classical bits"),
+        (f'OPENQASM 3.0; include "stdgates.inc"; qubit[1] q; {_GATE_BOMB} g24 q[0];', "Gate 'g17'"),
+        (
+            'OPENQASM 3.0; include "stdgates.inc"; qubit[1] q; for int i in [0:2**70] { h q[0]; }',
+            "",
+        ),
+    ],
+)
+def test_size_bombs_are_refused_and_the_api_stays_up(
+    client: httpx.Client, server: Deployment, source: str, needle: str
+) -> None:
+    # Each of these, given to Qiskit's parsers as is, allocates or expands for minutes to hours.
+    before = server.task_count()
+    response = client.post("/tasks", json={"qc": source}, timeout=15)
+    assert 400 <= response.status_code < 500
+    assert needle in response.json()["message"]
+    assert client.get("/health", timeout=5).status_code == 200
+    assert server.task_count() == before
+
+
 def test_health_ready_and_docs(client: httpx.Client) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")

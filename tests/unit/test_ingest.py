@@ -564,3 +564,69 @@ def test_aer_unseeded_batch_keeps_item_order() -> None:
     assert [o.task_id for o in outcomes] == ["a", "b", "c"]
     assert [sum((o.counts or {}).values()) for o in outcomes] == [10, 20, 10]
     assert set(outcomes[1].counts or {}) <= {"000", "111"}
+
+
+# --- size bombs: refused before any parser allocates or expands them ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "needle"),
+    [
+        (HEADER3 + "qubit[2147483648] q;", "declares 2147483648 qubits; the limit is 100"),
+        (HEADER3 + "qubit[60] a;\nqubit[60] b;", "declares 120 qubits"),
+        (HEADER3 + "qubit[1_000_000] q;", "declares 1000000 qubits"),
+        ('OPENQASM 2.0; include "qelib1.inc"; qreg q[2147483648];', "declares 2147483648"),
+        (HEADER3 + "qubit[2] q;\nbit[2000000000] c;", "declares 2000000000 classical bits"),
+        ('OPENQASM 2.0; include "qelib1.inc"; qreg q[2]; creg c[900000];', "classical bits"),
+    ],
+)
+def test_huge_registers_are_refused_before_parsing(source: str, needle: str) -> None:
+    # Qiskit's parsers allocate every declared qubit first: 2**31 of them take minutes.
+    with pytest.raises(CircuitTooLargeError, match=needle):
+        ingest(source, LIMITS, fast_only=True)
+
+
+def test_a_commented_out_register_does_not_count() -> None:
+    source = HEADER3 + "// qubit[5000] old;\n/* qubit[9000] older; */\n" + BELL3[len(HEADER3) :]
+    assert ingest(source, LIMITS, fast_only=True).info.num_qubits == 2
+
+
+@pytest.mark.parametrize("size", ["n", "2 * 1000000000", "0x7fffffff"])
+def test_a_register_size_that_is_not_a_number_is_parsed_off_the_event_loop(size: str) -> None:
+    # Only a parser can work it out, so never inline; in the parser process Qiskit's
+    # converter refuses constants, and a deadline and a memory cap bound the rest.
+    source = HEADER3 + f"const uint n = 3;\nqubit[{size}] q;\nh q[0];\n"
+    with pytest.raises(NeedsSlowPathError):
+        ingest(source, LIMITS, fast_only=True)
+    with pytest.raises(CircuitError):
+        ingest(source, LIMITS)
+
+
+def test_a_gate_definition_bomb_is_refused_without_expanding_it() -> None:
+    # g24 applies h 2**24 times; the converter would copy definitions for hours.
+    defs = ["gate g0 a { h a; }"] + [
+        f"gate g{i} a {{ g{i - 1} a; g{i - 1} a; }}" for i in range(1, 25)
+    ]
+    source = HEADER3 + "qubit[1] q;\n" + "\n".join(defs) + "\ng24 q[0];\n"
+    with pytest.raises(CircuitTooLargeError, match="Gate 'g17' expands to 131072 operations"):
+        ingest(source, LIMITS)
+
+
+def test_gate_definitions_within_the_limit_count_expanded() -> None:
+    defs = ["gate g0 a { h a; }"] + [
+        f"gate g{i} a {{ g{i - 1} a; g{i - 1} a; }}" for i in range(1, 6)
+    ]
+    source = HEADER3 + "qubit[1] q;\n" + "\n".join(defs) + "\ng5 q[0];\ng5 q[0];\n"
+    assert ingest(source, LIMITS).info.num_operations == 2 * 32
+
+
+@pytest.mark.parametrize(
+    ("stop", "allowed"), [(99, True), (200_000, False), (2**40, False), (2**70, False)]
+)
+def test_for_loops_count_every_iteration(stop: int, allowed: bool) -> None:
+    source = HEADER3 + f"qubit[1] q;\nfor int i in [0:{stop}] {{ h q[0]; }}\n"
+    if allowed:
+        assert ingest(source, LIMITS).info.num_operations == stop + 1
+    else:
+        with pytest.raises(CircuitTooLargeError, match="operations; the limit is 100000"):
+            ingest(source, LIMITS)

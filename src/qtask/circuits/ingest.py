@@ -16,12 +16,13 @@ import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from qiskit import qasm2, qasm3, qpy
-from qiskit.circuit import ControlFlowOp, QuantumCircuit
+from qiskit.circuit import ControlFlowOp, ForLoopOp, QuantumCircuit
 from qiskit.exceptions import ExperimentalWarning, QiskitError
 
-from qtask.constants import ALLOWED_INCLUDES
+from qtask.constants import ALLOWED_INCLUDES, MAX_DECLARED_CLBITS
 from qtask.domain.task import CircuitInfo, Encoding
 from qtask.errors import CircuitError, CircuitTooLargeError
 
@@ -30,6 +31,11 @@ warnings.filterwarnings("ignore", category=ExperimentalWarning)
 
 _HEADER = re.compile(rb"\A\s*(?://[^\n]*\n\s*|/\*.*?\*/\s*)*OPENQASM\s+(\d+)(?:\.\d+)?\s*;", re.S)
 _INCLUDE_WORD = re.compile(r"\binclude\b")
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+# `qubit[5] q`, `bit[2] c`, and the OpenQASM 2 (and 3 legacy) `qreg q[5]`, `creg c[2]`.
+_DECLARATION = re.compile(r"\b(qubit|bit|qreg|creg)\b\s*(?:[A-Za-z_]\w*\s*)?\[\s*([^\]]*?)\s*\]")
+# Counting expanded operations stops past this; any limit above it is not enforceable.
+MAX_COUNTED_OPERATIONS = 10**9
 _INCLUDE_STMT = re.compile(r"""include\s*(?:"([^"\n]*)"|'([^'\n]*)')\s*;""")
 
 # Operations Aer's stabilizer method runs; a circuit of only these costs polynomial memory.
@@ -156,21 +162,23 @@ def ingest(source: str, limits: Limits, *, fast_only: bool = False) -> IngestedC
     if "\x00" in source:
         raise CircuitError("The circuit contains a NUL character.")
     _check_includes(source)
+    if not _check_declared_sizes(source, limits) and fast_only:
+        raise NeedsSlowPathError  # a size only the parser can work out: not on an event loop
     version = _version(raw)
     if version == 2:
-        circuit, encoding, program = _parse_qasm2(source), Encoding.QASM2, None
+        circuit, encoding = _parse_qasm2(source), Encoding.QASM2
     elif version == 3:
         try:
-            circuit, encoding, program = _parse_qasm3_native(source), Encoding.QASM3, None
+            circuit, encoding = _parse_qasm3_native(source), Encoding.QASM3
         except _NativeRefusedError:
             if fast_only:
                 raise NeedsSlowPathError from None
-            circuit = _parse_qasm3_antlr(source)
-            encoding, program = Encoding.QPY, dump_qpy(circuit)
+            circuit, encoding = _parse_qasm3_antlr(source, limits.max_operations), Encoding.QPY
     else:
         raise CircuitError(f"OpenQASM version {version} is not supported; use 2 or 3.")
     info = describe(circuit, encoding)
-    check_limits(info, limits)
+    check_limits(info, limits)  # before QPY: serialising a gate bomb is itself exponential
+    program = dump_qpy(circuit) if encoding is Encoding.QPY else None
     return IngestedCircuit(info=info, program=program)
 
 
@@ -186,7 +194,7 @@ def load_program(encoding: Encoding, source: str, program: bytes | None) -> Quan
         return _parse_qasm3_native(source)
     except _NativeRefusedError:
         # Only reached if a task stored as native-parsable stops being so (a Qiskit upgrade).
-        return _parse_qasm3_antlr(source)
+        return _parse_qasm3_antlr(source, MAX_COUNTED_OPERATIONS)
 
 
 def dump_qpy(circuit: QuantumCircuit) -> bytes:
@@ -203,7 +211,7 @@ def describe(circuit: QuantumCircuit, encoding: Encoding) -> CircuitInfo:
         encoding=encoding,
         num_qubits=circuit.num_qubits,
         num_clbits=circuit.num_clbits,
-        num_operations=circuit.size(),
+        num_operations=_expanded_size(circuit, MAX_COUNTED_OPERATIONS),
         clifford=names <= _CLIFFORD_OPS,
         needs_transpile=not names <= _AER_OPS,
         measured="measure" in names,
@@ -286,7 +294,7 @@ def _parse_qasm3_native(source: str) -> QuantumCircuit:
         raise _NativeRefusedError from exc
 
 
-def _parse_qasm3_antlr(source: str) -> QuantumCircuit:
+def _parse_qasm3_antlr(source: str, max_operations: int) -> QuantumCircuit:
     import openqasm3
     import openqasm3.parser
     import qiskit_qasm3_import
@@ -297,6 +305,7 @@ def _parse_qasm3_antlr(source: str) -> QuantumCircuit:
         raise CircuitError(f"Invalid OpenQASM 3: {_antlr_message(exc)}") from None
     except RecursionError:
         raise CircuitError("Invalid OpenQASM 3: the program is nested too deeply.") from None
+    _check_expansion(program, max_operations)
     try:
         return qiskit_qasm3_import.convert(program)
     except qiskit_qasm3_import.ConversionError as exc:
@@ -305,6 +314,57 @@ def _parse_qasm3_antlr(source: str) -> QuantumCircuit:
         raise CircuitError("Invalid OpenQASM 3: the program is nested too deeply.") from None
     except Exception as exc:  # the converter raises bare errors for some unsupported programs
         raise CircuitError(f"Unsupported OpenQASM 3: {exc}") from None
+
+
+def _check_expansion(program: Any, max_operations: int) -> None:
+    """Refuse gate definitions and `for` loops that expand past the operation limit, measured
+    on the syntax tree before the converter expands them.
+
+    The converter copies a gate's definition at every call, so `gate g1 a { g0 a; g0 a; }` ...
+    nested 25 deep takes it hours, and it hangs on a loop over more than 2**63 values; measured
+    here, both take microseconds. Loops whose bounds are not plain numbers are left to the
+    parse deadline and to the count made after conversion.
+    """
+    from openqasm3 import ast
+
+    def too_large(what: str, size: int) -> CircuitTooLargeError:
+        return CircuitTooLargeError(
+            f"{what} expands to {size} operations; the limit is {max_operations}."
+        )
+
+    sizes: dict[str, int] = {}
+
+    def size_of(statements: list[Any], what: str) -> int:
+        total = 0
+        for statement in statements:
+            if isinstance(statement, ast.QuantumGateDefinition):
+                name = statement.name.name
+                sizes[name] = size_of(statement.body, f"Gate '{name}'")
+                continue
+            if isinstance(statement, ast.QuantumGate):
+                total += sizes.get(statement.name.name, 1)
+            elif isinstance(statement, ast.ForInLoop):
+                body = size_of(statement.block, what)
+                total += _loop_iterations(statement.set_declaration, ast) * body
+            else:
+                total += 1
+            if total > max_operations:
+                raise too_large(what, total)
+        return total
+
+    size_of(program.statements, "The program")
+
+
+def _loop_iterations(values: Any, ast: Any) -> int:
+    if isinstance(values, ast.DiscreteSet):
+        return len(values.values)
+    if isinstance(values, ast.RangeDefinition):
+        parts = [values.start, values.end, values.step or ast.IntegerLiteral(value=1)]
+        if all(isinstance(part, ast.IntegerLiteral) for part in parts):
+            start, end, step = (part.value for part in parts)
+            if step != 0:
+                return max(0, int((end - start) // step) + 1)
+    return 1  # not known before conversion
 
 
 def _antlr_message(exc: BaseException) -> str:
@@ -342,6 +402,75 @@ def _qasm2_message(text: str) -> str:
     if match:
         return f"line {match[1]}, column {int(match[2]) + 1}: {match[3]}"
     return text
+
+
+def _check_declared_sizes(source: str, limits: Limits) -> bool:
+    """Refuse declarations of more qubits or bits than allowed, before any parser allocates them.
+
+    Returns False when some register's size is not a plain number (a constant or expression):
+    only a parser can work it out, so the caller must parse where a deadline protects it.
+    """
+    text = _COMMENT.sub(" ", source)
+    qubits = clbits = 0
+    known = True
+    for match in _DECLARATION.finditer(text):
+        size = match.group(2).replace("_", "")
+        if not size.isdecimal():
+            known = False
+            continue
+        if match.group(1) in ("qubit", "qreg"):
+            qubits += int(size)
+        else:
+            clbits += int(size)
+    if qubits > limits.max_qubits:
+        raise CircuitTooLargeError(
+            f"The circuit declares {qubits} qubits; the limit is {limits.max_qubits}."
+        )
+    if clbits > MAX_DECLARED_CLBITS:
+        raise CircuitTooLargeError(
+            f"The circuit declares {clbits} classical bits; the limit is {MAX_DECLARED_CLBITS}."
+        )
+    return known
+
+
+def _expanded_size(circuit: QuantumCircuit, cap: int) -> int:
+    """Operations the simulator will apply: custom gates expanded, `for` loops unrolled.
+
+    `circuit.size()` counts a gate defined as two calls of a gate defined as two calls ... once,
+    and a `for` loop over 2**40 values once. Here each custom gate's size is worked out once (by
+    name) and multiplied, so a definition bomb costs microseconds to measure; counting stops
+    past `cap`. A `while` loop's body counts once (its iterations depend on measurements).
+    """
+    gate_sizes: dict[tuple[str, int, int], int] = {}
+
+    def size_of(current: QuantumCircuit) -> int:
+        total = 0
+        for instruction in current.data:
+            operation = instruction.operation
+            if isinstance(operation, ForLoopOp):
+                total += _iterations(operation.params[0], cap) * size_of(operation.blocks[0])
+            elif isinstance(operation, ControlFlowOp):
+                total += sum(size_of(block) for block in operation.blocks)
+            elif operation.name in _AER_OPS or getattr(operation, "definition", None) is None:
+                total += 1
+            else:
+                key = (operation.name, operation.num_qubits, len(operation.params))
+                if key not in gate_sizes:
+                    gate_sizes[key] = 1  # a recursive definition counts as itself
+                    gate_sizes[key] = size_of(operation.definition)
+                total += gate_sizes[key]
+            if total > cap:
+                return total
+        return total
+
+    return size_of(circuit)
+
+
+def _iterations(indexset: object, cap: int) -> int:
+    try:
+        return len(indexset)  # type: ignore[arg-type]
+    except (TypeError, OverflowError):  # a range past sys.maxsize
+        return cap + 1
 
 
 def _operation_names(circuit: QuantumCircuit) -> set[str]:

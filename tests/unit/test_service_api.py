@@ -316,6 +316,34 @@ async def test_streamed_body_over_limit_without_content_length(
     assert store.tasks == {}
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"qc": "OPENQASM 3.0;\xff\xfe"}',  # not UTF-8
+        b'{"qc": "OPENQASM 3.0; \\ud800"}',  # a lone surrogate escape
+        b'{"qc": "OPENQASM 3.0;\x00"}',  # a raw NUL inside a JSON string
+        b'{"qc": "OPENQASM 3.0;\\u0000 qubit q;"}',  # an escaped NUL
+    ],
+)
+async def test_bytes_that_are_not_text_are_400(
+    client: httpx.AsyncClient, store: InMemoryTaskStore, raw: bytes
+) -> None:
+    response = await client.post("/tasks", content=raw)
+    assert response.status_code == 400
+    assert_error_body(response)
+    assert store.tasks == {}
+
+
+async def test_duplicate_json_keys_take_the_last(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    raw = b'{"qc": "garbage", "shots": 5, "qc": ' + orjson.dumps(BELL) + b', "shots": 7}'
+    response = await client.post("/tasks", content=raw)
+    assert response.status_code == 202
+    task = store.tasks[response.json()["task_id"]]
+    assert (task.source, task.shots) == (BELL, 7)
+
+
 async def test_circuit_syntax_error(client: httpx.AsyncClient, store: InMemoryTaskStore) -> None:
     response = await submit(client, qc=SYNTAX_ERROR)
     assert response.status_code == 400

@@ -10,6 +10,7 @@ MSG_SUBMITTED = "Task submitted successfully."
 MSG_BATCH_SUBMITTED = "Tasks submitted successfully."
 MSG_PENDING = "Task is still in progress."
 MSG_NOT_FOUND = "Task not found."
+MSG_CANCELLED = "Task was cancelled."
 
 # GET /tasks?ids=...: ids one request may read (256 UUIDs make a 9.5 KB query string).
 MAX_IDS_PER_READ = 256

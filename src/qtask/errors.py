@@ -38,6 +38,12 @@ class CircuitTooLargeError(CircuitError):
     status_code = 422
 
 
+class TaskConflictError(InvalidRequestError):
+    """Raised when the task's state does not allow the request, e.g. cancelling a running task."""
+
+    status_code = 409
+
+
 class TaskNotFoundError(QTaskError):
     """Raised when no task has the given id (or the caller may not see it)."""
 

@@ -16,15 +16,17 @@ from qtask.constants import (
     FAULT_EXIT_AFTER_STORE_ENV,
     INLINE_PARSE_MAX_BYTES,
     MAX_IDS_PER_READ,
+    MSG_CANCELLED,
 )
 from qtask.domain.ports import ObjectStore, TaskQueue, TaskStore
-from qtask.domain.task import Task, TaskOutcome, new_task_id
+from qtask.domain.task import Status, Task, TaskOutcome, new_task_id
 from qtask.errors import (
     CircuitError,
     CircuitTooLargeError,
     InvalidRequestError,
     PayloadTooLargeError,
     QueueUnavailableError,
+    TaskConflictError,
     TaskNotFoundError,
 )
 from qtask.logs import get_logger
@@ -159,6 +161,22 @@ class TaskService:
         if found is None:
             raise TaskNotFoundError(task_id)
         return found
+
+    async def cancel(self, task_id: str) -> TaskOutcome:
+        """Cancel a queued task: it ends in error "Task was cancelled." and never runs.
+
+        Cancelling a cancelled task answers the same again. A running or finished task raises
+        TaskConflictError (a circuit already on the simulator is not interrupted).
+        """
+        task = await self._store.cancel(task_id, MSG_CANCELLED)
+        if task is None:
+            raise TaskNotFoundError(task_id)
+        if task.status is Status.FAILED and task.error == MSG_CANCELLED:
+            log.info("task_cancelled", task_id=task_id)
+            return TaskOutcome(task.id, task.status, task.result, task.error)
+        if task.status is Status.RUNNING:
+            raise TaskConflictError("The task is running; it can no longer be cancelled.")
+        raise TaskConflictError(f"The task already ended ({task.status.value}).")
 
     async def read_many(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
         """What a client may see of the tasks among `task_ids` that exist (others left out)."""

@@ -56,6 +56,17 @@ class InMemoryTaskStore:
         """Return the task or None."""
         return self.tasks.get(task_id)
 
+    async def cancel(self, task_id: str, message: str) -> Task | None:
+        """End a queued task in error; see the port."""
+        task = self.tasks.get(task_id)
+        if task is None or task.status is not Status.QUEUED:
+            return task
+        cancelled = replace(task, status=Status.FAILED, error=message, finished_at=time.time())
+        self.tasks[task_id] = cancelled
+        self._unpublished.pop(task_id, None)
+        self._leases.pop(task_id, None)
+        return cancelled
+
     async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
         """Status, result and error of the tasks that exist among `task_ids`, by id."""
         return {

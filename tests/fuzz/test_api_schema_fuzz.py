@@ -40,6 +40,7 @@ OPERATIONS = [
     ("POST", "/tasks/batch"),
     ("GET", "/tasks"),
     ("GET", "/tasks/{task_id}"),
+    ("DELETE", "/tasks/{task_id}"),
     ("GET", "/health"),
     ("GET", "/ready"),
 ]

@@ -11,6 +11,7 @@ from qtask_testkit import (
     BELL,
     ServerProcess,
     ghz,
+    slow_circuit,
     submit,
     wait_done,
 )
@@ -223,6 +224,26 @@ def test_size_bombs_are_refused_and_the_api_stays_up(
     assert needle in response.json()["message"]
     assert client.get("/health", timeout=5).status_code == 200
     assert server.task_count() == before
+
+
+def test_a_cancelled_task_never_runs(client: httpx.Client, server: Deployment) -> None:
+    # Occupy both workers, queue Bell tasks behind them, cancel every other one.
+    blockers = [submit(client, slow_circuit(20, 30)) for _ in range(2)]
+    queued = [submit(client, BELL) for _ in range(6)]
+    cancelled, kept = queued[::2], queued[1::2]
+    for task_id in cancelled:
+        response = client.delete(f"/tasks/{task_id}")
+        if response.status_code == 409:  # a worker took it first: it runs to the end
+            kept.append(task_id)
+            continue
+        assert response.status_code == 200
+        assert response.json() == {"status": "error", "message": "Task was cancelled."}
+    for task_id in blockers + kept:
+        assert wait_done(client, task_id)["status"] == "completed"
+    for task_id in set(cancelled) - set(kept):
+        body = client.get(f"/tasks/{task_id}").json()
+        assert body == {"status": "error", "message": "Task was cancelled."}
+    assert client.delete(f"/tasks/{kept[0]}").status_code == 409
 
 
 def test_health_ready_and_docs(client: httpx.Client) -> None:

@@ -254,3 +254,47 @@ async def test_unpublished_lists_queued_tasks_until_published(tracking_store: Ta
     await store.complete(old[1].id, {})
     await store.start(old[2].id, 1, "w")
     assert await store.unpublished(100.0, 10) == []
+
+
+# --- cancel ----------------------------------------------------------------------------------
+
+
+async def test_cancel_ends_a_queued_task_in_error(store: TaskStore) -> None:
+    task = await store.create(make_task())
+    cancelled = await store.cancel(task.id, "Task was cancelled.")
+    assert cancelled is not None
+    assert cancelled.status is Status.FAILED
+    assert cancelled.error == "Task was cancelled."
+    assert cancelled.finished_at is not None
+    assert await store.get(task.id) == cancelled
+    assert await store.outcomes([task.id]) == {
+        task.id: TaskOutcome(task.id, Status.FAILED, error="Task was cancelled.")
+    }
+    assert await store.cancel(task.id, "again") == cancelled  # the first outcome stays
+
+
+async def test_cancel_leaves_running_and_ended_tasks_alone(store: TaskStore) -> None:
+    running = await store.start((await store.create(make_task())).id, 1, "w")
+    done = await store.complete((await store.create(make_task())).id, {"0": 1})
+    assert running is not None
+    assert await store.cancel(running.id, "no") == running
+    assert await store.cancel(done.id, "no") == done
+    assert await store.cancel("no-such-task", "no") is None
+
+
+async def test_a_cancelled_task_is_not_claimed(store: TaskStore) -> None:
+    if not hasattr(store, "fetch"):
+        pytest.skip("this store is not a queue (NATS delivers Redis's tasks)")
+    keep = await store.create(make_task())
+    drop = await store.create(make_task())
+    await store.cancel(drop.id, "Task was cancelled.")
+    claimed = await store.fetch(10, timeout=0.05)  # type: ignore[attr-defined]
+    assert [delivery.task.id for delivery in claimed] == [keep.id]
+
+
+async def test_a_cancelled_task_leaves_the_unpublished_ledger(tracking_store: TaskStore) -> None:
+    store = tracking_store
+    kept = await store.create(make_task(created_at=10.0))
+    dropped = await store.create(make_task(created_at=11.0))
+    await store.cancel(dropped.id, "Task was cancelled.")
+    assert await store.unpublished(100.0, 10) == [kept]

@@ -575,6 +575,45 @@ async def test_get_of_the_batch_path_is_not_a_task(client: httpx.AsyncClient) ->
     assert assert_error_body(response) == MSG_NOT_FOUND
 
 
+# --- cancelling ----------------------------------------------------------------------------
+
+
+async def test_delete_cancels_a_queued_task(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    task_id = (await submit(client, qc=BELL)).json()["task_id"]
+    cancelled = {"status": "error", "message": "Task was cancelled."}
+    response = await client.delete(f"/tasks/{task_id}")
+    assert response.status_code == 200
+    assert response.json() == cancelled
+    assert (await client.get(f"/tasks/{task_id}")).json() == cancelled
+    again = await client.delete(f"/tasks/{task_id}")
+    assert (again.status_code, again.json()) == (200, cancelled)
+    assert store.tasks[task_id].status is Status.FAILED
+
+
+async def test_delete_of_a_running_or_ended_task_is_409(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    running = (await submit(client, qc=BELL)).json()["task_id"]
+    done = (await submit(client, qc=BELL)).json()["task_id"]
+    await store.start(running, 1, "w")
+    await store.complete(done, {"00": 1})
+    first = await client.delete(f"/tasks/{running}")
+    assert first.status_code == 409
+    assert "running" in assert_error_body(first)
+    second = await client.delete(f"/tasks/{done}")
+    assert second.status_code == 409
+    assert "already ended (completed)" in assert_error_body(second)
+    assert (await client.get(f"/tasks/{done}")).json()["status"] == "completed"
+
+
+async def test_delete_of_an_unknown_task_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/tasks/no-such-task")
+    assert response.status_code == 404
+    assert assert_error_body(response) == MSG_NOT_FOUND
+
+
 # --- health and readiness ------------------------------------------------------------------
 
 

@@ -179,6 +179,23 @@ end
 return redis.call('HGETALL', KEYS[1])
 """
 
+_CANCEL_LUA = """
+-- KEYS[1] task hash, KEYS[2] counts, KEYS[3] unpublished zset. ARGV: message, now, task id.
+-- Only a queued task is cancelled; it also leaves the unpublished ledger, so the reconciler
+-- does not publish it. Returns the task as stored, or false when there is none.
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  return false
+end
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[1], 'finished_at', ARGV[2])
+  redis.call('HINCRBY', KEYS[2], 'queued', -1)
+  redis.call('HINCRBY', KEYS[2], 'failed', 1)
+  redis.call('ZREM', KEYS[3], ARGV[3])
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
 _RELEASE_LUA = """
 -- KEYS[1] task hash, KEYS[2] counts. ARGV: has reason ('1'/'0'), reason, attempts to refund.
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -223,6 +240,7 @@ class RedisTaskStore:
         self._start = self._redis.register_script(_START_LUA)
         self._finish = self._redis.register_script(_FINISH_LUA)
         self._release = self._redis.register_script(_RELEASE_LUA)
+        self._cancel = self._redis.register_script(_CANCEL_LUA)
         self._counts_key = COUNTS_KEY.format(prefix=prefix)
         self._unpublished_key = UNPUBLISHED_KEY.format(prefix=prefix)
         self._dead_key = DEAD_KEY.format(prefix=prefix)
@@ -256,6 +274,15 @@ class RedisTaskStore:
         with self._unavailable(f"read task {task_id}"):
             raw = await self._redis.hgetall(self._task_key(task_id))
         return _from_hash(_bytes_hash(raw)) if raw else None
+
+    async def cancel(self, task_id: str, message: str) -> Task | None:
+        """End a queued task in error, in one script; see the port."""
+        with self._unavailable(f"cancel task {task_id}"):
+            reply = await self._cancel(
+                keys=[self._task_key(task_id), self._counts_key, self._unpublished_key],
+                args=[message, repr(time.time()), task_id],
+            )
+        return None if reply is None else _from_hash(_pairs(reply))
 
     async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
         """Status, result and error of the tasks that exist among `task_ids`, in one pipeline."""

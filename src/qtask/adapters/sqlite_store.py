@@ -110,6 +110,22 @@ class SQLiteTaskStore:
         )
         return None if row is None else _from_row(row)
 
+    async def cancel(self, task_id: str, message: str) -> Task | None:
+        """End a queued task in error; see the port. Claims take only queued rows, so a
+        cancelled task is never claimed."""
+
+        def end(conn: sqlite3.Connection) -> Task | None:
+            row = conn.execute(
+                "UPDATE tasks SET status = 'failed', error = ?, finished_at = ?"
+                " WHERE id = ? AND status = 'queued' RETURNING *",
+                (message, time.time(), task_id),
+            ).fetchone()
+            if row is None:
+                row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            return None if row is None else _from_row(row)
+
+        return await self._db.write(end)
+
     async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
         """Status, result and error of the tasks that exist among `task_ids`, by id."""
         unique = list(dict.fromkeys(task_ids))

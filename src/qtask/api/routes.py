@@ -173,6 +173,21 @@ async def get_task(task_id: str, service: ServiceDep) -> Response:
     return _json(task_body(await service.read(task_id)))
 
 
+@router.delete(
+    "/tasks/{task_id}",
+    response_model=MessageResponse,
+    responses={
+        404: {"model": MessageResponse, "description": "No such task."},
+        409: {"model": MessageResponse, "description": "The task is running or already ended."},
+    },
+    summary="Cancel a queued task",
+)
+async def cancel_task(task_id: str, service: ServiceDep) -> Response:
+    """A queued task ends without running and reads `{"status": "error", "message": "Task was
+    cancelled."}` from then on; this answers that body. Running or ended tasks: 409."""
+    return _json(task_body(await service.cancel(task_id)))
+
+
 @router.get("/health", response_model=HealthResponse, summary="Liveness")
 async def health() -> Response:
     """The process is up and serving HTTP."""

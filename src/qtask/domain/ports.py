@@ -27,6 +27,15 @@ class TaskStore(Protocol):
         """Return the task, or None when there is no such task."""
         ...
 
+    async def cancel(self, task_id: str, message: str) -> Task | None:
+        """End a queued task in error with `message`, so no worker runs it.
+
+        Returns the task as stored: failed with `message` when it was queued, unchanged when it
+        was running or had ended; None when there is no such task. A queued task's message may
+        still be in the queue; the worker that receives it finds it ended and drops it.
+        """
+        ...
+
     async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
         """Status, result and error of the tasks that exist among `task_ids`, in one round trip."""
         ...

@@ -8,6 +8,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import structlog
+import structlog.testing
 from fastapi import FastAPI
 
 from qtask.api.app import create_app
@@ -612,6 +614,33 @@ async def test_delete_of_an_unknown_task_is_404(client: httpx.AsyncClient) -> No
     response = await client.delete("/tasks/no-such-task")
     assert response.status_code == 404
     assert assert_error_body(response) == MSG_NOT_FOUND
+
+
+# --- request ids and the request log line ----------------------------------------------------
+
+
+async def test_every_answer_has_a_request_id_and_one_log_line(client: httpx.AsyncClient) -> None:
+    with structlog.testing.capture_logs() as logs:
+        submitted = await submit(client, qc=BELL)
+        missing = await client.get("/tasks/nope")
+    ids = [submitted.headers["x-request-id"], missing.headers["x-request-id"]]
+    assert len(set(ids)) == 2
+    lines = [line for line in logs if line["event"] == "http_request"]
+    assert [(line["method"], line["path"], line["status"]) for line in lines] == [
+        ("POST", "/tasks", 202),
+        ("GET", "/tasks/nope", 404),
+    ]
+    assert [line["request_id"] for line in lines] == ids
+    assert all(line["duration_ms"] >= 0 for line in lines)
+    assert BELL not in repr(logs)  # circuits never reach the logs
+
+
+@pytest.mark.parametrize(("sent", "kept"), [("abc-123.x", True), ("bad id\twith space", False)])
+async def test_a_callers_request_id_is_kept_when_sane(
+    client: httpx.AsyncClient, sent: str, kept: bool
+) -> None:
+    response = await client.get("/health", headers={"X-Request-ID": sent})
+    assert (response.headers["x-request-id"] == sent) is kept
 
 
 # --- health and readiness ------------------------------------------------------------------

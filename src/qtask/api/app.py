@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from qtask import __version__
 from qtask.api import errors
+from qtask.api.middleware import RequestLogMiddleware
 from qtask.api.routes import ReadyCheck, router
 from qtask.service import TaskService
 
@@ -33,5 +34,6 @@ def create_app(
     app.state.max_batch_body_bytes = max_batch_body_bytes or max_body_bytes
     app.state.ready_checks = ready_checks or {}
     errors.install(app)
+    app.add_middleware(RequestLogMiddleware)
     app.include_router(router)
     return app

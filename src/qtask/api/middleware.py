@@ -1,0 +1,66 @@
+"""Request ids, and one canonical log line per HTTP request.
+
+Every request gets an id: the caller's `X-Request-ID` when it is a sane token, a new one
+otherwise. It is bound to the log context while the request is handled, so every line the
+request causes (a deferred publish, a cancelled task, an error) carries it, and it is sent back
+in the `X-Request-ID` header. When the request ends, one `http_request` line records method,
+path, status and duration. Query strings and bodies are never logged: circuits stay out of logs.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from qtask.logs import get_logger
+
+log = get_logger("http")
+
+_SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_HEADER = b"x-request-id"
+
+
+class RequestLogMiddleware:
+    """Pure ASGI (no per-request task or body buffering, unlike Starlette's BaseHTTPMiddleware)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_id(scope) or uuid.uuid4().hex
+        status = 500  # stays so if the application fails before it answers
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (_HEADER, request_id.encode())]
+            await send(message)
+
+        try:
+            with structlog.contextvars.bound_contextvars(request_id=request_id):
+                await self.app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "http_request",
+                request_id=request_id,
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=round(1000 * (time.perf_counter() - started), 3),
+            )
+
+
+def _incoming_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == _HEADER:
+            return value.decode("ascii") if _SANE_ID.fullmatch(value) else None
+    return None

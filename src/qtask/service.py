@@ -8,6 +8,7 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from qtask import metrics
 from qtask.adapters.objects import circuit_key, result_key
 from qtask.circuits.ingest import IngestedCircuit, Limits, NeedsSlowPathError, ingest
 from qtask.circuits.parse_child import ParseReply
@@ -114,6 +115,7 @@ class TaskService:
         task = await self._prepare(submission, idempotency_key)
         stored = await self._store.create(task)
         if stored.id == task.id:
+            metrics.TASKS_SUBMITTED.inc()
             await self._publish([stored])
         return stored
 
@@ -145,6 +147,7 @@ class TaskService:
         stored = await self._store.create_many(tasks)
         new = [kept for kept, task in zip(stored, tasks, strict=True) if kept.id == task.id]
         if new:
+            metrics.TASKS_SUBMITTED.inc(len(new))
             await self._publish(new)
         return stored
 
@@ -173,10 +176,15 @@ class TaskService:
             raise TaskNotFoundError(task_id)
         if task.status is Status.FAILED and task.error == MSG_CANCELLED:
             log.info("task_cancelled", task_id=task_id)
+            metrics.TASKS_CANCELLED.inc()
             return TaskOutcome(task.id, task.status, task.result, task.error)
         if task.status is Status.RUNNING:
             raise TaskConflictError("The task is running; it can no longer be cancelled.")
         raise TaskConflictError(f"The task already ended ({task.status.value}).")
+
+    async def active_counts(self) -> dict[str, int]:
+        """How many tasks are queued and running."""
+        return await self._store.active_counts()
 
     async def read_many(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
         """What a client may see of the tasks among `task_ids` that exist (others left out)."""

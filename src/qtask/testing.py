@@ -67,6 +67,11 @@ class InMemoryTaskStore:
         self._leases.pop(task_id, None)
         return cancelled
 
+    async def active_counts(self) -> dict[str, int]:
+        """How many tasks are queued and running."""
+        statuses = [task.status for task in self.tasks.values()]
+        return {"queued": statuses.count(Status.QUEUED), "running": statuses.count(Status.RUNNING)}
+
     async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
         """Status, result and error of the tasks that exist among `task_ids`, by id."""
         return {

@@ -246,6 +246,22 @@ def test_a_cancelled_task_never_runs(client: httpx.Client, server: Deployment) -
     assert client.delete(f"/tasks/{kept[0]}").status_code == 409
 
 
+def test_metrics_of_a_finished_task(client: httpx.Client, server: Deployment) -> None:
+    wait_done(client, submit(client, BELL))
+    exposition = [client.get("/metrics").text]
+    if isinstance(server, DistributedDeployment):  # the workers count their own runs
+        for worker in server.workers:
+            port = worker.env["QTASK_WORKER__HEALTH_PORT"]
+            answer = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+            assert answer.status_code == 200
+            exposition.append(answer.text)
+    text = "\n".join(exposition)
+    assert 'qtask_tasks_finished_total{outcome="completed",reason=""}' in text
+    assert "qtask_task_run_seconds_count" in text
+    assert 'qtask_tasks{status="queued"}' in exposition[0]
+    assert "qtask_http_requests_total" in exposition[0]
+
+
 def test_health_ready_and_docs(client: httpx.Client) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")

@@ -643,6 +643,45 @@ async def test_a_callers_request_id_is_kept_when_sane(
     assert (response.headers["x-request-id"] == sent) is kept
 
 
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def _sample(text: str, name: str, labels: str = "") -> float:
+    """The value of one sample in Prometheus text (0 when absent)."""
+    prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return 0.0
+
+
+async def test_metrics_count_submissions_queue_and_requests(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    before = (await client.get("/metrics")).text
+    await submit(client, qc=BELL)
+    await client.post("/tasks/batch", json={"tasks": [{"qc": BELL}] * 3})
+    task_id = (await submit(client, qc=BELL)).json()["task_id"]
+    await client.get(f"/tasks/{task_id}")
+    await client.delete(f"/tasks/{task_id}")
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    after = response.text
+    submitted = "qtask_tasks_submitted_total"
+    assert _sample(after, submitted) - _sample(before, submitted) == 5
+    assert (
+        _sample(after, "qtask_tasks_cancelled_total")
+        - _sample(before, "qtask_tasks_cancelled_total")
+        == 1
+    )
+    assert _sample(after, "qtask_tasks", 'status="queued"') == 4
+    assert _sample(after, "qtask_tasks", 'status="running"') == 0
+    read = 'method="GET",route="/tasks/{task_id}",status="200"'
+    assert _sample(after, "qtask_http_requests_total", read) >= 1
+    assert task_id not in after  # labels are route templates, never ids
+
+
 # --- health and readiness ------------------------------------------------------------------
 
 

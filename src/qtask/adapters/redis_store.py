@@ -400,6 +400,12 @@ class RedisTaskStore:
 
     # --- extras ----------------------------------------------------------------------------
 
+    async def active_counts(self) -> dict[str, int]:
+        """How many tasks are queued and running (the counters every script keeps)."""
+        with self._unavailable("count tasks"):
+            queued, running = await self._redis.hmget(self._counts_key, "queued", "running")
+        return {"queued": int(queued or 0), "running": int(running or 0)}
+
     async def counts(self) -> dict[str, int]:
         """Return the number of tasks in each status (statuses with none are left out)."""
         with self._unavailable("count tasks"):

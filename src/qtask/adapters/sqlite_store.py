@@ -278,6 +278,16 @@ class SQLiteTaskStore:
         self._wakeup.set()
         return count
 
+    async def active_counts(self) -> dict[str, int]:
+        """How many tasks are queued and running (from the index of unfinished tasks)."""
+        rows = self._db.read(
+            lambda conn: conn.execute(
+                "SELECT status, count(*) FROM tasks WHERE status IN ('queued', 'running')"
+                " GROUP BY status"
+            ).fetchall()
+        )
+        return {"queued": 0, "running": 0} | {row[0]: row[1] for row in rows}
+
     async def counts(self) -> dict[str, int]:
         """Return the number of tasks in each status."""
         rows = self._db.read(

@@ -4,7 +4,8 @@ Every request gets an id: the caller's `X-Request-ID` when it is a sane token, a
 otherwise. It is bound to the log context while the request is handled, so every line the
 request causes (a deferred publish, a cancelled task, an error) carries it, and it is sent back
 in the `X-Request-ID` header. When the request ends, one `http_request` line records method,
-path, status and duration. Query strings and bodies are never logged: circuits stay out of logs.
+path, status and duration, and the request counts in the Prometheus metrics (by route
+template, never by path). Query strings and bodies are never logged: circuits stay out of logs.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import uuid
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from qtask import metrics
 from qtask.logs import get_logger
 
 log = get_logger("http")
 
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _HEADER = b"x-request-id"
+# Label values must be a fixed set: any other method a client sends counts as "other".
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class RequestLogMiddleware:
@@ -49,13 +53,18 @@ class RequestLogMiddleware:
             with structlog.contextvars.bound_contextvars(request_id=request_id):
                 await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            route = getattr(scope.get("route"), "path", "unmatched")  # a template, not the path
+            metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            metrics.HTTP_SECONDS.labels(method, route).observe(elapsed)
             log.info(
                 "http_request",
                 request_id=request_id,
                 method=scope["method"],
                 path=scope["path"],
                 status=status,
-                duration_ms=round(1000 * (time.perf_counter() - started), 3),
+                duration_ms=round(1000 * elapsed, 3),
             )
 
 

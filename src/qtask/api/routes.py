@@ -9,6 +9,7 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import ValidationError
 
+from qtask import metrics
 from qtask.api.errors import describe_validation
 from qtask.api.schemas import (
     BatchSubmitRequest,
@@ -28,7 +29,7 @@ from qtask.constants import (
     MSG_SUBMITTED,
 )
 from qtask.domain.task import Status, Task, TaskOutcome
-from qtask.errors import InvalidRequestError, PayloadTooLargeError
+from qtask.errors import InvalidRequestError, PayloadTooLargeError, QTaskError
 from qtask.service import Submission, TaskService
 
 ReadyCheck = Callable[[], Awaitable[str]]
@@ -186,6 +187,18 @@ async def cancel_task(task_id: str, service: ServiceDep) -> Response:
     """A queued task ends without running and reads `{"status": "error", "message": "Task was
     cancelled."}` from then on; this answers that body. Running or ended tasks: 409."""
     return _json(task_body(await service.cancel(task_id)))
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(service: ServiceDep) -> Response:
+    """Prometheus exposition: this process's counters and histograms, and the store's queued
+    and running counts (left out when the store cannot be read)."""
+    try:
+        active: dict[str, int] | None = await service.active_counts()
+    except QTaskError:
+        active = None
+    payload, content_type = metrics.render(active)
+    return Response(payload, media_type=content_type)
 
 
 @router.get("/health", response_model=HealthResponse, summary="Liveness")

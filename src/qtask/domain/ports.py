@@ -36,6 +36,10 @@ class TaskStore(Protocol):
         """
         ...
 
+    async def active_counts(self) -> dict[str, int]:
+        """How many tasks are queued and running (keys "queued", "running"); cheap to call."""
+        ...
+
     async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
         """Status, result and error of the tasks that exist among `task_ids`, in one round trip."""
         ...

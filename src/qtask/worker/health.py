@@ -1,7 +1,7 @@
-"""A minimal HTTP listener for processes without the API: GET /health and GET /ready.
+"""A minimal HTTP listener for processes without the API: /health, /ready and /metrics.
 
 Compose healthchecks and orchestrators probe `qtask worker` and `qtask poller` through it.
-It answers these two paths only, reads at most one request line and headers per connection,
+It answers these three paths only, reads at most one request line and headers per connection,
 and closes every connection after answering.
 """
 
@@ -12,6 +12,8 @@ import contextlib
 from collections.abc import Awaitable, Callable
 
 import orjson
+
+from qtask import metrics
 
 Check = Callable[[], Awaitable[str]]
 
@@ -28,7 +30,12 @@ async def serve_health(host: str, port: int, checks: dict[str, Check]) -> asynci
             parts = line.decode("latin-1").split()
             path = parts[1] if len(parts) >= 2 else ""
             body: dict[str, object]
-            if path == "/health":
+            content_type = "application/json"
+            payload: bytes | None = None
+            if path == "/metrics":
+                status, body = 200, {}
+                payload, content_type = metrics.render()
+            elif path == "/health":
                 status, body = 200, {"status": "ok"}
             elif path == "/ready":
                 results: dict[str, str] = {}
@@ -43,10 +50,11 @@ async def serve_health(host: str, port: int, checks: dict[str, Check]) -> asynci
                 body = {"status": "ready" if healthy else "unavailable", "checks": results}
             else:
                 status, body = 404, {"status": "error", "message": "Not found."}
-            payload = orjson.dumps(body)
+            if payload is None:
+                payload = orjson.dumps(body)
             reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
             writer.write(
-                f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
                 + payload
             )

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import orjson
 import structlog
 
+from qtask import metrics
 from qtask.config import WorkerSettings
 from qtask.constants import BATCH_MAX_OPERATIONS, BATCH_MAX_QUBITS, LEASE_SECONDS
 from qtask.domain.ports import Delivery, ObjectStore, TaskQueue, TaskStore
@@ -161,6 +162,7 @@ class Worker:
                     delivery,
                     f"The task was given up after {self._settings.max_attempts} attempts; "
                     f"the last one failed because {reason}.",
+                    reason="attempts",
                     dead_letter=True,
                 )
                 continue
@@ -186,7 +188,9 @@ class Worker:
             if len(batch) == 1:
                 limit = self._settings.task_timeout_s
                 await self._fail(
-                    batch[0], f"The task ran longer than the limit of {limit:g} s and was stopped."
+                    batch[0],
+                    f"The task ran longer than the limit of {limit:g} s and was stopped.",
+                    reason="timeout",
                 )
             else:
                 for delivery in batch:
@@ -234,19 +238,25 @@ class Worker:
                     await self._store.complete(task.id, outcome.counts)
                     await self._settle(delivery)
                     self.completed += 1
+                    metrics.TASKS_FINISHED.labels("completed", "").inc()
                     _canonical(task, "completed", outcome.seconds, elapsed, batch_size)
                 else:
-                    await self._fail(delivery, outcome.error or "The run failed.")
+                    await self._fail(
+                        delivery, outcome.error or "The run failed.", reason="run_error"
+                    )
                     _canonical(task, "failed", outcome.seconds, elapsed, batch_size)
             except Exception:
                 # Not stored, so not acknowledged: the lease lapses and the task runs again.
                 log.exception("record_failed")
                 self._held.pop(task.id, None)
 
-    async def _fail(self, delivery: Delivery, message: str, *, dead_letter: bool = False) -> None:
+    async def _fail(
+        self, delivery: Delivery, message: str, *, reason: str, dead_letter: bool = False
+    ) -> None:
         await self._store.fail(delivery.task.id, message, dead_letter=dead_letter)
         await self._settle(delivery)
         self.failed += 1
+        metrics.TASKS_FINISHED.labels("failed", reason).inc()
         log.info("task_failed", task_id=delivery.task.id, reason=message)
 
     async def _release(self, delivery: Delivery, reason: str | None, *, penalize: bool) -> None:
@@ -254,6 +264,7 @@ class Worker:
             await self._store.release(delivery.task.id, reason, penalize=penalize)
             await delivery.nak()
             self.retried += 1
+            metrics.TASKS_REDELIVERED.inc()
         except Exception:
             log.exception("release_failed", task_id=delivery.task.id)
         finally:
@@ -327,13 +338,16 @@ class _Slots:
 
 
 def _canonical(task: Task, outcome: str, run_s: float, batch_s: float, batch_size: int) -> None:
+    queue_wait_s = (task.started_at or task.created_at) - task.created_at
+    metrics.QUEUE_WAIT_SECONDS.observe(max(queue_wait_s, 0.0))
+    metrics.RUN_SECONDS.observe(run_s)
     log.info(
         "task_finished",
         outcome=outcome,
         qubits=task.info.num_qubits,
         shots=task.shots,
         attempts=task.attempts,
-        queue_wait_s=round((task.started_at or task.created_at) - task.created_at, 6),
+        queue_wait_s=round(queue_wait_s, 6),
         run_s=round(run_s, 6),
         batch_s=round(batch_s, 6),
         batch_size=batch_size,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from qtask import metrics
 from qtask.api.errors import describe_validation
@@ -33,6 +33,7 @@ from qtask.errors import InvalidRequestError, PayloadTooLargeError, QTaskError
 from qtask.service import Submission, TaskService
 
 ReadyCheck = Callable[[], Awaitable[str]]
+_Model = TypeVar("_Model", bound=BaseModel)
 
 router = APIRouter()
 
@@ -56,6 +57,19 @@ _ERROR_BODY: dict[int | str, dict[str, Any]] = {
 }
 
 
+IdempotencyKey = Annotated[str | None, Header(max_length=255)]
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads `model` itself with _read_model."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
 def _json(
     content: object, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
@@ -67,25 +81,16 @@ def _json(
     status_code=202,
     response_model=SubmitResponse,
     responses=_ERROR_BODY,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": SubmitRequest.model_json_schema()}},
-        }
-    },
+    openapi_extra=_json_body(SubmitRequest),
     summary="Submit a circuit",
 )
 async def submit_task(
     request: Request,
     service: ServiceDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Store the circuit durably and queue it; answer with the task's id at once."""
-    payload = await _read_json(request, request.app.state.max_body_bytes)
-    try:
-        body = SubmitRequest.model_validate(payload)
-    except ValidationError as exc:
-        raise _UnprocessableError(describe_validation(exc.errors())) from None
+    body = await _read_model(request, SubmitRequest, request.app.state.max_body_bytes)
     task = await service.submit(Submission(body.qc, body.shots, body.seed), idempotency_key)
     return _json(
         {"task_id": task.id, "message": MSG_SUBMITTED},
@@ -99,18 +104,13 @@ async def submit_task(
     status_code=202,
     response_model=BatchSubmitResponse,
     responses=_ERROR_BODY,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": BatchSubmitRequest.model_json_schema()}},
-        }
-    },
+    openapi_extra=_json_body(BatchSubmitRequest),
     summary="Submit several circuits",
 )
 async def submit_batch(
     request: Request,
     service: ServiceDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Store every circuit, or none if any is invalid; answer with one id per circuit, in order.
 
@@ -118,11 +118,7 @@ async def submit_batch(
     the message names it (`tasks[3]: ...`). With an Idempotency-Key, a retried batch returns
     the ids the first attempt created.
     """
-    payload = await _read_json(request, request.app.state.max_batch_body_bytes)
-    try:
-        body = BatchSubmitRequest.model_validate(payload)
-    except ValidationError as exc:
-        raise _UnprocessableError(describe_validation(exc.errors())) from None
+    body = await _read_model(request, BatchSubmitRequest, request.app.state.max_batch_body_bytes)
     tasks = await service.submit_many(
         [Submission(item.qc, item.shots, item.seed) for item in body.tasks], idempotency_key
     )
@@ -241,6 +237,19 @@ def task_body(task: Task | TaskOutcome) -> dict[str, object]:
 
 class _UnprocessableError(InvalidRequestError):
     status_code = 422
+
+
+async def _read_model(request: Request, model: type[_Model], limit: int) -> _Model:
+    """The body as `model`: at most `limit` bytes, JSON, and valid, or a 4xx saying why.
+
+    Routes read bodies themselves (not as FastAPI parameters) so the size limit holds while the
+    body streams in, and so every error has the contract's shape.
+    """
+    payload = await _read_json(request, limit)
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise _UnprocessableError(describe_validation(exc.errors())) from None
 
 
 async def _read_json(request: Request, limit: int) -> object:

@@ -21,8 +21,9 @@ import json
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -235,22 +236,24 @@ def _json_or_text(payload: bytes) -> Any:
         return payload.decode(errors="replace")
 
 
-async def _submit(
-    transport: Transport, source: str, result: LoadResult, deadline: float
-) -> tuple[str, float] | None:
-    started = time.perf_counter()  # a retried submission counts from its first attempt
+async def _post(
+    post: Callable[[], Awaitable[tuple[int, Any]]], label: str, result: LoadResult, deadline: float
+) -> tuple[Any, float] | None:
+    """POST until answered 202 (pausing after each failure) or the deadline; return the body
+    and when the first attempt started, which a retried submission's latency counts from."""
+    started = time.perf_counter()
     if result.first_submit is None:
         result.first_submit = started
     while time.monotonic() < deadline:
         try:
-            status, body = await transport.post_task(source)
+            status, body = await post()
         except TRANSPORT_ERRORS as exc:
-            result.note_error(f"POST {type(exc).__name__}: {exc}")
+            result.note_error(f"{label} {type(exc).__name__}: {exc}")
             await asyncio.sleep(RETRY_PAUSE_S)
             continue
         if status == 202:
-            return str(body["task_id"]), started
-        result.note_error(f"POST {status}: {body}")
+            return body, started
+        result.note_error(f"{label} {status}: {body}")
         await asyncio.sleep(RETRY_PAUSE_S)
     return None
 
@@ -263,10 +266,10 @@ async def _client(
     deadline: float,
 ) -> None:
     for source in sources:
-        submitted = await _submit(transport, source, result, deadline)
+        submitted = await _post(partial(transport.post_task, source), "POST", result, deadline)
         if submitted is None:
             return
-        task_id, started = submitted
+        task_id, started = str(submitted[0]["task_id"]), submitted[1]
         while True:
             if time.monotonic() >= deadline:
                 result.outstanding.append(task_id)
@@ -284,26 +287,6 @@ async def _client(
                 _record_done(result, body, started)
                 break
             await asyncio.sleep(poll_interval)
-
-
-async def _submit_batch(
-    transport: Transport, sources: list[str], result: LoadResult, deadline: float
-) -> tuple[list[str], float] | None:
-    started = time.perf_counter()
-    if result.first_submit is None:
-        result.first_submit = started
-    while time.monotonic() < deadline:
-        try:
-            status, body = await transport.post_batch(sources)
-        except TRANSPORT_ERRORS as exc:
-            result.note_error(f"POST batch {type(exc).__name__}: {exc}")
-            await asyncio.sleep(RETRY_PAUSE_S)
-            continue
-        if status == 202:
-            return [str(task_id) for task_id in body["task_ids"]], started
-        result.note_error(f"POST batch {status}: {body}")
-        await asyncio.sleep(RETRY_PAUSE_S)
-    return None
 
 
 def _record_done(result: LoadResult, body: dict[str, Any], started: float) -> None:
@@ -328,10 +311,10 @@ async def _batch_client(
 ) -> None:
     """Submit `batch` circuits in one POST /tasks/batch; poll them with GET /tasks?ids=."""
     while chunk := list(itertools.islice(sources, batch)):
-        submitted = await _submit_batch(transport, chunk, result, deadline)
+        submitted = await _post(lambda: transport.post_batch(chunk), "POST batch", result, deadline)
         if submitted is None:
             return
-        pending, started = submitted
+        pending, started = [str(task_id) for task_id in submitted[0]["task_ids"]], submitted[1]
         while pending:
             if time.monotonic() >= deadline:
                 result.outstanding += pending

@@ -64,16 +64,15 @@ def worker_trials(trials: int, root: Path) -> tuple[list[float], list[float]]:
                 started = time.perf_counter()
                 worker = deployment.add_worker()
                 health = f"http://127.0.0.1:{worker.env['QTASK_WORKER__HEALTH_PORT']}/ready"
-                done_at = [0.0]
 
                 def task_done(task_id: str = task_id) -> bool:
                     body = client.get(f"/tasks/{task_id}").json()
                     return bool(body["status"] != "pending")
 
                 ready_at = _poll(lambda url=health: httpx.get(url, timeout=1).status_code == 200)
-                done_at[0] = _poll(task_done)
+                done_at = _poll(task_done)
                 ready.append(ready_at - started)
-                first.append(done_at[0] - started)
+                first.append(done_at - started)
                 worker.terminate()
                 deployment.workers.remove(worker)
     finally:

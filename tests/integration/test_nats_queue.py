@@ -16,25 +16,14 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from qtask.adapters.nats_queue import NatsDelivery, NatsTaskQueue
-from qtask.circuits.ingest import Limits, ingest
 from qtask.domain.ports import Delivery
 from qtask.domain.task import Status, Task, new_task_id
 from qtask.errors import ConfigError, QueueUnavailableError
 from qtask.testing import InMemoryTaskStore
-from qtask_testkit import free_port
+from qtask_testkit import BELL, BELL_INFO, free_port
 from servers import NatsServer
 
-BELL = (
-    'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\n'
-    "h q[0];\ncx q[0], q[1];\nc = measure q;\n"
-)
-LIMITS = Limits(
-    max_circuit_bytes=1 << 20,
-    max_qubits=100,
-    max_operations=100_000,
-    max_statevector_bytes=1 << 30,
-)
-INFO = ingest(BELL, LIMITS).info
+INFO = BELL_INFO
 STREAM = "QTASK"
 SUBJECT = "qtask.tasks"
 

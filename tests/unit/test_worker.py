@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import pytest
 
-from qtask.circuits.ingest import Limits, ingest
 from qtask.config import WorkerSettings
 from qtask.domain.ports import Delivery
 from qtask.domain.task import CircuitInfo, Status, Task, new_task_id
@@ -17,18 +16,9 @@ from qtask.execution.items import RunItem, RunOutcome
 from qtask.testing import InMemoryDelivery, InMemoryTaskStore
 from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildTimeoutError
 from qtask.worker.runner import Worker, _plan
+from qtask_testkit import BELL, BELL_INFO
 
-BELL = (
-    'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\n'
-    "h q[0];\ncx q[0], q[1];\nc = measure q;\n"
-)
-LIMITS = Limits(
-    max_circuit_bytes=1 << 20,
-    max_qubits=100,
-    max_operations=100_000,
-    max_statevector_bytes=1 << 30,
-)
-INFO = ingest(BELL, LIMITS).info
+INFO = BELL_INFO
 # Too wide to share a batch (more than BATCH_MAX_QUBITS).
 BIG_INFO = replace(INFO, num_qubits=20, num_clbits=20)
 CRASH = "the worker process died (killed by signal SIGKILL)"

@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from qtask.adapters.redis_store import RedisTaskStore
-from qtask.domain.task import CircuitInfo, Encoding, Status, Task, new_task_id
+from qtask.domain.task import Status, Task, new_task_id
 from qtask.errors import StoreUnavailableError, TaskNotFoundError
 from qtask_testkit import BELL_INFO, make_task
 from servers import RedisServer
@@ -34,59 +34,6 @@ async def stored(store: RedisTaskStore, task_id: str) -> Task:
 
 
 # --- create and get --------------------------------------------------------------------------
-
-
-async def test_create_get_roundtrip_of_every_field(store: RedisTaskStore) -> None:
-    info = CircuitInfo(
-        encoding=Encoding.QPY,
-        num_qubits=5,
-        num_clbits=3,
-        num_operations=17,
-        clifford=False,
-        needs_transpile=True,
-        measured=False,
-    )
-    task = Task(
-        id=new_task_id(),
-        source="OPENQASM 3.0;\n// ünïcödé ✓\nqubit q;\n",
-        info=info,
-        shots=4096,
-        seed=2**63 - 1,
-        program=bytes(range(256)) + b"\x00\xff",
-        status=Status.QUEUED,
-        attempts=0,
-        result=None,
-        error=None,
-        last_error="an earlier problem",
-        created_at=1_700_000_000.123456,
-        started_at=None,
-        finished_at=None,
-        idempotency_key="key-1",
-    )
-    assert await store.create(task) == task
-    assert await store.get(task.id) == task
-
-
-async def test_roundtrip_of_finished_records_and_empty_values(store: RedisTaskStore) -> None:
-    completed = make_task(
-        status=Status.COMPLETED,
-        attempts=2,
-        result={"00": 51, "11": 49},
-        started_at=1.5,
-        finished_at=2.25,
-        seed=0,
-        program=b"",
-        source="",
-    )
-    failed = make_task(status=Status.FAILED, error="The simulator failed: x", attempts=3)
-    no_seed = make_task(seed=None, program=None, result={})
-    for task in (completed, failed, no_seed):
-        await store.create(task)
-        assert await store.get(task.id) == task
-
-
-async def test_get_unknown_is_none(store: RedisTaskStore) -> None:
-    assert await store.get("no-such-task") is None
 
 
 async def test_create_many(store: RedisTaskStore) -> None:

@@ -15,7 +15,7 @@ import pytest
 from qtask.adapters.redis_store import RedisTaskStore
 from qtask.adapters.sqlite_store import SQLiteTaskStore
 from qtask.domain.ports import TaskStore
-from qtask.domain.task import Status, Task, TaskOutcome
+from qtask.domain.task import CircuitInfo, Encoding, Status, Task, TaskOutcome, new_task_id
 from qtask.errors import TaskNotFoundError
 from qtask.testing import InMemoryTaskStore
 from qtask_testkit import make_task
@@ -74,6 +74,55 @@ async def test_create_then_get_returns_the_task(store: TaskStore) -> None:
     assert await store.create(task) == task
     assert await store.get(task.id) == task
     assert await store.get("no-such-task") is None
+
+
+async def test_create_get_roundtrip_of_every_field(store: TaskStore) -> None:
+    info = CircuitInfo(
+        encoding=Encoding.QPY,
+        num_qubits=5,
+        num_clbits=3,
+        num_operations=17,
+        clifford=False,
+        needs_transpile=True,
+        measured=False,
+    )
+    task = Task(
+        id=new_task_id(),
+        source="OPENQASM 3.0;\n// ünïcödé ✓\nqubit q;\n",
+        info=info,
+        shots=4096,
+        seed=2**63 - 1,
+        program=bytes(range(256)) + b"\x00\xff",
+        status=Status.QUEUED,
+        attempts=0,
+        result=None,
+        error=None,
+        last_error="an earlier problem",
+        created_at=1_700_000_000.123456,
+        started_at=None,
+        finished_at=None,
+        idempotency_key="key-1",
+    )
+    assert await store.create(task) == task
+    assert await store.get(task.id) == task
+
+
+async def test_roundtrip_of_finished_records_and_empty_values(store: TaskStore) -> None:
+    completed = make_task(
+        status=Status.COMPLETED,
+        attempts=2,
+        result={"00": 51, "11": 49},
+        started_at=1.5,
+        finished_at=2.25,
+        seed=0,
+        program=b"",
+        source="",
+    )
+    failed = make_task(status=Status.FAILED, error="The simulator failed: x", attempts=3)
+    no_seed = make_task(seed=None, program=None, result={})
+    for task in (completed, failed, no_seed):
+        await store.create(task)
+        assert await store.get(task.id) == task
 
 
 async def test_create_many_stores_every_task(store: TaskStore) -> None:

@@ -113,11 +113,7 @@ class TaskService:
     async def submit(self, submission: Submission, idempotency_key: str | None = None) -> Task:
         """Validate and durably store a task, then hand it to the workers."""
         task = await self._prepare(submission, idempotency_key)
-        stored = await self._store.create(task)
-        if stored.id == task.id:
-            metrics.TASKS_SUBMITTED.inc()
-            await self._publish([stored])
-        return stored
+        return (await self._store_and_publish([task]))[0]
 
     async def submit_many(
         self, submissions: Sequence[Submission], idempotency_key: str | None = None
@@ -144,12 +140,7 @@ class TaskService:
             if index % _YIELD_EVERY == _YIELD_EVERY - 1:
                 await asyncio.sleep(0)  # inline parses are synchronous: let others run
         tasks = await self._put_circuits(tasks, [s.source for s in submissions])
-        stored = await self._store.create_many(tasks)
-        new = [kept for kept, task in zip(stored, tasks, strict=True) if kept.id == task.id]
-        if new:
-            metrics.TASKS_SUBMITTED.inc(len(new))
-            await self._publish(new)
-        return stored
+        return await self._store_and_publish(tasks)
 
     async def get(self, task_id: str) -> Task:
         """Return the task or raise TaskNotFoundError."""
@@ -195,6 +186,16 @@ class TaskService:
                 f"At most {MAX_IDS_PER_READ} task ids may be read at once; got {len(task_ids)}."
             )
         return await self._store.outcomes(task_ids)
+
+    async def _store_and_publish(self, tasks: list[Task]) -> list[Task]:
+        """Store the tasks in one commit and publish the new ones; a task whose idempotency key
+        was already used comes back as the task stored then, and is not published again."""
+        stored = await self._store.create_many(tasks)
+        new = [kept for kept, task in zip(stored, tasks, strict=True) if kept.id == task.id]
+        if new:
+            metrics.TASKS_SUBMITTED.inc(len(new))
+            await self._publish(new)
+        return stored
 
     async def _publish(self, tasks: list[Task]) -> None:
         if os.environ.get(FAULT_EXIT_AFTER_STORE_ENV):  # chaos tests: die in the gap

@@ -57,9 +57,9 @@ class InMemoryTaskStore:
         return self.tasks.get(task_id)
 
     async def cancel(self, task_id: str, message: str) -> Task | None:
-        """End a queued task in error; see the port."""
+        """End a queued or running task in error; see the port."""
         task = self.tasks.get(task_id)
-        if task is None or task.status is not Status.QUEUED:
+        if task is None or task.status.terminal:
             return task
         cancelled = replace(task, status=Status.FAILED, error=message, finished_at=time.time())
         self.tasks[task_id] = cancelled
@@ -75,10 +75,38 @@ class InMemoryTaskStore:
     async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
         """Status, result and error of the tasks that exist among `task_ids`, by id."""
         return {
-            task.id: TaskOutcome(task.id, task.status, task.result, task.error)
+            task.id: TaskOutcome(task.id, task.status, task.result, task.error, task.owner)
             for task_id in task_ids
             if (task := self.tasks.get(task_id)) is not None
         }
+
+    async def pending_count(self, owner: str) -> int:
+        """How many of `owner`'s tasks are queued or running."""
+        return sum(
+            1 for task in self.tasks.values() if task.owner == owner and not task.status.terminal
+        )
+
+    async def expired(self, finished_before: float, limit: int) -> list[Task]:
+        """Ended tasks that ended before `finished_before`, oldest first."""
+        ended = [
+            task
+            for task in self.tasks.values()
+            if task.status.terminal and (task.finished_at or 0.0) < finished_before
+        ]
+        return sorted(ended, key=lambda task: task.finished_at or 0.0)[:limit]
+
+    async def remove(self, tasks: Sequence[Task]) -> int:
+        """Delete these tasks if they ended, with their idempotency keys."""
+        deleted = 0
+        for task in tasks:
+            stored = self.tasks.get(task.id)
+            if stored is None or not stored.status.terminal:
+                continue
+            del self.tasks[task.id]
+            if stored.idempotency_key is not None:
+                self._keys.pop(stored.idempotency_key, None)
+            deleted += 1
+        return deleted
 
     async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
         """Mark a task running as `attempt`, unless it already ended."""

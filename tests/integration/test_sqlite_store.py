@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from qtask.adapters import sqlite_store
-from qtask.adapters.sqlite_store import SQLiteTaskStore
+from qtask.adapters.sqlite_store import _COLUMNS, SCHEMA, SQLiteTaskStore, _to_row
 from qtask.domain.task import Status, Task
 from qtask.errors import StoreUnavailableError, TaskNotFoundError
 from qtask_testkit import BELL_INFO, make_task
@@ -379,3 +380,34 @@ async def test_counts(store: SQLiteTaskStore) -> None:
     await store.complete(a.id, {"00": 1})
     await store.fetch(1, timeout=0)
     assert await store.counts() == {"completed": 1, "running": 1, "queued": 1}
+
+
+async def test_a_database_from_before_owners_is_migrated(db_path: Path) -> None:
+    # The schema as qtask 0.x wrote it, before tasks had owners.
+    old_schema = SCHEMA.replace(",\n    owner TEXT\n", "\n")
+    assert "    owner TEXT" not in old_schema
+    old = make_task(idempotency_key="k")
+    db_path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db_path)
+    conn.executescript(old_schema)
+    row = _to_row(old)[:-1]
+    conn.execute(
+        f"INSERT INTO tasks ({_COLUMNS.rsplit(',', 1)[0]}) VALUES ({', '.join('?' * len(row))})",
+        row,
+    )
+    conn.commit()
+    conn.close()
+    store = SQLiteTaskStore(db_path)
+    try:
+        assert await store.get(old.id) == old
+        mine = make_task(owner="alice")
+        await store.create(mine)
+        assert await store.pending_count("alice") == 1
+        assert (await store.outcomes([mine.id]))[mine.id].owner == "alice"
+    finally:
+        await store.close()
+    reopened = SQLiteTaskStore(db_path)  # migrating twice is harmless
+    try:
+        assert await reopened.get(mine.id) == mine
+    finally:
+        await reopened.close()

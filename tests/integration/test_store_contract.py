@@ -102,6 +102,7 @@ async def test_create_get_roundtrip_of_every_field(store: TaskStore) -> None:
         started_at=None,
         finished_at=None,
         idempotency_key="key-1",
+        owner="alice@lab",
     )
     assert await store.create(task) == task
     assert await store.get(task.id) == task
@@ -322,11 +323,19 @@ async def test_cancel_ends_a_queued_task_in_error(store: TaskStore) -> None:
     assert await store.cancel(task.id, "again") == cancelled  # the first outcome stays
 
 
-async def test_cancel_leaves_running_and_ended_tasks_alone(store: TaskStore) -> None:
+async def test_cancel_ends_a_running_task_and_refuses_its_late_result(store: TaskStore) -> None:
     running = await store.start((await store.create(make_task())).id, 1, "w")
-    done = await store.complete((await store.create(make_task())).id, {"0": 1})
     assert running is not None
-    assert await store.cancel(running.id, "no") == running
+    cancelled = await store.cancel(running.id, "Task was cancelled.")
+    assert cancelled is not None
+    assert (cancelled.status, cancelled.error) == (Status.FAILED, "Task was cancelled.")
+    assert await store.complete(running.id, {"0": 1}) == cancelled
+    assert await store.release(running.id, "lost", penalize=True) is None
+    assert await store.active_counts() == {"queued": 0, "running": 0}
+
+
+async def test_cancel_leaves_ended_tasks_alone(store: TaskStore) -> None:
+    done = await store.complete((await store.create(make_task())).id, {"0": 1})
     assert await store.cancel(done.id, "no") == done
     assert await store.cancel("no-such-task", "no") is None
 
@@ -347,3 +356,70 @@ async def test_a_cancelled_task_leaves_the_unpublished_ledger(tracking_store: Ta
     dropped = await store.create(make_task(created_at=11.0))
     await store.cancel(dropped.id, "Task was cancelled.")
     assert await store.unpublished(100.0, 10) == [kept]
+
+
+# --- owners, pending counts and retention ----------------------------------------------------
+
+
+async def test_outcomes_carry_the_owner(store: TaskStore) -> None:
+    mine, anonymous = make_task(owner="alice"), make_task()
+    await store.create_many([mine, anonymous])
+    found = await store.outcomes([mine.id, anonymous.id])
+    assert found[mine.id].owner == "alice"
+    assert found[anonymous.id].owner is None
+    assert found[mine.id].visible_to("alice")
+    assert found[mine.id].visible_to(None)
+    assert not found[mine.id].visible_to("bob")
+    assert not found[anonymous.id].visible_to("alice")
+
+
+async def test_pending_count_follows_each_owners_unfinished_tasks(store: TaskStore) -> None:
+    alice = [make_task(owner="alice") for _ in range(5)]
+    await store.create_many([*alice, make_task(owner="bob"), make_task()])
+    assert await store.pending_count("alice") == 5
+    assert await store.pending_count("bob") == 1
+    assert await store.pending_count("nobody") == 0
+    await store.start(alice[0].id, 1, "w")  # running still counts
+    await store.release(alice[0].id, "lost", penalize=True)  # and so does queued again
+    await store.start(alice[1].id, 1, "w")
+    assert await store.pending_count("alice") == 5
+    await store.complete(alice[1].id, {"0": 1})
+    await store.fail(alice[2].id, "broke")
+    await store.cancel(alice[3].id, "Task was cancelled.")
+    await store.complete(alice[1].id, {"0": 1})  # a late duplicate changes nothing
+    await store.cancel(alice[3].id, "Task was cancelled.")
+    assert await store.pending_count("alice") == 2
+    assert await store.pending_count("bob") == 1
+
+
+async def test_expired_lists_ended_tasks_oldest_first(store: TaskStore) -> None:
+    tasks = await store.create_many([make_task() for _ in range(5)])
+    ids = [task.id for task in tasks]
+    await store.complete(ids[2], {"0": 1})
+    await store.fail(ids[0], "broke")
+    await store.cancel(ids[1], "Task was cancelled.")
+    await store.start(ids[3], 1, "w")  # running and queued tasks never expire
+    cutoff = time.time() + 1
+    found = await store.expired(cutoff, 10)
+    assert [task.id for task in found] == [ids[2], ids[0], ids[1]]
+    assert [task.id for task in await store.expired(cutoff, 2)] == [ids[2], ids[0]]
+    assert await store.expired(found[0].finished_at or 0.0, 10) == []  # strictly before
+
+
+async def test_remove_deletes_ended_tasks_and_their_idempotency_keys(store: TaskStore) -> None:
+    done = make_task(idempotency_key="once")
+    running, queued = make_task(), make_task()
+    await store.create_many([done, running, queued])
+    await store.complete(done.id, {"1": 3})
+    await store.start(running.id, 1, "w")
+    assert await store.remove([done, running, queued]) == 1
+    assert await store.get(done.id) is None
+    assert await store.outcomes([done.id]) == {}
+    assert await store.get(running.id) is not None
+    assert await store.get(queued.id) is not None
+    assert await store.expired(time.time() + 1, 10) == []
+    assert await store.remove([done]) == 0  # already gone
+    again = make_task(idempotency_key="once")
+    assert await store.create(again) == again  # the key is free for a new task
+    counts = await store.active_counts()
+    assert counts == {"queued": 2, "running": 1} or counts == {"queued": 1, "running": 2}

@@ -8,7 +8,9 @@ Layout, every key under one prefix (default "qtask"):
 - `{prefix}:idem:{key}`: the id of the task created with that idempotency key.
 - `{prefix}:unpublished`: sorted set of queued task ids not yet confirmed published to the
   queue, scored by created_at; the reconciler republishes what lingers there.
-- `{prefix}:counts`: hash of status -> number of tasks in it.
+- `{prefix}:counts`: hash of status -> number of tasks in it, and `pending:{owner}` -> number
+  of that API key's tasks queued or running.
+- `{prefix}:finished`: sorted set of ended task ids scored by finished_at (for retention).
 - `{prefix}:dead`: list of dead-letter records (JSON), newest first, capped at 10,000.
 
 Every change of a task is one Lua script, so it is atomic: the task hash, the counters, the ledger
@@ -56,6 +58,9 @@ IDEMPOTENCY_KEY = "{prefix}:idem:{key}"
 UNPUBLISHED_KEY = "{prefix}:unpublished"
 COUNTS_KEY = "{prefix}:counts"
 DEAD_KEY = "{prefix}:dead"
+FINISHED_KEY = "{prefix}:finished"
+PENDING_FIELD = "pending:{owner}"
+_STATUSES = frozenset(status.value for status in Status)
 PING_KEY = "{prefix}:ping"
 DEFAULT_PREFIX = "qtask"
 
@@ -92,17 +97,18 @@ _UNPUBLISHED_ROUNDS = 8
 _CREATE_LUA = """
 -- KEYS[1] counts hash, KEYS[2] unpublished zset, then per task its hash key followed by its
 -- idempotency key when it has one.
--- ARGV per task: id, has_key ('1'/'0'), status, created_at, stale, n, then n field/value items.
+-- ARGV per task: id, has_key ('1'/'0'), status, created_at, stale, owner ('' for none), n,
+-- then n field/value items.
 -- `stale` is a task id the idempotency key may be taken over from (its task vanished), or ''.
 -- Returns per task 1 when stored, or the id of the task already stored (same id or same key).
 local out = {}
 local k = 3
 local a = 1
 while a <= #ARGV do
-  local id, has_key, status, created, stale = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
-    ARGV[a + 4]
-  local n = tonumber(ARGV[a + 5])
-  local first = a + 6
+  local id, has_key, status, created, stale, owner = ARGV[a], ARGV[a + 1], ARGV[a + 2],
+    ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  local n = tonumber(ARGV[a + 6])
+  local first = a + 7
   a = first + n
   local task_key = KEYS[k]
   k = k + 1
@@ -130,6 +136,9 @@ while a <= #ARGV do
     redis.call('HINCRBY', KEYS[1], status, 1)
     if status == 'queued' then
       redis.call('ZADD', KEYS[2], created, id)
+      if owner ~= '' then
+        redis.call('HINCRBY', KEYS[1], 'pending:' .. owner, 1)
+      end
     end
     out[#out + 1] = 1
   end
@@ -155,7 +164,7 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 _FINISH_LUA = """
--- KEYS[1] task hash, KEYS[2] counts, KEYS[3] dead-letter list.
+-- KEYS[1] task hash, KEYS[2] counts, KEYS[3] dead-letter list, KEYS[4] finished zset.
 -- ARGV: new status, field to set, its value, field to clear, now, dead letter ('1'/'0'),
 -- dead letters kept, task id, reason (for the dead letter).
 -- The first outcome wins: a task that already ended is returned unchanged, with no dead letter.
@@ -168,6 +177,11 @@ if status == 'queued' or status == 'running' then
   redis.call('HDEL', KEYS[1], ARGV[4], 'worker')
   redis.call('HINCRBY', KEYS[2], status, -1)
   redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[8])
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  if owner then
+    redis.call('HINCRBY', KEYS[2], 'pending:' .. owner, -1)
+  end
   if ARGV[6] == '1' then
     local attempts = redis.call('HGET', KEYS[1], 'attempts')
     local record = '{"task_id":' .. cjson.encode(ARGV[8]) .. ',"reason":' ..
@@ -180,18 +194,25 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 _CANCEL_LUA = """
--- KEYS[1] task hash, KEYS[2] counts, KEYS[3] unpublished zset. ARGV: message, now, task id.
--- Only a queued task is cancelled; it also leaves the unpublished ledger, so the reconciler
--- does not publish it. Returns the task as stored, or false when there is none.
+-- KEYS[1] task hash, KEYS[2] counts, KEYS[3] unpublished zset, KEYS[4] finished zset.
+-- ARGV: message, now, task id.
+-- A queued or running task is cancelled; it also leaves the unpublished ledger, so the
+-- reconciler does not publish it. Returns the task as stored, or false when there is none.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   return false
 end
-if status == 'queued' then
+if status == 'queued' or status == 'running' then
   redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[1], 'finished_at', ARGV[2])
-  redis.call('HINCRBY', KEYS[2], 'queued', -1)
+  redis.call('HDEL', KEYS[1], 'worker')
+  redis.call('HINCRBY', KEYS[2], status, -1)
   redis.call('HINCRBY', KEYS[2], 'failed', 1)
   redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  if owner then
+    redis.call('HINCRBY', KEYS[2], 'pending:' .. owner, -1)
+  end
 end
 return redis.call('HGETALL', KEYS[1])
 """
@@ -213,6 +234,38 @@ redis.call('HDEL', KEYS[1], 'worker')
 redis.call('HINCRBY', KEYS[2], 'running', -1)
 redis.call('HINCRBY', KEYS[2], 'queued', 1)
 return redis.call('HGETALL', KEYS[1])
+"""
+
+
+_REMOVE_LUA = """
+-- KEYS[1] counts, KEYS[2] finished zset, then per task its hash key followed by its idempotency
+-- key when it has one. ARGV per task: id, has_key ('1'/'0').
+-- Deletes each task that ended (and its idempotency key while that still names it); a task not
+-- ended is kept. Returns how many were deleted.
+local deleted = 0
+local k = 3
+for a = 1, #ARGV, 2 do
+  local id, task_key = ARGV[a], KEYS[k]
+  local idem_key = false
+  k = k + 1
+  if ARGV[a + 1] == '1' then
+    idem_key = KEYS[k]
+    k = k + 1
+  end
+  local status = redis.call('HGET', task_key, 'status')
+  if status == 'completed' or status == 'failed' then
+    redis.call('DEL', task_key)
+    redis.call('HINCRBY', KEYS[1], status, -1)
+    if idem_key and redis.call('GET', idem_key) == id then
+      redis.call('DEL', idem_key)
+    end
+    deleted = deleted + 1
+  end
+  if status ~= 'queued' and status ~= 'running' then
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
+return deleted
 """
 
 
@@ -241,9 +294,11 @@ class RedisTaskStore:
         self._finish = self._redis.register_script(_FINISH_LUA)
         self._release = self._redis.register_script(_RELEASE_LUA)
         self._cancel = self._redis.register_script(_CANCEL_LUA)
+        self._remove = self._redis.register_script(_REMOVE_LUA)
         self._counts_key = COUNTS_KEY.format(prefix=prefix)
         self._unpublished_key = UNPUBLISHED_KEY.format(prefix=prefix)
         self._dead_key = DEAD_KEY.format(prefix=prefix)
+        self._finished_key = FINISHED_KEY.format(prefix=prefix)
 
     # --- TaskStore -------------------------------------------------------------------------
 
@@ -276,10 +331,15 @@ class RedisTaskStore:
         return _from_hash(_bytes_hash(raw)) if raw else None
 
     async def cancel(self, task_id: str, message: str) -> Task | None:
-        """End a queued task in error, in one script; see the port."""
+        """End a queued or running task in error, in one script; see the port."""
         with self._unavailable(f"cancel task {task_id}"):
             reply = await self._cancel(
-                keys=[self._task_key(task_id), self._counts_key, self._unpublished_key],
+                keys=[
+                    self._task_key(task_id),
+                    self._counts_key,
+                    self._unpublished_key,
+                    self._finished_key,
+                ],
                 args=[message, repr(time.time()), task_id],
             )
         return None if reply is None else _from_hash(_pairs(reply))
@@ -292,18 +352,54 @@ class RedisTaskStore:
         with self._unavailable(f"read {len(unique)} tasks"):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for task_id in unique:
-                    pipe.hmget(self._task_key(task_id), "status", "result", "error")
+                    pipe.hmget(self._task_key(task_id), "status", "result", "error", "owner")
                 replies: list[list[bytes | None]] = await pipe.execute()
         found = {}
-        for task_id, (status, result, error) in zip(unique, replies, strict=True):
+        for task_id, (status, result, error, owner) in zip(unique, replies, strict=True):
             if status is not None:
                 found[task_id] = TaskOutcome(
                     task_id,
                     Status(status.decode()),
                     None if result is None else orjson.loads(result),
                     None if error is None else error.decode(),
+                    None if owner is None else owner.decode(),
                 )
         return found
+
+    async def pending_count(self, owner: str) -> int:
+        """How many of `owner`'s tasks are queued or running (a counter the scripts keep)."""
+        with self._unavailable("count tasks"):
+            raw = await self._redis.hget(self._counts_key, PENDING_FIELD.format(owner=owner))
+        return int(raw or 0)
+
+    async def expired(self, finished_before: float, limit: int) -> list[Task]:
+        """Ended tasks that ended before `finished_before`, oldest first."""
+        if limit <= 0:
+            return []
+        with self._unavailable("list expired tasks"):
+            ids = await self._redis.zrangebyscore(
+                self._finished_key, "-inf", f"({finished_before!r}", start=0, num=limit
+            )
+            found = await self._get_many([_text(i) for i in ids]) if ids else {}
+            gone = [task_id for task_id, task in found.items() if task is None]
+            if gone:  # removed by another pass meanwhile
+                await self._redis.zrem(self._finished_key, *gone)
+        return [task for task in found.values() if task is not None and task.status.terminal]
+
+    async def remove(self, tasks: Sequence[Task]) -> int:
+        """Delete these tasks if they ended, with their idempotency keys, in one script."""
+        if not tasks:
+            return 0
+        keys = [self._counts_key, self._finished_key]
+        args: list[str] = []
+        for task in tasks:
+            keys.append(self._task_key(task.id))
+            if task.idempotency_key is not None:
+                keys.append(IDEMPOTENCY_KEY.format(prefix=self._prefix, key=task.idempotency_key))
+            args += [task.id, "0" if task.idempotency_key is None else "1"]
+        with self._unavailable(f"remove {len(tasks)} tasks"):
+            deleted: int = await self._remove(keys=keys, args=args)
+        return deleted
 
     async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
         """Mark a queued or running task running as `attempt`; an ended task is returned as is."""
@@ -411,7 +507,7 @@ class RedisTaskStore:
         with self._unavailable("count tasks"):
             raw = await self._redis.hgetall(self._counts_key)
         counted = {_text(k): int(v) for k, v in raw.items()}
-        return {status: n for status, n in counted.items() if n > 0}
+        return {status: n for status, n in counted.items() if n > 0 and status in _STATUSES}
 
     # --- internals -------------------------------------------------------------------------
 
@@ -442,6 +538,7 @@ class RedisTaskStore:
                 task.status.value,
                 repr(task.created_at),
                 stale_id,
+                task.owner or "",
                 str(len(fields)),
                 *fields,
             ]
@@ -478,7 +575,12 @@ class RedisTaskStore:
     ) -> Task:
         with self._unavailable(f"store the outcome of task {task_id}"):
             reply = await self._finish(
-                keys=[self._task_key(task_id), self._counts_key, self._dead_key],
+                keys=[
+                    self._task_key(task_id),
+                    self._counts_key,
+                    self._dead_key,
+                    self._finished_key,
+                ],
                 args=[
                     status.value,
                     field,
@@ -541,6 +643,7 @@ def _to_hash(task: Task) -> list[str | bytes]:
         "idempotency_key": task.idempotency_key,
         "circuit_object": task.circuit_object,
         "result_object": task.result_object,
+        "owner": task.owner,
     }
     fields: list[str | bytes] = [
         "id", task.id,
@@ -586,6 +689,7 @@ def _from_hash(raw: dict[bytes, bytes]) -> Task:
         idempotency_key=text(b"idempotency_key"),
         circuit_object=text(b"circuit_object"),
         result_object=text(b"result_object"),
+        owner=text(b"owner"),
     )
 
 

@@ -30,7 +30,14 @@ _Op = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], asyncio.Ab
 class SQLiteDatabase:
     """A WAL-mode SQLite file with grouped durable writes and lock-free reads."""
 
-    def __init__(self, path: Path, schema: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        schema: str,
+        migrate: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """Open (creating) the file and run `schema`, then `migrate` for files made by older
+        versions."""
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
@@ -38,6 +45,8 @@ class SQLiteDatabase:
         setup = self._connect()
         try:
             setup.executescript(schema)
+            if migrate is not None:
+                migrate(setup)
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"cannot initialise {path}: {exc}") from exc
         finally:

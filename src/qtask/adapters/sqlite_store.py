@@ -50,11 +50,15 @@ CREATE TABLE IF NOT EXISTS tasks (
     lease_expires REAL,
     idempotency_key TEXT UNIQUE,
     circuit_object TEXT,
-    result_object TEXT
+    result_object TEXT,
+    owner TEXT
 );
 -- Only unfinished tasks are indexed for the queue, so claiming stays fast however many
 -- completed tasks the table keeps.
 CREATE INDEX IF NOT EXISTS tasks_active ON tasks (seq) WHERE status IN ('queued', 'running');
+-- Ended tasks by when they ended, for the retention pass.
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at)
+    WHERE status IN ('completed', 'failed');
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     task_id TEXT NOT NULL,
@@ -64,15 +68,29 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 """
 
+# Made after the migration, which may add the column it indexes: each key's unfinished tasks.
+_OWNER_INDEX = """
+CREATE INDEX IF NOT EXISTS tasks_owner_active ON tasks (owner)
+    WHERE status IN ('queued', 'running') AND owner IS NOT NULL
+"""
+
 _TERMINAL = (Status.COMPLETED.value, Status.FAILED.value)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database made by an older qtask up to SCHEMA: add the columns it lacks."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    if "owner" not in columns:
+        conn.execute("ALTER TABLE tasks ADD COLUMN owner TEXT")
+    conn.execute(_OWNER_INDEX)
 
 
 class SQLiteTaskStore:
     """TaskStore and TaskQueue on one SQLite file; see the module docstring."""
 
-    def __init__(self, path: Path, *, owner: str = "embedded") -> None:
-        self._db = SQLiteDatabase(path, SCHEMA)
-        self._owner = owner
+    def __init__(self, path: Path, *, worker_id: str = "embedded") -> None:
+        self._db = SQLiteDatabase(path, SCHEMA, _migrate)
+        self._worker_id = worker_id
         self._wakeup = asyncio.Event()
 
     # --- TaskStore -------------------------------------------------------------------------
@@ -111,13 +129,14 @@ class SQLiteTaskStore:
         return None if row is None else _from_row(row)
 
     async def cancel(self, task_id: str, message: str) -> Task | None:
-        """End a queued task in error; see the port. Claims take only queued rows, so a
-        cancelled task is never claimed."""
+        """End a queued or running task in error; see the port. Claims take only unfinished
+        rows, so a cancelled task is never claimed."""
 
         def end(conn: sqlite3.Connection) -> Task | None:
             row = conn.execute(
-                "UPDATE tasks SET status = 'failed', error = ?, finished_at = ?"
-                " WHERE id = ? AND status = 'queued' RETURNING *",
+                "UPDATE tasks SET status = 'failed', error = ?, finished_at = ?,"
+                " lease_owner = NULL, lease_expires = NULL"
+                " WHERE id = ? AND status IN ('queued', 'running') RETURNING *",
                 (message, time.time(), task_id),
             ).fetchone()
             if row is None:
@@ -132,14 +151,48 @@ class SQLiteTaskStore:
         if not unique:
             return {}
         marks = ",".join("?" * len(unique))
-        query = f"SELECT id, status, result, error FROM tasks WHERE id IN ({marks})"
+        query = f"SELECT id, status, result, error, owner FROM tasks WHERE id IN ({marks})"
         rows = self._db.read(lambda conn: conn.execute(query, unique).fetchall())
         return {
             row[0]: TaskOutcome(
-                row[0], Status(row[1]), None if row[2] is None else orjson.loads(row[2]), row[3]
+                row[0],
+                Status(row[1]),
+                None if row[2] is None else orjson.loads(row[2]),
+                row[3],
+                row[4],
             )
             for row in rows
         }
+
+    async def pending_count(self, owner: str) -> int:
+        """How many of `owner`'s tasks are queued or running (from a partial index)."""
+        row = self._db.read(
+            lambda conn: conn.execute(
+                "SELECT count(*) FROM tasks WHERE owner = ? AND status IN ('queued', 'running')",
+                (owner,),
+            ).fetchone()
+        )
+        return int(row[0])
+
+    async def expired(self, finished_before: float, limit: int) -> list[Task]:
+        """Ended tasks that ended before `finished_before`, oldest first."""
+        rows = self._db.read(
+            lambda conn: conn.execute(
+                "SELECT * FROM tasks WHERE status IN ('completed', 'failed')"
+                " AND finished_at < ? ORDER BY finished_at LIMIT ?",
+                (finished_before, limit),
+            ).fetchall()
+        )
+        return [_from_row(row) for row in rows]
+
+    async def remove(self, tasks: Sequence[Task]) -> int:
+        """Delete these tasks if they ended (their idempotency keys go with the rows)."""
+        ids = [task.id for task in tasks]
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        query = f"DELETE FROM tasks WHERE id IN ({marks}) AND status IN ('completed', 'failed')"
+        return await self._db.write(lambda conn: conn.execute(query, ids).rowcount)
 
     async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
         """Mark a task running as `attempt` (a claim already did; this is for other queues)."""
@@ -232,7 +285,7 @@ class SQLiteTaskStore:
         while True:
             self._wakeup.clear()
             now = time.time()
-            params = (now, self._owner, now + LEASE_SECONDS, now, max_tasks)
+            params = (now, self._worker_id, now + LEASE_SECONDS, now, max_tasks)
             rows = await self._db.write(
                 lambda conn, params=params: conn.execute(_CLAIM, params).fetchall()  # type: ignore[misc]
             )
@@ -343,9 +396,9 @@ class _SQLiteDelivery:
 
 _COLUMNS = (
     "id, status, source, program, info, shots, seed, attempts, result, error, last_error,"
-    " created_at, started_at, finished_at, idempotency_key, circuit_object, result_object"
+    " created_at, started_at, finished_at, idempotency_key, circuit_object, result_object, owner"
 )
-_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 18)})"
 
 _CLAIM = """
 UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?,
@@ -380,6 +433,7 @@ def _to_row(task: Task) -> tuple[object, ...]:
         task.idempotency_key,
         task.circuit_object,
         task.result_object,
+        task.owner,
     )
 
 
@@ -402,4 +456,5 @@ def _from_row(row: sqlite3.Row) -> Task:
         idempotency_key=row["idempotency_key"],
         circuit_object=row["circuit_object"],
         result_object=row["result_object"],
+        owner=row["owner"],
     )

@@ -28,11 +28,12 @@ class TaskStore(Protocol):
         ...
 
     async def cancel(self, task_id: str, message: str) -> Task | None:
-        """End a queued task in error with `message`, so no worker runs it.
+        """End a queued or running task in error with `message`.
 
-        Returns the task as stored: failed with `message` when it was queued, unchanged when it
-        was running or had ended; None when there is no such task. A queued task's message may
-        still be in the queue; the worker that receives it finds it ended and drops it.
+        Returns the task as stored: failed with `message` when it was queued or running,
+        unchanged when it had ended; None when there is no such task. A queued task's message
+        may still be in the queue; the worker that receives it finds it ended and drops it. A
+        running task's worker finds its result refused (the first outcome wins) and drops it.
         """
         ...
 
@@ -41,7 +42,22 @@ class TaskStore(Protocol):
         ...
 
     async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
-        """Status, result and error of the tasks that exist among `task_ids`, in one round trip."""
+        """Status, result, error and owner of the tasks that exist among `task_ids`, in one
+        round trip."""
+        ...
+
+    async def pending_count(self, owner: str) -> int:
+        """How many of `owner`'s tasks are queued or running; cheap to call."""
+        ...
+
+    async def expired(self, finished_before: float, limit: int) -> list[Task]:
+        """At most `limit` ended tasks that ended before `finished_before` (epoch seconds),
+        the oldest first."""
+        ...
+
+    async def remove(self, tasks: Sequence[Task]) -> int:
+        """Delete these tasks and their idempotency keys; a task not ended is kept. Returns how
+        many were deleted."""
         ...
 
     async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:

@@ -120,6 +120,8 @@ class Task:
     # when no object store is configured.
     circuit_object: str | None = None
     result_object: str | None = None
+    # The name of the API key that submitted the task; None when API keys are off.
+    owner: str | None = None
 
     def moved(self, status: Status, **changes: object) -> Task:
         """Return a copy in `status`, after checking the move against the state machine."""
@@ -138,3 +140,8 @@ class TaskOutcome:
     status: Status
     result: dict[str, int] | None = None
     error: str | None = None
+    owner: str | None = None
+
+    def visible_to(self, caller: str | None) -> bool:
+        """Whether `caller` (an API key's name, None when keys are off) may see this task."""
+        return caller is None or caller == self.owner

@@ -8,13 +8,12 @@ JetStream drops a second message with the same id.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 
 from qtask.constants import RECONCILE_GRACE_SECONDS
 from qtask.domain.ports import TaskQueue, TaskStore
 from qtask.logs import get_logger
+from qtask.periodic import Periodic
 
 log = get_logger("reconciler")
 
@@ -22,14 +21,15 @@ log = get_logger("reconciler")
 _BATCH = 1000
 
 
-class Reconciler:
+class Reconciler(Periodic):
     """Re-publishes unpublished tasks every `interval` seconds."""
 
+    name = "reconciler"
+
     def __init__(self, store: TaskStore, queue: TaskQueue, interval: float) -> None:
+        super().__init__(interval)
         self._store = store
         self._queue = queue
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
         self.republished = 0
 
     async def run_once(self) -> int:
@@ -40,22 +40,3 @@ class Reconciler:
             self.republished += len(stale)
             log.warning("tasks_republished", count=len(stale), ids=[t.id for t in stale[:10]])
         return len(stale)
-
-    def start(self) -> None:
-        """Run passes in the background until stop()."""
-        self._task = asyncio.create_task(self._loop(), name="reconciler")
-
-    async def stop(self) -> None:
-        """Stop the background passes."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception as exc:  # the store or queue is down: try again next pass
-                log.warning("reconcile_failed", reason=str(exc))
-            await asyncio.sleep(self._interval)

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
 import pytest
+import structlog.testing
 
 from qtask.config import WorkerSettings
 from qtask.domain.ports import Delivery
@@ -139,6 +140,21 @@ async def test_task_completes_and_is_acked() -> None:
     assert worker.completed == 1
     assert worker.failed == 0
     assert worker.in_flight == 0
+
+
+async def test_each_outcome_has_one_canonical_log_line() -> None:
+    store = RecordingStore()
+    task = await store.create(make_task(shots=10))
+    with structlog.testing.capture_logs() as logs:
+        await run_until_done(store, FakePool(), settings())
+    [line] = [entry for entry in logs if entry["event"] == "task_finished"]
+    assert line["task_id"] == task.id
+    assert line["outcome"] == "completed"
+    assert line["backend"] == "aer_simulator"
+    assert (line["qubits"], line["shots"], line["attempts"]) == (2, 10, 1)
+    assert line["queue_wait_s"] >= 0
+    assert line["run_s"] >= 0
+    assert BELL not in repr(logs)  # circuits stay out of the logs
 
 
 async def test_task_submitted_while_running_is_picked_up() -> None:

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 from qtask.domain.task import Encoding, Task
 
+# The backend every task runs on today: Qiskit Aer's simulator, in the worker's child processes.
+BACKEND_NAME = "aer_simulator"
+
 
 @dataclass(frozen=True, slots=True)
 class RunItem:

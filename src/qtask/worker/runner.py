@@ -25,8 +25,8 @@ from qtask import metrics
 from qtask.config import WorkerSettings
 from qtask.constants import BATCH_MAX_OPERATIONS, BATCH_MAX_QUBITS, LEASE_SECONDS
 from qtask.domain.ports import Delivery, ObjectStore, TaskQueue, TaskStore
-from qtask.domain.task import Task
-from qtask.execution.items import RunItem, RunOutcome
+from qtask.domain.task import Status, Task
+from qtask.execution.items import BACKEND_NAME, RunItem, RunOutcome
 from qtask.logs import get_logger
 from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildPool, ChildTimeoutError
 
@@ -235,11 +235,14 @@ class Worker:
                         await self._objects.put(
                             task.result_object, _result_document(task, outcome.counts)
                         )
-                    await self._store.complete(task.id, outcome.counts)
+                    stored = await self._store.complete(task.id, outcome.counts)
                     await self._settle(delivery)
-                    self.completed += 1
-                    metrics.TASKS_FINISHED.labels("completed", "").inc()
-                    _canonical(task, "completed", outcome.seconds, elapsed, batch_size)
+                    if stored.status is Status.COMPLETED:
+                        self.completed += 1
+                        metrics.TASKS_FINISHED.labels("completed", "").inc()
+                        _canonical(task, "completed", outcome.seconds, elapsed, batch_size)
+                    else:  # it ended while it ran (cancelled): the first outcome stands
+                        _canonical(task, "discarded", outcome.seconds, elapsed, batch_size)
                 else:
                     await self._fail(
                         delivery, outcome.error or "The run failed.", reason="run_error"
@@ -343,7 +346,9 @@ def _canonical(task: Task, outcome: str, run_s: float, batch_s: float, batch_siz
     metrics.RUN_SECONDS.observe(run_s)
     log.info(
         "task_finished",
+        task_id=task.id,
         outcome=outcome,
+        backend=BACKEND_NAME,
         qubits=task.info.num_qubits,
         shots=task.shots,
         attempts=task.attempts,

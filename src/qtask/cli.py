@@ -2,6 +2,7 @@
 
 - `qtask serve`: everything in one process tree (embedded mode, the default).
 - `qtask api`, `qtask worker`, `qtask poller`: the roles of distributed mode (Redis + NATS).
+- `qtask keygen NAME`: a new API key, and the entry that makes the service accept it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--config", type=Path, help="a TOML settings file (or $QTASK_CONFIG)")
     poller = commands.add_parser("poller", help="distributed mode: publish tasks the API could not")
     poller.add_argument("--config", type=Path, help="a TOML settings file (or $QTASK_CONFIG)")
+    keygen = commands.add_parser("keygen", help="make an API key and its configuration entry")
+    keygen.add_argument("name", help="whose key: the name its tasks belong to")
     args = parser.parse_args(argv)
+    if args.command == "keygen":
+        return _keygen(args.name)
     try:
         settings = load_settings(args.config, **_overrides(args))
         _configure_logging(settings)
@@ -63,6 +68,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qtask: {exc}", file=sys.stderr)
         return 1
     return 1
+
+
+def _keygen(name: str) -> int:
+    from qtask.api.auth import key_digest, new_key
+    from qtask.config import ApiKey
+
+    try:
+        entry = ApiKey(name=name, sha256="0" * 64)
+    except ValueError:
+        print(f"qtask: {name!r} is not a key name (letters, digits, _ . @ -)", file=sys.stderr)
+        return 2
+    key = new_key()
+    print(f"API key for {entry.name} (shown once; the service keeps only its hash):\n  {key}\n")
+    print("Add to the TOML configuration (with [auth] enabled = true):")
+    print(f'  [[auth.keys]]\n  name = "{entry.name}"\n  sha256 = "{key_digest(key)}"')
+    return 0
 
 
 def _http_options(parser: argparse.ArgumentParser) -> None:

@@ -6,14 +6,24 @@ that names the setting as the user would write it.
 
 from __future__ import annotations
 
+import json
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -127,6 +137,62 @@ class LimitsSettings(BaseModel):
     max_statevector_mb: int = Field(default=4096, ge=1)
     parse_timeout_s: float = Field(default=10.0, gt=0)
     parse_processes: int = Field(default=1, ge=1, le=64)
+    # Seconds a request body may take to arrive in full; a slower (or stalled) client gets 408.
+    body_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class ApiKey(BaseModel):
+    """One accepted API key: the name its tasks belong to and the SHA-256 of the key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Several keys may share a name (rotation): they see the same tasks.
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class AuthSettings(BaseModel):
+    """API keys, and what each key may do. `qtask keygen NAME` makes a key and its entry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    # In the environment: JSON, or the shorter `name:sha256,name:sha256`.
+    keys: Annotated[tuple[ApiKey, ...], NoDecode] = ()
+    # Requests per second one key may make to the /tasks routes (a token bucket of `burst`
+    # tokens); 0 means no limit.
+    rate_per_s: float = Field(default=0.0, ge=0)
+    burst: int = Field(default=100, ge=1)
+    # Tasks one key may have queued or running at once; 0 means no limit.
+    max_pending_tasks: int = Field(default=0, ge=0)
+
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _short_form(cls, value: object) -> object:
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            return json.loads(value)
+        if isinstance(value, str):
+            entries = [part.strip() for part in value.split(",") if part.strip()]
+            return [dict(zip(("name", "sha256"), e.split(":", 1), strict=False)) for e in entries]
+        return value
+
+    @model_validator(mode="after")
+    def _has_keys(self) -> AuthSettings:
+        if self.enabled and not self.keys:
+            raise ValueError("auth is enabled but no keys are configured; see `qtask keygen`")
+        return self
+
+
+class RetentionSettings(BaseModel):
+    """How long ended tasks are kept."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Seconds an ended task (completed, failed or cancelled) and its objects are kept after it
+    # ended; afterwards it reads "Task not found.". 0 keeps every task forever.
+    keep_finished_s: float = Field(default=0.0, ge=0)
+    # Seconds between the removal passes (the poller's, or `qtask serve`'s own).
+    interval_s: float = Field(default=60.0, gt=0)
 
 
 class LogSettings(BaseModel):
@@ -152,6 +218,8 @@ class Settings(BaseSettings):
     nats: NatsSettings = NatsSettings()
     worker: WorkerSettings = WorkerSettings()
     limits: LimitsSettings = LimitsSettings()
+    auth: AuthSettings = AuthSettings()
+    retention: RetentionSettings = RetentionSettings()
     log: LogSettings = LogSettings()
 
     @classmethod
@@ -185,8 +253,9 @@ def load_settings(config_file: Path | None = None, **overrides: object) -> Setti
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
-    except ValueError as exc:  # TOML syntax errors
-        raise ConfigError(f"config file {config_file}: {exc}") from None
+    except ValueError as exc:  # TOML syntax, or an environment value that is not JSON
+        where = f"config file {config_file}" if config_file is not None else "environment"
+        raise ConfigError(f"{where}: {exc}") from None
     finally:
         _toml_path.reset(token)
 

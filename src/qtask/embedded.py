@@ -17,12 +17,10 @@ from fastapi import FastAPI
 
 from qtask import wiring
 from qtask.adapters.sqlite_store import SQLiteTaskStore
-from qtask.api.app import create_app
 from qtask.config import Settings
 from qtask.constants import DB_FILE, LOCK_FILE
 from qtask.errors import ConfigError
 from qtask.logs import get_logger
-from qtask.service import CircuitIngestor, TaskService
 from qtask.worker.runner import Worker
 
 log = get_logger("embedded")
@@ -57,17 +55,16 @@ class EmbeddedService:
         self.parse_pool = wiring.parse_pool(settings)
         self.exec_pool = wiring.exec_pool(settings)
         self.objects = wiring.object_store(settings)
+        self.retention = wiring.retention(settings, self.store, self.objects)
         self.worker = Worker(
             self.store, self.store, self.exec_pool, settings.worker, objects=self.objects
         )
-        ingestor = CircuitIngestor(settings.limits, self.parse_pool)
-        self.service = TaskService(
-            self.store, self.store, ingestor, settings.limits, objects=self.objects
-        )
-        self.app: FastAPI = create_app(
-            self.service,
-            max_body_bytes=settings.limits.max_body_bytes,
-            max_batch_body_bytes=settings.limits.max_batch_body_bytes,
+        self.service, self.app = wiring.api_app(
+            settings,
+            self.store,
+            self.store,
+            objects=self.objects,
+            parser=self.parse_pool,
             ready_checks={
                 "store": wiring.ping_check(self.store),
                 "workers": wiring.pool_check(self.exec_pool, "worker"),
@@ -85,12 +82,16 @@ class EmbeddedService:
         await self.parse_pool.start()
         await self.exec_pool.start()
         self.worker.start()
+        if self.retention is not None:
+            self.retention.start()
         counts = await self.store.counts()
         log.info("service_started", processes=self.exec_pool.size, tasks=counts)
         try:
             yield
         finally:
             log.info("service_stopping", grace_s=self.settings.worker.shutdown_grace_s)
+            if self.retention is not None:
+                await self.retention.stop()
             await self.worker.stop(self.settings.worker.shutdown_grace_s)
             await self.exec_pool.close()
             await self.parse_pool.close()

@@ -5,6 +5,8 @@ Adapters wrap their drivers' exceptions in these; the API maps them to HTTP answ
 
 from __future__ import annotations
 
+import math
+
 
 class QTaskError(Exception):
     """Raised for any failure qtask knows how to describe."""
@@ -18,6 +20,11 @@ class InvalidRequestError(QTaskError):
     """Raised when a request is malformed: it can never succeed as sent (HTTP 400/422)."""
 
     status_code = 400
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries besides the body (none by default)."""
+        return {}
 
 
 class PayloadTooLargeError(InvalidRequestError):
@@ -42,6 +49,38 @@ class TaskConflictError(InvalidRequestError):
     """Raised when the task's state does not allow the request, e.g. cancelling a running task."""
 
     status_code = 409
+
+
+class RequestTimeoutError(InvalidRequestError):
+    """Raised when a request body does not arrive in time (slow or stalled client, HTTP 408)."""
+
+    status_code = 408
+
+
+class UnauthorizedError(InvalidRequestError):
+    """Raised when API keys are on and the request has none, or one that is not valid."""
+
+    status_code = 401
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """RFC 9110: a 401 names the scheme the client should use."""
+        return {"WWW-Authenticate": 'Bearer realm="qtask"'}
+
+
+class TooManyRequestsError(InvalidRequestError):
+    """Raised when a key is over its request rate or its number of pending tasks (HTTP 429)."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Retry-After in whole seconds, at least 1."""
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
 class TaskNotFoundError(QTaskError):

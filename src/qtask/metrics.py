@@ -24,6 +24,16 @@ TASKS_FINISHED = Counter(
     "crashing; it is in the dead-letter record).",
     ["outcome", "reason"],
 )
+TASKS_EXPIRED = Counter(
+    "qtask_tasks_expired",
+    "Ended tasks removed, with their objects, after retention.keep_finished_s.",
+)
+REQUESTS_REFUSED = Counter(
+    "qtask_requests_refused",
+    "Requests refused before any work: reason unauthorized (no or bad API key), rate (over "
+    "the key's request rate) or pending (over the key's cap of queued and running tasks).",
+    ["reason"],
+)
 TASKS_REDELIVERED = Counter(
     "qtask_tasks_redelivered",
     "Runs handed back to the queue: a crashed or timed-out batch, or a shutdown.",

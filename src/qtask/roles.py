@@ -64,24 +64,19 @@ class ApiRole:
     """The HTTP API with its parser processes and a reconciler."""
 
     def __init__(self, settings: Settings) -> None:
-        from qtask.api.app import create_app
-        from qtask.service import CircuitIngestor, TaskService
-
         _require_distributed(settings)
         self.settings = settings
         self.store = _store(settings)
         self.queue = _queue(settings, self.store)
         self.parse_pool = wiring.parse_pool(settings)
-        ingestor = CircuitIngestor(settings.limits, self.parse_pool)
         self.objects = wiring.object_store(settings)
-        self.service = TaskService(
-            self.store, self.queue, ingestor, settings.limits, objects=self.objects
-        )
         self.reconciler = Reconciler(self.store, self.queue, settings.nats.reconcile_interval_s)
-        self.app: FastAPI = create_app(
-            self.service,
-            max_body_bytes=settings.limits.max_body_bytes,
-            max_batch_body_bytes=settings.limits.max_batch_body_bytes,
+        self.service, self.app = wiring.api_app(
+            settings,
+            self.store,
+            self.queue,
+            objects=self.objects,
+            parser=self.parse_pool,
             ready_checks={
                 "store": wiring.ping_check(self.store),
                 "queue": wiring.ping_check(self.queue),
@@ -154,25 +149,42 @@ async def run_worker(settings: Settings) -> None:
 
 
 async def run_poller(settings: Settings) -> None:
-    """Re-publish stored-but-unpublished tasks until SIGTERM."""
+    """Re-publish stored-but-unpublished tasks, and remove expired ones, until SIGTERM."""
     _require_distributed(settings)
     store = _store(settings)
     queue = _queue(settings, store)
     await queue.connect()
+    objects = wiring.object_store(settings)
     reconciler = Reconciler(store, queue, settings.nats.reconcile_interval_s)
     reconciler.start()
+    retention = wiring.retention(settings, store, objects)
+    if retention is not None:
+        retention.start()
 
     health = await _health(
-        settings, {"store": wiring.ping_check(store), "queue": wiring.ping_check(queue)}
+        settings,
+        {
+            "store": wiring.ping_check(store),
+            "queue": wiring.ping_check(queue),
+            **wiring.optional_ping_check("objects", objects),
+        },
     )
-    log.info("poller_started")
+    log.info("poller_started", keep_finished_s=settings.retention.keep_finished_s or None)
     await _until_signalled()
     if health is not None:
         health.close()
     await reconciler.stop()
+    if retention is not None:
+        await retention.stop()
     await queue.close()
     await store.close()
-    log.info("poller_stopped", republished=reconciler.republished)
+    if objects is not None:
+        await objects.close()
+    log.info(
+        "poller_stopped",
+        republished=reconciler.republished,
+        expired=0 if retention is None else retention.removed,
+    )
 
 
 async def _health(settings: Settings, checks: dict[str, Check]) -> asyncio.Server | None:

@@ -29,6 +29,7 @@ from qtask.errors import (
     QueueUnavailableError,
     TaskConflictError,
     TaskNotFoundError,
+    TooManyRequestsError,
 )
 from qtask.logs import get_logger
 from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildPool, ChildTimeoutError
@@ -39,6 +40,16 @@ log = get_logger("service")
 _YIELD_EVERY = 64
 # Object-store writes one batch keeps in flight.
 _OBJECT_PUTS_AT_ONCE = 32
+# Retry-After of a 429 for too many pending tasks: a guess, as tasks end when they end.
+_PENDING_RETRY_AFTER_S = 5.0
+
+
+def _scoped(idempotency_key: str | None, owner: str | None) -> str | None:
+    """The idempotency key as stored: each API key has its own namespace of them, so one
+    key's Idempotency-Key can never return another key's task."""
+    if idempotency_key is None or owner is None:
+        return idempotency_key
+    return f"{owner}:{idempotency_key}"
 
 
 def limits_from(settings: LimitsSettings) -> Limits:
@@ -102,21 +113,38 @@ class TaskService:
         ingestor: CircuitIngestor,
         limits: LimitsSettings,
         objects: ObjectStore | None = None,
+        *,
+        max_pending_per_owner: int = 0,
     ) -> None:
+        """`max_pending_per_owner`: tasks one API key may have queued or running (0: no cap)."""
         self._store = store
         self._queue = queue
         self._objects = objects
         self._ingestor = ingestor
         self._max_shots = limits.max_shots
         self._max_batch = limits.max_batch_tasks
+        self._max_pending = max_pending_per_owner
 
-    async def submit(self, submission: Submission, idempotency_key: str | None = None) -> Task:
-        """Validate and durably store a task, then hand it to the workers."""
-        task = await self._prepare(submission, idempotency_key)
+    async def submit(
+        self,
+        submission: Submission,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+    ) -> Task:
+        """Validate and durably store a task, then hand it to the workers.
+
+        `owner` is the calling API key's name (None when keys are off): the task is visible
+        to that key only, and counts against its cap of pending tasks.
+        """
+        await self._check_pending(owner, 1)
+        task = await self._prepare(submission, _scoped(idempotency_key, owner), owner)
         return (await self._store_and_publish([task]))[0]
 
     async def submit_many(
-        self, submissions: Sequence[Submission], idempotency_key: str | None = None
+        self,
+        submissions: Sequence[Submission],
+        idempotency_key: str | None = None,
+        owner: str | None = None,
     ) -> list[Task]:
         """Validate every circuit first, then store them all in one commit, or none.
 
@@ -130,11 +158,13 @@ class TaskService:
             raise PayloadTooLargeError(
                 f"A batch may hold at most {self._max_batch} tasks; got {len(submissions)}."
             )
+        await self._check_pending(owner, len(submissions))
+        scoped = _scoped(idempotency_key, owner)
         tasks = []
         for index, submission in enumerate(submissions):
-            key = None if idempotency_key is None else f"{idempotency_key}/{index}"
+            key = None if scoped is None else f"{scoped}/{index}"
             try:
-                tasks.append(await self._parse(submission, key))
+                tasks.append(await self._parse(submission, key, owner))
             except InvalidRequestError as exc:
                 raise type(exc)(f"tasks[{index}]: {exc}") from None
             if index % _YIELD_EVERY == _YIELD_EVERY - 1:
@@ -149,43 +179,64 @@ class TaskService:
             raise TaskNotFoundError(task_id)
         return task
 
-    async def read(self, task_id: str) -> TaskOutcome:
-        """What a client may see of the task; raise TaskNotFoundError when there is none."""
+    async def read(self, task_id: str, caller: str | None = None) -> TaskOutcome:
+        """What `caller` may see of the task; TaskNotFoundError when there is none, or when it
+        belongs to another key (the same answer, so ids of others' tasks cannot be probed)."""
         found = (await self._store.outcomes([task_id])).get(task_id)
-        if found is None:
+        if found is None or not found.visible_to(caller):
             raise TaskNotFoundError(task_id)
         return found
 
-    async def cancel(self, task_id: str) -> TaskOutcome:
-        """Cancel a queued task: it ends in error "Task was cancelled." and never runs.
+    async def cancel(self, task_id: str, caller: str | None = None) -> TaskOutcome:
+        """Cancel a queued or running task: it ends in error "Task was cancelled." at once.
 
-        Cancelling a cancelled task answers the same again. A running or finished task raises
-        TaskConflictError (a circuit already on the simulator is not interrupted).
+        A queued task never runs. A running one's simulator run is not interrupted (it may
+        share one Aer call with other tasks); its result is discarded when it arrives.
+        Cancelling a cancelled task answers the same again; a task that ended otherwise raises
+        TaskConflictError.
         """
+        if caller is not None:
+            await self.read(task_id, caller)  # the owner never changes: check it first
         task = await self._store.cancel(task_id, MSG_CANCELLED)
         if task is None:
             raise TaskNotFoundError(task_id)
         if task.status is Status.FAILED and task.error == MSG_CANCELLED:
             log.info("task_cancelled", task_id=task_id)
             metrics.TASKS_CANCELLED.inc()
-            return TaskOutcome(task.id, task.status, task.result, task.error)
-        if task.status is Status.RUNNING:
-            raise TaskConflictError("The task is running; it can no longer be cancelled.")
+            return TaskOutcome(task.id, task.status, task.result, task.error, task.owner)
         raise TaskConflictError(f"The task already ended ({task.status.value}).")
 
     async def active_counts(self) -> dict[str, int]:
         """How many tasks are queued and running."""
         return await self._store.active_counts()
 
-    async def read_many(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
-        """What a client may see of the tasks among `task_ids` that exist (others left out)."""
+    async def read_many(
+        self, task_ids: Sequence[str], caller: str | None = None
+    ) -> dict[str, TaskOutcome]:
+        """What `caller` may see of the tasks among `task_ids` (others left out)."""
         if not task_ids:
             raise InvalidRequestError("Name at least one task id.")
         if len(task_ids) > MAX_IDS_PER_READ:
             raise InvalidRequestError(
                 f"At most {MAX_IDS_PER_READ} task ids may be read at once; got {len(task_ids)}."
             )
-        return await self._store.outcomes(task_ids)
+        found = await self._store.outcomes(task_ids)
+        if caller is None:
+            return found
+        return {task_id: task for task_id, task in found.items() if task.visible_to(caller)}
+
+    async def _check_pending(self, owner: str | None, adding: int) -> None:
+        """Refuse with 429 when `adding` more tasks would take `owner` over its cap."""
+        if owner is None or self._max_pending <= 0:
+            return
+        pending = await self._store.pending_count(owner)
+        if pending + adding > self._max_pending:
+            metrics.REQUESTS_REFUSED.labels("pending").inc()
+            raise TooManyRequestsError(
+                f"Too many pending tasks: key '{owner}' has {pending} queued or running, and "
+                f"may have at most {self._max_pending}; retry when some have finished.",
+                _PENDING_RETRY_AFTER_S,
+            )
 
     async def _store_and_publish(self, tasks: list[Task]) -> list[Task]:
         """Store the tasks in one commit and publish the new ones; a task whose idempotency key
@@ -207,11 +258,11 @@ class TaskService:
             # them once the queue is back. Accepting them now is safe.
             log.warning("publish_deferred", tasks=len(tasks), reason=str(exc))
 
-    async def _prepare(self, submission: Submission, key: str | None) -> Task:
-        task = await self._parse(submission, key)
+    async def _prepare(self, submission: Submission, key: str | None, owner: str | None) -> Task:
+        task = await self._parse(submission, key, owner)
         return (await self._put_circuits([task], [submission.source]))[0]
 
-    async def _parse(self, submission: Submission, key: str | None) -> Task:
+    async def _parse(self, submission: Submission, key: str | None, owner: str | None) -> Task:
         if not 1 <= submission.shots <= self._max_shots:
             raise InvalidRequestError(
                 f"shots must be between 1 and {self._max_shots}; got {submission.shots}."
@@ -225,6 +276,7 @@ class TaskService:
             shots=submission.shots,
             seed=submission.seed,
             idempotency_key=key,
+            owner=owner,
         )
 
     async def _put_circuits(self, tasks: list[Task], sources: Sequence[str]) -> list[Task]:

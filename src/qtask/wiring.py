@@ -7,12 +7,20 @@ the only module that knows which class implements which port for which setting.
 from __future__ import annotations
 
 import os
-from typing import Protocol
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Protocol
 
 from qtask.config import Settings
-from qtask.domain.ports import ObjectStore
+from qtask.domain.ports import ObjectStore, TaskQueue, TaskStore
 from qtask.worker.health import Check
 from qtask.worker.pool import ChildPool
+
+if TYPE_CHECKING:  # the worker role never imports FastAPI: these load only in api_app
+    from fastapi import FastAPI
+
+    from qtask.retention import Retention
+    from qtask.service import TaskService
 
 
 class _Pingable(Protocol):
@@ -88,3 +96,50 @@ def object_store(settings: Settings) -> ObjectStore | None:
     from qtask.adapters.objects import open_object_store
 
     return open_object_store(url)
+
+
+def retention(
+    settings: Settings, store: TaskStore, objects: ObjectStore | None
+) -> Retention | None:
+    """The retention pass, or None when ended tasks are kept forever (the default)."""
+    keep = settings.retention.keep_finished_s
+    if keep <= 0:
+        return None
+    from qtask.retention import Retention
+
+    return Retention(store, objects, keep, settings.retention.interval_s)
+
+
+def api_app(
+    settings: Settings,
+    store: TaskStore,
+    queue: TaskQueue,
+    *,
+    objects: ObjectStore | None,
+    parser: ChildPool,
+    ready_checks: dict[str, Check],
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+) -> tuple[TaskService, FastAPI]:
+    """The task service and the HTTP API around it, with the limits and keys of `settings`."""
+    from qtask.api.app import create_app
+    from qtask.api.auth import Gate
+    from qtask.service import CircuitIngestor, TaskService
+
+    service = TaskService(
+        store,
+        queue,
+        CircuitIngestor(settings.limits, parser),
+        settings.limits,
+        objects=objects,
+        max_pending_per_owner=settings.auth.max_pending_tasks if settings.auth.enabled else 0,
+    )
+    app = create_app(
+        service,
+        max_body_bytes=settings.limits.max_body_bytes,
+        max_batch_body_bytes=settings.limits.max_batch_body_bytes,
+        body_timeout_s=settings.limits.body_timeout_s,
+        gate=Gate(settings.auth),
+        ready_checks=ready_checks,
+        lifespan=lifespan,
+    )
+    return service, app

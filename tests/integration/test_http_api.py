@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -154,6 +156,29 @@ def test_payload_over_limit_is_413(client: httpx.Client, server: Deployment) -> 
     assert server.task_count() == before
 
 
+def test_a_50_mb_body_is_refused_without_reading_it(
+    client: httpx.Client, server: Deployment
+) -> None:
+    before = server.task_count()
+    declared = client.post(
+        "/tasks",
+        content=b'{"qc": "' + b"x" * (50 << 20) + b'"}',
+        headers={"content-type": "application/json"},
+    )
+    assert declared.status_code == 413
+    assert "over the limit of 1048576 bytes" in declared.json()["message"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: refused once 1 MiB has arrived
+        yield b'{"qc": "'
+        for _ in range(50):
+            yield b"x" * (1 << 20)
+
+    chunked = client.post("/tasks", content=chunks(), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
+    assert client.get("/health").status_code == 200
+    assert server.task_count() == before
+
+
 def test_batch_runs_every_task_and_keeps_order(client: httpx.Client) -> None:
     items = [{"qc": BELL, "shots": 100 + i} for i in range(30)]
     items += [{"qc": ghz(4), "shots": 50, "seed": 7}, {"qc": QASM2_BELL, "shots": 64}]
@@ -227,23 +252,31 @@ def test_size_bombs_are_refused_and_the_api_stays_up(
 
 
 def test_a_cancelled_task_never_runs(client: httpx.Client, server: Deployment) -> None:
-    # Occupy both workers, queue Bell tasks behind them, cancel every other one.
+    # Occupy both workers, queue Bell tasks behind them, cancel every other one and one of
+    # the running blockers.
+    cancelled_body = {"status": "error", "message": "Task was cancelled."}
     blockers = [submit(client, slow_circuit(20, 30)) for _ in range(2)]
     queued = [submit(client, BELL) for _ in range(6)]
-    cancelled, kept = queued[::2], queued[1::2]
+    deadline = time.monotonic() + 30
+    while 'qtask_tasks{status="running"} 2.0' not in client.get("/metrics").text:
+        assert time.monotonic() < deadline, "the blockers never both ran"
+        time.sleep(0.05)
+    cancelled, kept = [*queued[::2], blockers[0]], [*queued[1::2], blockers[1]]
     for task_id in cancelled:
         response = client.delete(f"/tasks/{task_id}")
-        if response.status_code == 409:  # a worker took it first: it runs to the end
-            kept.append(task_id)
-            continue
         assert response.status_code == 200
-        assert response.json() == {"status": "error", "message": "Task was cancelled."}
-    for task_id in blockers + kept:
+        assert response.json() == cancelled_body
+    for task_id in kept:
         assert wait_done(client, task_id)["status"] == "completed"
-    for task_id in set(cancelled) - set(kept):
-        body = client.get(f"/tasks/{task_id}").json()
-        assert body == {"status": "error", "message": "Task was cancelled."}
-    assert client.delete(f"/tasks/{kept[0]}").status_code == 409
+    deadline = time.monotonic() + 60
+    while not _logged(server, "task_finished", task_id=blockers[0], outcome="discarded"):
+        assert time.monotonic() < deadline, "the cancelled blocker's result was not discarded"
+        time.sleep(0.2)
+    for task_id in cancelled:
+        assert client.get(f"/tasks/{task_id}").json() == cancelled_body
+    ended = client.delete(f"/tasks/{kept[0]}")
+    assert ended.status_code == 409
+    assert "already ended (completed)" in ended.json()["message"]
 
 
 def test_metrics_of_a_finished_task(client: httpx.Client, server: Deployment) -> None:
@@ -292,3 +325,14 @@ def test_large_result_crosses_the_process_pipe_intact(client: httpx.Client) -> N
     assert done["status"] == "completed"
     assert sum(done["result"].values()) == 8192
     assert len(done["result"]) > 2000
+
+
+def _logged(server: Deployment, event: str, **fields: object) -> bool:
+    """Whether the server logged a JSON line `event` with these fields."""
+    for line in server.log().splitlines():
+        if not line.startswith("{"):
+            continue
+        entry = json.loads(line)
+        if entry.get("event") == event and all(entry.get(k) == v for k, v in fields.items()):
+            return True
+    return False

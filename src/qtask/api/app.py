@@ -9,8 +9,10 @@ from fastapi import FastAPI
 
 from qtask import __version__
 from qtask.api import errors
+from qtask.api.auth import Gate
 from qtask.api.middleware import RequestLogMiddleware
 from qtask.api.routes import ReadyCheck, router
+from qtask.config import AuthSettings
 from qtask.service import TaskService
 
 
@@ -19,10 +21,15 @@ def create_app(
     *,
     max_body_bytes: int,
     max_batch_body_bytes: int | None = None,
+    body_timeout_s: float = 30.0,
+    gate: Gate | None = None,
     ready_checks: dict[str, ReadyCheck] | None = None,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
 ) -> FastAPI:
-    """The qtask HTTP API; `lifespan` starts and stops what the service runs on."""
+    """The qtask HTTP API; `lifespan` starts and stops what the service runs on.
+
+    `gate` checks API keys and rates; without one every caller is anonymous and unlimited.
+    """
     app = FastAPI(
         title="qtask",
         version=__version__,
@@ -32,6 +39,8 @@ def create_app(
     app.state.service = service
     app.state.max_body_bytes = max_body_bytes
     app.state.max_batch_body_bytes = max_batch_body_bytes or max_body_bytes
+    app.state.body_timeout_s = body_timeout_s
+    app.state.gate = gate or Gate(AuthSettings())
     app.state.ready_checks = ready_checks or {}
     errors.install(app)
     app.add_middleware(RequestLogMiddleware)

@@ -40,7 +40,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(InvalidRequestError)
     async def invalid(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, InvalidRequestError)
-        return error_response(exc.status_code, str(exc))
+        return error_response(exc.status_code, str(exc), exc.headers)
 
     @app.exception_handler(StoreUnavailableError)
     @app.exception_handler(ObjectStoreUnavailableError)

@@ -4,8 +4,9 @@ Every request gets an id: the caller's `X-Request-ID` when it is a sane token, a
 otherwise. It is bound to the log context while the request is handled, so every line the
 request causes (a deferred publish, a cancelled task, an error) carries it, and it is sent back
 in the `X-Request-ID` header. When the request ends, one `http_request` line records method,
-path, status and duration, and the request counts in the Prometheus metrics (by route
-template, never by path). Query strings and bodies are never logged: circuits stay out of logs.
+path, status, duration and the calling API key's name (never the key), and the request counts
+in the Prometheus metrics (by route template, never by path). Query strings and bodies are never
+logged: circuits stay out of logs.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class RequestLogMiddleware:
             route = getattr(scope.get("route"), "path", "unmatched")  # a template, not the path
             metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
             metrics.HTTP_SECONDS.labels(method, route).observe(elapsed)
+            caller = scope.get("state", {}).get("caller")  # the key's name, set by the route
             log.info(
                 "http_request",
                 request_id=request_id,
@@ -65,6 +67,7 @@ class RequestLogMiddleware:
                 path=scope["path"],
                 status=status,
                 duration_ms=round(1000 * elapsed, 3),
+                **({"key": caller} if caller is not None else {}),
             )
 
 

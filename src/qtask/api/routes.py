@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 
 from qtask import metrics
+from qtask.api.auth import Gate
 from qtask.api.errors import describe_validation
 from qtask.api.schemas import (
     BatchSubmitRequest,
@@ -29,7 +31,12 @@ from qtask.constants import (
     MSG_SUBMITTED,
 )
 from qtask.domain.task import Status, Task, TaskOutcome
-from qtask.errors import InvalidRequestError, PayloadTooLargeError, QTaskError
+from qtask.errors import (
+    InvalidRequestError,
+    PayloadTooLargeError,
+    QTaskError,
+    RequestTimeoutError,
+)
 from qtask.service import Submission, TaskService
 
 ReadyCheck = Callable[[], Awaitable[str]]
@@ -46,14 +53,32 @@ async def _service(request: Request) -> TaskService:
 
 ServiceDep = Annotated[TaskService, Depends(_service)]
 
+
+async def _caller(request: Request) -> str | None:
+    """The calling API key's name (None when keys are off), or 401/429 before any body is read."""
+    gate: Gate = request.app.state.gate
+    name = gate.caller(request.headers)
+    request.state.caller = name  # the request log line names the key (never the key itself)
+    return name
+
+
+CallerDep = Annotated[str | None, Depends(_caller)]
+
 _ERROR_BODY: dict[int | str, dict[str, Any]] = {
     code: {"model": MessageResponse, "description": text}
     for code, text in {
         400: "Malformed request or invalid circuit (the message says where).",
+        401: "API keys are on and the request has no valid one.",
+        408: "The request body did not arrive in time.",
         413: "Request or circuit over the size limit.",
         422: "Well-formed but not acceptable (wrong types, over a circuit limit).",
+        429: "Over the key's request rate or pending-task cap; see Retry-After.",
         503: "The task store is unavailable; nothing was stored.",
     }.items()
+}
+# What every read of a task may answer besides 200.
+_READ_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: body for code, body in _ERROR_BODY.items() if code in (401, 429, 503)
 }
 
 
@@ -87,11 +112,12 @@ def _json(
 async def submit_task(
     request: Request,
     service: ServiceDep,
+    caller: CallerDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Store the circuit durably and queue it; answer with the task's id at once."""
     body = await _read_model(request, SubmitRequest, request.app.state.max_body_bytes)
-    task = await service.submit(Submission(body.qc, body.shots, body.seed), idempotency_key)
+    task = await service.submit(Submission(body.qc, body.shots, body.seed), idempotency_key, caller)
     return _json(
         {"task_id": task.id, "message": MSG_SUBMITTED},
         202,
@@ -110,6 +136,7 @@ async def submit_task(
 async def submit_batch(
     request: Request,
     service: ServiceDep,
+    caller: CallerDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Store every circuit, or none if any is invalid; answer with one id per circuit, in order.
@@ -120,7 +147,9 @@ async def submit_batch(
     """
     body = await _read_model(request, BatchSubmitRequest, request.app.state.max_batch_body_bytes)
     tasks = await service.submit_many(
-        [Submission(item.qc, item.shots, item.seed) for item in body.tasks], idempotency_key
+        [Submission(item.qc, item.shots, item.seed) for item in body.tasks],
+        idempotency_key,
+        caller,
     )
     return _json({"task_ids": [task.id for task in tasks], "message": MSG_BATCH_SUBMITTED}, 202)
 
@@ -128,11 +157,15 @@ async def submit_batch(
 @router.get(
     "/tasks",
     response_model=TaskListResponse,
-    responses={400: {"model": MessageResponse, "description": "No ids, or too many."}},
+    responses={
+        400: {"model": MessageResponse, "description": "No ids, or too many."},
+        **_READ_ERRORS,
+    },
     summary="Read several tasks",
 )
 async def get_tasks(
     service: ServiceDep,
+    caller: CallerDep,
     ids: Annotated[
         list[str],
         Query(
@@ -146,7 +179,7 @@ async def get_tasks(
     An unknown id gets the not-found body in its place rather than failing the request.
     """
     wanted = [part for value in ids for part in value.split(",") if part]
-    found = await service.read_many(wanted)
+    found = await service.read_many(wanted, caller)
     return _json(
         {
             "tasks": [
@@ -162,27 +195,31 @@ async def get_tasks(
 @router.get(
     "/tasks/{task_id}",
     response_model=CompletedResponse | MessageResponse,
-    responses={404: {"model": MessageResponse, "description": "No such task."}},
+    responses={
+        404: {"model": MessageResponse, "description": "No such task (or not this key's)."},
+        **_READ_ERRORS,
+    },
     summary="Read a task",
 )
-async def get_task(task_id: str, service: ServiceDep) -> Response:
+async def get_task(task_id: str, service: ServiceDep, caller: CallerDep) -> Response:
     """Completed: the counts. Queued or running: pending. Failed: error with the reason."""
-    return _json(task_body(await service.read(task_id)))
+    return _json(task_body(await service.read(task_id, caller)))
 
 
 @router.delete(
     "/tasks/{task_id}",
     response_model=MessageResponse,
     responses={
-        404: {"model": MessageResponse, "description": "No such task."},
+        404: {"model": MessageResponse, "description": "No such task (or not this key's)."},
         409: {"model": MessageResponse, "description": "The task is running or already ended."},
+        **_READ_ERRORS,
     },
     summary="Cancel a queued task",
 )
-async def cancel_task(task_id: str, service: ServiceDep) -> Response:
+async def cancel_task(task_id: str, service: ServiceDep, caller: CallerDep) -> Response:
     """A queued task ends without running and reads `{"status": "error", "message": "Task was
     cancelled."}` from then on; this answers that body. Running or ended tasks: 409."""
-    return _json(task_body(await service.cancel(task_id)))
+    return _json(task_body(await service.cancel(task_id, caller)))
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -245,7 +282,13 @@ async def _read_model(request: Request, model: type[_Model], limit: int) -> _Mod
     Routes read bodies themselves (not as FastAPI parameters) so the size limit holds while the
     body streams in, and so every error has the contract's shape.
     """
-    payload = await _read_json(request, limit)
+    try:
+        async with asyncio.timeout(request.app.state.body_timeout_s):
+            payload = await _read_json(request, limit)
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"The request body did not arrive within {request.app.state.body_timeout_s:g} s."
+        ) from None
     try:
         return model.model_validate(payload)
     except ValidationError as exc:

@@ -1,0 +1,98 @@
+"""API keys: who is calling, and whether they may call now.
+
+Keys are configured as SHA-256 digests, never in clear, and are never logged; a request names
+its key with `Authorization: Bearer <key>` or `X-API-Key: <key>`. A key is 32 random bytes
+(`qtask keygen`), so one fast hash is enough: there is no password to guess offline.
+Each key's requests to the /tasks routes pass a token bucket held in this API process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Callable, Mapping
+
+from qtask import metrics
+from qtask.config import AuthSettings
+from qtask.errors import TooManyRequestsError, UnauthorizedError
+
+_BEARER = "bearer "
+
+
+def new_key() -> str:
+    """A fresh API key: 256 random bits, URL-safe text."""
+    return "qtk_" + secrets.token_urlsafe(32)
+
+
+def key_digest(key: str) -> str:
+    """The SHA-256 hex digest of a key, as the configuration holds it."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class TokenBuckets:
+    """One token bucket per key name: `rate` tokens a second, at most `burst` saved up."""
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, when)
+
+    def take(self, name: str) -> float:
+        """Spend one token of `name`: 0.0 when there was one, else the seconds until one."""
+        now = self._clock()
+        tokens, then = self._buckets.get(name, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - then) * self._rate)
+        if tokens >= 1.0:
+            self._buckets[name] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[name] = (tokens, now)
+        return (1.0 - tokens) / self._rate
+
+
+class Gate:
+    """Turns a request's headers into the caller's key name, or refuses the request."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self.enabled = settings.enabled
+        self._names = {bytes.fromhex(key.sha256): key.name for key in settings.keys}
+        self._rate = settings.rate_per_s
+        self._buckets = (
+            TokenBuckets(settings.rate_per_s, settings.burst) if settings.rate_per_s > 0 else None
+        )
+
+    def caller(self, headers: Mapping[str, str]) -> str | None:
+        """The name of the calling key (None when keys are off); raise 401 or 429 otherwise."""
+        if not self.enabled:
+            return None
+        presented = _presented(headers)
+        if presented is None:
+            metrics.REQUESTS_REFUSED.labels("unauthorized").inc()
+            raise UnauthorizedError(
+                "An API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
+            )
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
+        name = self._names.get(digest)
+        if name is None:
+            metrics.REQUESTS_REFUSED.labels("unauthorized").inc()
+            raise UnauthorizedError("The API key is not valid.")
+        if self._buckets is not None:
+            wait = self._buckets.take(name)
+            if wait > 0:
+                metrics.REQUESTS_REFUSED.labels("rate").inc()
+                raise TooManyRequestsError(
+                    f"Too many requests: key '{name}' may make {self._rate:g} per second; "
+                    f"retry in {wait:.2f} s.",
+                    wait,
+                )
+        return name
+
+
+def _presented(headers: Mapping[str, str]) -> str | None:
+    authorization = headers.get("authorization")
+    if authorization is not None and authorization[: len(_BEARER)].lower() == _BEARER:
+        return authorization[len(_BEARER) :].strip() or None
+    return headers.get("x-api-key") or None

@@ -18,6 +18,8 @@ from qtask_testkit import BELL, ghz, slow_circuit, submit, wait_done
 
 URL = os.environ.get("QTASK_COMPOSE_URL", "")
 PROJECT = os.environ.get("QTASK_COMPOSE_PROJECT", "qtaskci")
+# docker-compose.yml turns API keys on; this is its default key for a local trial.
+API_KEY = os.environ.get("QTASK_COMPOSE_API_KEY", "qtk-local-demo-key-change-me")
 MEDIUM = slow_circuit(16, 10)
 
 pytestmark = pytest.mark.skipif(not URL, reason="needs the compose stack (scripts/compose-e2e)")
@@ -63,7 +65,8 @@ def wait_healthy(service: str, count: int, timeout: float = 120) -> None:
 @pytest.fixture
 def client() -> Iterator[httpx.Client]:
     """A client for the stack's API."""
-    with httpx.Client(base_url=URL, timeout=30) as http:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=URL, timeout=30, headers=headers) as http:
         yield http
 
 
@@ -86,7 +89,8 @@ def _mix(client: httpx.Client, count: int) -> dict[str, tuple[int, int]]:
 
 
 def test_submit_process_retrieve_bad_input_and_not_found(client: httpx.Client) -> None:
-    done = wait_done(client, submit(client, BELL))
+    done_id = submit(client, BELL)
+    done = wait_done(client, done_id)
     assert done["status"] == "completed"
     assert set(done["result"]) == {"00", "11"}
     assert sum(done["result"].values()) == 1024
@@ -97,6 +101,9 @@ def test_submit_process_retrieve_bad_input_and_not_found(client: httpx.Client) -
     missing = client.get("/tasks/00000000-0000-4000-8000-000000000000")
     assert missing.status_code == 404
     assert missing.json() == {"status": "error", "message": "Task not found."}
+    # The stack has API keys on: without one, nothing is accepted or shown.
+    assert httpx.post(f"{URL}/tasks", json={"qc": BELL}, timeout=30).status_code == 401
+    assert httpx.get(f"{URL}/tasks/{done_id}", timeout=30).status_code == 401
 
 
 def test_200_tasks_through_two_workers(client: httpx.Client) -> None:

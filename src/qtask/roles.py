@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from qtask import wiring
 from qtask.adapters.nats_queue import NatsTaskQueue
-from qtask.adapters.redis_store import RedisTaskStore
+from qtask.adapters.redis_store import RedisRateLimiter, RedisTaskStore
 from qtask.config import Settings
 from qtask.errors import ConfigError
 from qtask.logs import get_logger
@@ -41,6 +41,14 @@ def _require_distributed(settings: Settings) -> None:
 
 def _store(settings: Settings) -> RedisTaskStore:
     return RedisTaskStore(settings.redis.url, prefix=settings.redis.prefix)
+
+
+def _rate_limiter(settings: Settings, store: RedisTaskStore) -> RedisRateLimiter | None:
+    """Per-key request buckets in Redis, so that every API replica enforces one rate."""
+    auth = settings.auth
+    if not auth.enabled or auth.rate_per_s <= 0:
+        return None
+    return RedisRateLimiter(store, auth.rate_per_s, auth.burst)
 
 
 def _queue(settings: Settings, store: RedisTaskStore) -> NatsTaskQueue:
@@ -84,6 +92,7 @@ class ApiRole:
                 **wiring.optional_ping_check("objects", self.objects),
             },
             lifespan=self._lifespan,
+            limiter=_rate_limiter(settings, self.store),
         )
 
     @asynccontextmanager

@@ -12,7 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Protocol
 
 from qtask.config import Settings
-from qtask.domain.ports import ObjectStore, TaskQueue, TaskStore
+from qtask.domain.ports import ObjectStore, RateLimiter, TaskQueue, TaskStore
 from qtask.worker.health import Check
 from qtask.worker.pool import ChildPool
 
@@ -119,8 +119,12 @@ def api_app(
     parser: ChildPool,
     ready_checks: dict[str, Check],
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+    limiter: RateLimiter | None = None,
 ) -> tuple[TaskService, FastAPI]:
-    """The task service and the HTTP API around it, with the limits and keys of `settings`."""
+    """The task service and the HTTP API around it, with the limits and keys of `settings`.
+
+    `limiter` holds the per-key request buckets when they are shared between API processes.
+    """
     from qtask.api.app import create_app
     from qtask.api.auth import Gate
     from qtask.service import CircuitIngestor, TaskService
@@ -138,7 +142,7 @@ def api_app(
         max_body_bytes=settings.limits.max_body_bytes,
         max_batch_body_bytes=settings.limits.max_batch_body_bytes,
         body_timeout_s=settings.limits.body_timeout_s,
-        gate=Gate(settings.auth),
+        gate=Gate(settings.auth, limiter),
         ready_checks=ready_checks,
         lifespan=lifespan,
     )

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from qtask.adapters.redis_store import RedisTaskStore
+from qtask.adapters.redis_store import RedisRateLimiter, RedisTaskStore
 from qtask.domain.task import Status, Task, new_task_id
 from qtask.errors import StoreUnavailableError, TaskNotFoundError
 from qtask_testkit import BELL_INFO, make_task
@@ -375,3 +375,23 @@ async def test_a_call_that_outlasts_the_retries_raises_store_unavailable(
     finally:
         redis_server.start()
         await quick.close()
+
+
+async def test_rate_buckets_are_shared_by_every_api_process(redis_server: RedisServer) -> None:
+    # Two stores stand for two API processes: together they get one bucket per key name.
+    first, second = RedisTaskStore(redis_server.url), RedisTaskStore(redis_server.url)
+    try:
+        a = RedisRateLimiter(first, rate=2.0, burst=3)
+        b = RedisRateLimiter(second, rate=2.0, burst=3)
+        assert [await a.take("alice"), await b.take("alice"), await a.take("alice")] == [0, 0, 0]
+        wait = await b.take("alice")
+        assert 0.4 < wait <= 0.5  # one token at 2 a second, less the time the calls took
+        assert await a.take("bob") == 0.0
+        await asyncio.sleep(wait + 0.05)
+        assert await b.take("alice") == 0.0
+        # An idle bucket expires once it would be full again (3 tokens at 2/s, plus 1 s).
+        ttl_ms = await first._redis.pttl("qtask:rate:alice")
+        assert 0 < ttl_ms <= 2500
+    finally:
+        await first.close()
+        await second.close()

@@ -11,6 +11,7 @@ Layout, every key under one prefix (default "qtask"):
 - `{prefix}:counts`: hash of status -> number of tasks in it, and `pending:{owner}` -> number
   of that API key's tasks queued or running.
 - `{prefix}:finished`: sorted set of ended task ids scored by finished_at (for retention).
+- `{prefix}:rate:{name}`: an API key's request token bucket (RedisRateLimiter), while in use.
 - `{prefix}:dead`: list of dead-letter records (JSON), newest first, capped at 10,000.
 
 Every change of a task is one Lua script, so it is atomic: the task hash, the counters, the ledger
@@ -60,6 +61,7 @@ COUNTS_KEY = "{prefix}:counts"
 DEAD_KEY = "{prefix}:dead"
 FINISHED_KEY = "{prefix}:finished"
 PENDING_FIELD = "pending:{owner}"
+RATE_KEY = "{prefix}:rate:{name}"
 _STATUSES = frozenset(status.value for status in Status)
 PING_KEY = "{prefix}:ping"
 DEFAULT_PREFIX = "qtask"
@@ -267,6 +269,49 @@ for a = 1, #ARGV, 2 do
 end
 return deleted
 """
+
+
+_TAKE_TOKEN_LUA = """
+-- KEYS[1] the bucket's hash. ARGV: rate (tokens per second), burst, expiry in ms.
+-- A token bucket on Redis's clock, so every API process shares it. Returns 0 when a token was
+-- taken, else the seconds until one is back (as a string: Lua numbers lose their fraction).
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'at',
+  string.format('%.6f', now))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return string.format('%.6f', wait)
+"""
+
+
+class RedisRateLimiter:
+    """RateLimiter on Redis: one token bucket per key name, shared by every API process.
+
+    A bucket idle long enough to be full again expires, so Redis keeps only active keys'.
+    """
+
+    def __init__(self, store: RedisTaskStore, rate: float, burst: int) -> None:
+        self._store = store
+        self._take = store._redis.register_script(_TAKE_TOKEN_LUA)
+        self._args = [repr(rate), str(burst), str(int(1000 * burst / rate) + 1000)]
+
+    async def take(self, name: str) -> float:
+        """Spend one token of `name`: 0.0 when there was one, else the seconds until one."""
+        key = RATE_KEY.format(prefix=self._store._prefix, name=name)
+        with self._store._unavailable("check a request rate"):
+            wait = await self._take(keys=[key], args=self._args)
+        return float(wait)
 
 
 class RedisTaskStore:

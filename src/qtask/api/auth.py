@@ -3,7 +3,8 @@
 Keys are configured as SHA-256 digests, never in clear, and are never logged; a request names
 its key with `Authorization: Bearer <key>` or `X-API-Key: <key>`. A key is 32 random bytes
 (`qtask keygen`), so one fast hash is enough: there is no password to guess offline.
-Each key's requests to the /tasks routes pass a token bucket held in this API process.
+Each key's requests to the /tasks routes pass a token bucket: in this process (embedded mode),
+or in Redis, shared by every API process (distributed mode).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Mapping
 
 from qtask import metrics
 from qtask.config import AuthSettings
+from qtask.domain.ports import RateLimiter
 from qtask.errors import TooManyRequestsError, UnauthorizedError
 
 _BEARER = "bearer "
@@ -31,7 +33,8 @@ def key_digest(key: str) -> str:
 
 
 class TokenBuckets:
-    """One token bucket per key name: `rate` tokens a second, at most `burst` saved up."""
+    """RateLimiter in this process: one token bucket per key name, `rate` tokens a second,
+    at most `burst` saved up."""
 
     def __init__(
         self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
@@ -41,7 +44,7 @@ class TokenBuckets:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, when)
 
-    def take(self, name: str) -> float:
+    async def take(self, name: str) -> float:
         """Spend one token of `name`: 0.0 when there was one, else the seconds until one."""
         now = self._clock()
         tokens, then = self._buckets.get(name, (self._burst, now))
@@ -56,15 +59,17 @@ class TokenBuckets:
 class Gate:
     """Turns a request's headers into the caller's key name, or refuses the request."""
 
-    def __init__(self, settings: AuthSettings) -> None:
+    def __init__(self, settings: AuthSettings, limiter: RateLimiter | None = None) -> None:
+        """`limiter` holds the buckets when they are shared (Redis); by default this process
+        holds them. Neither is used when `settings.rate_per_s` is 0."""
         self.enabled = settings.enabled
         self._names = {bytes.fromhex(key.sha256): key.name for key in settings.keys}
         self._rate = settings.rate_per_s
-        self._buckets = (
-            TokenBuckets(settings.rate_per_s, settings.burst) if settings.rate_per_s > 0 else None
-        )
+        self._buckets: RateLimiter | None = None
+        if settings.rate_per_s > 0:
+            self._buckets = limiter or TokenBuckets(settings.rate_per_s, settings.burst)
 
-    def caller(self, headers: Mapping[str, str]) -> str | None:
+    async def caller(self, headers: Mapping[str, str]) -> str | None:
         """The name of the calling key (None when keys are off); raise 401 or 429 otherwise."""
         if not self.enabled:
             return None
@@ -80,7 +85,7 @@ class Gate:
             metrics.REQUESTS_REFUSED.labels("unauthorized").inc()
             raise UnauthorizedError("The API key is not valid.")
         if self._buckets is not None:
-            wait = self._buckets.take(name)
+            wait = await self._buckets.take(name)
             if wait > 0:
                 metrics.REQUESTS_REFUSED.labels("rate").inc()
                 raise TooManyRequestsError(

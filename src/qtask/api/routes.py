@@ -57,7 +57,7 @@ ServiceDep = Annotated[TaskService, Depends(_service)]
 async def _caller(request: Request) -> str | None:
     """The calling API key's name (None when keys are off), or 401/429 before any body is read."""
     gate: Gate = request.app.state.gate
-    name = gate.caller(request.headers)
+    name = await gate.caller(request.headers)
     request.state.caller = name  # the request log line names the key (never the key itself)
     return name
 

@@ -142,6 +142,14 @@ class TaskQueue(Protocol):
         ...
 
 
+class RateLimiter(Protocol):
+    """Token buckets by name (an API key's): how often each may call."""
+
+    async def take(self, name: str) -> float:
+        """Spend one token of `name`: 0.0 when there was one, else the seconds until one."""
+        ...
+
+
 class ObjectStore(Protocol):
     """Blobs under string keys: circuits and results for long-term keeping (the 002 seed)."""
 

@@ -149,6 +149,17 @@ class ServerProcess:
         """How many tasks the server's database holds."""
         return db_task_count(self.data_dir)
 
+    def stored_status(self, task_id: str) -> str | None:
+        """The task's status as the database holds it (queued/running/...), None when absent."""
+        import sqlite3
+
+        conn = sqlite3.connect(self.data_dir / "qtask.db")
+        try:
+            row = conn.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        finally:
+            conn.close()
+        return None if row is None else str(row[0])
+
 
 def submit(client: httpx.Client, qc: str, **extra: Any) -> str:
     """Submit a circuit and return its task id (asserting the contract's answer)."""

@@ -311,6 +311,17 @@ class DistributedDeployment:
         for server in (self.redis, self.nats, self.s3):
             server.stop(signal.SIGKILL)
 
+    def stored_status(self, task_id: str) -> str | None:
+        """The task's status as Redis holds it (queued/running/...), None when absent."""
+        import redis
+
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            status = client.hget(f"qtask:task:{task_id}", "status")
+        finally:
+            client.close()
+        return None if status is None else bytes(status).decode()
+
     def task_count(self) -> int:
         """How many task records Redis holds."""
         import redis

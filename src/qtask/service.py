@@ -193,10 +193,16 @@ class TaskService:
         A queued task never runs. A running one's simulator run is not interrupted (it may
         share one Aer call with other tasks); its result is discarded when it arrives.
         Cancelling a cancelled task answers the same again; a task that ended otherwise raises
-        TaskConflictError.
+        TaskConflictError. With a cap on pending tasks, a running task is not cancelled either
+        (TaskConflictError): its run would go on while no longer counted against the cap.
         """
         if caller is not None:
-            await self.read(task_id, caller)  # the owner never changes: check it first
+            seen = await self.read(task_id, caller)  # the owner never changes: check it first
+            if self._max_pending > 0 and seen.status is Status.RUNNING:
+                raise TaskConflictError(
+                    "The task is running, and with a cap on pending tasks a running task "
+                    "cannot be cancelled: its run would go on outside the cap."
+                )
         task = await self._store.cancel(task_id, MSG_CANCELLED)
         if task is None:
             raise TaskNotFoundError(task_id)

@@ -14,7 +14,7 @@ from qtask.config import WorkerSettings
 from qtask.domain.ports import Delivery
 from qtask.domain.task import CircuitInfo, Status, Task, new_task_id
 from qtask.execution.items import RunItem, RunOutcome
-from qtask.testing import InMemoryDelivery, InMemoryTaskStore
+from qtask.testing import InMemoryDelivery, InMemoryObjectStore, InMemoryTaskStore
 from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildTimeoutError
 from qtask.worker.runner import Worker, _plan
 from qtask_testkit import BELL, BELL_INFO
@@ -155,6 +155,31 @@ async def test_each_outcome_has_one_canonical_log_line() -> None:
     assert line["queue_wait_s"] >= 0
     assert line["run_s"] >= 0
     assert BELL not in repr(logs)  # circuits stay out of the logs
+
+
+async def test_the_result_of_a_task_cancelled_while_it_ran_is_discarded() -> None:
+    store = RecordingStore()
+    objects = InMemoryObjectStore()
+    task = await store.create(make_task(result_object="results/ab/x.json"))
+
+    async def cancelled_meanwhile(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        await store.cancel(task.id, "Task was cancelled.")
+        return counts_for(items)
+
+    pool = FakePool(cancelled_meanwhile)
+    worker = Worker(store, store, pool, settings(), objects=objects)  # type: ignore[arg-type]
+    with structlog.testing.capture_logs() as logs:
+        worker.start()
+        try:
+            await wait_until(lambda: bool(store.deliveries) and store.deliveries[0].acked == 1)
+        finally:
+            await worker.stop(grace=1.0)
+    ended = store.tasks[task.id]
+    assert (ended.status, ended.error, ended.result) == (Status.FAILED, "Task was cancelled.", None)
+    assert objects.objects == {}  # the result object written before the record refused it
+    assert worker.completed == 0
+    [line] = [entry for entry in logs if entry["event"] == "task_finished"]
+    assert line["outcome"] == "discarded"
 
 
 async def test_task_submitted_while_running_is_picked_up() -> None:

@@ -26,6 +26,7 @@ from qtask.config import WorkerSettings
 from qtask.constants import BATCH_MAX_OPERATIONS, BATCH_MAX_QUBITS, LEASE_SECONDS
 from qtask.domain.ports import Delivery, ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import Status, Task
+from qtask.errors import TaskNotFoundError
 from qtask.execution.items import BACKEND_NAME, RunItem, RunOutcome
 from qtask.logs import get_logger
 from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildPool, ChildTimeoutError
@@ -235,13 +236,17 @@ class Worker:
                         await self._objects.put(
                             task.result_object, _result_document(task, outcome.counts)
                         )
-                    stored = await self._store.complete(task.id, outcome.counts)
+                    try:
+                        stored: Task | None = await self._store.complete(task.id, outcome.counts)
+                    except TaskNotFoundError:  # cancelled, then removed by retention meanwhile
+                        stored = None
                     await self._settle(delivery)
-                    if stored.status is Status.COMPLETED:
+                    if stored is not None and stored.status is Status.COMPLETED:
                         self.completed += 1
                         metrics.TASKS_FINISHED.labels("completed", "").inc()
                         _canonical(task, "completed", outcome.seconds, elapsed, batch_size)
                     else:  # it ended while it ran (cancelled): the first outcome stands
+                        await self._discard_result(task)
                         _canonical(task, "discarded", outcome.seconds, elapsed, batch_size)
                 else:
                     await self._fail(
@@ -252,6 +257,15 @@ class Worker:
                 # Not stored, so not acknowledged: the lease lapses and the task runs again.
                 log.exception("record_failed")
                 self._held.pop(task.id, None)
+
+    async def _discard_result(self, task: Task) -> None:
+        """Delete the result object written for a task whose record refused the result."""
+        if self._objects is None or task.result_object is None:
+            return
+        try:
+            await self._objects.delete(task.result_object)
+        except Exception as exc:  # retention removes it with the record later
+            log.warning("discard_failed", reason=str(exc))
 
     async def _fail(
         self, delivery: Delivery, message: str, *, reason: str, dead_letter: bool = False

@@ -57,15 +57,11 @@ class InMemoryTaskStore:
         return self.tasks.get(task_id)
 
     async def cancel(self, task_id: str, message: str) -> Task | None:
-        """End a queued or running task in error; see the port."""
-        task = self.tasks.get(task_id)
-        if task is None or task.status.terminal:
-            return task
-        cancelled = replace(task, status=Status.FAILED, error=message, finished_at=time.time())
-        self.tasks[task_id] = cancelled
-        self._unpublished.pop(task_id, None)
-        self._leases.pop(task_id, None)
-        return cancelled
+        """End a queued or running task in error (fail() without a dead letter); see the port."""
+        try:
+            return await self.fail(task_id, message)
+        except TaskNotFoundError:
+            return None
 
     async def active_counts(self) -> dict[str, int]:
         """How many tasks are queued and running."""
@@ -219,6 +215,7 @@ class InMemoryTaskStore:
         finished = task.moved(status, finished_at=time.time(), **changes)
         self.tasks[task_id] = finished
         self._leases.pop(task_id, None)
+        self._unpublished.pop(task_id, None)  # an ended task is never published again
         return finished
 
 

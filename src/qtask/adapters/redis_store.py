@@ -166,10 +166,12 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 _FINISH_LUA = """
--- KEYS[1] task hash, KEYS[2] counts, KEYS[3] dead-letter list, KEYS[4] finished zset.
+-- KEYS[1] task hash, KEYS[2] counts, KEYS[3] dead-letter list, KEYS[4] finished zset,
+-- KEYS[5] unpublished zset.
 -- ARGV: new status, field to set, its value, field to clear, now, dead letter ('1'/'0'),
 -- dead letters kept, task id, reason (for the dead letter).
 -- The first outcome wins: a task that already ended is returned unchanged, with no dead letter.
+-- An ended task leaves the unpublished ledger, so the reconciler never publishes it.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   return false
@@ -180,6 +182,7 @@ if status == 'queued' or status == 'running' then
   redis.call('HINCRBY', KEYS[2], status, -1)
   redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
   redis.call('ZADD', KEYS[4], ARGV[5], ARGV[8])
+  redis.call('ZREM', KEYS[5], ARGV[8])
   local owner = redis.call('HGET', KEYS[1], 'owner')
   if owner then
     redis.call('HINCRBY', KEYS[2], 'pending:' .. owner, -1)
@@ -190,30 +193,6 @@ if status == 'queued' or status == 'running' then
       cjson.encode(ARGV[9]) .. ',"attempts":' .. attempts .. ',"at":' .. ARGV[5] .. '}'
     redis.call('LPUSH', KEYS[3], record)
     redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[7]) - 1)
-  end
-end
-return redis.call('HGETALL', KEYS[1])
-"""
-
-_CANCEL_LUA = """
--- KEYS[1] task hash, KEYS[2] counts, KEYS[3] unpublished zset, KEYS[4] finished zset.
--- ARGV: message, now, task id.
--- A queued or running task is cancelled; it also leaves the unpublished ledger, so the
--- reconciler does not publish it. Returns the task as stored, or false when there is none.
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then
-  return false
-end
-if status == 'queued' or status == 'running' then
-  redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[1], 'finished_at', ARGV[2])
-  redis.call('HDEL', KEYS[1], 'worker')
-  redis.call('HINCRBY', KEYS[2], status, -1)
-  redis.call('HINCRBY', KEYS[2], 'failed', 1)
-  redis.call('ZREM', KEYS[3], ARGV[3])
-  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
-  local owner = redis.call('HGET', KEYS[1], 'owner')
-  if owner then
-    redis.call('HINCRBY', KEYS[2], 'pending:' .. owner, -1)
   end
 end
 return redis.call('HGETALL', KEYS[1])
@@ -338,7 +317,6 @@ class RedisTaskStore:
         self._start = self._redis.register_script(_START_LUA)
         self._finish = self._redis.register_script(_FINISH_LUA)
         self._release = self._redis.register_script(_RELEASE_LUA)
-        self._cancel = self._redis.register_script(_CANCEL_LUA)
         self._remove = self._redis.register_script(_REMOVE_LUA)
         self._counts_key = COUNTS_KEY.format(prefix=prefix)
         self._unpublished_key = UNPUBLISHED_KEY.format(prefix=prefix)
@@ -376,18 +354,11 @@ class RedisTaskStore:
         return _from_hash(_bytes_hash(raw)) if raw else None
 
     async def cancel(self, task_id: str, message: str) -> Task | None:
-        """End a queued or running task in error, in one script; see the port."""
-        with self._unavailable(f"cancel task {task_id}"):
-            reply = await self._cancel(
-                keys=[
-                    self._task_key(task_id),
-                    self._counts_key,
-                    self._unpublished_key,
-                    self._finished_key,
-                ],
-                args=[message, repr(time.time()), task_id],
-            )
-        return None if reply is None else _from_hash(_pairs(reply))
+        """End a queued or running task in error (fail() without a dead letter); see the port."""
+        try:
+            return await self.fail(task_id, message)
+        except TaskNotFoundError:
+            return None
 
     async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
         """Status, result and error of the tasks that exist among `task_ids`, in one pipeline."""
@@ -625,6 +596,7 @@ class RedisTaskStore:
                     self._counts_key,
                     self._dead_key,
                     self._finished_key,
+                    self._unpublished_key,
                 ],
                 args=[
                     status.value,

@@ -129,21 +129,12 @@ class SQLiteTaskStore:
         return None if row is None else _from_row(row)
 
     async def cancel(self, task_id: str, message: str) -> Task | None:
-        """End a queued or running task in error; see the port. Claims take only unfinished
-        rows, so a cancelled task is never claimed."""
-
-        def end(conn: sqlite3.Connection) -> Task | None:
-            row = conn.execute(
-                "UPDATE tasks SET status = 'failed', error = ?, finished_at = ?,"
-                " lease_owner = NULL, lease_expires = NULL"
-                " WHERE id = ? AND status IN ('queued', 'running') RETURNING *",
-                (message, time.time(), task_id),
-            ).fetchone()
-            if row is None:
-                row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            return None if row is None else _from_row(row)
-
-        return await self._db.write(end)
+        """End a queued or running task in error (fail() without a dead letter); see the port.
+        Claims take only unfinished rows, so a cancelled task is never claimed."""
+        try:
+            return await self.fail(task_id, message)
+        except TaskNotFoundError:
+            return None
 
     async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
         """Status, result and error of the tasks that exist among `task_ids`, by id."""

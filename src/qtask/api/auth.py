@@ -63,7 +63,7 @@ class Gate:
         """`limiter` holds the buckets when they are shared (Redis); by default this process
         holds them. Neither is used when `settings.rate_per_s` is 0."""
         self.enabled = settings.enabled
-        self._names = {bytes.fromhex(key.sha256): key.name for key in settings.keys}
+        self._names = {key.sha256: key.name for key in settings.keys}
         self._rate = settings.rate_per_s
         self._buckets: RateLimiter | None = None
         if settings.rate_per_s > 0:
@@ -79,8 +79,7 @@ class Gate:
             raise UnauthorizedError(
                 "An API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
             )
-        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
-        name = self._names.get(digest)
+        name = self._names.get(key_digest(presented))
         if name is None:
             metrics.REQUESTS_REFUSED.labels("unauthorized").inc()
             raise UnauthorizedError("The API key is not valid.")

@@ -211,14 +211,18 @@ async def get_task(task_id: str, service: ServiceDep, caller: CallerDep) -> Resp
     response_model=MessageResponse,
     responses={
         404: {"model": MessageResponse, "description": "No such task (or not this key's)."},
-        409: {"model": MessageResponse, "description": "The task is running or already ended."},
+        409: {
+            "model": MessageResponse,
+            "description": "The task already ended (or runs while a pending-task cap is set).",
+        },
         **_READ_ERRORS,
     },
-    summary="Cancel a queued task",
+    summary="Cancel a task",
 )
 async def cancel_task(task_id: str, service: ServiceDep, caller: CallerDep) -> Response:
-    """A queued task ends without running and reads `{"status": "error", "message": "Task was
-    cancelled."}` from then on; this answers that body. Running or ended tasks: 409."""
+    """A queued or running task ends at once and reads `{"status": "error", "message": "Task was
+    cancelled."}` from then on; this answers that body. A running task's result is discarded
+    when its run ends. Ended tasks: 409."""
     return _json(task_body(await service.cancel(task_id, caller)))
 
 

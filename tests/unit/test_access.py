@@ -19,11 +19,8 @@ from qtask.constants import MSG_CANCELLED, MSG_NOT_FOUND
 from qtask.errors import ConfigError, TooManyRequestsError, UnauthorizedError
 from qtask.service import CircuitIngestor, TaskService
 from qtask.testing import InMemoryTaskStore
+from qtask_testkit import BELL
 
-BELL = (
-    'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\n'
-    "h q[0];\ncx q[0], q[1];\nc = measure q;\n"
-)
 ALICE, BOB, ALICE_ROTATED = new_key(), new_key(), new_key()
 KEYS = (
     ApiKey(name="alice", sha256=key_digest(ALICE)),

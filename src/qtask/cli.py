@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -134,21 +133,9 @@ def _api(settings: Settings) -> int:
 
 
 def _run_http(app: Any, settings: Settings) -> None:
-    import uvicorn
+    from qtask.api import server
 
-    config = uvicorn.Config(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.worker.shutdown_grace_s) + 1,
-    )
-    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler
-    # that was installed before it. A no-op handler there makes a clean shutdown exit with 0.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: None)
-    uvicorn.Server(config).run()
+    server.run(app, settings)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,14 @@ class ServerSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    # Seconds a client has, from connecting (or from the first byte of its next request), to
+    # send the request line and headers; then 408 (or, if it sent nothing, the connection is
+    # closed). Bodies have their own limit, limits.body_timeout_s; responses have none.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    # The request line and headers together; a larger request gets 431 and is closed.
+    max_header_bytes: int = Field(default=32 << 10, ge=1024, le=1 << 20)
+    # Seconds an idle keep-alive connection is kept open.
+    keep_alive_s: int = Field(default=5, ge=1)
 
 
 class StorageSettings(BaseModel):

@@ -19,7 +19,7 @@ from qtask.constants import MSG_CANCELLED, MSG_NOT_FOUND
 from qtask.errors import ConfigError, TooManyRequestsError, UnauthorizedError
 from qtask.service import CircuitIngestor, Submission, TaskService
 from qtask.testing import InMemoryTaskStore
-from qtask_testkit import BELL
+from qtask_testkit import BELL, make_task
 
 ALICE, BOB, ALICE_ROTATED = new_key(), new_key(), new_key()
 KEYS = (
@@ -230,6 +230,19 @@ async def test_keys_off_idempotency_keys_never_meet_a_keys_own() -> None:
     # And back: a keys-off retry still finds the anonymous task, never alice's.
     assert (await service.submit(circuit, "alice:k", owner=None)).id == anonymous.id
     assert (await service.submit(circuit, "k", owner=None)).id not in {anonymous.id, mine.id}
+
+
+async def test_an_unscoped_key_from_an_older_version_is_a_conflict_not_a_hidden_task() -> None:
+    store, api = guarded()
+    # Stored by a version that kept keys-off idempotency keys unscoped: "alice:k" as sent.
+    old = await store.create(make_task(idempotency_key="alice:k"))
+    async with api:
+        meeting = {**bearer(ALICE), "Idempotency-Key": "k"}
+        answer = await api.post("/tasks", json={"qc": BELL}, headers=meeting)
+        assert answer.status_code == 409
+        assert "send another Idempotency-Key" in answer.json()["message"]
+        assert list(store.tasks) == [old.id]
+        await submit(api, ALICE, **{"Idempotency-Key": "k2"})  # other keys are unaffected
 
 
 # --- the parts -------------------------------------------------------------------------------

@@ -260,18 +260,27 @@ class TaskService:
         Before parsing, an owner over its cap is refused at once (unless the request is such a
         retry): a hint read outside the store's atomic check, which decides in the end.
         """
-        if keys is not None and len(found := await self._store.find_keyed(keys)) == len(keys):
-            return _owned([found[key] for key in keys], owner)
+        if (stored := await self._stored_under(keys, owner)) is not None:
+            return stored
         if owner is None or self._max_pending <= 0:
             return None
         pending = await self._store.pending_count(owner)
         if pending + adding <= self._max_pending:
             return None
         # The original may have been stored between the two reads: look once more.
-        if keys is not None and len(found := await self._store.find_keyed(keys)) == len(keys):
-            return _owned([found[key] for key in keys], owner)
+        if (stored := await self._stored_under(keys, owner)) is not None:
+            return stored
         metrics.REQUESTS_REFUSED.labels("pending").inc()
         raise PendingCapError(owner, pending, self._max_pending)
+
+    async def _stored_under(self, keys: list[str] | None, owner: str | None) -> list[Task] | None:
+        """The tasks stored under all of `keys`, in their order; None when any is missing."""
+        if keys is None:
+            return None
+        found = await self._store.find_keyed(keys)
+        if len(found) < len(keys):
+            return None
+        return _owned([found[key] for key in keys], owner)
 
     async def _store_and_publish(self, tasks: list[Task], owner: str | None) -> list[Task]:
         """Store the tasks in one commit and publish the new ones; a task whose idempotency key

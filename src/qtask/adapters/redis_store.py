@@ -4,12 +4,13 @@ Layout, every key under one prefix (default "qtask"):
 
 - `{prefix}:task:{id}`: a hash per task. Each Task field is a hash field, absent when None;
   `info` and `result` are JSON, `program` raw bytes, floats in Python's round-trip repr. A
-  running task also has `worker`, the id of the worker that started it.
+  running task also has `worker`, the id of the worker that started it; a completed one
+  `completed_by` and `completed_attempt`, the worker and attempt whose result was stored.
 - `{prefix}:idem:{key}`: the id of the task created with that idempotency key.
 - `{prefix}:unpublished`: sorted set of queued task ids not yet confirmed published to the
   queue, scored by created_at; the reconciler republishes what lingers there.
 - `{prefix}:counts`: hash of status -> number of tasks in it, and `pending:{owner}` -> number
-  of that API key's tasks queued or running.
+  of that API key's tasks queued or running (the create script checks the cap against it).
 - `{prefix}:finished`: sorted set of ended task ids scored by finished_at (for retention).
 - `{prefix}:rate:{name}`: an API key's request token bucket (RedisRateLimiter), while in use.
 - `{prefix}:dead`: list of dead-letter records (JSON), newest first, capped at 10,000.

@@ -83,6 +83,27 @@ class TooManyRequestsError(InvalidRequestError):
         return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
+class PendingCapError(TooManyRequestsError):
+    """Raised when storing tasks would take an API key over its cap of queued or running tasks.
+
+    Stores raise it from inside their create step, so the cap holds however many submissions
+    arrive at once; tasks found under their idempotency key are not new and never count.
+    """
+
+    # Tasks end when they end, so when to retry is a guess.
+    RETRY_AFTER_S = 5.0
+
+    def __init__(self, owner: str, pending: int, cap: int) -> None:
+        super().__init__(
+            f"Too many pending tasks: key '{owner}' has {pending} queued or running, and "
+            f"may have at most {cap}; retry when some have finished.",
+            self.RETRY_AFTER_S,
+        )
+        self.owner = owner
+        self.pending = pending
+        self.cap = cap
+
+
 class TaskNotFoundError(QTaskError):
     """Raised when no task has the given id (or the caller may not see it)."""
 

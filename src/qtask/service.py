@@ -26,10 +26,10 @@ from qtask.errors import (
     CircuitTooLargeError,
     InvalidRequestError,
     PayloadTooLargeError,
+    PendingCapError,
     QueueUnavailableError,
     TaskConflictError,
     TaskNotFoundError,
-    TooManyRequestsError,
 )
 from qtask.logs import get_logger
 from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildPool, ChildTimeoutError
@@ -40,16 +40,31 @@ log = get_logger("service")
 _YIELD_EVERY = 64
 # Object-store writes one batch keeps in flight.
 _OBJECT_PUTS_AT_ONCE = 32
-# Retry-After of a 429 for too many pending tasks: a guess, as tasks end when they end.
-_PENDING_RETRY_AFTER_S = 5.0
+# The namespace of idempotency keys sent while API keys are off. API key names match
+# ^[A-Za-z0-9_.@-]{1,64}$ (config.ApiKey), so no key's namespace "{owner}:" is "*:": turning
+# keys on or off never makes a key sent one way meet a key sent the other way.
+_ANONYMOUS_SCOPE = "*"
 
 
 def _scoped(idempotency_key: str | None, owner: str | None) -> str | None:
-    """The idempotency key as stored: each API key has its own namespace of them, so one
-    key's Idempotency-Key can never return another key's task."""
-    if idempotency_key is None or owner is None:
-        return idempotency_key
-    return f"{owner}:{idempotency_key}"
+    """The idempotency key as stored: each API key has its own namespace of them, and callers
+    without a key (keys off) share one more, so an Idempotency-Key never returns a task of
+    another namespace."""
+    if idempotency_key is None:
+        return None
+    return f"{_ANONYMOUS_SCOPE if owner is None else owner}:{idempotency_key}"
+
+
+def _owned(tasks: list[Task], owner: str | None) -> list[Task]:
+    """`tasks`, found under the caller's idempotency keys, unless one belongs to another
+    namespace. Only a key an older qtask stored unscoped (keys off then) can, "alice:k" meeting
+    alice's "k"; the caller could never read that task, so the request is refused (409)."""
+    if any(task.owner != owner for task in tasks):
+        raise TaskConflictError(
+            "This Idempotency-Key was used, before API keys were turned on, by a task that "
+            "belongs to no key; send another Idempotency-Key."
+        )
+    return tasks
 
 
 def limits_from(settings: LimitsSettings) -> Limits:
@@ -134,11 +149,15 @@ class TaskService:
         """Validate and durably store a task, then hand it to the workers.
 
         `owner` is the calling API key's name (None when keys are off): the task is visible
-        to that key only, and counts against its cap of pending tasks.
+        to that key only, and counts against its cap of pending tasks. A retry whose
+        Idempotency-Key was accepted gets its task, unparsed and whatever the cap.
         """
-        await self._check_pending(owner, 1)
-        task = await self._prepare(submission, _scoped(idempotency_key, owner), owner)
-        return (await self._store_and_publish([task]))[0]
+        key = _scoped(idempotency_key, owner)
+        keys = None if key is None else [key]
+        if (retried := await self._retried(keys, owner, 1)) is not None:
+            return retried[0]
+        task = await self._prepare(submission, key, owner)
+        return (await self._store_and_publish([task], owner))[0]
 
     async def submit_many(
         self,
@@ -158,11 +177,13 @@ class TaskService:
             raise PayloadTooLargeError(
                 f"A batch may hold at most {self._max_batch} tasks; got {len(submissions)}."
             )
-        await self._check_pending(owner, len(submissions))
         scoped = _scoped(idempotency_key, owner)
+        keys = None if scoped is None else [f"{scoped}/{i}" for i in range(len(submissions))]
+        if (retried := await self._retried(keys, owner, len(submissions))) is not None:
+            return retried
         tasks = []
         for index, submission in enumerate(submissions):
-            key = None if scoped is None else f"{scoped}/{index}"
+            key = None if keys is None else keys[index]
             try:
                 tasks.append(await self._parse(submission, key, owner))
             except InvalidRequestError as exc:
@@ -170,7 +191,7 @@ class TaskService:
             if index % _YIELD_EVERY == _YIELD_EVERY - 1:
                 await asyncio.sleep(0)  # inline parses are synchronous: let others run
         tasks = await self._put_circuits(tasks, [s.source for s in submissions])
-        return await self._store_and_publish(tasks)
+        return await self._store_and_publish(tasks, owner)
 
     async def get(self, task_id: str) -> Task:
         """Return the task or raise TaskNotFoundError."""
@@ -231,28 +252,49 @@ class TaskService:
             return found
         return {task_id: task for task_id, task in found.items() if task.visible_to(caller)}
 
-    async def _check_pending(self, owner: str | None, adding: int) -> None:
-        """Refuse with 429 when `adding` more tasks would take `owner` over its cap."""
-        if owner is None or self._max_pending <= 0:
-            return
-        pending = await self._store.pending_count(owner)
-        if pending + adding > self._max_pending:
-            metrics.REQUESTS_REFUSED.labels("pending").inc()
-            raise TooManyRequestsError(
-                f"Too many pending tasks: key '{owner}' has {pending} queued or running, and "
-                f"may have at most {self._max_pending}; retry when some have finished.",
-                _PENDING_RETRY_AFTER_S,
-            )
+    async def _retried(
+        self, keys: list[str] | None, owner: str | None, adding: int
+    ) -> list[Task] | None:
+        """The tasks a retry's idempotency keys name, when all of them are stored; else None.
 
-    async def _store_and_publish(self, tasks: list[Task]) -> list[Task]:
+        Before parsing, an owner over its cap is refused at once (unless the request is such a
+        retry): a hint read outside the store's atomic check, which decides in the end.
+        """
+        if (stored := await self._stored_under(keys, owner)) is not None:
+            return stored
+        if owner is None or self._max_pending <= 0:
+            return None
+        pending = await self._store.pending_count(owner)
+        if pending + adding <= self._max_pending:
+            return None
+        # The original may have been stored between the two reads: look once more.
+        if (stored := await self._stored_under(keys, owner)) is not None:
+            return stored
+        metrics.REQUESTS_REFUSED.labels("pending").inc()
+        raise PendingCapError(owner, pending, self._max_pending)
+
+    async def _stored_under(self, keys: list[str] | None, owner: str | None) -> list[Task] | None:
+        """The tasks stored under all of `keys`, in their order; None when any is missing."""
+        if keys is None:
+            return None
+        found = await self._store.find_keyed(keys)
+        if len(found) < len(keys):
+            return None
+        return _owned([found[key] for key in keys], owner)
+
+    async def _store_and_publish(self, tasks: list[Task], owner: str | None) -> list[Task]:
         """Store the tasks in one commit and publish the new ones; a task whose idempotency key
         was already used comes back as the task stored then, and is not published again."""
-        stored = await self._store.create_many(tasks)
+        try:
+            stored = await self._store.create_many(tasks, max_pending=self._max_pending)
+        except PendingCapError:
+            metrics.REQUESTS_REFUSED.labels("pending").inc()
+            raise
         new = [kept for kept, task in zip(stored, tasks, strict=True) if kept.id == task.id]
         if new:
             metrics.TASKS_SUBMITTED.inc(len(new))
             await self._publish(new)
-        return stored
+        return _owned(stored, owner)
 
     async def _publish(self, tasks: list[Task]) -> None:
         if os.environ.get(FAULT_EXIT_AFTER_STORE_ENV):  # chaos tests: die in the gap

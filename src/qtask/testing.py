@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from qtask.constants import LEASE_SECONDS
-from qtask.domain.ports import Delivery
+from qtask.domain.ports import Completion, Delivery
 from qtask.domain.task import Status, Task, TaskOutcome
-from qtask.errors import TaskNotFoundError
+from qtask.errors import PendingCapError, TaskNotFoundError
 
 
 class InMemoryTaskStore:
@@ -35,8 +35,10 @@ class InMemoryTaskStore:
         """Store a task, or return the one already stored under its idempotency key."""
         return (await self.create_many([task]))[0]
 
-    async def create_many(self, tasks: Sequence[Task]) -> list[Task]:
-        """Store tasks; same idempotency rule as create."""
+    async def create_many(self, tasks: Sequence[Task], *, max_pending: int = 0) -> list[Task]:
+        """Store tasks; same idempotency rule as create, same cap rule as the port's."""
+        if max_pending > 0:
+            self._check_cap(tasks, max_pending)
         stored = []
         for task in tasks:
             key = task.idempotency_key
@@ -51,6 +53,27 @@ class InMemoryTaskStore:
             stored.append(task)
         self._wakeup.set()
         return stored
+
+    def _check_cap(self, tasks: Sequence[Task], max_pending: int) -> None:
+        """Raise PendingCapError when the new ones among `tasks` take an owner past the cap."""
+        new: dict[str, int] = {}
+        keys: set[str] = set()
+        for task in tasks:
+            key = task.idempotency_key
+            if key is not None and (key in self._keys or key in keys):
+                continue
+            if key is not None:
+                keys.add(key)
+            if task.owner is not None and task.status is Status.QUEUED:
+                new[task.owner] = new.get(task.owner, 0) + 1
+        for owner, adding in new.items():
+            pending = self._pending(owner)
+            if pending + adding > max_pending:
+                raise PendingCapError(owner, pending, max_pending)
+
+    async def find_keyed(self, keys: Sequence[str]) -> dict[str, Task]:
+        """The tasks stored under these idempotency keys, by key."""
+        return {key: self.tasks[self._keys[key]] for key in keys if key in self._keys}
 
     async def get(self, task_id: str) -> Task | None:
         """Return the task or None."""
@@ -78,6 +101,9 @@ class InMemoryTaskStore:
 
     async def pending_count(self, owner: str) -> int:
         """How many of `owner`'s tasks are queued or running."""
+        return self._pending(owner)
+
+    def _pending(self, owner: str) -> int:
         return sum(
             1 for task in self.tasks.values() if task.owner == owner and not task.status.terminal
         )
@@ -131,9 +157,24 @@ class InMemoryTaskStore:
         """Newest first."""
         return list(reversed(self.dead))[:limit]
 
-    async def complete(self, task_id: str, counts: dict[str, int]) -> Task:
-        """Store a result unless the task already ended."""
-        return self._finish(task_id, Status.COMPLETED, result=dict(counts))
+    async def complete(
+        self,
+        task_id: str,
+        counts: dict[str, int],
+        *,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+    ) -> Completion:
+        """Store a result unless the task already ended; say whether this call stored it."""
+        before = self.tasks.get(task_id)
+        task = self._finish(
+            task_id,
+            Status.COMPLETED,
+            result=dict(counts),
+            completed_by=worker_id,
+            completed_attempt=attempt,
+        )
+        return Completion(task, task is not before)
 
     async def fail(self, task_id: str, message: str, *, dead_letter: bool = False) -> Task:
         """End the task in error unless it already ended."""

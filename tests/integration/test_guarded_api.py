@@ -7,6 +7,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -17,7 +18,7 @@ from qtask.constants import MSG_NOT_FOUND
 from qtask_testkit import BELL, ServerProcess, slow_circuit, wait_done
 from servers import S3_BUCKET, DistributedDeployment
 
-KEYS = {name: new_key() for name in ("alice", "bob", "carol", "dave")}
+KEYS = {name: new_key() for name in ("alice", "bob", "carol", "dave", "erin")}
 KEEP_S = 3.0
 RATE, BURST = 100, 100
 MAX_PENDING = 3
@@ -115,6 +116,31 @@ def test_over_the_pending_cap_is_429(guarded: Deployment) -> None:
         for task_id in ids:
             wait_done(dave, task_id, timeout=120)
         assert dave.post("/tasks", json={"qc": BELL}).status_code == 202
+
+
+def test_concurrent_submissions_at_the_cap_store_exactly_the_cap(guarded: Deployment) -> None:
+    slow = slow_circuit(qubits=20, layers=20)  # still pending while the burst arrives
+
+    def post(n: int) -> httpx.Response:
+        with client_of(guarded, "erin") as erin:
+            return erin.post("/tasks", json={"qc": slow}, headers={"Idempotency-Key": f"k{n}"})
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(post, range(24)))
+    accepted = [n for n, answer in enumerate(answers) if answer.status_code == 202]
+    assert len(accepted) == MAX_PENDING
+    assert {answer.status_code for answer in answers} == {202, 429}
+    with client_of(guarded, "erin") as erin:
+        # At the cap, a retry of an accepted request gets its task; a new one is refused.
+        again = {"Idempotency-Key": f"k{accepted[0]}"}
+        retried = erin.post("/tasks", json={"qc": slow}, headers=again)
+        assert retried.status_code == 202
+        assert retried.json()["task_id"] == answers[accepted[0]].json()["task_id"]
+        assert erin.post("/tasks", json={"qc": BELL}).status_code == 429
+        for n in accepted:
+            task_id = answers[n].json()["task_id"]
+            erin.delete(f"/tasks/{task_id}")  # queued ones end now; running ones soon
+            wait_done(erin, task_id, timeout=120)
 
 
 def test_a_slow_body_gets_408_and_others_are_served(

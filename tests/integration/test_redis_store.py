@@ -128,7 +128,7 @@ async def test_start_marks_running_and_counts_the_attempt(store: RedisTaskStore)
 
 async def test_start_on_an_ended_task_returns_it_unchanged(store: RedisTaskStore) -> None:
     task = await store.create(make_task())
-    done = await store.complete(task.id, {"00": 100})
+    done = (await store.complete(task.id, {"00": 100})).task
     assert await store.start(task.id, 5, "w") == done
     assert await store.get(task.id) == done
 
@@ -143,12 +143,12 @@ async def test_start_on_unknown_task_is_none(store: RedisTaskStore) -> None:
 async def test_first_result_wins(store: RedisTaskStore) -> None:
     task = await store.create(make_task())
     await store.start(task.id, 1, "w")
-    done = await store.complete(task.id, {"00": 60, "11": 40})
+    done = (await store.complete(task.id, {"00": 60, "11": 40})).task
     assert done.status is Status.COMPLETED
     assert done.result == {"00": 60, "11": 40}
     assert done.finished_at is not None
     assert done.error is None
-    assert await store.complete(task.id, {"01": 100}) == done
+    assert (await store.complete(task.id, {"01": 100})).task == done
     assert await store.fail(task.id, "late failure", dead_letter=True) == done
     assert await store.get(task.id) == done
     assert await store.dead_letters(10) == []
@@ -159,7 +159,8 @@ async def test_complete_from_queued_is_allowed(store: RedisTaskStore) -> None:
     """A result from a worker whose lease lapsed (the task was requeued) still counts."""
     task = await store.create(make_task())
     done = await store.complete(task.id, {"0": 1})
-    assert done.status is Status.COMPLETED
+    assert done.transitioned
+    assert done.task.status is Status.COMPLETED
 
 
 async def test_complete_or_fail_unknown_raises(store: RedisTaskStore) -> None:
@@ -301,7 +302,7 @@ async def test_acknowledged_writes_survive_redis_being_killed(redis_server: Redi
         assert await second.unpublished(time.time() + 1, 100) == unpublished
         assert [r["task_id"] for r in await second.dead_letters(10)] == [tasks[1].id]
         # The scripts are gone from the restarted server's cache; they are loaded again.
-        assert (await second.complete(tasks[5].id, {"1": 1})).status is Status.COMPLETED
+        assert (await second.complete(tasks[5].id, {"1": 1})).task.status is Status.COMPLETED
     finally:
         await second.close()
 

@@ -217,12 +217,12 @@ async def test_delivery_ack_and_nak_are_harmless(store: SQLiteTaskStore) -> None
 async def test_complete_is_first_wins(store: SQLiteTaskStore) -> None:
     task = await store.create(make_task())
     await store.fetch(1, timeout=0)
-    done = await store.complete(task.id, {"00": 60, "11": 40})
+    done = (await store.complete(task.id, {"00": 60, "11": 40})).task
     assert done.status is Status.COMPLETED
     assert done.result == {"00": 60, "11": 40}
     assert done.finished_at is not None
     again = await store.complete(task.id, {"01": 100})
-    assert again == done
+    assert (again.task, again.transitioned) == (done, False)
     after_fail = await store.fail(task.id, "late failure")
     assert after_fail == done
     assert await store.get(task.id) == done
@@ -235,7 +235,7 @@ async def test_fail_is_final(store: SQLiteTaskStore) -> None:
     assert failed.status is Status.FAILED
     assert failed.error == "The task ran longer than the limit."
     assert failed.result is None
-    assert await store.complete(task.id, {"00": 1}) == failed
+    assert (await store.complete(task.id, {"00": 1})).task == failed
     assert await store.release(task.id, "crash", penalize=True) is None
     assert await store.get(task.id) == failed
 
@@ -244,7 +244,8 @@ async def test_complete_of_a_queued_task(store: SQLiteTaskStore) -> None:
     # A result from a worker whose lease lapsed and whose task was requeued is still stored.
     task = await store.create(make_task())
     done = await store.complete(task.id, {"00": 1})
-    assert done.status is Status.COMPLETED
+    assert done.transitioned
+    assert done.task.status is Status.COMPLETED
 
 
 async def test_outcome_of_unknown_task(store: SQLiteTaskStore) -> None:
@@ -330,7 +331,7 @@ async def test_data_survives_reopening(db_path: Path) -> None:
     running = await first.create(make_task())
     queued = await first.create(make_task())
     await first.fetch(2, timeout=0)
-    completed = await first.complete(done.id, {"00": 3})
+    completed = (await first.complete(done.id, {"00": 3}, worker_id="w", attempt=1)).task
     await first.close()
 
     second = SQLiteTaskStore(db_path)
@@ -383,16 +384,18 @@ async def test_counts(store: SQLiteTaskStore) -> None:
 
 
 async def test_a_database_from_before_owners_is_migrated(db_path: Path) -> None:
-    # The schema as qtask 0.x wrote it, before tasks had owners.
-    old_schema = SCHEMA.replace(",\n    owner TEXT\n", "\n")
+    # The schema as qtask 0.x wrote it, before tasks had owners or recorded who completed them.
+    new_columns = ",\n    owner TEXT,\n    completed_by TEXT,\n    completed_attempt INTEGER\n"
+    old_schema = SCHEMA.replace(new_columns, "\n")
     assert "    owner TEXT" not in old_schema
+    assert "completed_by" not in old_schema
     old = make_task(idempotency_key="k")
     db_path.parent.mkdir(parents=True)
     conn = sqlite3.connect(db_path)
     conn.executescript(old_schema)
-    row = _to_row(old)[:-1]
+    row = _to_row(old)[:-3]
     conn.execute(
-        f"INSERT INTO tasks ({_COLUMNS.rsplit(',', 1)[0]}) VALUES ({', '.join('?' * len(row))})",
+        f"INSERT INTO tasks ({_COLUMNS.rsplit(',', 3)[0]}) VALUES ({', '.join('?' * len(row))})",
         row,
     )
     conn.commit()
@@ -404,6 +407,8 @@ async def test_a_database_from_before_owners_is_migrated(db_path: Path) -> None:
         await store.create(mine)
         assert await store.pending_count("alice") == 1
         assert (await store.outcomes([mine.id]))[mine.id].owner == "alice"
+        done = await store.complete(old.id, {"0": 1}, worker_id="w", attempt=1)
+        assert (done.task.completed_by, done.task.completed_attempt) == ("w", 1)
     finally:
         await store.close()
     reopened = SQLiteTaskStore(db_path)  # migrating twice is harmless

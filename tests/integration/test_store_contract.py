@@ -6,6 +6,7 @@ whichever store is behind them.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,9 +15,9 @@ import pytest
 
 from qtask.adapters.redis_store import RedisTaskStore
 from qtask.adapters.sqlite_store import SQLiteTaskStore
-from qtask.domain.ports import TaskStore
+from qtask.domain.ports import Completion, TaskStore
 from qtask.domain.task import CircuitInfo, Encoding, Status, Task, TaskOutcome, new_task_id
-from qtask.errors import TaskNotFoundError
+from qtask.errors import PendingCapError, TaskNotFoundError
 from qtask.testing import InMemoryTaskStore
 from qtask_testkit import make_task
 from servers import RedisServer
@@ -179,7 +180,7 @@ async def test_start_marks_the_task_running_as_that_attempt(store: TaskStore) ->
 
 async def test_start_returns_an_ended_task_unchanged(store: TaskStore) -> None:
     task = await store.create(make_task())
-    done = await store.complete(task.id, {"00": 100})
+    done = (await store.complete(task.id, {"00": 100})).task
     assert await store.start(task.id, 3, "w") == done
     assert await store.get(task.id) == done
 
@@ -194,19 +195,23 @@ async def test_start_of_an_unknown_task_is_none(store: TaskStore) -> None:
 async def test_the_first_result_wins(store: TaskStore) -> None:
     task = await store.create(make_task())
     await store.start(task.id, 1, "w")
-    done = await store.complete(task.id, {"00": 55, "11": 45})
+    first = await store.complete(task.id, {"00": 55, "11": 45}, worker_id="w", attempt=1)
+    assert first.transitioned
+    done = first.task
     assert done.status is Status.COMPLETED
     assert done.result == {"00": 55, "11": 45}
     assert done.error is None
     assert done.finished_at is not None
-    assert await store.complete(task.id, {"01": 100}) == done
+    assert (done.completed_by, done.completed_attempt) == ("w", 1)
+    late = await store.complete(task.id, {"01": 100}, worker_id="w2", attempt=2)
+    assert late == Completion(done, transitioned=False)
     assert await store.fail(task.id, "too late") == done
     assert await store.get(task.id) == done
 
 
 async def test_a_queued_task_may_complete_or_fail(store: TaskStore) -> None:
     completed = await store.create(make_task())
-    assert (await store.complete(completed.id, {"0": 1})).status is Status.COMPLETED
+    assert (await store.complete(completed.id, {"0": 1})).task.status is Status.COMPLETED
     failed = await store.create(make_task())
     assert (await store.fail(failed.id, "invalid")).status is Status.FAILED
 
@@ -217,8 +222,35 @@ async def test_the_first_failure_wins(store: TaskStore) -> None:
     assert failed.status is Status.FAILED
     assert failed.error == "The circuit failed."
     assert failed.result is None
-    assert await store.complete(task.id, {"0": 1}) == failed
+    assert await store.complete(task.id, {"0": 1}) == Completion(failed, transitioned=False)
     assert await store.get(task.id) == failed
+
+
+async def test_of_concurrent_completes_exactly_one_makes_the_transition(store: TaskStore) -> None:
+    task = await store.create(make_task())
+    await store.start(task.id, 2, "w0")
+    runs = [(f"w{n}", n) for n in range(12)]  # a run and its duplicates, finishing together
+    answers = await asyncio.gather(
+        *(store.complete(task.id, {"0": n}, worker_id=w, attempt=n) for w, n in runs)
+    )
+    [winner] = [n for n, answer in enumerate(answers) if answer.transitioned]
+    done = await stored(store, task.id)
+    assert (done.completed_by, done.completed_attempt, done.result) == (
+        f"w{winner}",
+        winner,
+        {"0": winner},
+    )
+    assert all(answer.task == done for answer in answers)
+    assert await store.pending_count("nobody") == 0
+
+
+async def test_only_completing_records_who_ended_the_task(store: TaskStore) -> None:
+    failed = await store.create(make_task())
+    await store.fail(failed.id, "broke")
+    ended = await store.complete(failed.id, {"0": 1}, worker_id="w", attempt=1)
+    assert not ended.transitioned
+    assert (ended.task.completed_by, ended.task.completed_attempt) == (None, None)
+    assert (await store.get(failed.id)) == ended.task
 
 
 async def test_ending_an_unknown_task_raises(store: TaskStore) -> None:
@@ -329,13 +361,13 @@ async def test_cancel_ends_a_running_task_and_refuses_its_late_result(store: Tas
     cancelled = await store.cancel(running.id, "Task was cancelled.")
     assert cancelled is not None
     assert (cancelled.status, cancelled.error) == (Status.FAILED, "Task was cancelled.")
-    assert await store.complete(running.id, {"0": 1}) == cancelled
+    assert await store.complete(running.id, {"0": 1}) == Completion(cancelled, False)
     assert await store.release(running.id, "lost", penalize=True) is None
     assert await store.active_counts() == {"queued": 0, "running": 0}
 
 
 async def test_cancel_leaves_ended_tasks_alone(store: TaskStore) -> None:
-    done = await store.complete((await store.create(make_task())).id, {"0": 1})
+    done = (await store.complete((await store.create(make_task())).id, {"0": 1})).task
     assert await store.cancel(done.id, "no") == done
     assert await store.cancel("no-such-task", "no") is None
 
@@ -390,6 +422,67 @@ async def test_pending_count_follows_each_owners_unfinished_tasks(store: TaskSto
     await store.cancel(alice[3].id, "Task was cancelled.")
     assert await store.pending_count("alice") == 2
     assert await store.pending_count("bob") == 1
+
+
+async def test_create_at_the_cap_stores_nothing_and_says_how_many_are_pending(
+    store: TaskStore,
+) -> None:
+    await store.create_many([make_task(owner="alice") for _ in range(3)], max_pending=4)
+    with pytest.raises(PendingCapError) as refused:
+        await store.create_many([make_task(owner="alice") for _ in range(2)], max_pending=4)
+    assert (refused.value.owner, refused.value.pending, refused.value.cap) == ("alice", 3, 4)
+    assert await store.pending_count("alice") == 3
+    assert await store.active_counts() == {"queued": 3, "running": 0}
+    # Other owners, and tasks with no owner, are not counted against alice's cap.
+    others = [make_task(owner="bob"), make_task(), make_task(owner="alice")]
+    assert await store.create_many(others, max_pending=4) == others
+    assert await store.pending_count("alice") == 4
+    # A task that ended frees a place; no cap (0) is no check.
+    await store.cancel(others[2].id, "Task was cancelled.")
+    await store.create(make_task(owner="alice"))
+    assert await store.pending_count("alice") == 4
+    await store.create_many([make_task(owner="alice")], max_pending=0)
+    assert await store.pending_count("alice") == 5
+
+
+async def test_tasks_found_by_their_key_are_not_counted_against_the_cap(
+    store: TaskStore,
+) -> None:
+    kept = [make_task(owner="alice", idempotency_key=f"alice:b/{i}") for i in range(2)]
+    await store.create_many(kept, max_pending=2)
+    retry = [make_task(owner="alice", idempotency_key=f"alice:b/{i}") for i in range(2)]
+    assert await store.create_many(retry, max_pending=2) == kept
+    # Twins within one call are one new task, and a new one past the cap refuses the call.
+    twins = [make_task(owner="bob", idempotency_key="bob:t") for _ in range(2)]
+    assert await store.create_many(twins, max_pending=1) == [twins[0], twins[0]]
+    with pytest.raises(PendingCapError):
+        await store.create_many([*retry, make_task(owner="alice")], max_pending=2)
+    assert await store.pending_count("alice") == 2
+
+
+async def test_concurrent_creates_at_a_cap_store_exactly_the_cap(store: TaskStore) -> None:
+    answers = await asyncio.gather(
+        *(store.create_many([make_task(owner="alice")], max_pending=5) for _ in range(30)),
+        return_exceptions=True,
+    )
+    stored_ = [answer for answer in answers if isinstance(answer, list)]
+    assert len(stored_) == 5
+    assert sum(isinstance(answer, PendingCapError) for answer in answers) == 25
+    assert await store.pending_count("alice") == 5
+    assert await store.active_counts() == {"queued": 5, "running": 0}
+
+
+async def test_find_keyed_returns_the_tasks_stored_under_keys(store: TaskStore) -> None:
+    first, second = make_task(idempotency_key="a:1"), make_task(idempotency_key="a:2")
+    await store.create_many([first, second, make_task()])
+    assert await store.find_keyed(["a:2", "nothing", "a:1", "a:2"]) == {
+        "a:1": first,
+        "a:2": second,
+    }
+    assert await store.find_keyed([]) == {}
+    await store.complete(first.id, {"0": 1})
+    await store.remove([first])  # a removed task's key names nothing any more
+    assert await store.find_keyed(["a:1"]) == {}
 
 
 async def test_expired_lists_ended_tasks_oldest_first(store: TaskStore) -> None:

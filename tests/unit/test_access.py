@@ -17,9 +17,9 @@ from qtask.api.auth import Gate, TokenBuckets, key_digest, new_key
 from qtask.config import ApiKey, AuthSettings, LimitsSettings, load_settings
 from qtask.constants import MSG_CANCELLED, MSG_NOT_FOUND
 from qtask.errors import ConfigError, TooManyRequestsError, UnauthorizedError
-from qtask.service import CircuitIngestor, TaskService
+from qtask.service import CircuitIngestor, Submission, TaskService
 from qtask.testing import InMemoryTaskStore
-from qtask_testkit import BELL
+from qtask_testkit import BELL, make_task
 
 ALICE, BOB, ALICE_ROTATED = new_key(), new_key(), new_key()
 KEYS = (
@@ -180,6 +180,69 @@ async def test_over_the_pending_cap_is_429_and_stores_nothing() -> None:
         assert "outside the cap" in running.json()["message"]
         await api.delete(f"/tasks/{ids[0]}", headers=bearer(ALICE))  # an ended task frees a place
         await submit(api, ALICE)
+
+
+async def test_a_retry_at_the_pending_cap_gets_its_original_task() -> None:
+    store, api = guarded(max_pending=3)
+    async with api:
+        first = await submit(api, ALICE, **{"Idempotency-Key": "order-1"})
+        batch = {"tasks": [{"qc": BELL}] * 2}
+        run = {**bearer(ALICE), "Idempotency-Key": "run-1"}
+        ids = (await api.post("/tasks/batch", json=batch, headers=run)).json()["task_ids"]
+        assert len(store.tasks) == 3  # at the cap
+        fresh = {**bearer(ALICE), "Idempotency-Key": "order-2"}
+        assert (await api.post("/tasks", json={"qc": BELL}, headers=fresh)).status_code == 429
+        retried = await api.post(
+            "/tasks", json={"qc": BELL}, headers={**bearer(ALICE), **{"Idempotency-Key": "order-1"}}
+        )
+        assert (retried.status_code, retried.json()["task_id"]) == (202, first)
+        again = await api.post("/tasks/batch", json=batch, headers=run)
+        assert (again.status_code, again.json()["task_ids"]) == (202, ids)
+        assert len(store.tasks) == 3
+
+
+async def test_a_retry_is_answered_without_parsing_its_circuit_again() -> None:
+    store, api = guarded()
+    async with api:
+        key = {"Idempotency-Key": "order-1"}
+        first = await submit(api, ALICE, **key)
+        # The retry's body is not even a circuit: the key alone names the task it gets.
+        retried = await api.post(
+            "/tasks", json={"qc": "not qasm"}, headers={**bearer(ALICE), **key}
+        )
+        assert (retried.status_code, retried.json()["task_id"]) == (202, first)
+        # Another key's same Idempotency-Key is a new submission, parsed as such.
+        theirs = await api.post("/tasks", json={"qc": "not qasm"}, headers={**bearer(BOB), **key})
+        assert theirs.status_code == 400
+        assert len(store.tasks) == 1
+
+
+async def test_keys_off_idempotency_keys_never_meet_a_keys_own() -> None:
+    # One store seen by a service with keys off, then on (an operator turned them on).
+    limits = LimitsSettings()
+    store = InMemoryTaskStore()
+    service = TaskService(store, store, CircuitIngestor(limits, pool=None), limits)
+    circuit = Submission(BELL, 10)
+    anonymous = await service.submit(circuit, "alice:k", owner=None)
+    mine = await service.submit(circuit, "k", owner="alice")
+    assert mine.id != anonymous.id
+    assert (await service.read(mine.id, "alice")).owner == "alice"
+    # And back: a keys-off retry still finds the anonymous task, never alice's.
+    assert (await service.submit(circuit, "alice:k", owner=None)).id == anonymous.id
+    assert (await service.submit(circuit, "k", owner=None)).id not in {anonymous.id, mine.id}
+
+
+async def test_an_unscoped_key_from_an_older_version_is_a_conflict_not_a_hidden_task() -> None:
+    store, api = guarded()
+    # Stored by a version that kept keys-off idempotency keys unscoped: "alice:k" as sent.
+    old = await store.create(make_task(idempotency_key="alice:k"))
+    async with api:
+        meeting = {**bearer(ALICE), "Idempotency-Key": "k"}
+        answer = await api.post("/tasks", json={"qc": BELL}, headers=meeting)
+        assert answer.status_code == 409
+        assert "send another Idempotency-Key" in answer.json()["message"]
+        assert list(store.tasks) == [old.id]
+        await submit(api, ALICE, **{"Idempotency-Key": "k2"})  # other keys are unaffected
 
 
 # --- the parts -------------------------------------------------------------------------------

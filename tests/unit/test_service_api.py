@@ -403,7 +403,7 @@ async def test_idempotency_key_returns_the_same_task(
     assert second.json() == {"task_id": task_id, "message": MSG_SUBMITTED}
     assert second.headers["location"] == f"/tasks/{task_id}"
     assert list(store.tasks) == [task_id]
-    assert store.tasks[task_id].idempotency_key == "order-42"
+    assert store.tasks[task_id].idempotency_key == "*:order-42"  # keys off: their own scope
     assert store.tasks[task_id].shots == 1024  # the first submission is what counts
 
 
@@ -529,7 +529,7 @@ async def test_batch_idempotency_key_returns_the_first_batch(
     assert first.json() == second.json()
     ids = first.json()["task_ids"]
     assert sorted(store.tasks) == sorted(ids)
-    assert [store.tasks[i].idempotency_key for i in ids] == ["run-7/0", "run-7/1"]
+    assert [store.tasks[i].idempotency_key for i in ids] == ["*:run-7/0", "*:run-7/1"]
 
 
 async def test_get_many_answers_each_id_in_order(
@@ -724,7 +724,7 @@ async def test_ready_reports_a_failing_check() -> None:
 
 
 class BrokenStore(InMemoryTaskStore):
-    async def create_many(self, tasks: Any) -> list[Task]:
+    async def create_many(self, tasks: Any, *, max_pending: int = 0) -> list[Task]:
         raise StoreUnavailableError("database is locked")
 
 

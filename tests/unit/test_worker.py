@@ -238,7 +238,7 @@ async def test_redelivered_terminal_task_is_acked_not_rerun(status: Status) -> N
     store = InMemoryTaskStore()
     task = await store.create(make_task())
     if status is Status.COMPLETED:
-        settled = await store.complete(task.id, {"11": 10})
+        settled = (await store.complete(task.id, {"11": 10})).task
     else:
         settled = await store.fail(task.id, "earlier failure")
     delivery = InMemoryDelivery(store, settled)
@@ -569,5 +569,5 @@ async def test_lapsed_lease_is_redelivered_and_completed_once() -> None:
     await run_until_done(store, FakePool(), settings())
     assert store.tasks[task.id].status is Status.COMPLETED
     assert store.tasks[task.id].attempts == 2
-    late = await store.complete(stale.task.id, {"11": 1})
+    late = (await store.complete(stale.task.id, {"11": 1})).task
     assert late.result == {"00": 10}

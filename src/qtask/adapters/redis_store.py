@@ -4,12 +4,13 @@ Layout, every key under one prefix (default "qtask"):
 
 - `{prefix}:task:{id}`: a hash per task. Each Task field is a hash field, absent when None;
   `info` and `result` are JSON, `program` raw bytes, floats in Python's round-trip repr. A
-  running task also has `worker`, the id of the worker that started it.
+  running task also has `worker`, the id of the worker that started it; a completed one
+  `completed_by` and `completed_attempt`, the worker and attempt whose result was stored.
 - `{prefix}:idem:{key}`: the id of the task created with that idempotency key.
 - `{prefix}:unpublished`: sorted set of queued task ids not yet confirmed published to the
   queue, scored by created_at; the reconciler republishes what lingers there.
 - `{prefix}:counts`: hash of status -> number of tasks in it, and `pending:{owner}` -> number
-  of that API key's tasks queued or running.
+  of that API key's tasks queued or running (the create script checks the cap against it).
 - `{prefix}:finished`: sorted set of ended task ids scored by finished_at (for retention).
 - `{prefix}:rate:{name}`: an API key's request token bucket (RedisRateLimiter), while in use.
 - `{prefix}:dead`: list of dead-letter records (JSON), newest first, capped at 10,000.
@@ -46,8 +47,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from qtask.domain.ports import Completion
 from qtask.domain.task import Status, Task, TaskOutcome, info_from_json, info_to_json
-from qtask.errors import StoreUnavailableError, TaskNotFoundError
+from qtask.errors import PendingCapError, StoreUnavailableError, TaskNotFoundError
 
 if TYPE_CHECKING:
     from qtask.domain.ports import TaskStore
@@ -99,19 +101,23 @@ _UNPUBLISHED_ROUNDS = 8
 _CREATE_LUA = """
 -- KEYS[1] counts hash, KEYS[2] unpublished zset, then per task its hash key followed by its
 -- idempotency key when it has one.
--- ARGV per task: id, has_key ('1'/'0'), status, created_at, stale, owner ('' for none), n,
--- then n field/value items.
+-- ARGV[1]: the cap of queued or running tasks per owner ('0': none). Then per task: id,
+-- has_key ('1'/'0'), status, created_at, stale, owner ('' for none), n, then n field/value items.
 -- `stale` is a task id the idempotency key may be taken over from (its task vanished), or ''.
--- Returns per task 1 when stored, or the id of the task already stored (same id or same key).
-local out = {}
+-- Returns per task 1 when stored, or the id of the task already stored (same id or same key);
+-- or, storing nothing, {-1, owner, pending} when the new tasks would take an owner past the cap.
+-- First pass: which tasks are already stored (also earlier in this call), and what the new
+-- ones add to each owner's pending count.
+local cap = tonumber(ARGV[1])
+local held, adding, seen = {}, {}, {}
 local k = 3
-local a = 1
+local a = 2
+local i = 0
 while a <= #ARGV do
-  local id, has_key, status, created, stale, owner = ARGV[a], ARGV[a + 1], ARGV[a + 2],
-    ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
-  local n = tonumber(ARGV[a + 6])
-  local first = a + 7
-  a = first + n
+  local id, has_key, status, stale, owner = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 4],
+    ARGV[a + 5]
+  a = a + 7 + tonumber(ARGV[a + 6])
+  i = i + 1
   local task_key = KEYS[k]
   k = k + 1
   local idem_key = false
@@ -120,14 +126,53 @@ while a <= #ARGV do
     k = k + 1
   end
   local existing = false
-  if redis.call('EXISTS', task_key) == 1 then
+  if seen[task_key] or redis.call('EXISTS', task_key) == 1 then
     existing = id
   elseif idem_key then
-    local holder = redis.call('GET', idem_key)
+    local holder = seen[idem_key] or redis.call('GET', idem_key)
     if holder and holder ~= stale then
       existing = holder
     end
   end
+  held[i] = existing
+  if not existing then
+    seen[task_key] = true
+    if idem_key then
+      seen[idem_key] = id
+    end
+    if status == 'queued' and owner ~= '' then
+      adding[owner] = (adding[owner] or 0) + 1
+    end
+  end
+end
+if cap > 0 then
+  for owner, n in pairs(adding) do
+    local pending = tonumber(redis.call('HGET', KEYS[1], 'pending:' .. owner) or '0')
+    if pending + n > cap then
+      return {-1, owner, pending}
+    end
+  end
+end
+-- Second pass: store the new tasks.
+local out = {}
+k = 3
+a = 2
+i = 0
+while a <= #ARGV do
+  local id, has_key, status, created, owner = ARGV[a], ARGV[a + 1], ARGV[a + 2],
+    ARGV[a + 3], ARGV[a + 5]
+  local n = tonumber(ARGV[a + 6])
+  local first = a + 7
+  a = first + n
+  i = i + 1
+  local task_key = KEYS[k]
+  k = k + 1
+  local idem_key = false
+  if has_key == '1' then
+    idem_key = KEYS[k]
+    k = k + 1
+  end
+  local existing = held[i]
   if existing then
     out[#out + 1] = existing
   else
@@ -169,15 +214,25 @@ _FINISH_LUA = """
 -- KEYS[1] task hash, KEYS[2] counts, KEYS[3] dead-letter list, KEYS[4] finished zset,
 -- KEYS[5] unpublished zset.
 -- ARGV: new status, field to set, its value, field to clear, now, dead letter ('1'/'0'),
--- dead letters kept, task id, reason (for the dead letter).
+-- dead letters kept, task id, reason (for the dead letter), completed_by and
+-- completed_attempt ('' to record none).
 -- The first outcome wins: a task that already ended is returned unchanged, with no dead letter.
 -- An ended task leaves the unpublished ledger, so the reconciler never publishes it.
+-- Returns {1 when this call ended the task else 0, the task's hash}.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   return false
 end
+local changed = 0
 if status == 'queued' or status == 'running' then
+  changed = 1
   redis.call('HSET', KEYS[1], 'status', ARGV[1], ARGV[2], ARGV[3], 'finished_at', ARGV[5])
+  if ARGV[10] ~= '' then
+    redis.call('HSET', KEYS[1], 'completed_by', ARGV[10])
+  end
+  if ARGV[11] ~= '' then
+    redis.call('HSET', KEYS[1], 'completed_attempt', ARGV[11])
+  end
   redis.call('HDEL', KEYS[1], ARGV[4], 'worker')
   redis.call('HINCRBY', KEYS[2], status, -1)
   redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
@@ -195,7 +250,7 @@ if status == 'queued' or status == 'running' then
     redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[7]) - 1)
   end
 end
-return redis.call('HGETALL', KEYS[1])
+return {changed, redis.call('HGETALL', KEYS[1])}
 """
 
 _RELEASE_LUA = """
@@ -329,12 +384,13 @@ class RedisTaskStore:
         """Store a new task (or return the one already stored with its idempotency key)."""
         return (await self.create_many([task]))[0]
 
-    async def create_many(self, tasks: Sequence[Task]) -> list[Task]:
-        """Store new tasks in one atomic script; same idempotency rule as create."""
+    async def create_many(self, tasks: Sequence[Task], *, max_pending: int = 0) -> list[Task]:
+        """Store new tasks in one atomic script, which also checks the cap (the per-owner
+        counters every script keeps); same idempotency rule as create."""
         if not tasks:
             return []
         with self._unavailable("store new tasks"):
-            replies = await self._insert(tasks, [""] * len(tasks))
+            replies = await self._insert(tasks, [""] * len(tasks), max_pending)
             holders = [reply for reply in replies if isinstance(reply, str)]
             found = await self._get_many(holders) if holders else {}
             stored: list[Task] = []
@@ -344,8 +400,22 @@ class RedisTaskStore:
                 elif (existing := found[reply]) is not None:
                     stored.append(existing)
                 else:
-                    stored.append(await self._take_over(task, reply))
+                    # Only after the key's task was deleted by hand: a takeover of a batch is
+                    # capped task by task, so a refusal here can leave the batch part-stored.
+                    stored.append(await self._take_over(task, reply, max_pending))
         return stored
+
+    async def find_keyed(self, keys: Sequence[str]) -> dict[str, Task]:
+        """The tasks stored under these idempotency keys, by key (two round trips)."""
+        if not keys:
+            return {}
+        unique = list(dict.fromkeys(keys))
+        with self._unavailable("look up idempotency keys"):
+            names = [IDEMPOTENCY_KEY.format(prefix=self._prefix, key=key) for key in unique]
+            ids = await self._redis.mget(names)
+            held = {key: _text(i) for key, i in zip(unique, ids, strict=True) if i is not None}
+            found = await self._get_many(list(held.values())) if held else {}
+        return {key: task for key, i in held.items() if (task := found[i]) is not None}
 
     async def get(self, task_id: str) -> Task | None:
         """Return the task or None."""
@@ -463,10 +533,21 @@ class RedisTaskStore:
                     break
         return found[:limit]
 
-    async def complete(self, task_id: str, counts: dict[str, int]) -> Task:
-        """Store the result unless the task already ended; return the task as stored."""
+    async def complete(
+        self,
+        task_id: str,
+        counts: dict[str, int],
+        *,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+    ) -> Completion:
+        """Store the result unless the task already ended; say whether this call stored it."""
         result = json.dumps(counts, separators=(",", ":"))
-        return await self._end(task_id, Status.COMPLETED, "result", result, "error", dead=False)
+        by = (worker_id or "", "" if attempt is None else str(attempt))
+        task, changed = await self._end(
+            task_id, Status.COMPLETED, "result", result, "error", dead=False, by=by
+        )
+        return Completion(task, changed)
 
     async def fail(self, task_id: str, message: str, *, dead_letter: bool = False) -> Task:
         """End the task in error unless it already ended; optionally file a dead letter.
@@ -474,7 +555,10 @@ class RedisTaskStore:
         The dead letter is filed only by the call that ends the task, so a retried call (or a
         late one for a task that already ended) does not file it twice.
         """
-        return await self._end(task_id, Status.FAILED, "error", message, "result", dead=dead_letter)
+        task, _ = await self._end(
+            task_id, Status.FAILED, "error", message, "result", dead=dead_letter
+        )
+        return task
 
     async def dead_letters(self, limit: int) -> list[dict[str, object]]:
         """The newest dead-letter records."""
@@ -539,10 +623,12 @@ class RedisTaskStore:
                 f"the task store (Redis at {self._where}) could not {action}: {exc}"
             ) from exc
 
-    async def _insert(self, tasks: Sequence[Task], stale: Sequence[str]) -> list[Task | str]:
+    async def _insert(
+        self, tasks: Sequence[Task], stale: Sequence[str], max_pending: int
+    ) -> list[Task | str]:
         """Run the create script: each task comes back as stored, or as the id already there."""
         keys = [self._counts_key, self._unpublished_key]
-        args: list[str | bytes] = []
+        args: list[str | bytes] = [str(max(max_pending, 0))]
         for task, stale_id in zip(tasks, stale, strict=True):
             fields = _to_hash(task)
             keys.append(self._task_key(task.id))
@@ -559,13 +645,16 @@ class RedisTaskStore:
                 *fields,
             ]
         replies: list[int | bytes] = await self._create(keys=keys, args=args)
+        if replies and replies[0] == -1:
+            _, owner, pending = replies
+            raise PendingCapError(_text(owner), int(pending), max_pending)
         return [
             task if reply == 1 else _text(reply) for task, reply in zip(tasks, replies, strict=True)
         ]
 
-    async def _take_over(self, task: Task, holder: str) -> Task:
+    async def _take_over(self, task: Task, holder: str, max_pending: int) -> Task:
         """Store `task` under an idempotency key whose task (`holder`) no longer exists."""
-        (reply,) = await self._insert([task], [holder])
+        (reply,) = await self._insert([task], [holder], max_pending)
         if isinstance(reply, Task):
             return reply
         existing = await self.get(reply)  # another create took the key over first
@@ -587,8 +676,17 @@ class RedisTaskStore:
         }
 
     async def _end(
-        self, task_id: str, status: Status, field: str, value: str, clear: str, *, dead: bool
-    ) -> Task:
+        self,
+        task_id: str,
+        status: Status,
+        field: str,
+        value: str,
+        clear: str,
+        *,
+        dead: bool,
+        by: tuple[str, str] = ("", ""),
+    ) -> tuple[Task, bool]:
+        """Run the finish script: the task as stored, and whether this call ended it."""
         with self._unavailable(f"store the outcome of task {task_id}"):
             reply = await self._finish(
                 keys=[
@@ -608,11 +706,13 @@ class RedisTaskStore:
                     DEAD_LETTERS_MAX,
                     task_id,
                     value,
+                    *by,
                 ],
             )
         if reply is None:
             raise TaskNotFoundError(task_id)
-        return _from_hash(_pairs(reply))
+        changed, fields = reply
+        return _from_hash(_pairs(fields)), changed == 1
 
 
 def _describe(url: str) -> str:
@@ -661,6 +761,10 @@ def _to_hash(task: Task) -> list[str | bytes]:
         "circuit_object": task.circuit_object,
         "result_object": task.result_object,
         "owner": task.owner,
+        "completed_by": task.completed_by,
+        "completed_attempt": (
+            None if task.completed_attempt is None else str(task.completed_attempt)
+        ),
     }
     fields: list[str | bytes] = [
         "id", task.id,
@@ -688,6 +792,7 @@ def _from_hash(raw: dict[bytes, bytes]) -> Task:
 
     seed = raw.get(b"seed")
     result = raw.get(b"result")
+    completed_attempt = raw.get(b"completed_attempt")
     return Task(
         id=raw[b"id"].decode(),
         source=raw[b"source"].decode(),
@@ -707,6 +812,8 @@ def _from_hash(raw: dict[bytes, bytes]) -> Task:
         circuit_object=text(b"circuit_object"),
         result_object=text(b"result_object"),
         owner=text(b"owner"),
+        completed_by=text(b"completed_by"),
+        completed_attempt=None if completed_attempt is None else int(completed_attempt),
     )
 
 

@@ -18,7 +18,7 @@ import orjson
 
 from qtask.adapters.sqlite_db import SQLiteDatabase
 from qtask.constants import LEASE_SECONDS
-from qtask.domain.ports import Delivery
+from qtask.domain.ports import Completion, Delivery
 from qtask.domain.task import (
     Status,
     Task,
@@ -27,7 +27,7 @@ from qtask.domain.task import (
     info_from_json,
     info_to_json,
 )
-from qtask.errors import TaskNotFoundError
+from qtask.errors import PendingCapError, TaskNotFoundError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -51,7 +51,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     idempotency_key TEXT UNIQUE,
     circuit_object TEXT,
     result_object TEXT,
-    owner TEXT
+    owner TEXT,
+    completed_by TEXT,
+    completed_attempt INTEGER
 );
 -- Only unfinished tasks are indexed for the queue, so claiming stays fast however many
 -- completed tasks the table keeps.
@@ -82,6 +84,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
     if "owner" not in columns:
         conn.execute("ALTER TABLE tasks ADD COLUMN owner TEXT")
+    if "completed_by" not in columns:
+        conn.execute("ALTER TABLE tasks ADD COLUMN completed_by TEXT")
+        conn.execute("ALTER TABLE tasks ADD COLUMN completed_attempt INTEGER")
     conn.execute(_OWNER_INDEX)
 
 
@@ -99,12 +104,13 @@ class SQLiteTaskStore:
         """Store a new queued task durably (or return the one with its idempotency key)."""
         return (await self.create_many([task]))[0]
 
-    async def create_many(self, tasks: Sequence[Task]) -> list[Task]:
-        """Store new queued tasks in one commit."""
+    async def create_many(self, tasks: Sequence[Task], *, max_pending: int = 0) -> list[Task]:
+        """Store new queued tasks in one commit; the cap is checked in the same transaction."""
         rows = [_to_row(task) for task in tasks]
 
         def insert(conn: sqlite3.Connection) -> list[Task]:
             stored = []
+            new: dict[str, int] = {}  # owner -> tasks this call adds
             for task, row in zip(tasks, rows, strict=True):
                 if task.idempotency_key is not None:
                     existing = conn.execute(
@@ -115,11 +121,30 @@ class SQLiteTaskStore:
                         continue
                 conn.execute(_INSERT, row)
                 stored.append(task)
+                if task.owner is not None and task.status is Status.QUEUED:
+                    new[task.owner] = new.get(task.owner, 0) + 1
+            # Counted after the inserts, inside the write transaction: the one writer thread
+            # runs creates one after another, so none can pass the cap together. Raising rolls
+            # this call's savepoint back: nothing is stored.
+            for owner, adding in new.items() if max_pending > 0 else ():
+                pending = _pending(conn, owner)
+                if pending > max_pending:
+                    raise PendingCapError(owner, pending - adding, max_pending)
             return stored
 
         result = await self._db.write(insert)
         self._wakeup.set()
         return result
+
+    async def find_keyed(self, keys: Sequence[str]) -> dict[str, Task]:
+        """The tasks stored under these idempotency keys, by key."""
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return {}
+        marks = ",".join("?" * len(unique))
+        query = f"SELECT * FROM tasks WHERE idempotency_key IN ({marks})"
+        rows = self._db.read(lambda conn: conn.execute(query, unique).fetchall())
+        return {row["idempotency_key"]: _from_row(row) for row in rows}
 
     async def get(self, task_id: str) -> Task | None:
         """Return the task or None."""
@@ -157,13 +182,7 @@ class SQLiteTaskStore:
 
     async def pending_count(self, owner: str) -> int:
         """How many of `owner`'s tasks are queued or running (from a partial index)."""
-        row = self._db.read(
-            lambda conn: conn.execute(
-                "SELECT count(*) FROM tasks WHERE owner = ? AND status IN ('queued', 'running')",
-                (owner,),
-            ).fetchone()
-        )
-        return int(row[0])
+        return self._db.read(lambda conn: _pending(conn, owner))
 
     async def expired(self, finished_before: float, limit: int) -> list[Task]:
         """Ended tasks that ended before `finished_before`, oldest first."""
@@ -218,18 +237,27 @@ class SQLiteTaskStore:
         )
         return [dict(row) for row in rows]
 
-    async def complete(self, task_id: str, counts: dict[str, int]) -> Task:
-        """Store the result unless the task already ended; return the task as stored."""
+    async def complete(
+        self,
+        task_id: str,
+        counts: dict[str, int],
+        *,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+    ) -> Completion:
+        """Store the result unless the task already ended; say whether this call stored it."""
         payload = json.dumps(counts, separators=(",", ":"))
         return await self._db.write(
-            lambda conn: self._finish(conn, task_id, Status.COMPLETED, result=payload)
+            lambda conn: self._finish(
+                conn, task_id, Status.COMPLETED, result=payload, by=(worker_id, attempt)
+            )
         )
 
     async def fail(self, task_id: str, message: str, *, dead_letter: bool = False) -> Task:
         """End the task in error unless it already ended; optionally file a dead letter."""
 
         def finish(conn: sqlite3.Connection) -> Task:
-            task = self._finish(conn, task_id, Status.FAILED, error=message)
+            task = self._finish(conn, task_id, Status.FAILED, error=message).task
             if dead_letter:
                 conn.execute(
                     "INSERT INTO dead_letters (task_id, reason, attempts, at) VALUES (?, ?, ?, ?)",
@@ -349,19 +377,34 @@ class SQLiteTaskStore:
         *,
         result: str | None = None,
         error: str | None = None,
-    ) -> Task:
+        by: tuple[str | None, int | None] = (None, None),
+    ) -> Completion:
         row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
             raise TaskNotFoundError(task_id)
         if row["status"] in _TERMINAL:
-            return _from_row(row)  # the first outcome stored wins
+            return Completion(_from_row(row), False)  # the first outcome stored wins
         check_transition(Status(row["status"]), status)
+        # Conditional on the status just read, so the transition is this UPDATE's alone.
         updated = conn.execute(
             "UPDATE tasks SET status = ?, result = ?, error = ?, finished_at = ?,"
-            " lease_owner = NULL, lease_expires = NULL WHERE id = ? RETURNING *",
-            (status.value, result, error, time.time(), task_id),
+            " lease_owner = NULL, lease_expires = NULL, completed_by = ?, completed_attempt = ?"
+            " WHERE id = ? AND status = ? RETURNING *",
+            (status.value, result, error, time.time(), *by, task_id, row["status"]),
         ).fetchone()
-        return _from_row(updated)
+        if updated is None:
+            row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            return Completion(_from_row(row), False)
+        return Completion(_from_row(updated), True)
+
+
+def _pending(conn: sqlite3.Connection, owner: str) -> int:
+    """How many of `owner`'s tasks are queued or running (from a partial index)."""
+    row = conn.execute(
+        "SELECT count(*) FROM tasks WHERE owner = ? AND status IN ('queued', 'running')",
+        (owner,),
+    ).fetchone()
+    return int(row[0])
 
 
 class _SQLiteDelivery:
@@ -387,9 +430,10 @@ class _SQLiteDelivery:
 
 _COLUMNS = (
     "id, status, source, program, info, shots, seed, attempts, result, error, last_error,"
-    " created_at, started_at, finished_at, idempotency_key, circuit_object, result_object, owner"
+    " created_at, started_at, finished_at, idempotency_key, circuit_object, result_object, owner,"
+    " completed_by, completed_attempt"
 )
-_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 18)})"
+_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 20)})"
 
 _CLAIM = """
 UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?,
@@ -425,6 +469,8 @@ def _to_row(task: Task) -> tuple[object, ...]:
         task.circuit_object,
         task.result_object,
         task.owner,
+        task.completed_by,
+        task.completed_attempt,
     )
 
 
@@ -448,4 +494,6 @@ def _from_row(row: sqlite3.Row) -> Task:
         circuit_object=row["circuit_object"],
         result_object=row["result_object"],
         owner=row["owner"],
+        completed_by=row["completed_by"],
+        completed_attempt=row["completed_attempt"],
     )

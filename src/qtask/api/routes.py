@@ -70,6 +70,7 @@ _ERROR_BODY: dict[int | str, dict[str, Any]] = {
         400: "Malformed request or invalid circuit (the message says where).",
         401: "API keys are on and the request has no valid one.",
         408: "The request body did not arrive in time.",
+        409: "The Idempotency-Key names a task of no API key (stored unscoped by an older qtask).",
         413: "Request or circuit over the size limit.",
         422: "Well-formed but not acceptable (wrong types, over a circuit limit).",
         429: "Over the key's request rate or pending-task cap; see Retry-After.",

@@ -7,9 +7,22 @@ NATS JetStream and S3. `qtask.testing` has in-memory versions for unit tests. No
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from qtask.domain.task import Task, TaskOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What TaskStore.complete did: the task as stored, and whether this very call completed it.
+
+    Of all the calls that complete one task (a run and its duplicates), exactly one reports
+    `transitioned`; the others find the task already ended and change nothing.
+    """
+
+    task: Task
+    transitioned: bool
 
 
 class TaskStore(Protocol):
@@ -19,8 +32,18 @@ class TaskStore(Protocol):
         """Store a new queued task, or return the existing one with the same idempotency key."""
         ...
 
-    async def create_many(self, tasks: Sequence[Task]) -> list[Task]:
-        """Store several new tasks in one commit; same idempotency rule as create."""
+    async def create_many(self, tasks: Sequence[Task], *, max_pending: int = 0) -> list[Task]:
+        """Store several new tasks in one commit; same idempotency rule as create.
+
+        With `max_pending` > 0, raise PendingCapError and store nothing when the new tasks
+        (those not found under their idempotency key) would take their owner past that many
+        queued or running tasks; checked and stored in one atomic step. Tasks without an owner
+        are not capped.
+        """
+        ...
+
+    async def find_keyed(self, keys: Sequence[str]) -> dict[str, Task]:
+        """The tasks stored under these idempotency keys, by key (keys with none left out)."""
         ...
 
     async def get(self, task_id: str) -> Task | None:
@@ -76,8 +99,20 @@ class TaskStore(Protocol):
         """Queued tasks created before `older_than` (epoch seconds) never confirmed published."""
         ...
 
-    async def complete(self, task_id: str, counts: dict[str, int]) -> Task:
-        """Record a result. The first result wins: a late duplicate changes nothing."""
+    async def complete(
+        self,
+        task_id: str,
+        counts: dict[str, int],
+        *,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+    ) -> Completion:
+        """Record a result. The first result wins: a late duplicate changes nothing.
+
+        The call that makes the transition also records `worker_id` and `attempt` on the task
+        (`completed_by`, `completed_attempt`) and reports `transitioned`, atomically with the
+        change; raises TaskNotFoundError when there is no such task.
+        """
         ...
 
     async def fail(self, task_id: str, message: str, *, dead_letter: bool = False) -> Task:

@@ -122,6 +122,11 @@ class Task:
     result_object: str | None = None
     # The name of the API key that submitted the task; None when API keys are off.
     owner: str | None = None
+    # Which run stored the completed transition: its worker's id and attempt number (None
+    # unless completed, and for tasks completed before this was recorded). Never shown to
+    # clients; it lets an operator match the one transition with one `completed` log line.
+    completed_by: str | None = None
+    completed_attempt: int | None = None
 
     def moved(self, status: Status, **changes: object) -> Task:
         """Return a copy in `status`, after checking the move against the state machine."""

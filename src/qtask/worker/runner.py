@@ -24,7 +24,7 @@ import structlog
 from qtask import metrics
 from qtask.config import WorkerSettings
 from qtask.constants import BATCH_MAX_OPERATIONS, BATCH_MAX_QUBITS, LEASE_SECONDS
-from qtask.domain.ports import Delivery, ObjectStore, TaskQueue, TaskStore
+from qtask.domain.ports import Completion, Delivery, ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import Status, Task
 from qtask.errors import TaskNotFoundError
 from qtask.execution.items import BACKEND_NAME, RunItem, RunOutcome
@@ -237,16 +237,22 @@ class Worker:
                             task.result_object, _result_document(task, outcome.counts)
                         )
                     try:
-                        stored: Task | None = await self._store.complete(task.id, outcome.counts)
+                        done: Completion | None = await self._store.complete(
+                            task.id,
+                            outcome.counts,
+                            worker_id=self._worker_id,
+                            attempt=task.attempts,
+                        )
                     except TaskNotFoundError:  # cancelled, then removed by retention meanwhile
-                        stored = None
+                        done = None
                     await self._settle(delivery)
-                    if stored is not None and stored.status is Status.COMPLETED:
+                    if done is not None and done.transitioned:  # this run completed it
                         self.completed += 1
                         metrics.TASKS_FINISHED.labels("completed", "").inc()
                         _canonical(task, "completed", outcome.seconds, elapsed, batch_size)
-                    else:  # it ended while it ran (cancelled): the first outcome stands
-                        await self._discard_result(task)
+                    else:  # it ended while it ran (cancelled, or another run): the first stands
+                        if done is None or done.task.status is not Status.COMPLETED:
+                            await self._discard_result(task)  # not a completed task's object
                         _canonical(task, "discarded", outcome.seconds, elapsed, batch_size)
                 else:
                     await self._fail(

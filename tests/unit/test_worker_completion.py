@@ -1,0 +1,120 @@
+"""Who completed a task: of all runs of one task, exactly one stores the completed transition and
+logs `completed`; every other run logs `discarded`. Checked with the in-memory store and a fake
+pool standing in for child processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import structlog.testing
+
+from qtask.config import WorkerSettings
+from qtask.domain.ports import Delivery
+from qtask.domain.task import Status, Task
+from qtask.execution.items import RunItem, RunOutcome
+from qtask.testing import InMemoryObjectStore, InMemoryTaskStore
+from qtask.worker.runner import Worker
+from qtask_testkit import make_task
+
+
+class _Deliveries:
+    """A queue that hands out the given deliveries once, then nothing."""
+
+    def __init__(self, deliveries: list[Delivery]) -> None:
+        self._pending = list(deliveries)
+
+    async def publish(self, tasks: Sequence[Task]) -> None:
+        return None
+
+    async def fetch(self, max_tasks: int, timeout: float) -> list[Delivery]:
+        taken, self._pending = self._pending[:max_tasks], self._pending[max_tasks:]
+        if not taken:
+            await asyncio.sleep(timeout)
+        return taken
+
+    async def close(self) -> None:
+        return None
+
+
+class _Acks:
+    """Wraps deliveries to say when `expected` of them were acknowledged."""
+
+    def __init__(self, expected: int) -> None:
+        self.left = expected
+        self.all_done = asyncio.Event()
+
+    def wrap(self, delivery: Delivery) -> Delivery:
+        acks = self
+
+        class Counted:
+            task = delivery.task
+
+            async def ack(self) -> None:
+                await delivery.ack()
+                acks.left -= 1
+                if acks.left == 0:
+                    acks.all_done.set()
+
+            async def nak(self) -> None:
+                await delivery.nak()
+
+            async def in_progress(self) -> None:
+                await delivery.in_progress()
+
+        return Counted()
+
+
+class _Pool:
+    """Runs every item to the same counts; remembers how many runs it made."""
+
+    size = 1
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def call(self, items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        self.runs += len(items)
+        return [RunOutcome(item.task_id, counts={"00": item.shots}) for item in items]
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_duplicate_run_that_finishes_second_is_logged_discarded() -> None:
+    # A redelivery after a lost ack: the task is handed out twice (attempts 1 and 2).
+    store = InMemoryTaskStore()
+    objects = InMemoryObjectStore()
+    task = await store.create(make_task(result_object="results/x.json"))
+    [first] = await store.fetch(1, timeout=0)
+    store.expire_lease(task.id)
+    [second] = await store.fetch(1, timeout=0)
+    assert (first.task.attempts, second.task.attempts) == (1, 2)
+    acks = _Acks(2)
+    pool = _Pool()
+    settings = WorkerSettings(processes=1, max_attempts=3, task_timeout_s=5.0, batch_size=8)
+    worker = Worker(
+        store,
+        _Deliveries([acks.wrap(first), acks.wrap(second)]),
+        pool,  # type: ignore[arg-type]
+        settings,
+        worker_id="w-7",
+        objects=objects,
+    )
+    with structlog.testing.capture_logs() as logs:
+        worker.start()
+        try:
+            await asyncio.wait_for(acks.all_done.wait(), 5)
+        finally:
+            await worker.stop(grace=1.0)
+    assert pool.runs == 2
+    lines = [entry for entry in logs if entry["event"] == "task_finished"]
+    assert sorted(line["outcome"] for line in lines) == ["completed", "discarded"]
+    [completed] = [line for line in lines if line["outcome"] == "completed"]
+    done = store.tasks[task.id]
+    assert done.status is Status.COMPLETED
+    # The store names the one run that completed it, as its log line does.
+    assert (done.completed_by, done.completed_attempt) == ("w-7", completed["attempts"])
+    assert worker.completed == 1
+    # The discarded duplicate did not delete the result object the completed record points to.
+    assert "results/x.json" in objects.objects

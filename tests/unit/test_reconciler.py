@@ -26,7 +26,8 @@ def tracking_store() -> InMemoryTaskStore:
 
 async def backlog(store: InMemoryTaskStore, stream: InMemoryStream, count: int) -> list[Task]:
     """`count` queued tasks, old, published into the stream as the API does."""
-    tasks = await store.create_many([make_task(created_at=time.time() - 3600) for _ in range(count)])
+    old = time.time() - 3600
+    tasks = await store.create_many([make_task(created_at=old) for _ in range(count)])
     await stream.publish(tasks)
     await store.mark_published([task.id for task in tasks])
     stream.published.clear()
@@ -57,7 +58,7 @@ def test_a_mark_survives_its_stored_form() -> None:
     assert StreamMark.load(StreamMark("s", 0).dump()) == StreamMark("s", 0)
 
 
-# --- passes ----------------------------------------------------------------------------------------
+# --- passes ------------------------------------------------------------------------------------
 
 
 async def test_the_first_pass_ever_records_the_stream_and_publishes_nothing() -> None:
@@ -210,18 +211,24 @@ async def test_a_large_republish_is_spread_over_short_passes(
     assert sorted(stream.published) == sorted(t.id for t in tasks)
 
 
-async def test_the_queue_noticing_a_loss_triggers_a_check_at_once() -> None:
+async def test_the_queue_noticing_a_loss_triggers_a_check_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     store, stream = tracking_store(), InMemoryStream()
     reconciler = Reconciler(store, stream, interval=3600.0)
     await reconciler.run_once()
     tasks = await backlog(store, stream, 4)
     await store.start(tasks[0].id, 1, "w-1")
+    publish, published = stream.publish, asyncio.Event()
 
+    async def publish_and_tell(batch: list[Task]) -> None:
+        await publish(batch)
+        published.set()
+
+    monkeypatch.setattr(stream, "publish", publish_and_tell)
     stream.lose()
     stream.notice_loss()  # e.g. a publish got "no stream"; no pass is due for an hour
-    deadline = time.monotonic() + 5
-    while len(stream.published) < 4 and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(published.wait(), 5)
     assert sorted(stream.published) == sorted(t.id for t in tasks)
     await reconciler.stop()
 

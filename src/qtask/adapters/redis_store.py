@@ -534,8 +534,8 @@ class RedisTaskStore:
         """Add tasks stored by an older qtask (before the active index) to the index, once.
 
         SCANs every task hash, a batch per script call so each check-and-add is atomic; the
-        marker set at the end makes later calls one GET. About 3 s per million stored tasks.
-        """
+        marker set at the end makes later calls one GET. 3 to 4 s per million stored tasks
+        (benchmarks/reaper.py)."""
         marker = MARKER_KEY.format(prefix=self._prefix, name=ACTIVE_INDEXED_MARKER)
         pattern = TASK_KEY.format(prefix=self._prefix, task_id="*")
         added = 0

@@ -148,7 +148,11 @@ class Reconciler(Periodic):
                     STREAM_MARKER, None, StreamMark(seen.identity, seen.last_seq).dump()
                 )
                 return 0
-            mark = StreamMark.load(raw)
+            try:
+                mark = StreamMark.load(raw)
+            except (ValueError, KeyError, TypeError):  # written by hand? assume the worst
+                log.error("stream_marker_unreadable", marker=raw[:200])
+                mark = StreamMark(stream="", last_seq=0)
             if stream_lost(mark, seen):
                 self.losses += 1
                 log.warning(

@@ -106,6 +106,17 @@ async def test_after_a_loss_every_queued_and_running_task_is_published_once() ->
     assert len(stream.published) == 4
 
 
+async def test_an_unreadable_marker_counts_as_a_loss() -> None:
+    store, stream = tracking_store(), InMemoryStream()
+    tasks = await backlog(store, stream, 3)
+    store.markers[STREAM_MARKER] = "not json"
+    reconciler = Reconciler(store, stream, interval=1.0)
+
+    assert await reconciler.run_once() == 3  # nothing can be stuck for want of a message
+    assert sorted(stream.published) == sorted(t.id for t in tasks)
+    assert await reconciler.run_once() == 0
+
+
 async def test_a_poller_restarted_after_the_loss_still_notices() -> None:
     store, stream = tracking_store(), InMemoryStream()
     await Reconciler(store, stream, interval=1.0).run_once()  # the process that saw the stream

@@ -544,6 +544,10 @@ async def test_publish_while_nats_is_down_fails_fast_then_recovers(
         await queue.ping()
     with pytest.raises(QueueUnavailableError):
         await queue.pending()
+    began = time.monotonic()
+    with pytest.raises(QueueUnavailableError, match="disconnected"):
+        await queue.stream_state()  # the reconciler's check fails at once too
+    assert time.monotonic() - began < 0.5
 
     await asyncio.to_thread(nats_server.start)
     deadline = time.monotonic() + 10

@@ -234,7 +234,9 @@ class NatsTaskQueue:
     async def stream_state(self) -> StreamState:
         """The stream's identity (its creation time) and last sequence number; a missing stream
         is created first, with its consumer."""
-        _, js = self._connected()
+        nc, js = self._connected()
+        if not nc.is_connected:  # fail at once, as publish does, rather than after a timeout
+            raise QueueUnavailableError(f"NATS at {self.url} is disconnected")
         for _ in range(2):
             await self._ensure_setup()
             try:

@@ -547,7 +547,7 @@ async def test_publish_while_nats_is_down_fails_fast_then_recovers(
     began = time.monotonic()
     with pytest.raises(QueueUnavailableError, match="disconnected"):
         await queue.stream_state()  # the reconciler's check fails at once too
-    assert time.monotonic() - began < 0.5
+    assert time.monotonic() - began < 1.5  # not after the 2 s request timeout
 
     await asyncio.to_thread(nats_server.start)
     deadline = time.monotonic() + 10

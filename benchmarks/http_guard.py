@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from qtask_testkit import free_port  # noqa: E402
+from qtask_testkit import free_port
 
 SERVER = """
 import sys, uvicorn

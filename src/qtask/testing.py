@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from qtask.constants import LEASE_SECONDS
-from qtask.domain.ports import Completion, Delivery
+from qtask.domain.ports import Completion, Delivery, StreamState
 from qtask.domain.task import Status, Task, TaskOutcome
 from qtask.errors import PendingCapError, TaskNotFoundError
 
@@ -28,6 +29,7 @@ class InMemoryTaskStore:
         self._wakeup = asyncio.Event()
         self._unpublished: dict[str, float] = {}
         self.dead: list[dict[str, object]] = []
+        self.markers: dict[str, str] = {}
         # False: behave like SQLite (storing is publishing). True: like Redis beside NATS.
         self.tracks_publishing = False
 
@@ -152,6 +154,29 @@ class InMemoryTaskStore:
             if created < older_than and self.tasks[task_id].status is Status.QUEUED
         ]
         return found[:limit]
+
+    async def active(self, after: str | None, limit: int) -> list[Task]:
+        """Queued and running tasks with ids above `after`, in id order."""
+        found = sorted(
+            (task for task in self.tasks.values() if not task.status.terminal),
+            key=lambda task: task.id,
+        )
+        return [task for task in found if after is None or task.id > after][: max(limit, 0)]
+
+    async def index_active(self) -> int:
+        """Nothing to add: active() reads every task."""
+        return 0
+
+    async def marker(self, name: str) -> str | None:
+        """The record stored under `name`, or None."""
+        return self.markers.get(name)
+
+    async def swap_marker(self, name: str, expected: str | None, new: str) -> bool:
+        """Compare-and-set of the record under `name`."""
+        if self.markers.get(name) != expected:
+            return False
+        self.markers[name] = new
+        return True
 
     async def dead_letters(self, limit: int) -> list[dict[str, object]]:
         """Newest first."""
@@ -285,6 +310,54 @@ class InMemoryDelivery:
     async def in_progress(self) -> None:
         """Renew the lease."""
         self._store._leases[self._task.id] = time.time() + LEASE_SECONDS
+
+
+class InMemoryStream:
+    """A StreamQueue that only records what was published, with a stream that tests can lose
+    (as NATS does when its storage goes) to check what the reconciler does about it."""
+
+    def __init__(self) -> None:
+        self.identity = uuid.uuid4().hex
+        self.last_seq = 0
+        self.published: list[str] = []  # task ids, in publish order, doubles included
+        self.messages: set[str] = set()  # the ids the stream holds now
+        self._callbacks: list[Callable[[], None]] = []
+
+    async def stream_state(self) -> StreamState:
+        """The current stream."""
+        return StreamState(self.identity, self.last_seq)
+
+    def on_stream_lost(self, callback: Callable[[], None]) -> None:
+        """Remember the callback; `notice_loss()` calls it."""
+        self._callbacks.append(callback)
+
+    def lose(self, *, recreate: bool = True) -> None:
+        """Lose every message: a new stream (another identity), or with `recreate=False` the
+        same stream rewound to an older state (a restored backup)."""
+        self.messages.clear()
+        if recreate:
+            self.identity = uuid.uuid4().hex
+        self.last_seq = 0
+
+    def notice_loss(self) -> None:
+        """Act as the queue does when a publish or fetch finds the stream gone."""
+        for callback in self._callbacks:
+            callback()
+
+    async def publish(self, tasks: Sequence[Task]) -> None:
+        """Record the ids; an id the stream holds already is dropped (the duplicate window)."""
+        for task in tasks:
+            self.published.append(task.id)
+            if task.id not in self.messages:
+                self.messages.add(task.id)
+                self.last_seq += 1
+
+    async def fetch(self, max_tasks: int, timeout: float) -> list[Delivery]:
+        """Hands out nothing: only publishing is recorded."""
+        return []
+
+    async def close(self) -> None:
+        """Nothing to release."""
 
 
 class InMemoryObjectStore:

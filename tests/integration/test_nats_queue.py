@@ -7,6 +7,7 @@ import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import nats
@@ -409,6 +410,72 @@ async def test_deleted_consumer_is_recreated_by_the_next_fetch(
     assert ids(deliveries) == [second.id]
 
 
+# --- stream identity and loss ------------------------------------------------------------------
+
+
+async def test_stream_state_is_kept_across_a_restart_and_changes_with_a_new_stream(
+    make_queue: QueueFactory,
+    store: InMemoryTaskStore,
+    nats_server: NatsServer,
+    js: JetStreamContext,
+) -> None:
+    queue = await make_queue()
+    first = await queue.stream_state()
+    assert first.last_seq == 0
+    await queue.publish(await new_tasks(store, 3))
+    assert await queue.stream_state() == replace(first, last_seq=3)
+
+    await asyncio.to_thread(nats_server.restart, signal.SIGKILL)  # storage kept
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert await queue.stream_state() == replace(first, last_seq=3)
+            break
+        except QueueUnavailableError:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+
+    await js.delete_stream(STREAM)
+    again = await queue.stream_state()  # a missing stream is created, with its consumer
+    assert again.identity != first.identity
+    assert again.last_seq == 0
+    assert (await js.consumer_info(STREAM, "workers")).config.durable_name == "workers"
+
+
+async def test_the_queue_reports_a_stream_it_finds_gone(
+    make_queue: QueueFactory, store: InMemoryTaskStore, js: JetStreamContext
+) -> None:
+    noticed: list[str] = []
+    queue = await make_queue(consumer_check_s=0.2)
+    queue.on_stream_lost(lambda: noticed.append("lost"))
+    [before, after] = await new_tasks(store, 2)
+    await queue.publish([before])
+    assert noticed == []
+
+    await js.delete_stream(STREAM)
+    with pytest.raises(QueueUnavailableError):
+        await queue.publish([after])  # no stream: reported, and made again on the next use
+    assert noticed == ["lost"]
+    await queue.publish([after])
+    assert noticed == ["lost", "lost"]  # the stream it created: a new one
+    assert ids(await fetch_until(queue, 1, within=5.0)) == [after.id]
+
+
+async def test_a_fetch_that_finds_the_consumer_gone_reports_it(
+    make_queue: QueueFactory, js: JetStreamContext
+) -> None:
+    noticed: list[str] = []
+    queue = await make_queue(consumer_check_s=0.2)
+    queue.on_stream_lost(lambda: noticed.append("lost"))
+    assert await queue.fetch(1, timeout=0.3) == []
+    await js.delete_stream(STREAM)
+    deadline = time.monotonic() + 5
+    while not noticed:
+        assert time.monotonic() < deadline
+        assert await queue.fetch(1, timeout=0.3) == []
+    assert noticed[0] == "lost"
+
+
 # --- NATS unavailable ---------------------------------------------------------------------------
 
 
@@ -477,6 +544,10 @@ async def test_publish_while_nats_is_down_fails_fast_then_recovers(
         await queue.ping()
     with pytest.raises(QueueUnavailableError):
         await queue.pending()
+    began = time.monotonic()
+    with pytest.raises(QueueUnavailableError, match="disconnected"):
+        await queue.stream_state()  # the reconciler's check fails at once too
+    assert time.monotonic() - began < 1.5  # not after the 2 s request timeout
 
     await asyncio.to_thread(nats_server.start)
     deadline = time.monotonic() + 10

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
+import redis.asyncio
 
 from qtask.adapters.redis_store import RedisRateLimiter, RedisTaskStore
 from qtask.domain.task import Status, Task, new_task_id
@@ -271,6 +272,73 @@ async def test_counts_follow_every_transition(store: RedisTaskStore) -> None:
     await store.start(ids[3], 1, "w")
     await store.release(ids[3], None, penalize=True)
     assert await store.counts() == {"queued": 2, "running": 1, "completed": 1, "failed": 1}
+
+
+# --- the active index ------------------------------------------------------------------------
+
+
+async def active_index(store: RedisTaskStore, redis_server: RedisServer) -> set[str]:
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        return {bytes(i).decode() for i in await client.zrange("qtask:active", 0, -1)}
+    finally:
+        await client.aclose()
+
+
+async def test_the_active_index_follows_every_transition(
+    store: RedisTaskStore, redis_server: RedisServer
+) -> None:
+    ids = [t.id for t in await store.create_many([make_task() for _ in range(6)])]
+    assert await active_index(store, redis_server) == set(ids)
+    await store.start(ids[0], 1, "w")
+    await store.start(ids[1], 1, "w")
+    await store.release(ids[1], None, penalize=True)
+    await store.complete(ids[2], {})
+    await store.fail(ids[3], "x", dead_letter=True)
+    await store.cancel(ids[4], "Task was cancelled.")
+    assert await active_index(store, redis_server) == {ids[0], ids[1], ids[5]}
+    done = [await stored(store, i) for i in ids[2:5]]
+    assert await store.remove(done) == 3
+    await store.complete(ids[0], {})
+    assert await active_index(store, redis_server) == {ids[1], ids[5]}
+    finished = make_task(status=Status.COMPLETED, result={}, finished_at=1.0)
+    await store.create(finished)  # an ended record (as a migration would copy) is not active
+    assert await active_index(store, redis_server) == {ids[1], ids[5]}
+
+
+async def test_index_active_adds_tasks_stored_before_the_index_once(
+    store: RedisTaskStore, redis_server: RedisServer
+) -> None:
+    tasks = await store.create_many([make_task() for _ in range(2500)])
+    await store.start(tasks[0].id, 1, "w")
+    await store.complete(tasks[1].id, {})
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    await client.delete("qtask:active")  # as an older qtask left it
+    try:
+        assert await store.active(None, 10) == []
+        assert await store.index_active() == 2499
+        assert await store.index_active() == 0  # once: the marker says it was done
+        assert len(await store.active(None, 5000)) == 2499
+        await client.delete("qtask:marker:active_index")
+        assert await store.index_active() == 0  # idempotent when run again
+    finally:
+        await client.aclose()
+
+
+async def test_active_drops_index_entries_of_tasks_that_ended(
+    store: RedisTaskStore, redis_server: RedisServer
+) -> None:
+    ids = sorted(t.id for t in await store.create_many([make_task() for _ in range(5)]))
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        await store.complete(ids[1], {})
+        await store.complete(ids[2], {})
+        await client.zadd("qtask:active", {ids[1]: 0, ids[2]: 0, "vanished": 0})  # stale
+        assert [t.id for t in await store.active(None, 2)] == [ids[0], ids[3]]
+        assert [t.id for t in await store.active(None, 10)] == [ids[0], ids[3], ids[4]]
+        assert await active_index(store, redis_server) == {ids[0], ids[3], ids[4]}
+    finally:
+        await client.aclose()
 
 
 # --- durability and availability -------------------------------------------------------------

@@ -338,6 +338,64 @@ async def test_unpublished_lists_queued_tasks_until_published(tracking_store: Ta
     assert await store.unpublished(100.0, 10) == []
 
 
+# --- the active listing and markers (re-publishing after the queue lost its stream) -----------
+
+
+async def test_active_lists_queued_and_running_tasks_in_id_order(store: TaskStore) -> None:
+    tasks = await store.create_many([make_task() for _ in range(8)])
+    ids = sorted(task.id for task in tasks)
+    await store.start(ids[0], 1, "w")  # running: listed
+    await store.complete(ids[1], {"0": 1})
+    await store.fail(ids[2], "broke")
+    await store.cancel(ids[3], "Task was cancelled.")
+    await store.start(ids[4], 1, "w")
+    await store.release(ids[4], "worker stopped", penalize=False)  # queued again: listed
+    listed = [ids[0], *ids[4:]]
+
+    assert [task.id for task in await store.active(None, 100)] == listed
+    assert (await store.active(None, 1))[0].status is Status.RUNNING
+    assert [task.id for task in await store.active(ids[0], 2)] == listed[1:3]
+    assert [task.id for task in await store.active(listed[2], 100)] == listed[3:]
+    assert await store.active(listed[-1], 100) == []
+    assert await store.active(None, 0) == []
+
+
+async def test_active_pages_cover_every_active_task_once_while_tasks_end(
+    store: TaskStore,
+) -> None:
+    tasks = await store.create_many([make_task() for _ in range(25)])
+    seen: list[str] = []
+    ended = 0
+    cursor: str | None = None
+    while page := await store.active(cursor, 4):
+        seen += [task.id for task in page]
+        cursor = page[-1].id
+        await store.complete(page[0].id, {})  # ends behind the cursor: no effect on the rest
+        ended += 1
+    assert sorted(seen) == sorted(task.id for task in tasks)
+    assert ended == 7
+    assert len(await store.active(None, 100)) == 25 - ended
+
+
+async def test_index_active_is_idempotent(store: TaskStore) -> None:
+    tasks = await store.create_many([make_task() for _ in range(3)])
+    await store.index_active()
+    assert await store.index_active() == 0
+    assert sorted(t.id for t in await store.active(None, 10)) == sorted(t.id for t in tasks)
+
+
+async def test_swap_marker_is_a_compare_and_set(store: TaskStore) -> None:
+    assert await store.marker("stream") is None
+    assert not await store.swap_marker("stream", "something", "a")
+    assert await store.swap_marker("stream", None, "a")
+    assert not await store.swap_marker("stream", None, "b")  # no longer absent
+    assert not await store.swap_marker("stream", "b", "c")
+    assert await store.marker("stream") == "a"
+    assert await store.swap_marker("stream", "a", '{"x": 1}')
+    assert await store.marker("stream") == '{"x": 1}'
+    assert await store.marker("other") is None
+
+
 # --- cancel ----------------------------------------------------------------------------------
 
 

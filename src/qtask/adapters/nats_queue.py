@@ -10,6 +10,12 @@ attempt number the store records, and `max_deliver` bounds how often a message i
 Publishing is idempotent: the task id is also the message id, so JetStream drops a second
 publish of the same task within `duplicate_window`. A task is marked published in the store only
 once JetStream confirmed it stored the message; until then the reconciler re-publishes it.
+
+The stream can be lost apart from the store (deleted, or a server that came back without its
+storage). `stream_state()` tells streams apart by their creation time, so the reconciler can
+notice that a stream is not the one it recorded; and wherever the queue itself finds the stream
+or the consumer gone, it tells the callbacks given to `on_stream_lost()`. What to do about a loss
+is the reconciler's business, not this adapter's.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import dataclasses
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import nats
 import nats.errors
@@ -38,7 +44,7 @@ from nats.js.api import (
 )
 
 from qtask.constants import LEASE_SECONDS
-from qtask.domain.ports import Delivery, TaskStore
+from qtask.domain.ports import Delivery, StreamState, TaskStore
 from qtask.domain.task import Task
 from qtask.errors import ConfigError, QueueUnavailableError
 from qtask.logs import get_logger
@@ -55,6 +61,13 @@ _NATS_FAILURES = (nats.errors.Error, OSError, TimeoutError)
 _PUBLISH_CHUNK = 1000
 # nats-py refuses a fetch timeout of zero; a "do not wait" fetch waits this long instead.
 _MIN_FETCH_SECONDS = 0.05
+# How long to wait before making again a stream this queue saw and then found missing.
+# nats-server 2.9.10 finishes deleting a stream's files in the background: a stream of the same
+# name created within milliseconds may pick up the old one's index without its message blocks
+# (last_seq 200, no messages) and refuse every publish with "error opening msg block file"
+# until it is deleted (measured: 4 of 33 streams made at once after a delete that followed 200
+# publishes; none of 56 after a wait of 0.1 to 1 s). The margin costs one second per loss.
+STREAM_RECREATE_DELAY_S = 1.0
 
 
 def default_worker_id() -> str:
@@ -116,6 +129,8 @@ class NatsTaskQueue:
         self._closed = False
         self._consumer_checked = 0.0
         self._last_error: str | None = None
+        self._loss_callbacks: list[Callable[[], None]] = []
+        self._had_stream = False  # the stream existed once: a missing one was deleted
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -216,6 +231,41 @@ class NatsTaskQueue:
             raise QueueUnavailableError(f"cannot read the consumer: {_describe(exc)}") from exc
         return info.num_pending or 0
 
+    async def stream_state(self) -> StreamState:
+        """The stream's identity (its creation time) and last sequence number; a missing stream
+        is created first, with its consumer."""
+        nc, js = self._connected()
+        if not nc.is_connected:  # fail at once, as publish does, rather than after a timeout
+            raise QueueUnavailableError(f"NATS at {self.url} is disconnected")
+        for _ in range(2):
+            await self._ensure_setup()
+            try:
+                info = await js.stream_info(self.stream)
+            except nats.js.errors.NotFoundError:
+                self._stream_gone("stream_info")  # deleted since the setup: set it up again
+                continue
+            except _NATS_FAILURES as exc:
+                raise QueueUnavailableError(
+                    f"cannot read stream {self.stream} on NATS at {self.url}: {_describe(exc)}"
+                ) from exc
+            if info.created is None:  # every JetStream since 2.2 reports it
+                raise QueueUnavailableError(f"NATS stream {self.stream} has no creation time")
+            return StreamState(info.created.isoformat(), info.state.last_seq)
+        raise QueueUnavailableError(f"NATS stream {self.stream} keeps disappearing")
+
+    def on_stream_lost(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (synchronously; it must not block) whenever this queue finds its
+        stream or consumer gone, or creates the stream."""
+        self._loss_callbacks.append(callback)
+
+    def _stream_gone(self, where: str) -> None:
+        """The stream or consumer was found missing: set up again before the next use, and
+        tell whoever checks for a lost stream."""
+        self._needs_setup = True
+        log.warning("nats_stream_or_consumer_missing", stream=self.stream, found_by=where)
+        for callback in self._loss_callbacks:
+            callback()
+
     # --- TaskQueue ---------------------------------------------------------------------------
 
     async def publish(self, tasks: Sequence[Task]) -> None:
@@ -252,7 +302,7 @@ class NatsTaskQueue:
             if not isinstance(failure, _NATS_FAILURES):
                 raise failure
         if any(isinstance(failure, nats.js.errors.NoStreamResponseError) for failure in failures):
-            self._needs_setup = True  # the stream is gone; create it again before next time
+            self._stream_gone("publish")  # create it again before next time
         raise QueueUnavailableError(
             f"{len(failures)} of {len(tasks)} tasks were not published to NATS at {self.url}: "
             f"{_describe(failures[0])}"
@@ -336,8 +386,8 @@ class NatsTaskQueue:
         try:
             await js.consumer_info(self.stream, self.durable, timeout=self.timeout)
         except nats.js.errors.NotFoundError:
-            log.warning("nats_consumer_missing", stream=self.stream, consumer=self.durable)
             await self._drop_subscription()
+            self._stream_gone("fetch")
         except _NATS_FAILURES as exc:  # unreachable: the next fetch reports it
             log.warning("nats_consumer_check_failed", error=_describe(exc))
 
@@ -411,16 +461,24 @@ class NatsTaskQueue:
         )
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
-        for _ in range(3):  # another replica may create or change it at the same moment
+        for _ in range(4):  # another replica may create or change it at the same moment
             try:
                 info = await js.stream_info(self.stream)
             except nats.js.errors.NotFoundError:
+                if self._had_stream:  # deleted: let the server finish, then look again
+                    self._had_stream = False
+                    await asyncio.sleep(STREAM_RECREATE_DELAY_S)
+                    continue
                 try:
                     await js.add_stream(self._stream_config())
+                    self._had_stream = True
                     log.info("nats_stream_created", stream=self.stream, subject=self.subject)
+                    for callback in self._loss_callbacks:  # a new stream: was one lost?
+                        callback()
                     return
                 except nats.js.errors.BadRequestError:
                     continue  # created meanwhile with other settings: read it again
+            self._had_stream = True
             current = info.config
             if current.retention != RetentionPolicy.WORK_QUEUE or (
                 current.storage != StorageType.FILE

@@ -12,6 +12,13 @@ Layout, every key under one prefix (default "qtask"):
 - `{prefix}:counts`: hash of status -> number of tasks in it, and `pending:{owner}` -> number
   of that API key's tasks queued or running (the create script checks the cap against it).
 - `{prefix}:finished`: sorted set of ended task ids scored by finished_at (for retention).
+- `{prefix}:active`: sorted set of the ids of queued and running tasks, every score 0 so that it
+  is read in id order (ZRANGE BYLEX) with the last id read as the cursor; the reconciler
+  re-publishes them after the queue lost its stream. Kept by the same scripts that change a
+  status; tasks stored before it existed are added once by `index_active()` (a SCAN).
+- `{prefix}:marker:{name}`: small records set by compare-and-set (`swap_marker`), shared by
+  every process: `queue_stream` is the NATS stream last seen, `active_index` says the active
+  index was backfilled.
 - `{prefix}:rate:{name}`: an API key's request token bucket (RedisRateLimiter), while in use.
 - `{prefix}:dead`: list of dead-letter records (JSON), newest first, capped at 10,000.
 
@@ -59,6 +66,10 @@ if TYPE_CHECKING:
 TASK_KEY = "{prefix}:task:{task_id}"
 IDEMPOTENCY_KEY = "{prefix}:idem:{key}"
 UNPUBLISHED_KEY = "{prefix}:unpublished"
+ACTIVE_KEY = "{prefix}:active"
+MARKER_KEY = "{prefix}:marker:{name}"
+# The marker index_active() sets once every stored task is in the active index.
+ACTIVE_INDEXED_MARKER = "active_index"
 COUNTS_KEY = "{prefix}:counts"
 DEAD_KEY = "{prefix}:dead"
 FINISHED_KEY = "{prefix}:finished"
@@ -100,7 +111,7 @@ _UNPUBLISHED_ROUNDS = 8
 
 _CREATE_LUA = """
 -- KEYS[1] counts hash, KEYS[2] unpublished zset, then per task its hash key followed by its
--- idempotency key when it has one.
+-- idempotency key when it has one; the last key is the active zset.
 -- ARGV[1]: the cap of queued or running tasks per owner ('0': none). Then per task: id,
 -- has_key ('1'/'0'), status, created_at, stale, owner ('' for none), n, then n field/value items.
 -- `stale` is a task id the idempotency key may be taken over from (its task vanished), or ''.
@@ -181,6 +192,9 @@ while a <= #ARGV do
       redis.call('SET', idem_key, id)
     end
     redis.call('HINCRBY', KEYS[1], status, 1)
+    if status == 'queued' or status == 'running' then
+      redis.call('ZADD', KEYS[#KEYS], 0, id)
+    end
     if status == 'queued' then
       redis.call('ZADD', KEYS[2], created, id)
       if owner ~= '' then
@@ -194,12 +208,13 @@ return out
 """
 
 _START_LUA = """
--- KEYS[1] task hash, KEYS[2] counts. ARGV: attempt, now, worker id.
+-- KEYS[1] task hash, KEYS[2] counts, KEYS[3] active zset. ARGV: attempt, now, worker id, task id.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   return false
 end
 if status == 'queued' or status == 'running' then
+  redis.call('ZADD', KEYS[3], 0, ARGV[4])
   redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', ARGV[1], 'started_at', ARGV[2],
     'worker', ARGV[3])
   if status == 'queued' then
@@ -212,7 +227,7 @@ return redis.call('HGETALL', KEYS[1])
 
 _FINISH_LUA = """
 -- KEYS[1] task hash, KEYS[2] counts, KEYS[3] dead-letter list, KEYS[4] finished zset,
--- KEYS[5] unpublished zset.
+-- KEYS[5] unpublished zset, KEYS[6] active zset.
 -- ARGV: new status, field to set, its value, field to clear, now, dead letter ('1'/'0'),
 -- dead letters kept, task id, reason (for the dead letter), completed_by and
 -- completed_attempt ('' to record none).
@@ -238,6 +253,7 @@ if status == 'queued' or status == 'running' then
   redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
   redis.call('ZADD', KEYS[4], ARGV[5], ARGV[8])
   redis.call('ZREM', KEYS[5], ARGV[8])
+  redis.call('ZREM', KEYS[6], ARGV[8])
   local owner = redis.call('HGET', KEYS[1], 'owner')
   if owner then
     redis.call('HINCRBY', KEYS[2], 'pending:' .. owner, -1)
@@ -254,11 +270,13 @@ return {changed, redis.call('HGETALL', KEYS[1])}
 """
 
 _RELEASE_LUA = """
--- KEYS[1] task hash, KEYS[2] counts. ARGV: has reason ('1'/'0'), reason, attempts to refund.
+-- KEYS[1] task hash, KEYS[2] counts, KEYS[3] active zset. ARGV: has reason ('1'/'0'), reason,
+-- attempts to refund, task id.
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'running' then
   return false
 end
+redis.call('ZADD', KEYS[3], 0, ARGV[4])
 redis.call('HSET', KEYS[1], 'status', 'queued')
 if ARGV[1] == '1' then
   redis.call('HSET', KEYS[1], 'last_error', ARGV[2])
@@ -275,7 +293,7 @@ return redis.call('HGETALL', KEYS[1])
 
 _REMOVE_LUA = """
 -- KEYS[1] counts, KEYS[2] finished zset, then per task its hash key followed by its idempotency
--- key when it has one. ARGV per task: id, has_key ('1'/'0').
+-- key when it has one; the last key is the active zset. ARGV per task: id, has_key ('1'/'0').
 -- Deletes each task that ended (and its idempotency key while that still names it); a task not
 -- ended is kept. Returns how many were deleted.
 local deleted = 0
@@ -299,9 +317,34 @@ for a = 1, #ARGV, 2 do
   end
   if status ~= 'queued' and status ~= 'running' then
     redis.call('ZREM', KEYS[2], id)
+    redis.call('ZREM', KEYS[#KEYS], id)
   end
 end
 return deleted
+"""
+
+_BACKFILL_ACTIVE_LUA = """
+-- KEYS[1] active zset, then task hashes. Adds the queued and running ones to the active index
+-- (as the scripts above would have); returns how many were not in it yet.
+local added = 0
+for i = 2, #KEYS do
+  local fields = redis.call('HMGET', KEYS[i], 'status', 'id')
+  if fields[1] == 'queued' or fields[1] == 'running' then
+    added = added + redis.call('ZADD', KEYS[1], 0, fields[2])
+  end
+end
+return added
+"""
+
+_SWAP_MARKER_LUA = """
+-- KEYS[1] the marker. ARGV: expected present ('1'/'0'), expected value, new value.
+-- Compare-and-set: stores the new value only if the marker still holds the expected one.
+local current = redis.call('GET', KEYS[1])
+if (ARGV[1] == '0' and not current) or (ARGV[1] == '1' and current == ARGV[2]) then
+  redis.call('SET', KEYS[1], ARGV[3])
+  return 1
+end
+return 0
 """
 
 
@@ -373,10 +416,13 @@ class RedisTaskStore:
         self._finish = self._redis.register_script(_FINISH_LUA)
         self._release = self._redis.register_script(_RELEASE_LUA)
         self._remove = self._redis.register_script(_REMOVE_LUA)
+        self._backfill_active = self._redis.register_script(_BACKFILL_ACTIVE_LUA)
+        self._swap_marker = self._redis.register_script(_SWAP_MARKER_LUA)
         self._counts_key = COUNTS_KEY.format(prefix=prefix)
         self._unpublished_key = UNPUBLISHED_KEY.format(prefix=prefix)
         self._dead_key = DEAD_KEY.format(prefix=prefix)
         self._finished_key = FINISHED_KEY.format(prefix=prefix)
+        self._active_key = ACTIVE_KEY.format(prefix=prefix)
 
     # --- TaskStore -------------------------------------------------------------------------
 
@@ -483,6 +529,7 @@ class RedisTaskStore:
             if task.idempotency_key is not None:
                 keys.append(IDEMPOTENCY_KEY.format(prefix=self._prefix, key=task.idempotency_key))
             args += [task.id, "0" if task.idempotency_key is None else "1"]
+        keys.append(self._active_key)
         with self._unavailable(f"remove {len(tasks)} tasks"):
             deleted: int = await self._remove(keys=keys, args=args)
         return deleted
@@ -491,8 +538,8 @@ class RedisTaskStore:
         """Mark a queued or running task running as `attempt`; an ended task is returned as is."""
         with self._unavailable(f"start task {task_id}"):
             reply = await self._start(
-                keys=[self._task_key(task_id), self._counts_key],
-                args=[attempt, repr(time.time()), worker_id],
+                keys=[self._task_key(task_id), self._counts_key, self._active_key],
+                args=[attempt, repr(time.time()), worker_id, task_id],
             )
         return None if reply is None else _from_hash(_pairs(reply))
 
@@ -533,6 +580,63 @@ class RedisTaskStore:
                     break
         return found[:limit]
 
+    async def active(self, after: str | None, limit: int) -> list[Task]:
+        """Queued and running tasks with ids above `after`, in id order, from the active index."""
+        found: list[Task] = []
+        low = "-" if after is None else f"({after}"
+        with self._unavailable("list active tasks"):
+            while len(found) < limit:
+                wanted = limit - len(found)
+                ids = await self._redis.zrangebylex(self._active_key, low, "+", 0, wanted)
+                if not ids:
+                    break
+                tasks = await self._get_many([_text(i) for i in ids])
+                found += [t for t in tasks.values() if t is not None and not t.status.terminal]
+                stale = [i for i, t in tasks.items() if t is None or t.status.terminal]
+                if stale:  # left by a backfill that raced with a task ending: drop them
+                    await self._redis.zrem(self._active_key, *stale)
+                if len(ids) < wanted:
+                    break
+                low = f"({_text(ids[-1])}"
+        return found
+
+    async def index_active(self) -> int:
+        """Add tasks stored by an older qtask (before the active index) to the index, once.
+
+        SCANs every task hash, a batch per script call so each check-and-add is atomic; the
+        marker set at the end makes later calls one GET. 3 to 4 s per million stored tasks
+        (benchmarks/reaper.py)."""
+        marker = MARKER_KEY.format(prefix=self._prefix, name=ACTIVE_INDEXED_MARKER)
+        pattern = TASK_KEY.format(prefix=self._prefix, task_id="*")
+        added = 0
+        with self._unavailable("index active tasks"):
+            if await self._redis.exists(marker):
+                return 0
+            cursor = 0
+            while True:
+                cursor, keys = await self._redis.scan(cursor, match=pattern, count=1000)
+                if keys:
+                    added += int(await self._backfill_active(keys=[self._active_key, *keys]))
+                if cursor == 0:
+                    break
+            await self._redis.set(marker, repr(time.time()))
+        return added
+
+    async def marker(self, name: str) -> str | None:
+        """The record stored under `name`, or None."""
+        with self._unavailable(f"read marker {name}"):
+            raw = await self._redis.get(MARKER_KEY.format(prefix=self._prefix, name=name))
+        return None if raw is None else _text(raw)
+
+    async def swap_marker(self, name: str, expected: str | None, new: str) -> bool:
+        """Compare-and-set of the record under `name`, in one script."""
+        key = MARKER_KEY.format(prefix=self._prefix, name=name)
+        with self._unavailable(f"write marker {name}"):
+            stored = await self._swap_marker(
+                keys=[key], args=["0" if expected is None else "1", expected or "", new]
+            )
+        return bool(stored)
+
     async def complete(
         self,
         task_id: str,
@@ -572,8 +676,13 @@ class RedisTaskStore:
         """Put a running task back in the queue; None when it was not running."""
         with self._unavailable(f"release task {task_id}"):
             reply = await self._release(
-                keys=[self._task_key(task_id), self._counts_key],
-                args=["0" if reason is None else "1", reason or "", "0" if penalize else "1"],
+                keys=[self._task_key(task_id), self._counts_key, self._active_key],
+                args=[
+                    "0" if reason is None else "1",
+                    reason or "",
+                    "0" if penalize else "1",
+                    task_id,
+                ],
             )
         return None if reply is None else _from_hash(_pairs(reply))
 
@@ -644,6 +753,7 @@ class RedisTaskStore:
                 str(len(fields)),
                 *fields,
             ]
+        keys.append(self._active_key)
         replies: list[int | bytes] = await self._create(keys=keys, args=args)
         if replies and replies[0] == -1:
             _, owner, pending = replies
@@ -695,6 +805,7 @@ class RedisTaskStore:
                     self._dead_key,
                     self._finished_key,
                     self._unpublished_key,
+                    self._active_key,
                 ],
                 args=[
                     status.value,

@@ -61,6 +61,13 @@ CREATE INDEX IF NOT EXISTS tasks_active ON tasks (seq) WHERE status IN ('queued'
 -- Ended tasks by when they ended, for the retention pass.
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at)
     WHERE status IN ('completed', 'failed');
+-- Unfinished tasks by id: active() pages through them with the last id as the cursor.
+CREATE INDEX IF NOT EXISTS tasks_active_id ON tasks (id) WHERE status IN ('queued', 'running');
+-- Small compare-and-set records (TaskStore.swap_marker).
+CREATE TABLE IF NOT EXISTS markers (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     task_id TEXT NOT NULL,
@@ -226,6 +233,39 @@ class SQLiteTaskStore:
     async def unpublished(self, older_than: float, limit: int) -> list[Task]:
         """Always empty: storing a task is publishing it."""
         return []
+
+    async def active(self, after: str | None, limit: int) -> list[Task]:
+        """Queued and running tasks with ids above `after`, in id order."""
+        rows = self._db.read(
+            lambda conn: conn.execute(
+                "SELECT * FROM tasks WHERE status IN ('queued', 'running') AND id > ?"
+                " ORDER BY id LIMIT ?",
+                ("" if after is None else after, max(limit, 0)),
+            ).fetchall()
+        )
+        return [_from_row(row) for row in rows]
+
+    async def index_active(self) -> int:
+        """Nothing to add: the partial index tasks_active_id covers every row by its status."""
+        return 0
+
+    async def marker(self, name: str) -> str | None:
+        """The record stored under `name`, or None."""
+        query = "SELECT value FROM markers WHERE name = ?"
+        row = self._db.read(lambda conn: conn.execute(query, (name,)).fetchone())
+        return None if row is None else str(row[0])
+
+    async def swap_marker(self, name: str, expected: str | None, new: str) -> bool:
+        """Compare-and-set of the record under `name`, in one write transaction."""
+
+        def swap(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT value FROM markers WHERE name = ?", (name,)).fetchone()
+            if (None if row is None else row[0]) != expected:
+                return False
+            conn.execute("INSERT OR REPLACE INTO markers (name, value) VALUES (?, ?)", (name, new))
+            return True
+
+        return await self._db.write(swap)
 
     async def dead_letters(self, limit: int) -> list[dict[str, object]]:
         """The newest dead-letter records."""

@@ -6,7 +6,7 @@ NATS JetStream and S3. `qtask.testing` has in-memory versions for unit tests. No
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -99,6 +99,25 @@ class TaskStore(Protocol):
         """Queued tasks created before `older_than` (epoch seconds) never confirmed published."""
         ...
 
+    async def active(self, after: str | None, limit: int) -> list[Task]:
+        """At most `limit` queued or running tasks with ids above `after` (from the first when
+        None), in id order: a cursor that stays valid while tasks are added and end."""
+        ...
+
+    async def index_active(self) -> int:
+        """Bring the listing of queued and running tasks up to date with tasks an older qtask
+        stored; idempotent and cheap once done. Returns how many tasks it added."""
+        ...
+
+    async def marker(self, name: str) -> str | None:
+        """The small record stored under `name` (see swap_marker), None when there is none."""
+        ...
+
+    async def swap_marker(self, name: str, expected: str | None, new: str) -> bool:
+        """Store `new` under `name` if the record is still `expected` (None: absent); return
+        whether it was stored. Every process sees the same records (compare-and-set)."""
+        ...
+
     async def complete(
         self,
         task_id: str,
@@ -174,6 +193,28 @@ class TaskQueue(Protocol):
 
     async def close(self) -> None:
         """Stop handing out tasks."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """Which stream holds a queue's messages, and the highest sequence number it has used."""
+
+    # Changes when the stream is created anew (JetStream: its creation time), so a stream that
+    # was deleted, or lost with its server's storage, and made again is told apart.
+    identity: str
+    last_seq: int
+
+
+class StreamQueue(TaskQueue, Protocol):
+    """A TaskQueue whose messages live in a stream that can be lost apart from the task store."""
+
+    async def stream_state(self) -> StreamState:
+        """The stream as it is now, created first when it is missing."""
+        ...
+
+    def on_stream_lost(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever the queue itself finds its stream or consumer gone."""
         ...
 
 

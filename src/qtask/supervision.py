@@ -141,8 +141,8 @@ class SupervisedLoop:
             self.failures = 0
             self.iterations += 1
             self._last = time.monotonic()
-            if self._pause:
-                await asyncio.sleep(self._pause)
+            # Always yield: an iteration that found nothing to await must not starve the loop.
+            await asyncio.sleep(self._pause)
 
     def _on_end(self, task: asyncio.Task[None]) -> None:
         reason = _end_reason(task)  # retrieves the exception, so asyncio never reports it lost

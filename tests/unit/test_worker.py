@@ -11,6 +11,7 @@ import pytest
 import structlog.testing
 
 from qtask.config import WorkerSettings
+from qtask.constants import RUN_SETTLE_GRACE_SECONDS
 from qtask.domain.ports import Delivery
 from qtask.domain.task import CircuitInfo, Status, Task, new_task_id
 from qtask.errors import QueueUnavailableError, StoreUnavailableError
@@ -707,3 +708,78 @@ async def test_stop_after_the_fetch_loop_died_does_not_raise_and_stops_the_heart
         fetch_loop.status()
     await worker.stop(grace=1.0)  # does not raise the loop's error
     assert heartbeat_loop.ended
+
+
+# --- liveness of the fetch loop --------------------------------------------------------------
+
+
+async def test_fetch_loop_waiting_for_a_process_while_a_long_run_progresses_stays_ready() -> None:
+    started = asyncio.Event()
+    finish = asyncio.Event()
+
+    async def long_run(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        started.set()
+        await finish.wait()
+        return counts_for(items)
+
+    store = RecordingStore()
+    task = await store.create(make_task())
+    worker = Worker(store, store, FakePool(long_run), settings(task_timeout_s=600.0))  # type: ignore[arg-type]
+    fetch_loop, _ = worker.loops
+    worker.start()
+    try:
+        await asyncio.wait_for(started.wait(), 2.0)
+        await wait_until(lambda: "waiting for a free worker process" in fetch_loop.status())
+        # Long after three fetch intervals, the loop is still live while the run is in time...
+        in_time = time.monotonic() + 600.0
+        assert fetch_loop.status(in_time).startswith("ok (waiting for a free worker process")
+        # ...and stale once the run is past its limit and the grace for storing its outcome.
+        wedged = time.monotonic() + 600.0 + RUN_SETTLE_GRACE_SECONDS + 1.0
+        with pytest.raises(RuntimeError, match=r"^worker_fetch: no completed iteration for"):
+            fetch_loop.status(wedged)
+        finish.set()
+        await wait_until(lambda: store.tasks[task.id].status is Status.COMPLETED)
+    finally:
+        await worker.stop(grace=1.0)
+
+
+async def test_fetch_loop_on_an_empty_queue_completes_an_iteration_each_fetch_wait() -> None:
+    store = RecordingStore()
+    worker = Worker(store, store, FakePool(), settings(), fetch_wait_s=0.02)  # type: ignore[arg-type]
+    fetch_loop, _ = worker.loops
+    worker.start()
+    try:
+        await wait_until(lambda: fetch_loop.iterations >= 3)
+        assert fetch_loop.status().startswith("ok (last iteration")
+        assert fetch_loop.interval == 0.02
+    finally:
+        await worker.stop(grace=1.0)
+
+
+class FlakyFetchStore(RecordingStore):
+    """The in-memory store whose next `failures` fetches raise, as NATS down would."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def fetch(self, max_tasks: int, timeout: float) -> list[Delivery]:
+        if self.failures:
+            self.failures -= 1
+            raise QueueUnavailableError("cannot fetch from NATS")
+        return await super().fetch(max_tasks, timeout)
+
+
+async def test_fetch_errors_are_logged_backed_off_and_the_loop_recovers() -> None:
+    store = FlakyFetchStore(failures=3)
+    task = await store.create(make_task())
+    with structlog.testing.capture_logs() as logs:
+        worker = await run_until_done(store, FakePool(), settings())
+    assert store.tasks[task.id].status is Status.COMPLETED
+    assert worker.completed == 1
+    failed = [entry for entry in logs if entry["event"] == "loop_failed"]
+    assert [(e["loop"], e["retry_in_s"]) for e in failed] == [
+        ("worker_fetch", 0.1),
+        ("worker_fetch", 0.2),
+        ("worker_fetch", 0.4),
+    ]

@@ -83,6 +83,11 @@ class SupervisedLoop:
         """True once the loop's task is over (stopped, or died)."""
         return self._task is not None and self._task.done()
 
+    def progress(self) -> None:
+        """Say that a long iteration is still advancing (between the chunks of a big pass), so
+        that it is not taken for a wedged one; it counts like a completed iteration."""
+        self._last = time.monotonic()
+
     @contextlib.contextmanager
     def waiting(self, what: str, legitimate: Callable[[float], bool]) -> Iterator[None]:
         """Mark a wait that is not a stall while `legitimate(now)` holds."""

@@ -124,6 +124,29 @@ async def test_a_legitimate_wait_is_live_however_long_and_stale_once_it_is_not()
         await loop.stop()
 
 
+async def test_a_long_iteration_that_reports_progress_stays_live() -> None:
+    advanced = asyncio.Event()
+    finish = asyncio.Event()
+
+    async def long_pass() -> None:
+        await asyncio.sleep(0)
+        loop.progress()  # one chunk of a big pass done
+        advanced.set()
+        await finish.wait()
+
+    loop = SupervisedLoop("probe", long_pass, interval=1.0)
+    loop.start()
+    try:
+        await asyncio.wait_for(advanced.wait(), 2.0)
+        reported = time.monotonic()
+        assert loop.iterations == 0
+        assert loop.status(reported + 2.5).startswith("ok (last iteration 2.")
+        with pytest.raises(RuntimeError, match="no completed iteration"):
+            loop.status(reported + 3.5)
+    finally:
+        await loop.stop()
+
+
 async def test_a_loop_cancelled_from_outside_is_not_ready_and_stop_does_not_raise() -> None:
     loop = SupervisedLoop("probe", Script("hang"), interval=1.0)
     with structlog.testing.capture_logs() as logs:

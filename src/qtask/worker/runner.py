@@ -121,21 +121,22 @@ class Worker:
         batch_size = self._settings.batch_size
         with self._fetch_loop.waiting("a free worker process", self._runs_progress):
             free = await self._slots.take_all()
-        batches: list[list[Delivery]] = []
+        deliveries: list[Delivery] = []
+        started: set[str] = set()
         try:
             deliveries = await self._fetch(free * batch_size)
-            batches = _plan(await self._screen(deliveries), batch_size)
-            while batches and free:  # one slot per batch
-                self._spawn(batches.pop(0))
-                free -= 1
-            while batches:  # more batches than slots: wait for one each
-                with self._fetch_loop.waiting("a free worker process", self._runs_progress):
-                    await self._slots.take_one()
-                self._spawn(batches.pop(0))
+            for batch in _plan(await self._screen(deliveries), batch_size):
+                if free:  # one slot per batch
+                    free -= 1
+                else:  # more batches than slots: wait for one each
+                    with self._fetch_loop.waiting("a free worker process", self._runs_progress):
+                        await self._slots.take_one()
+                self._spawn(batch)
+                started.update(delivery.task.id for delivery in batch)
         except Exception:
-            # Not started, so not ours to settle: let go, the queue hands them out again.
-            for batch in batches:
-                for delivery in batch:
+            # Fetched but not started: let go unacknowledged, the queue hands them out again.
+            for delivery in deliveries:
+                if delivery.task.id not in started:
                     self._held.pop(delivery.task.id, None)
             raise
         finally:

@@ -99,7 +99,7 @@ class SupervisedLoop:
             self._last = time.monotonic()  # time spent in a legitimate wait is not a stall
 
     def status(self, now: float | None = None) -> str:
-        """ "ok (...)" while the loop is live; raise RuntimeError saying why when it is not."""
+        """A line for /ready while the loop is live; raise RuntimeError saying why if it is not."""
         now = time.monotonic() if now is None else now
         if self._task is None:
             raise RuntimeError(f"{self.name} has not started")

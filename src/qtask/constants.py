@@ -46,6 +46,24 @@ LEASE_SECONDS = 30.0
 # wakes it at once in embedded mode, so this only bounds the delay after a missed wake-up.
 IDLE_POLL_SECONDS = 0.05
 
+# How long one fetch waits for a task on an empty queue. It is also the fetch loop's interval for
+# supervision: an idle worker completes an iteration about this often.
+FETCH_WAIT_SECONDS = 1.0
+
+# Supervised loops (fetch, heartbeat, reconciler, retention): a loop with no completed iteration
+# in this many of its intervals is stale and /ready answers 503. Three tolerates one slow pass and
+# one failed retry; a wedged loop, or one failing every time, is caught within seconds.
+LOOP_STALE_INTERVALS = 3
+# After a failed iteration a loop waits 0.1 s, then twice as long after each further failure, up
+# to 5 s: a broken dependency is not hammered or logged hundreds of times a second, and a loop
+# resumes within 5 s once the dependency is back.
+LOOP_BACKOFF_FIRST_SECONDS = 0.1
+LOOP_BACKOFF_MAX_SECONDS = 5.0
+# The fetch loop waiting for a free worker process is live while some run holds one and is
+# within its time limit plus this: the slack for storing the outcome (Redis retries for ~16 s,
+# the object store has its own retries). A run older than that is wedged and makes /ready fail.
+RUN_SETTLE_GRACE_SECONDS = 120.0
+
 # Exit code of a child process that was asked to stop; anything else is a crash.
 CHILD_EXIT_OK = 0
 
@@ -68,3 +86,8 @@ RECONCILE_GRACE_SECONDS = 5.0
 # Fault injection for the chaos tests: when set, the API process SIGKILLs itself right after a
 # task is stored and before it is published, the gap the reconciler exists to close.
 FAULT_EXIT_AFTER_STORE_ENV = "QTASK_FAULT_EXIT_AFTER_STORE"
+
+# Fault injection for the supervision tests: when set to a file path, a supervised loop checks
+# that file before each iteration; while it holds the loop's name the loop hangs (a wedged
+# loop), while it holds "NAME fail" each iteration raises. One stat per iteration when set.
+FAULT_LOOP_FILE_ENV = "QTASK_FAULT_LOOP_FILE"

@@ -70,6 +70,9 @@ class EmbeddedService:
                 "workers": wiring.pool_check(self.exec_pool, "worker"),
                 "parsers": wiring.pool_check(self.parse_pool, "parser"),
                 **wiring.optional_ping_check("objects", self.objects),
+                **wiring.loop_checks(
+                    *self.worker.loops, None if self.retention is None else self.retention.loop
+                ),
             },
             lifespan=self._lifespan,
         )

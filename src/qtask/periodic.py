@@ -1,13 +1,13 @@
-"""A pass that runs in the background every few seconds until stopped (reconciler, retention)."""
+"""A pass that runs in the background every few seconds until stopped (reconciler, retention).
+
+The loop is a supervised one (qtask.supervision): a failing pass is logged with its traceback and
+retried after a backoff, and `loop.check()` is the readiness check that fails when no pass
+completed in three intervals. Subclasses write `run_once` only.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
-from qtask.logs import get_logger
-
-log = get_logger("periodic")
+from qtask.supervision import SupervisedLoop
 
 
 class Periodic:
@@ -17,7 +17,7 @@ class Periodic:
 
     def __init__(self, interval: float) -> None:
         self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self.loop = SupervisedLoop(self.name, self._pass, interval=interval, pause=interval)
 
     async def run_once(self) -> int:
         """One pass; return how many things it changed."""
@@ -25,19 +25,11 @@ class Periodic:
 
     def start(self) -> None:
         """Run passes in the background until stop()."""
-        self._task = asyncio.create_task(self._loop(), name=self.name)
+        self.loop.start()
 
     async def stop(self) -> None:
-        """Stop the background passes."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop the background passes (never raises a pass's error)."""
+        await self.loop.stop()
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception as exc:  # the store or queue is down: try again next pass
-                log.warning("pass_failed", name=self.name, reason=str(exc))
-            await asyncio.sleep(self._interval)
+    async def _pass(self) -> None:
+        await self.run_once()

@@ -90,6 +90,7 @@ class ApiRole:
                 "queue": wiring.ping_check(self.queue),
                 "parsers": wiring.pool_check(self.parse_pool, "parser"),
                 **wiring.optional_ping_check("objects", self.objects),
+                **wiring.loop_checks(self.reconciler.loop),
             },
             lifespan=self._lifespan,
             limiter=_rate_limiter(settings, self.store),
@@ -139,6 +140,7 @@ async def run_worker(settings: Settings) -> None:
             "store": wiring.ping_check(store),
             "queue": wiring.ping_check(queue),
             "workers": wiring.pool_check(pool, "worker"),
+            **wiring.loop_checks(*worker.loops),
         },
     )
     log.info("worker_started", worker_id=me, processes=pool.size)
@@ -176,6 +178,7 @@ async def run_poller(settings: Settings) -> None:
             "store": wiring.ping_check(store),
             "queue": wiring.ping_check(queue),
             **wiring.optional_ping_check("objects", objects),
+            **wiring.loop_checks(reconciler.loop, None if retention is None else retention.loop),
         },
     )
     log.info("poller_started", keep_finished_s=settings.retention.keep_finished_s or None)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from qtask.config import Settings
 from qtask.domain.ports import ObjectStore, RateLimiter, TaskQueue, TaskStore
+from qtask.supervision import SupervisedLoop
 from qtask.worker.health import Check
 from qtask.worker.pool import ChildPool
 
@@ -47,6 +48,14 @@ def pool_check(pool: ChildPool, kind: str) -> Check:
         return f"ok ({alive}/{pool.size} processes)"
 
     return check
+
+
+def loop_checks(*loops: SupervisedLoop | None) -> dict[str, Check]:
+    """{loop name: check} for each supervised loop given: it fails when the loop is stale or died.
+
+    None stands for a loop this process does not run (retention switched off) and is skipped.
+    """
+    return {loop.name: loop.check() for loop in loops if loop is not None}
 
 
 def optional_ping_check(name: str, component: _Pingable | None) -> dict[str, Check]:

@@ -11,8 +11,10 @@ import pytest
 import structlog.testing
 
 from qtask.config import WorkerSettings
+from qtask.constants import RUN_SETTLE_GRACE_SECONDS
 from qtask.domain.ports import Delivery
 from qtask.domain.task import CircuitInfo, Status, Task, new_task_id
+from qtask.errors import QueueUnavailableError, StoreUnavailableError
 from qtask.execution.items import RunItem, RunOutcome
 from qtask.testing import InMemoryDelivery, InMemoryObjectStore, InMemoryTaskStore
 from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildTimeoutError
@@ -571,3 +573,213 @@ async def test_lapsed_lease_is_redelivered_and_completed_once() -> None:
     assert store.tasks[task.id].attempts == 2
     late = (await store.complete(stale.task.id, {"11": 1})).task
     assert late.result == {"00": 10}
+
+
+# --- a store or queue that fails at the wrong moment ---------------------------------------
+
+
+class ScriptedFirstStore(RecordingStore):
+    """The in-memory store, handing out `scripted` deliveries on its first fetch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripted: list[Delivery] = []
+
+    async def fetch(self, max_tasks: int, timeout: float) -> list[Delivery]:
+        if self.scripted:
+            batch, self.scripted = self.scripted, []
+            return batch
+        return await super().fetch(max_tasks, timeout)
+
+
+class UnackableDelivery(InMemoryDelivery):
+    """A delivery whose ack fails, as when NATS goes away at that moment."""
+
+    async def ack(self) -> None:
+        raise QueueUnavailableError("not connected to NATS")
+
+
+class FailingFailStore(RecordingStore):
+    """The in-memory store whose next `failures` calls of fail() raise."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def fail(self, task_id: str, message: str, *, dead_letter: bool = False) -> Task:
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailableError("Redis is unreachable")
+        return await super().fail(task_id, message, dead_letter=dead_letter)
+
+
+async def test_ack_error_settling_a_redelivered_task_leaves_the_worker_taking_tasks() -> None:
+    store = ScriptedFirstStore()
+    ended = (await store.complete((await store.create(make_task())).id, {"11": 10})).task
+    broken = UnackableDelivery(store, ended)
+    store.scripted = [broken]
+    fresh = await store.create(make_task())
+    worker = Worker(store, store, FakePool(), settings(), fetch_wait_s=0.05)  # type: ignore[arg-type]
+    with structlog.testing.capture_logs() as logs:
+        worker.start()
+        try:
+            await wait_until(lambda: store.tasks[fresh.id].status is Status.COMPLETED)
+            assert worker.in_flight == 0  # dropped, not held: the queue redelivers it
+        finally:
+            await worker.stop(grace=1.0)
+    assert (broken.acked, broken.naked) == (0, 0)
+    assert store.tasks[ended.id] == ended
+    [line] = [entry for entry in logs if entry["event"] == "screen_failed"]
+    assert line["task_id"] == ended.id
+    assert line["exc_info"] is True
+
+
+async def test_store_error_failing_an_exhausted_task_is_recorded_on_redelivery() -> None:
+    store = FailingFailStore(failures=1)
+    exhausted = await store.create(make_task(attempts=3))  # the next claim is attempt 4 of 3
+    fresh = await store.create(make_task())
+    pool = FakePool()
+    worker = Worker(store, store, pool, settings(max_attempts=3), fetch_wait_s=0.05)  # type: ignore[arg-type]
+    worker.start()
+    try:
+        await wait_until(lambda: store.tasks[fresh.id].status is Status.COMPLETED)
+        await wait_until(lambda: worker.in_flight == 0)
+        [first] = store.deliveries_of(exhausted.id)
+        assert (first.acked, first.naked) == (0, 0)
+        store.expire_lease(exhausted.id)  # its lease lapses: the store hands it out again
+        await wait_until(lambda: store.tasks[exhausted.id].status is Status.FAILED)
+    finally:
+        await worker.stop(grace=1.0)
+    assert "3 attempts" in (store.tasks[exhausted.id].error or "")
+    assert [d["task_id"] for d in store.dead] == [exhausted.id]
+    assert [d.acked for d in store.deliveries_of(exhausted.id)] == [0, 1]
+    assert [item.task_id for call in pool.calls for item in call] == [fresh.id]
+
+
+async def test_store_error_recording_a_timeout_lets_the_lease_lapse() -> None:
+    async def too_slow(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        raise ChildTimeoutError(f"no answer within {timeout:g} s")
+
+    store = FailingFailStore(failures=1)
+    task = await store.create(make_task())
+    # A fast heartbeat: a delivery still held would have its lease renewed at once.
+    worker = Worker(store, store, FakePool(too_slow), settings(), heartbeat_s=0.01)  # type: ignore[arg-type]
+    worker.start()
+    try:
+        await wait_until(lambda: store.failures == 0 and worker.in_flight == 0)
+        [first] = store.deliveries_of(task.id)
+        assert (first.acked, first.naked) == (0, 0)
+        assert store.tasks[task.id].status is Status.RUNNING
+        store.expire_lease(task.id)
+        await wait_until(lambda: store.tasks[task.id].status is Status.FAILED)
+    finally:
+        await worker.stop(grace=1.0)
+    failed = store.tasks[task.id]
+    assert "limit of 5 s" in (failed.error or "")
+    assert failed.attempts == 2
+    assert [d.acked for d in store.deliveries_of(task.id)] == [0, 1]
+
+
+class DyingQueue(InMemoryTaskStore):
+    """A queue whose fetch kills the task that calls it with an exception no handler expects."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.died = asyncio.Event()
+
+    async def fetch(self, max_tasks: int, timeout: float) -> list[Delivery]:
+        self.died.set()
+        raise LoopKiller("wedged beyond repair")
+
+
+class LoopKiller(BaseException):
+    """Not an Exception: supervision logs and backs off from those, this ends the loop."""
+
+
+async def test_stop_after_the_fetch_loop_died_does_not_raise_and_stops_the_heartbeat() -> None:
+    store = RecordingStore()
+    queue = DyingQueue()
+    worker = Worker(store, queue, FakePool(), settings())  # type: ignore[arg-type]
+    worker.start()
+    await asyncio.wait_for(queue.died.wait(), 2.0)
+    fetch_loop, heartbeat_loop = worker.loops
+    await wait_until(lambda: fetch_loop.ended)
+    with pytest.raises(RuntimeError, match=r"worker_fetch ended: LoopKiller: wedged beyond repair"):
+        fetch_loop.status()
+    await worker.stop(grace=1.0)  # does not raise the loop's error
+    assert heartbeat_loop.ended
+
+
+# --- liveness of the fetch loop --------------------------------------------------------------
+
+
+async def test_fetch_loop_waiting_for_a_process_while_a_long_run_progresses_stays_ready() -> None:
+    started = asyncio.Event()
+    finish = asyncio.Event()
+
+    async def long_run(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        started.set()
+        await finish.wait()
+        return counts_for(items)
+
+    store = RecordingStore()
+    task = await store.create(make_task())
+    worker = Worker(store, store, FakePool(long_run), settings(task_timeout_s=600.0))  # type: ignore[arg-type]
+    fetch_loop, _ = worker.loops
+    worker.start()
+    try:
+        await asyncio.wait_for(started.wait(), 2.0)
+        await wait_until(lambda: "waiting for a free worker process" in fetch_loop.status())
+        # Long after three fetch intervals, the loop is still live while the run is in time...
+        in_time = time.monotonic() + 600.0
+        assert fetch_loop.status(in_time).startswith("ok (waiting for a free worker process")
+        # ...and stale once the run is past its limit and the grace for storing its outcome.
+        wedged = time.monotonic() + 600.0 + RUN_SETTLE_GRACE_SECONDS + 1.0
+        with pytest.raises(RuntimeError, match=r"^worker_fetch: no completed iteration for"):
+            fetch_loop.status(wedged)
+        finish.set()
+        await wait_until(lambda: store.tasks[task.id].status is Status.COMPLETED)
+    finally:
+        await worker.stop(grace=1.0)
+
+
+async def test_fetch_loop_on_an_empty_queue_completes_an_iteration_each_fetch_wait() -> None:
+    store = RecordingStore()
+    worker = Worker(store, store, FakePool(), settings(), fetch_wait_s=0.02)  # type: ignore[arg-type]
+    fetch_loop, _ = worker.loops
+    worker.start()
+    try:
+        await wait_until(lambda: fetch_loop.iterations >= 3)
+        assert fetch_loop.status().startswith("ok (last iteration")
+        assert fetch_loop.interval == 0.02
+    finally:
+        await worker.stop(grace=1.0)
+
+
+class FlakyFetchStore(RecordingStore):
+    """The in-memory store whose next `failures` fetches raise, as NATS down would."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def fetch(self, max_tasks: int, timeout: float) -> list[Delivery]:
+        if self.failures:
+            self.failures -= 1
+            raise QueueUnavailableError("cannot fetch from NATS")
+        return await super().fetch(max_tasks, timeout)
+
+
+async def test_fetch_errors_are_logged_backed_off_and_the_loop_recovers() -> None:
+    store = FlakyFetchStore(failures=3)
+    task = await store.create(make_task())
+    with structlog.testing.capture_logs() as logs:
+        worker = await run_until_done(store, FakePool(), settings())
+    assert store.tasks[task.id].status is Status.COMPLETED
+    assert worker.completed == 1
+    failed = [entry for entry in logs if entry["event"] == "loop_failed"]
+    assert [(e["loop"], e["retry_in_s"]) for e in failed] == [
+        ("worker_fetch", 0.1),
+        ("worker_fetch", 0.2),
+        ("worker_fetch", 0.4),
+    ]

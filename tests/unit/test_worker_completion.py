@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import orjson
 import structlog.testing
 
 from qtask.config import WorkerSettings
@@ -66,7 +67,8 @@ class _Acks:
 
 
 class _Pool:
-    """Runs every item to the same counts; remembers how many runs it made."""
+    """Each run of an item gets other counts (the first all "00", then "01", ...); remembers how
+    many runs it made."""
 
     size = 1
 
@@ -74,8 +76,11 @@ class _Pool:
         self.runs = 0
 
     async def call(self, items: list[RunItem], timeout: float) -> list[RunOutcome]:
-        self.runs += len(items)
-        return [RunOutcome(item.task_id, counts={"00": item.shots}) for item in items]
+        outcomes = []
+        for item in items:
+            outcomes.append(RunOutcome(item.task_id, counts={f"{self.runs:02b}": item.shots}))
+            self.runs += 1
+        return outcomes
 
     async def close(self) -> None:
         return None
@@ -116,5 +121,8 @@ async def test_a_duplicate_run_that_finishes_second_is_logged_discarded() -> Non
     # The store names the one run that completed it, as its log line does.
     assert (done.completed_by, done.completed_attempt) == ("w-7", completed["attempts"])
     assert worker.completed == 1
-    # The discarded duplicate did not delete the result object the completed record points to.
-    assert "results/x.json" in objects.objects
+    # The discarded duplicate did not delete the result object the completed record points to,
+    # and what the object says is the stored (first) result, not the duplicate's.
+    stored = orjson.loads(objects.objects["results/x.json"])
+    assert stored["result"] == done.result
+    assert stored["attempts"] == done.completed_attempt

@@ -1,8 +1,9 @@
 """A minimal HTTP listener for processes without the API: /health, /ready and /metrics.
 
 Compose healthchecks and orchestrators probe `qtask worker` and `qtask poller` through it.
-It answers these three paths only, reads at most one request line and headers per connection,
-and closes every connection after answering.
+It answers these three paths only, reads at most one request line per connection (a longer one
+than the reader's limit is dropped unanswered), and closes every connection after answering.
+/ready runs the checks the role passes in: its dependencies and its supervised loops.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ async def serve_health(host: str, port: int, checks: dict[str, Check]) -> asynci
                 + payload
             )
             await writer.drain()
-        except (TimeoutError, ConnectionError, UnicodeError):
+        # ValueError: a request line past the reader's 64 KiB limit (and UnicodeError): not a
+        # probe, closed unanswered.
+        except (TimeoutError, ConnectionError, ValueError):
             pass
         finally:
             writer.close()

@@ -8,7 +8,11 @@ Rules it keeps:
   circuit cannot take its neighbours' attempts with it; a timeout of a task running alone is
   final (the circuit is simply too slow), a crash is retried up to the attempt limit;
 - on shutdown no new task is taken, running ones may finish within the grace period, and the
-  rest go back to the queue with their attempt refunded.
+  rest go back to the queue with their attempt refunded;
+- no error leaves a delivery held: one that could not be settled is let go unacknowledged, so
+  its lease (or NATS ack wait) lapses and the queue hands it out again;
+- the fetch loop and the heartbeat are supervised loops (qtask.supervision): an error is logged
+  and the loop goes on, and a wedged loop makes /ready fail.
 """
 
 from __future__ import annotations
@@ -23,12 +27,19 @@ import structlog
 
 from qtask import metrics
 from qtask.config import WorkerSettings
-from qtask.constants import BATCH_MAX_OPERATIONS, BATCH_MAX_QUBITS, LEASE_SECONDS
+from qtask.constants import (
+    BATCH_MAX_OPERATIONS,
+    BATCH_MAX_QUBITS,
+    FETCH_WAIT_SECONDS,
+    LEASE_SECONDS,
+    RUN_SETTLE_GRACE_SECONDS,
+)
 from qtask.domain.ports import Completion, Delivery, ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import Status, Task
 from qtask.errors import TaskNotFoundError
 from qtask.execution.items import BACKEND_NAME, RunItem, RunOutcome
 from qtask.logs import get_logger
+from qtask.supervision import SupervisedLoop
 from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildPool, ChildTimeoutError
 
 log = get_logger("worker")
@@ -46,6 +57,7 @@ class Worker:
         *,
         worker_id: str = "embedded",
         heartbeat_s: float = LEASE_SECONDS / 3,
+        fetch_wait_s: float = FETCH_WAIT_SECONDS,
         objects: ObjectStore | None = None,
     ) -> None:
         self._store = store
@@ -56,21 +68,31 @@ class Worker:
         self._objects = objects
         # How often held tasks are reported alive: well inside the lease (or NATS ack wait).
         self._heartbeat_s = heartbeat_s
+        self._fetch_wait_s = fetch_wait_s
         self._slots = _Slots(pool.size)
         self._held: dict[str, Delivery] = {}
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: dict[asyncio.Task[None], float] = {}  # each run and when it started
         self._stopping = asyncio.Event()
         self._interrupted = False
-        self._loop_task: asyncio.Task[None] | None = None
-        self._heartbeat_task: asyncio.Task[None] | None = None
+        # An idle fetch loop completes an iteration every fetch_wait_s; waiting for a free
+        # process while runs progress is not a stall (see _runs_progress).
+        self._fetch_loop = SupervisedLoop("worker_fetch", self._fetch_once, interval=fetch_wait_s)
+        self._heartbeat_loop = SupervisedLoop(
+            "worker_heartbeat", self._renew_leases, interval=heartbeat_s, pause=heartbeat_s
+        )
         self.completed = 0
         self.failed = 0
         self.retried = 0
 
     def start(self) -> None:
         """Start the fetch loop and the lease heartbeat in the background."""
-        self._loop_task = asyncio.create_task(self._fetch_loop(), name="worker-fetch")
-        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="worker-heartbeat")
+        self._fetch_loop.start()
+        self._heartbeat_loop.start()
+
+    @property
+    def loops(self) -> tuple[SupervisedLoop, SupervisedLoop]:
+        """The fetch loop and the heartbeat, for readiness checks."""
+        return self._fetch_loop, self._heartbeat_loop
 
     @property
     def in_flight(self) -> int:
@@ -80,49 +102,57 @@ class Worker:
     async def stop(self, grace: float) -> None:
         """Stop taking tasks, let running ones finish for `grace` seconds, requeue the rest."""
         self._stopping.set()
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-        if self._running:
-            _, pending = await asyncio.wait(self._running, timeout=grace)
-            if pending:
-                log.warning("shutdown_interrupting", tasks=len(self._held))
-                self._interrupted = True
-                await self._pool.close()
-                await asyncio.wait(pending)
-        for delivery in list(self._held.values()):  # taken from the queue but never started
-            await self._release(delivery, None, penalize=False)
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat_task
+        try:
+            await self._fetch_loop.stop()  # never raises: a loop's error was logged already
+            if self._running:
+                _, pending = await asyncio.wait(self._running, timeout=grace)
+                if pending:
+                    log.warning("shutdown_interrupting", tasks=len(self._held))
+                    self._interrupted = True
+                    await self._pool.close()
+                    await asyncio.wait(pending)
+            for delivery in list(self._held.values()):  # taken from the queue, never started
+                await self._release(delivery, None, penalize=False)
+        finally:
+            await self._heartbeat_loop.stop()
 
-    async def _fetch_loop(self) -> None:
+    async def _fetch_once(self) -> None:
+        """One iteration of the fetch loop: wait for free processes, fetch, start the batches."""
         batch_size = self._settings.batch_size
-        while not self._stopping.is_set():
+        with self._fetch_loop.waiting("a free worker process", self._runs_progress):
             free = await self._slots.take_all()
-            try:
-                deliveries = await self._fetch(free * batch_size)
-            except Exception:
-                log.exception("fetch_failed")
-                deliveries = []
-                await asyncio.sleep(1.0)
-            runnable = await self._screen(deliveries)
-            batches = _plan(runnable, batch_size)
-            # Keep one slot per batch; hand back the slots this fetch did not need.
-            if len(batches) < free:
-                self._slots.give(free - len(batches))
-            for batch in batches[:free]:
+        deliveries: list[Delivery] = []
+        started: set[str] = set()
+        try:
+            deliveries = await self._fetch(free * batch_size)
+            for batch in _plan(await self._screen(deliveries), batch_size):
+                if free:  # one slot per batch
+                    free -= 1
+                else:  # more batches than slots: wait for one each
+                    with self._fetch_loop.waiting("a free worker process", self._runs_progress):
+                        await self._slots.take_one()
                 self._spawn(batch)
-            for batch in batches[free:]:  # more batches than slots: wait for one each
-                await self._slots.take_one()
-                self._spawn(batch)
+                started.update(delivery.task.id for delivery in batch)
+        except Exception:
+            # Fetched but not started: let go unacknowledged, the queue hands them out again.
+            for delivery in deliveries:
+                if delivery.task.id not in started:
+                    self._held.pop(delivery.task.id, None)
+            raise
+        finally:
+            self._slots.give(free)  # the slots this fetch did not need
+
+    def _runs_progress(self, now: float) -> bool:
+        """Whether waiting for a slot is legitimate: one is free, or a run is within its time."""
+        if self._slots.free > 0:
+            return True
+        limit = self._settings.task_timeout_s + RUN_SETTLE_GRACE_SECONDS
+        return any(now - started < limit for started in self._running.values())
 
     async def _fetch(self, limit: int) -> list[Delivery]:
         if self._stopping.is_set():
             return []
-        fetch = asyncio.ensure_future(self._queue.fetch(limit, timeout=1.0))
+        fetch = asyncio.ensure_future(self._queue.fetch(limit, timeout=self._fetch_wait_s))
         stop = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -151,32 +181,54 @@ class Worker:
         return deliveries
 
     async def _screen(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        """The deliveries to run; settle those already ended and fail those out of attempts."""
         runnable = []
         for delivery in deliveries:
             task = delivery.task
-            if task.status.terminal:  # a redelivery of a task that already ended
-                await self._settle(delivery)
-                continue
-            if task.attempts > self._settings.max_attempts:
-                reason = task.last_error or "its worker was lost"
-                await self._fail(
-                    delivery,
-                    f"The task was given up after {self._settings.max_attempts} attempts; "
-                    f"the last one failed because {reason}.",
-                    reason="attempts",
-                    dead_letter=True,
-                )
+            try:
+                if task.status.terminal:  # a redelivery of a task that already ended
+                    await self._settle(delivery)
+                    continue
+                if task.attempts > self._settings.max_attempts:
+                    reason = task.last_error or "its worker was lost"
+                    await self._fail(
+                        delivery,
+                        f"The task was given up after {self._settings.max_attempts} attempts; "
+                        f"the last one failed because {reason}.",
+                        reason="attempts",
+                        dead_letter=True,
+                    )
+                    continue
+            except Exception:
+                # Unacknowledged and no longer held: it comes back after its lease / ack wait.
+                log.exception("screen_failed", task_id=task.id)
+                self._held.pop(task.id, None)
                 continue
             runnable.append(delivery)
         return runnable
 
     def _spawn(self, batch: list[Delivery]) -> None:
         job = asyncio.create_task(self._execute(batch))
-        self._running.add(job)
-        job.add_done_callback(self._running.discard)
-        job.add_done_callback(lambda _: self._slots.give(1))
+        self._running[job] = time.monotonic()
+        job.add_done_callback(self._run_done)
+
+    def _run_done(self, job: asyncio.Task[None]) -> None:
+        # One callback, so no check ever sees the run gone while its slot is still taken.
+        del self._running[job]
+        self._slots.give(1)
 
     async def _execute(self, batch: list[Delivery]) -> None:
+        try:
+            await self._run_batch(batch)
+        except Exception:  # the store failed while recording: the lease lapses, the task reruns
+            log.exception("batch_failed", tasks=[d.task.id for d in batch])
+        finally:
+            # Whatever was not settled is let go unacknowledged, never held (and kept alive by
+            # the heartbeat) forever.
+            for delivery in batch:
+                self._held.pop(delivery.task.id, None)
+
+    async def _run_batch(self, batch: list[Delivery]) -> None:
         items = [RunItem.from_task(delivery.task) for delivery in batch]
         started = time.perf_counter()
         try:
@@ -206,11 +258,6 @@ class Worker:
             log.warning("worker_process_lost", tasks=[d.task.id for d in batch], reason=reason)
             for delivery in batch:
                 await self._release(delivery, reason, penalize=True)
-            return
-        except Exception:  # the store or pool broke; the lease will lapse and the task rerun
-            log.exception("batch_failed", tasks=[d.task.id for d in batch])
-            for delivery in batch:
-                self._held.pop(delivery.task.id, None)
             return
         elapsed = time.perf_counter() - started
         # Concurrently: each task still stores its result object, then its record, then acks,
@@ -253,6 +300,8 @@ class Worker:
                     else:  # it ended while it ran (cancelled, or another run): the first stands
                         if done is None or done.task.status is not Status.COMPLETED:
                             await self._discard_result(task)  # not a completed task's object
+                        else:  # this run's put may have replaced the first run's object
+                            await self._restore_result(done.task)
                         _canonical(task, "discarded", outcome.seconds, elapsed, batch_size)
                 else:
                     await self._fail(
@@ -263,6 +312,16 @@ class Worker:
                 # Not stored, so not acknowledged: the lease lapses and the task runs again.
                 log.exception("record_failed")
                 self._held.pop(task.id, None)
+
+    async def _restore_result(self, stored: Task) -> None:
+        """Write the stored result back over the object a refused duplicate run just replaced,
+        so the object store says what the record says (the first result wins there too)."""
+        if self._objects is None or stored.result_object is None or stored.result is None:
+            return
+        try:
+            await self._objects.put(stored.result_object, _result_document(stored, stored.result))
+        except Exception as exc:  # the record stays right; only its copy may differ
+            log.warning("restore_result_failed", reason=str(exc))
 
     async def _discard_result(self, task: Task) -> None:
         """Delete the result object written for a task whose record refused the result."""
@@ -299,14 +358,13 @@ class Worker:
         finally:
             self._held.pop(delivery.task.id, None)
 
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self._heartbeat_s)
-            for delivery in list(self._held.values()):
-                try:
-                    await delivery.in_progress()
-                except Exception:
-                    log.exception("heartbeat_failed", task_id=delivery.task.id)
+    async def _renew_leases(self) -> None:
+        """One heartbeat: tell the queue every held task is still being worked on."""
+        for delivery in list(self._held.values()):
+            try:
+                await delivery.in_progress()
+            except Exception:
+                log.exception("heartbeat_failed", task_id=delivery.task.id)
 
 
 def _plan(deliveries: Sequence[Delivery], batch_size: int) -> list[list[Delivery]]:
@@ -389,8 +447,8 @@ def _result_document(task: Task, counts: dict[str, int]) -> bytes:
             "shots": task.shots,
             "seed": task.seed,
             "qubits": task.info.num_qubits,
-            "attempts": task.attempts,
+            "attempts": task.completed_attempt or task.attempts,
             "circuit_object": task.circuit_object,
-            "completed_at": time.time(),
+            "completed_at": task.finished_at or time.time(),
         }
     )

@@ -1,0 +1,180 @@
+"""Supervised background loops: each keeps running through errors and reports whether it is live.
+
+A `SupervisedLoop` calls one iteration after another. An iteration that raises an Exception is
+logged with its traceback and retried after a bounded exponential backoff; the loop never ends
+on its own. Its readiness check fails when no iteration completed within three of its intervals
+(the loop is wedged, or fails every time), or when its task ended anyway (cancelled from outside,
+or a BaseException), so /ready answers 503 and the orchestrator replaces the process.
+
+A loop may wait for something that legitimately takes long (a free worker process while long
+circuits run): inside `waiting()`, and while its `legitimate` predicate holds, that wait does not
+count against the loop.
+
+Nothing here knows what the loops do: the worker, the reconciler and retention build on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+from qtask.constants import (
+    FAULT_LOOP_FILE_ENV,
+    LOOP_BACKOFF_FIRST_SECONDS,
+    LOOP_BACKOFF_MAX_SECONDS,
+    LOOP_STALE_INTERVALS,
+)
+from qtask.logs import get_logger
+
+log = get_logger("supervision")
+
+Iteration = Callable[[], Awaitable[None]]
+
+
+def backoff_s(failures: int) -> float:
+    """Seconds to wait after the `failures`-th consecutive failed iteration."""
+    exponent = min(max(failures - 1, 0), 32)  # 2**32 * 0.1 s is far past the cap already
+    return float(min(LOOP_BACKOFF_MAX_SECONDS, LOOP_BACKOFF_FIRST_SECONDS * 2**exponent))
+
+
+class SupervisedLoop:
+    """One background loop: iterations run until stop(), errors are logged and backed off."""
+
+    def __init__(
+        self, name: str, iteration: Iteration, *, interval: float, pause: float = 0.0
+    ) -> None:
+        """`interval`: how often an iteration completes when all is well (three of them without
+        one make the loop stale); `pause`: seconds slept after each completed iteration."""
+        self.name = name
+        self.interval = interval
+        self._iteration = iteration
+        self._pause = pause
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._last = time.monotonic()
+        self._waiting: tuple[str, Callable[[float], bool], float] | None = None
+        self.iterations = 0
+        self.failures = 0  # consecutive; 0 after a completed iteration
+        self.last_error: str | None = None
+        fault_file = os.environ.get(FAULT_LOOP_FILE_ENV)
+        self._fault_file = Path(fault_file) if fault_file else None
+
+    def start(self) -> None:
+        """Run the loop in the background."""
+        self._last = time.monotonic()
+        self._task = asyncio.create_task(self._run(), name=self.name)
+        self._task.add_done_callback(self._on_end)
+
+    async def stop(self) -> None:
+        """Cancel the loop and wait for it; never raises the loop's own error."""
+        self._stopping = True
+        task = self._task
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.wait([task])
+
+    @property
+    def ended(self) -> bool:
+        """True once the loop's task is over (stopped, or died)."""
+        return self._task is not None and self._task.done()
+
+    def progress(self) -> None:
+        """Say that a long iteration is still advancing (between the chunks of a big pass), so
+        that it is not taken for a wedged one; it counts like a completed iteration."""
+        self._last = time.monotonic()
+
+    @contextlib.contextmanager
+    def waiting(self, what: str, legitimate: Callable[[float], bool]) -> Iterator[None]:
+        """Mark a wait that is not a stall while `legitimate(now)` holds."""
+        self._waiting = (what, legitimate, time.monotonic())
+        try:
+            yield
+        finally:
+            self._waiting = None
+            self._last = time.monotonic()  # time spent in a legitimate wait is not a stall
+
+    def status(self, now: float | None = None) -> str:
+        """A line for /ready while the loop is live; raise RuntimeError saying why if it is not."""
+        now = time.monotonic() if now is None else now
+        if self._task is None:
+            raise RuntimeError(f"{self.name} has not started")
+        if self._task.done():
+            raise RuntimeError(f"{self.name} ended: {_end_reason(self._task)}")
+        if self._waiting is not None:
+            what, legitimate, since = self._waiting
+            if legitimate(now):
+                return f"ok (waiting for {what} for {now - since:.1f} s)"
+        age = now - self._last
+        limit = LOOP_STALE_INTERVALS * self.interval
+        if age > limit:
+            doing = f"; waiting for {self._waiting[0]}" if self._waiting is not None else ""
+            error = f"; last error: {self.last_error}" if self.last_error and self.failures else ""
+            raise RuntimeError(
+                f"{self.name}: no completed iteration for {age:.1f} s "
+                f"(limit {limit:g} s){doing}{error}"
+            )
+        return f"ok (last iteration {age:.1f} s ago)"
+
+    def check(self) -> Callable[[], Awaitable[str]]:
+        """This loop's readiness check, for /ready."""
+
+        async def check() -> str:
+            return self.status()
+
+        return check
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if self._fault_file is not None:
+                    await self._injected_fault(self._fault_file)
+                await self._iteration()
+            except Exception as exc:
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                delay = backoff_s(self.failures)
+                log.exception(
+                    "loop_failed", loop=self.name, failures=self.failures, retry_in_s=delay
+                )
+                await asyncio.sleep(delay)
+                continue
+            self.failures = 0
+            self.iterations += 1
+            self._last = time.monotonic()
+            # Always yield: an iteration that found nothing to await must not starve the loop.
+            await asyncio.sleep(self._pause)
+
+    def _on_end(self, task: asyncio.Task[None]) -> None:
+        reason = _end_reason(task)  # retrieves the exception, so asyncio never reports it lost
+        if not self._stopping:
+            log.error("loop_ended", loop=self.name, reason=reason)
+
+    async def _injected_fault(self, path: Path) -> None:
+        """Tests only: while `path` names this loop, hang ("NAME") or fail ("NAME fail")."""
+        while True:
+            words = _fault_words(path)
+            if not words or words[0] != self.name:
+                return
+            if words[1:2] == ["fail"]:
+                raise RuntimeError(f"fault injected into {self.name} by {path}")
+            await asyncio.sleep(0.05)
+
+
+def _end_reason(task: asyncio.Task[None]) -> str:
+    if task.cancelled():
+        return "cancelled"
+    exc = task.exception()
+    return "returned" if exc is None else f"{type(exc).__name__}: {exc}"
+
+
+def _fault_words(path: Path) -> list[str]:
+    # A tiny file read on the event loop, only when the test-only variable is set.
+    try:
+        return path.read_text().split()
+    except OSError:
+        return []

@@ -1,0 +1,109 @@
+"""End to end: a real role's /ready goes 503 while one of its loops is wedged or failing every
+iteration, names the loop, and is 200 again once the loop runs. The fault is injected through the
+test-only QTASK_FAULT_LOOP_FILE hook (see qtask.constants)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from qtask.constants import FAULT_LOOP_FILE_ENV
+from qtask_testkit import BELL, ServerProcess, free_port, submit, wait_done
+from servers import NatsServer, RedisServer, RoleProcess
+
+
+def _ready(url: str) -> tuple[int, dict[str, Any]]:
+    answer = httpx.get(f"{url}/ready", timeout=5)
+    body: dict[str, Any] = answer.json()
+    return answer.status_code, body
+
+
+def _wait_ready_status(url: str, status: int, timeout: float = 30.0) -> dict[str, Any]:
+    """Poll /ready until it answers `status`; return that answer's body."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            code, body = _ready(url)
+        except httpx.HTTPError as exc:
+            last = exc
+        else:
+            if code == status:
+                return body
+            last = (code, body)
+        time.sleep(0.1)
+    raise AssertionError(f"/ready did not answer {status} in {timeout} s; last: {last}")
+
+
+def test_worker_ready_is_503_while_its_fetch_loop_is_wedged(
+    tmp_path: Path, redis_server: RedisServer, nats_server: NatsServer
+) -> None:
+    fault = tmp_path / "fault"
+    port = free_port()
+    worker = RoleProcess(
+        "worker",
+        ["--workers", "1"],
+        {
+            "QTASK_STORAGE__STORE": "redis",
+            "QTASK_STORAGE__QUEUE": "nats",
+            "QTASK_REDIS__URL": redis_server.url,
+            "QTASK_NATS__URL": nats_server.url,
+            "QTASK_WORKER__HEALTH_PORT": str(port),
+            "QTASK_LOG__JSON_OUTPUT": "true",
+            FAULT_LOOP_FILE_ENV: str(fault),
+        },
+        tmp_path / "worker.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    worker.start()
+    try:
+        body = _wait_ready_status(url, 200, timeout=60)
+        assert body["checks"]["worker_fetch"].startswith("ok (")
+        assert body["checks"]["worker_heartbeat"].startswith("ok (")
+
+        fault.write_text("worker_fetch")  # the fetch loop hangs before its next iteration
+        wedged_at = time.monotonic()
+        body = _wait_ready_status(url, 503)
+        print(f"worker /ready 503 {time.monotonic() - wedged_at:.1f} s after the wedge")
+        check = body["checks"]["worker_fetch"]
+        assert check.startswith("failing: worker_fetch: no completed iteration for "), check
+        assert "(limit 3 s)" in check
+        assert body["checks"]["store"] == "ok"  # only the wedged loop fails
+        assert body["checks"]["worker_heartbeat"].startswith("ok (")
+
+        fault.unlink()  # the loop runs again
+        _wait_ready_status(url, 200)
+    finally:
+        worker.terminate()
+    assert worker.process is not None
+    assert worker.process.returncode == 0, worker.log()  # a clean shutdown after all
+
+
+def test_serve_ready_is_503_while_its_fetch_loop_fails_every_iteration(tmp_path: Path) -> None:
+    fault = tmp_path / "fault"
+    server = ServerProcess(tmp_path / "data", env={FAULT_LOOP_FILE_ENV: str(fault)})
+    server.start()
+    try:
+        fault.write_text("worker_fetch fail")
+        body = _wait_ready_status(server.url, 503)
+        check = body["checks"]["worker_fetch"]
+        assert check.startswith("failing: worker_fetch: no completed iteration for "), check
+        injected = f"fault injected into worker_fetch by {fault}"
+        assert check.endswith(f"last error: RuntimeError: {injected}"), check
+
+        fault.unlink()
+        _wait_ready_status(server.url, 200)
+        with httpx.Client(base_url=server.url, timeout=30) as client:  # and it takes tasks
+            assert wait_done(client, submit(client, BELL))["status"] == "completed"
+    finally:
+        server.terminate()
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    failed = [line for line in lines if line.get("event") == "loop_failed"]
+    assert failed
+    assert all(line["loop"] == "worker_fetch" for line in failed)
+    assert "Traceback" in failed[0]["exception"]
+    assert [line["retry_in_s"] for line in failed[:3]] == [0.1, 0.2, 0.4]

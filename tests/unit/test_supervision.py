@@ -1,0 +1,215 @@
+"""Supervised loops (qtask.supervision) and Periodic on top of them: no I/O, real event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+import structlog.testing
+
+from qtask.periodic import Periodic
+from qtask.supervision import SupervisedLoop, backoff_s
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+
+
+class Script:
+    """An iteration that does what the test says, one step per call."""
+
+    def __init__(self, *steps: str) -> None:
+        self.steps = list(steps)
+        self.calls = 0
+        self.release = asyncio.Event()
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        step = self.steps.pop(0) if self.steps else "tick"
+        if step == "tick":  # the steady state: an iteration now and then
+            await asyncio.sleep(0.01)
+        if step == "raise":
+            raise RuntimeError(f"boom {self.calls}")
+        if step == "hang":
+            await self.release.wait()
+
+
+def test_backoff_doubles_from_a_tenth_of_a_second_up_to_five() -> None:
+    assert [backoff_s(n) for n in range(1, 8)] == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0]
+    assert backoff_s(10_000) == 5.0
+
+
+async def test_failing_iterations_are_logged_with_traceback_and_the_loop_goes_on() -> None:
+    script = Script("raise", "raise", "ok", "hang")
+    loop = SupervisedLoop("probe", script, interval=1.0)
+    with structlog.testing.capture_logs() as logs:
+        loop.start()
+        try:
+            await wait_until(lambda: loop.iterations == 1)
+            assert loop.failures == 0
+        finally:
+            await loop.stop()
+    failed = [entry for entry in logs if entry["event"] == "loop_failed"]
+    assert [(e["loop"], e["failures"], e["retry_in_s"]) for e in failed] == [
+        ("probe", 1, 0.1),
+        ("probe", 2, 0.2),
+    ]
+    assert all(entry["exc_info"] is True for entry in failed)
+    assert not [entry for entry in logs if entry["event"] == "loop_ended"]  # stop() is no death
+
+
+async def test_no_completed_iteration_in_three_intervals_makes_the_loop_not_ready() -> None:
+    script = Script("ok", "hang")
+    loop = SupervisedLoop("probe", script, interval=1.0)
+    loop.start()
+    try:
+        await wait_until(lambda: script.calls == 2)  # the first completed, the second hangs
+        now = time.monotonic()
+        assert loop.status(now + 2.5).startswith("ok (last iteration 2.")
+        with pytest.raises(
+            RuntimeError, match=r"^probe: no completed iteration for 3\.\d s \(limit 3 s\)$"
+        ):
+            loop.status(now + 3.5)
+        script.release.set()  # unwedged: iterations complete again
+        await wait_until(lambda: loop.iterations >= 2)
+        assert loop.status().startswith("ok")
+    finally:
+        await loop.stop()
+
+
+async def test_a_loop_failing_every_iteration_goes_stale_with_its_last_error() -> None:
+    loop = SupervisedLoop("probe", Script(*["raise"] * 1000), interval=0.5)
+    loop.start()
+    try:
+        await wait_until(lambda: loop.failures >= 2)
+        with pytest.raises(
+            RuntimeError, match=r"no completed iteration .* last error: RuntimeError: boom \d+$"
+        ):
+            loop.status(time.monotonic() + 2.0)
+    finally:
+        await loop.stop()
+
+
+async def test_a_legitimate_wait_is_live_however_long_and_stale_once_it_is_not() -> None:
+    legitimate = True
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def wait_for_a_slot() -> None:
+        with loop.waiting("a free slot", lambda now: legitimate):
+            entered.set()
+            await release.wait()
+
+    loop = SupervisedLoop("probe", wait_for_a_slot, interval=1.0)
+    loop.start()
+    try:
+        await asyncio.wait_for(entered.wait(), 2.0)
+        assert loop.status(time.monotonic() + 100).startswith("ok (waiting for a free slot for 10")
+        legitimate = False
+        with pytest.raises(
+            RuntimeError, match=r"no completed iteration .*; waiting for a free slot$"
+        ):
+            loop.status(time.monotonic() + 100)
+        legitimate = True
+        release.set()  # the wait ends: the time it took is not held against the loop
+        await wait_until(lambda: loop.iterations >= 1)
+        assert loop.status().startswith("ok (")
+    finally:
+        await loop.stop()
+
+
+async def test_a_long_iteration_that_reports_progress_stays_live() -> None:
+    advanced = asyncio.Event()
+    finish = asyncio.Event()
+
+    async def long_pass() -> None:
+        await asyncio.sleep(0)
+        loop.progress()  # one chunk of a big pass done
+        advanced.set()
+        await finish.wait()
+
+    loop = SupervisedLoop("probe", long_pass, interval=1.0)
+    loop.start()
+    try:
+        await asyncio.wait_for(advanced.wait(), 2.0)
+        reported = time.monotonic()
+        assert loop.iterations == 0
+        assert loop.status(reported + 2.5).startswith("ok (last iteration 2.")
+        with pytest.raises(RuntimeError, match="no completed iteration"):
+            loop.status(reported + 3.5)
+    finally:
+        await loop.stop()
+
+
+async def test_a_loop_cancelled_from_outside_is_not_ready_and_stop_does_not_raise() -> None:
+    loop = SupervisedLoop("probe", Script("hang"), interval=1.0)
+    with structlog.testing.capture_logs() as logs:
+        loop.start()
+        await asyncio.sleep(0)
+        assert loop._task is not None
+        loop._task.cancel()  # as a stray cancel() elsewhere would
+        await wait_until(lambda: loop.ended)
+        with pytest.raises(RuntimeError, match=r"^probe ended: cancelled$"):
+            loop.status()
+        await loop.stop()
+    [ended] = [entry for entry in logs if entry["event"] == "loop_ended"]
+    assert (ended["loop"], ended["reason"]) == ("probe", "cancelled")
+
+
+class Fatal(BaseException):
+    """Not an Exception: the supervisor does not catch it."""
+
+
+async def test_a_loop_killed_by_a_base_exception_is_not_ready_and_stop_does_not_raise() -> None:
+    async def fatal() -> None:
+        raise Fatal("out of options")
+
+    loop = SupervisedLoop("probe", fatal, interval=1.0)
+    loop.start()
+    await wait_until(lambda: loop.ended)
+    with pytest.raises(RuntimeError, match=r"^probe ended: Fatal: out of options$"):
+        await loop.check()()
+    await loop.stop()
+
+
+async def test_a_loop_never_started_is_not_ready() -> None:
+    loop = SupervisedLoop("probe", Script(), interval=1.0)
+    with pytest.raises(RuntimeError, match="probe has not started"):
+        loop.status()
+    await loop.stop()  # harmless
+
+
+class Flaky(Periodic):
+    name = "flaky"
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(interval=0.01)
+        self.failures = failures
+        self.passes = 0
+
+    async def run_once(self) -> int:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("store unreachable")
+        self.passes += 1
+        return 0
+
+
+async def test_periodic_pass_that_fails_is_logged_and_the_passes_go_on() -> None:
+    periodic = Flaky(failures=2)
+    with structlog.testing.capture_logs() as logs:
+        periodic.start()
+        try:
+            await wait_until(lambda: periodic.passes >= 2)
+            assert (await periodic.loop.check()()).startswith("ok")
+        finally:
+            await periodic.stop()
+    failed = [entry for entry in logs if entry["event"] == "loop_failed"]
+    assert [entry["loop"] for entry in failed] == ["flaky", "flaky"]
+    assert periodic.loop.name == "flaky"

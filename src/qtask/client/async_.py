@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, overload
 
 import httpx
@@ -22,6 +22,8 @@ from qtask.client.errors import (
     WaitTimeoutError,
 )
 from qtask.client.models import TaskResult
+
+Progress = Callable[[int, int], None]
 
 
 class AsyncClient:
@@ -119,17 +121,28 @@ class AsyncClient:
 
     # A str is also a Sequence[str]: the first overload wins for it, as intended.
     @overload
-    async def wait(self, task_ids: str, *, timeout: float | None = None) -> TaskResult: ...  # type: ignore[overload-overlap]
+    async def wait(  # type: ignore[overload-overlap]
+        self, task_ids: str, *, timeout: float | None = None, progress: Progress | None = None
+    ) -> TaskResult: ...
     @overload
     async def wait(
-        self, task_ids: Sequence[str], *, timeout: float | None = None
+        self,
+        task_ids: Sequence[str],
+        *,
+        timeout: float | None = None,
+        progress: Progress | None = None,
     ) -> list[TaskResult]: ...
     async def wait(
-        self, task_ids: str | Sequence[str], *, timeout: float | None = None
+        self,
+        task_ids: str | Sequence[str],
+        *,
+        timeout: float | None = None,
+        progress: Progress | None = None,
     ) -> TaskResult | list[TaskResult]:
         """Block until the task(s) end; raise WaitTimeoutError after `timeout` seconds.
 
         A server that is down or restarting meanwhile is waited for, up to the timeout.
+        `progress(done, total)` is called after every poll (the command line's progress bar).
         """
         single = isinstance(task_ids, str)
         ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
@@ -144,6 +157,8 @@ class AsyncClient:
                         done[result.id] = result
             except ServerUnavailableError:
                 pass  # restarting or overloaded: keep waiting until the deadline
+            if progress is not None:
+                progress(len(done), len(ids))
             if len(done) == len(ids):
                 results = [done[i] for i in ids]
                 return results[0] if single else results

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         with Client(args.url, api_key=args.api_key) as client:
             return command(args, client, console)
     except ClientError as exc:
-        print(f"qtask: {exc}", file=sys.stderr)
+        print(f"qtask: {exc.message}", file=sys.stderr)
         return 1
 
 

@@ -18,6 +18,9 @@ REFERENCE = re.compile(
     r"""|@import\s+["']([^"']+)["']"""
 )
 ABSOLUTE_URL = re.compile(r"""https?://[^\s"'<>)]+""")
+# In a script, what it makes the browser load: an element's src (JSX `src:"..."` or HTML) or
+# a fetch of an absolute URL. Plain strings (links, licence headers, XML namespaces) load nothing.
+SCRIPT_LOAD = re.compile(r"""(?:\bsrc\s*[:=]\s*|fetch\(\s*)["'`](https?://[^"'`]+)""")
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +59,8 @@ def test_a_docs_page_loads_everything_from_the_server_itself(
             assert len(asset.content) > 0
             if "css" in asset.headers["content-type"]:
                 assets += references(asset.text)
+            if ref.endswith(".js"):
+                assert SCRIPT_LOAD.findall(asset.text) == [], ref
         assert any(ref.endswith(".js") for ref in seen)
         # The page loads the schema it documents from the same server.
         assert http.get("/openapi.json").json()["info"]["title"] == "qtask"

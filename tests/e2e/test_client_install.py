@@ -4,6 +4,7 @@ runs, and none of the server's dependencies is installed. Installs from the pack
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,12 @@ def test_a_client_install_has_the_client_and_none_of_the_server(
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
-    subprocess.run([*pip, "install", "-q", str(ROOT)], check=True, timeout=540)
+    # From a copy: building in the tree would leave build/ and *.egg-info behind in it.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run([*pip, "install", "-q", str(source)], check=True, timeout=540)
 
     installed = subprocess.run(
         [*pip, "list", "--format=freeze"], capture_output=True, text=True, check=True
@@ -53,6 +59,11 @@ def test_a_client_install_has_the_client_and_none_of_the_server(
         cwd=tmp_path,  # not the source tree: the installed package
     )
     assert imported.stdout.strip().startswith(str(venv)), imported.stderr
+    # The docs pages' assets are package data: a server install from this wheel serves them.
+    static = Path(imported.stdout.strip()).parents[1] / "api" / "static"
+    for asset in ("swagger-ui/swagger-ui-bundle.js", "swagger-ui/swagger-ui.css",
+                  "redoc/redoc.standalone.js", "redoc/LICENSE", "swagger-ui/LICENSE"):  # fmt: skip
+        assert (static / asset).is_file(), asset
     helped = subprocess.run([str(venv / "bin" / "qtask"), "--help"], capture_output=True, text=True)
     assert helped.returncode == 0
     assert "submit" in helped.stdout

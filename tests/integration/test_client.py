@@ -161,9 +161,11 @@ class DropFirstAnswer:
             self._pump(upstream, downstream)
             return
         upstream.settimeout(30)
-        while b"\r\n\r\n" not in self.dropped:  # the whole answer's head: the task is stored
-            self.dropped += upstream.recv(65536)
-        self.dropped += upstream.recv(65536) if b'"task_id' not in self.dropped else b""
+        while b"}" not in self.dropped:  # the whole answer, body included: the task is stored
+            chunk = upstream.recv(65536)
+            if not chunk:
+                break
+            self.dropped += chunk
         downstream.shutdown(socket.SHUT_RDWR)
         downstream.close()
         upstream.close()

@@ -3,9 +3,9 @@
 A Qiskit `QuantumCircuit` is written with `qiskit.qasm2.dumps` first: the server reads
 OpenQASM 2 with Qiskit's native parser, while `qasm3.dumps` writes `pi` (and gate definitions),
 which only the server's slow ANTLR importer accepts. Measured on the server's ingest
-(`qtask.circuits.ingest.ingest`, 2 cores): a 5-qubit rotation circuit with rz(pi/4) costs 0.55 ms
-as OpenQASM 2 and 46 ms as OpenQASM 3; a decomposed 5-qubit QFT 0.28 ms vs 15 ms; Bell 0.05 vs
-0.08 ms. Circuits OpenQASM 2 cannot express (control flow, classical expressions) fall back to
+(benchmarks/qiskit_dumps.py, 2 cores): a 5-qubit rotation circuit with rz(pi/4) costs 0.30 ms
+as OpenQASM 2 and 14 ms as OpenQASM 3; a decomposed 5-qubit QFT 0.29 ms vs 7.5 ms; Bell 0.06 vs
+0.09 ms. Circuits OpenQASM 2 cannot express (control flow, classical expressions) fall back to
 `qasm3.dumps`. Qiskit is imported only when a caller hands over a Qiskit object, so a client-only
 install without Qiskit works for OpenQASM text.
 """

@@ -16,10 +16,11 @@ RUN set -eu; \
     /opt/qtask/bin/pip install $src --only-binary=:all: --upgrade setuptools wheel
 COPY pyproject.toml README.md ./
 COPY src ./src
+# The server extra: plain `.` is the client only (httpx, rich).
 RUN set -eu; \
     if ls /wheelhouse/*.whl >/dev/null 2>&1; then src="--no-index --find-links /wheelhouse"; \
     else src=""; fi; \
-    /opt/qtask/bin/pip install $src --prefer-binary --no-build-isolation . \
+    /opt/qtask/bin/pip install $src --prefer-binary --no-build-isolation ".[server]" \
     && /opt/qtask/bin/pip uninstall -y setuptools wheel
 
 FROM ${PYTHON_IMAGE}

@@ -1,21 +1,52 @@
 """The `qtask` command.
 
+Client (`pip install qtask`):
+- `qtask submit FILE.qasm... [--shots N] [--wait]`, `qtask status ID`, `qtask result ID`,
+  `qtask cancel ID`: talk to a server at $QTASK_URL (`--json` for scripts).
+
+Server (`pip install "qtask[server]"`):
 - `qtask serve`: everything in one process tree (embedded mode, the default).
 - `qtask api`, `qtask worker`, `qtask poller`: the roles of distributed mode (Redis + NATS).
 - `qtask keygen NAME`: a new API key, and the entry that makes the service accept it.
 """
 
+# Light on purpose: a client-only install has no pydantic, FastAPI or Qiskit, so the server's
+# modules (qtask.config included) are imported only inside the server commands.
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qtask import __version__
-from qtask.config import Settings, load_settings
+from qtask.client.commands import add_commands, run
 from qtask.errors import ConfigError, QTaskError
+
+if TYPE_CHECKING:
+    from qtask.config import Settings
+
+# Top-level modules of the `server` extra's distributions: missing one means a client-only install.
+SERVER_MODULES = frozenset(
+    {
+        "fastapi",
+        "nats",
+        "obstore",
+        "orjson",
+        "prometheus_client",
+        "pydantic",
+        "pydantic_settings",
+        "qiskit",
+        "qiskit_aer",
+        "qiskit_qasm3_import",
+        "redis",
+        "starlette",
+        "structlog",
+        "uvicorn",
+    }
+)
+INSTALL_SERVER = "pip install 'qtask[server]'"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +71,26 @@ def main(argv: list[str] | None = None) -> int:
     poller.add_argument("--config", type=Path, help="a TOML settings file (or $QTASK_CONFIG)")
     keygen = commands.add_parser("keygen", help="make an API key and its configuration entry")
     keygen.add_argument("name", help="whose key: the name its tasks belong to")
+    add_commands(commands)
     args = parser.parse_args(argv)
+    if getattr(args, "client_command", None) is not None:
+        return run(args)
+    try:
+        return _server_command(args)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in SERVER_MODULES:
+            raise
+        print(
+            f"qtask: `qtask {args.command}` is part of the server, which is not installed here "
+            f"(no module {exc.name!r}): {INSTALL_SERVER}",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _server_command(args: argparse.Namespace) -> int:
+    from qtask.config import load_settings
+
     if args.command == "keygen":
         return _keygen(args.name)
     try:

@@ -8,7 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI
 
 from qtask import __version__
-from qtask.api import errors
+from qtask.api import docs, errors
 from qtask.api.auth import Gate
 from qtask.api.middleware import RequestLogMiddleware
 from qtask.api.routes import ReadyCheck, router
@@ -35,6 +35,8 @@ def create_app(
         version=__version__,
         description="Run quantum circuits asynchronously: submit OpenQASM, fetch counts later.",
         lifespan=lifespan,
+        docs_url=None,  # served by qtask.api.docs from the package, not a CDN
+        redoc_url=None,
     )
     app.state.service = service
     app.state.max_body_bytes = max_body_bytes
@@ -45,4 +47,5 @@ def create_app(
     errors.install(app)
     app.add_middleware(RequestLogMiddleware)
     app.include_router(router)
+    docs.install(app)
     return app

@@ -1,0 +1,221 @@
+"""The blocking client: `Client(url, api_key=...)`, used by the command line and notebooks."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, overload
+
+import httpx
+
+from qtask.client import _core
+from qtask.client._core import RETRY_STATUS, RetryPolicy
+from qtask.client.errors import (
+    RateLimitedError,
+    ServerUnavailableError,
+    UnsupportedError,
+    WaitTimeoutError,
+)
+from qtask.client.models import TaskResult
+
+Progress = Callable[[int, int], None]
+
+
+class Client:
+    """A qtask server's API. Arguments win over QTASK_URL / QTASK_API_KEY.
+
+    Every call retries transport errors, 502/503/504 and 429 (after Retry-After) up to
+    `retry.attempts` times; submissions carry an Idempotency-Key so a retry never makes a
+    second task. Use as a context manager, or call close().
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._config = _core.make_config(url, api_key, timeout, retry)
+        self._http = httpx.Client(
+            base_url=self._config.base_url,
+            headers=self._config.headers,
+            timeout=timeout,
+            transport=transport,
+        )
+        self._has_backends: bool | None = None
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return self._config.base_url
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def submit(
+        self,
+        circuit: Any,
+        *,
+        shots: int | None = None,
+        seed: int | None = None,
+        backend: str | None = None,
+    ) -> str:
+        """Submit one circuit (OpenQASM text or a Qiskit QuantumCircuit); return its task id."""
+        self._check_backend(backend)
+        body = _core.submission(circuit, shots, seed, backend)
+        answer = self._request("POST", "/tasks", json=body, idempotent_key=True, submitting=True)
+        return str(answer.json()["task_id"])
+
+    def submit_many(
+        self,
+        circuits: Sequence[Any],
+        *,
+        shots: int | None = None,
+        seed: int | None = None,
+        backend: str | None = None,
+    ) -> list[str]:
+        """Submit circuits with POST /tasks/batch; return their ids in order.
+
+        All or nothing per request of up to 1000 circuits: an invalid circuit raises
+        InvalidCircuitError (its `index` names it) and that request stores nothing.
+        """
+        self._check_backend(backend)
+        items = [_core.submission(c, shots, seed, backend) for c in circuits]
+        ids: list[str] = []
+        for chunk in _core.batches(items):
+            answer = self._request(
+                "POST", "/tasks/batch", json={"tasks": chunk}, idempotent_key=True, submitting=True
+            )
+            ids += [str(i) for i in answer.json()["task_ids"]]
+        return ids
+
+    def get(self, task_id: str) -> TaskResult:
+        """The task's state now."""
+        answer = self._request("GET", f"/tasks/{task_id}", task_id=task_id)
+        return _core.result_of(task_id, answer.json())
+
+    def get_many(self, task_ids: Sequence[str]) -> list[TaskResult]:
+        """Several tasks' states, in the order asked (GET /tasks?ids=, 256 per request)."""
+        results: list[TaskResult] = []
+        for chunk in _core.id_chunks(task_ids):
+            answer = self._request("GET", "/tasks", params={"ids": ",".join(chunk)})
+            results += [_core.result_of(t["task_id"], t) for t in answer.json()["tasks"]]
+        return results
+
+    # A str is also a Sequence[str]: the first overload wins for it, as intended.
+    @overload
+    def wait(  # type: ignore[overload-overlap]
+        self, task_ids: str, *, timeout: float | None = None, progress: Progress | None = None
+    ) -> TaskResult: ...
+    @overload
+    def wait(
+        self,
+        task_ids: Sequence[str],
+        *,
+        timeout: float | None = None,
+        progress: Progress | None = None,
+    ) -> list[TaskResult]: ...
+    def wait(
+        self,
+        task_ids: str | Sequence[str],
+        *,
+        timeout: float | None = None,
+        progress: Progress | None = None,
+    ) -> TaskResult | list[TaskResult]:
+        """Block until the task(s) end; raise WaitTimeoutError after `timeout` seconds.
+
+        A server that is down or restarting meanwhile is waited for, up to the timeout.
+        `progress(done, total)` is called after every poll (the command line's progress bar).
+        """
+        single = isinstance(task_ids, str)
+        ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        schedule = _core.WaitSchedule()
+        done: dict[str, TaskResult] = {}
+        while True:
+            pending = [i for i in ids if i not in done]
+            try:
+                for result in self._poll(pending):
+                    if result.done:
+                        done[result.id] = result
+            except ServerUnavailableError:
+                pass  # restarting or overloaded: keep waiting until the deadline
+            if progress is not None:
+                progress(len(done), len(ids))
+            if len(done) == len(ids):
+                results = [done[i] for i in ids]
+                return results[0] if single else results
+            delay = schedule.next_delay()
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeoutError([i for i in ids if i not in done], timeout or 0.0)
+                delay = min(delay, left)
+            time.sleep(delay)
+
+    def _poll(self, ids: list[str]) -> list[TaskResult]:
+        # One poll of the tasks still pending; long polling will add `wait` here.
+        return [self.get(ids[0])] if len(ids) == 1 else self.get_many(ids)
+
+    def cancel(self, task_id: str) -> TaskResult:
+        """Cancel a queued or running task; ConflictError when it already ended."""
+        answer = self._request("DELETE", f"/tasks/{task_id}", task_id=task_id)
+        return _core.result_of(task_id, answer.json())
+
+    def _check_backend(self, backend: str | None) -> None:
+        if backend is None:
+            return
+        if self._has_backends is None:
+            answer = self._request("GET", "/backends", allow={404})
+            self._has_backends = answer.status_code != 404
+        if not self._has_backends:
+            # The API ignores unknown fields, so sending it would run on the default simulator.
+            raise UnsupportedError(
+                f"this server has no backends to choose from (no GET /backends), so backend="
+                f"{backend!r} would be ignored; leave it out to run on the server's simulator"
+            )
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: object = None,
+        params: dict[str, str] | None = None,
+        idempotent_key: bool = False,
+        submitting: bool = False,
+        task_id: str | None = None,
+        allow: frozenset[int] | set[int] = frozenset(),
+    ) -> httpx.Response:
+        retry = self._config.retry
+        headers = {"Idempotency-Key": str(uuid.uuid4())} if idempotent_key else None
+        for attempt in range(1, retry.attempts + 1):
+            last = attempt == retry.attempts
+            try:
+                answer = self._http.request(method, path, json=json, params=params, headers=headers)
+            except httpx.TransportError as exc:
+                if last:
+                    raise ServerUnavailableError(f"{self.url}: {exc!r}") from exc
+                time.sleep(retry.delay(attempt))
+                continue
+            if answer.is_success or answer.status_code in allow:
+                return answer
+            error = _core.error_for(answer, task_id=task_id, submitting=submitting)
+            if answer.status_code not in RETRY_STATUS or last:
+                raise error
+            wait_s = _core.retry_after(answer)
+            if isinstance(error, RateLimitedError) and (wait_s or 0) > retry.max_retry_after_s:
+                raise error
+            time.sleep(retry.delay(attempt, wait_s))
+        raise AssertionError("unreachable")  # pragma: no cover

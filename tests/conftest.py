@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from qtask_testkit import ServerProcess
-from servers import DistributedDeployment, NatsServer, RedisServer, S3Server
+from servers import DistributedDeployment, NatsServer, RedisServer, S3Server, started_deployment
 
 
 @pytest.fixture(scope="module", params=["embedded", "distributed"])
@@ -19,14 +19,7 @@ def server(
 ) -> Iterator[ServerProcess | DistributedDeployment]:
     """The whole service, shared by the tests of one module: `qtask serve`, or `qtask api`
     with two `qtask worker`s and a poller on real Redis, NATS and S3 servers."""
-    deployment: ServerProcess | DistributedDeployment
-    if request.param == "embedded":
-        deployment = ServerProcess(tmp_path_factory.mktemp("serve") / "data")
-    else:
-        deployment = DistributedDeployment(tmp_path_factory.mktemp("distributed"))
-    deployment.start()
-    yield deployment
-    deployment.terminate()
+    yield from started_deployment(request.param, tmp_path_factory)
 
 
 @pytest.fixture

@@ -15,9 +15,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from qtask_testkit import free_port
+import pytest
+
+from qtask_testkit import ServerProcess, free_port
 
 S3_ACCESS_KEY = "qtask-test-access"
 S3_SECRET_KEY = "qtask-test-secret-key"
@@ -336,3 +339,19 @@ class DistributedDeployment:
         """Every role's output, labelled."""
         roles = [self.api, self.poller, *self.workers]
         return "\n".join(f"--- {r.role}\n{r.log()}" for r in roles if r is not None)
+
+
+def started_deployment(
+    kind: str, tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | None = None
+) -> Iterator[ServerProcess | DistributedDeployment]:
+    """Start the whole service of `kind` ("embedded": `qtask serve`; "distributed": api, two
+    workers and a poller on real Redis, NATS and S3) with `env`, yield it, then stop it. For
+    module fixtures parametrized over both deployments."""
+    deployment: ServerProcess | DistributedDeployment
+    if kind == "embedded":
+        deployment = ServerProcess(tmp_path_factory.mktemp("serve") / "data", env=env)
+    else:
+        deployment = DistributedDeployment(tmp_path_factory.mktemp("distributed"), env=env)
+    deployment.start()
+    yield deployment
+    deployment.terminate()

@@ -5,37 +5,18 @@ cap. The TaskService runs over SQLite, Redis and the in-memory store; nothing is
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 
-from qtask.adapters.redis_store import RedisTaskStore
-from qtask.adapters.sqlite_store import SQLiteTaskStore
 from qtask.config import LimitsSettings
 from qtask.domain.ports import Delivery, TaskStore
 from qtask.domain.task import Task
 from qtask.errors import TooManyRequestsError
 from qtask.service import CircuitIngestor, Submission, TaskService
-from qtask.testing import InMemoryTaskStore
 from qtask_testkit import BELL
-from servers import RedisServer
 
 SUBMISSIONS, CAP = 40, 7
-
-
-@pytest.fixture(params=["sqlite", "redis", "memory"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TaskStore]:
-    opened: TaskStore
-    if request.param == "sqlite":
-        opened = SQLiteTaskStore(tmp_path / "t.db")
-    elif request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        opened = RedisTaskStore(server.url)
-    else:
-        opened = InMemoryTaskStore()
-    yield opened
-    await opened.close()
 
 
 class _NoQueue:

@@ -16,7 +16,7 @@ import pytest
 from qtask.api.auth import key_digest, new_key
 from qtask.constants import MSG_NOT_FOUND
 from qtask_testkit import BELL, ServerProcess, slow_circuit, wait_done
-from servers import S3_BUCKET, DistributedDeployment
+from servers import S3_BUCKET, DistributedDeployment, started_deployment
 
 KEYS = {name: new_key() for name in ("alice", "bob", "carol", "dave", "erin")}
 KEEP_S = 3.0
@@ -41,14 +41,7 @@ Deployment = ServerProcess | DistributedDeployment
 def guarded(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
-    deployment: Deployment
-    if request.param == "embedded":
-        deployment = ServerProcess(tmp_path_factory.mktemp("serve") / "data", env=ENV)
-    else:
-        deployment = DistributedDeployment(tmp_path_factory.mktemp("distributed"), env=ENV)
-    deployment.start()
-    yield deployment
-    deployment.terminate()
+    yield from started_deployment(request.param, tmp_path_factory, ENV)
 
 
 def client_of(deployment: Deployment, name: str | None) -> httpx.Client:

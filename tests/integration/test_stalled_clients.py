@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from qtask_testkit import ServerProcess
-from servers import DistributedDeployment
+from servers import DistributedDeployment, started_deployment
 
 Deployment = ServerProcess | DistributedDeployment
 
@@ -70,14 +70,7 @@ print(json.dumps({"latencies": latencies, "statuses": statuses}))
 def deployment(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
-    served: Deployment
-    if request.param == "embedded":
-        served = ServerProcess(tmp_path_factory.mktemp("serve") / "data", env=ENV)
-    else:
-        served = DistributedDeployment(tmp_path_factory.mktemp("distributed"), env=ENV)
-    served.start()
-    yield served
-    served.terminate()
+    yield from started_deployment(request.param, tmp_path_factory, ENV)
 
 
 def api_pid(deployment: Deployment) -> int:

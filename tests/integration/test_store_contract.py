@@ -9,32 +9,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from qtask.adapters.redis_store import RedisTaskStore
-from qtask.adapters.sqlite_store import SQLiteTaskStore
 from qtask.domain.ports import Completion, TaskStore
 from qtask.domain.task import CircuitInfo, Encoding, Status, Task, TaskOutcome, new_task_id
 from qtask.errors import PendingCapError, TaskNotFoundError
 from qtask.testing import InMemoryTaskStore
 from qtask_testkit import make_task
 from servers import RedisServer
-
-
-@pytest.fixture(params=["sqlite", "redis", "memory"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TaskStore]:
-    opened: TaskStore
-    if request.param == "sqlite":
-        opened = SQLiteTaskStore(tmp_path / "t.db")
-    elif request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        opened = RedisTaskStore(server.url)
-    else:
-        opened = InMemoryTaskStore()
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture(params=["redis", "memory"])

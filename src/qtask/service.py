@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from qtask import metrics
@@ -16,10 +18,12 @@ from qtask.config import LimitsSettings
 from qtask.constants import (
     FAULT_EXIT_AFTER_STORE_ENV,
     INLINE_PARSE_MAX_BYTES,
+    LIST_LIMIT_MAX,
     MAX_IDS_PER_READ,
+    MAX_WAIT_SECONDS,
     MSG_CANCELLED,
 )
-from qtask.domain.ports import ObjectStore, TaskQueue, TaskStore
+from qtask.domain.ports import ListedTask, ListPosition, ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import Status, Task, TaskOutcome, new_task_id
 from qtask.errors import (
     CircuitError,
@@ -32,6 +36,7 @@ from qtask.errors import (
     TaskNotFoundError,
 )
 from qtask.logs import get_logger
+from qtask.waiters import Waiters
 from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildPool, ChildTimeoutError
 
 log = get_logger("service")
@@ -65,6 +70,43 @@ def _owned(tasks: list[Task], owner: str | None) -> list[Task]:
             "belongs to no key; send another Idempotency-Key."
         )
     return tasks
+
+
+# The listing's status names are the API's (the seed's bodies): `pending` is every state before
+# the end, `error` a failed task.
+LIST_STATUSES: dict[str, frozenset[Status]] = {
+    "pending": frozenset({Status.QUEUED, Status.RUNNING}),
+    "completed": frozenset({Status.COMPLETED}),
+    "error": frozenset({Status.FAILED}),
+}
+
+
+def encode_cursor(position: ListPosition) -> str:
+    """An opaque cursor for a listing position (URL-safe, no padding)."""
+    created_at, task_id = position
+    raw = f"{created_at!r}|{task_id}".encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> ListPosition:
+    """The position a cursor from encode_cursor names; InvalidRequestError for any other."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, task_id = raw.split("|", 1)
+        position = (float(created), task_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidRequestError(
+            "The cursor is not one this server gave out; use next_cursor from a listing."
+        ) from None
+    return position
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """One page of a caller's tasks, newest first, and the cursor of the next (None: no more)."""
+
+    tasks: list[ListedTask]
+    next_cursor: str | None
 
 
 def limits_from(settings: LimitsSettings) -> Limits:
@@ -130,8 +172,12 @@ class TaskService:
         objects: ObjectStore | None = None,
         *,
         max_pending_per_owner: int = 0,
+        waiters: Waiters | None = None,
     ) -> None:
-        """`max_pending_per_owner`: tasks one API key may have queued or running (0: no cap)."""
+        """`max_pending_per_owner`: tasks one API key may have queued or running (0: no cap).
+        `waiters`: the registry that the process's end notices wake (long polls); without
+        one, a wait lasts until its deadline unless the task has already ended."""
+        self._waiters = Waiters() if waiters is None else waiters
         self._store = store
         self._queue = queue
         self._objects = objects
@@ -241,16 +287,94 @@ class TaskService:
         self, task_ids: Sequence[str], caller: str | None = None
     ) -> dict[str, TaskOutcome]:
         """What `caller` may see of the tasks among `task_ids` (others left out)."""
-        if not task_ids:
-            raise InvalidRequestError("Name at least one task id.")
-        if len(task_ids) > MAX_IDS_PER_READ:
-            raise InvalidRequestError(
-                f"At most {MAX_IDS_PER_READ} task ids may be read at once; got {len(task_ids)}."
-            )
+        _check_ids(task_ids)
         found = await self._store.outcomes(task_ids)
         if caller is None:
             return found
         return {task_id: task for task_id, task in found.items() if task.visible_to(caller)}
+
+    async def wait(self, task_id: str, caller: str | None, wait_s: float) -> TaskOutcome:
+        """As read(), but while the task is queued or running wait up to `wait_s` seconds for
+        it to end; then answer what it is (still pending at the deadline)."""
+        _check_wait(wait_s)
+
+        async def read() -> Mapping[str, TaskOutcome]:
+            return {task_id: await self.read(task_id, caller)}
+
+        return (await self._wait_for([task_id], read, wait_s))[task_id]
+
+    async def wait_many(
+        self, task_ids: Sequence[str], caller: str | None, wait_s: float
+    ) -> dict[str, TaskOutcome]:
+        """As read_many(), but wait up to `wait_s` seconds for all of the tasks to end."""
+        _check_wait(wait_s)
+        _check_ids(task_ids)
+
+        async def read() -> Mapping[str, TaskOutcome]:
+            return await self.read_many(task_ids, caller)
+
+        return dict(await self._wait_for(task_ids, read, wait_s))
+
+    async def _wait_for(
+        self,
+        task_ids: Sequence[str],
+        read: Callable[[], Awaitable[Mapping[str, TaskOutcome]]],
+        wait_s: float,
+    ) -> Mapping[str, TaskOutcome]:
+        """Read until none of the tasks found is pending, or until the deadline.
+
+        The watch is registered before the first read, so an end recorded after that read
+        always wakes it; a wake-up only says "read again". A task missing or not visible counts
+        as done (it cannot end), so its id never holds the answer back.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        with self._waiters.watch(task_ids) as watch:
+            found = await read()
+            while True:
+                pending = [i for i, task in found.items() if not task.status.terminal]
+                if not pending:
+                    return found
+                self._waiters.narrow(watch, pending)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await watch.wait()
+                except TimeoutError:
+                    return await read()
+                found = await read()
+
+    async def list_tasks(
+        self,
+        caller: str | None,
+        statuses: Sequence[str] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Listing:
+        """The caller's tasks (every task when API keys are off), newest first.
+
+        `statuses`: the API's names (pending, completed, error), any of them when None.
+        `cursor`: next_cursor of the page before; pages stay stable while tasks are added.
+        """
+        if not 1 <= limit <= LIST_LIMIT_MAX:
+            raise InvalidRequestError(f"limit must be between 1 and {LIST_LIMIT_MAX}; got {limit}.")
+        wanted: frozenset[Status] | None = None
+        if statuses:
+            unknown = sorted(set(statuses) - LIST_STATUSES.keys())
+            if unknown:
+                raise InvalidRequestError(
+                    f"Unknown status {', '.join(unknown)}; use pending, completed or error."
+                )
+            wanted = frozenset().union(*(LIST_STATUSES[name] for name in statuses))
+        after = None if cursor is None else decode_cursor(cursor)
+        page = await self._store.page(caller, wanted, after, limit)
+        return Listing(page.tasks, None if page.next is None else encode_cursor(page.next))
+
+    async def circuit(self, task_id: str, caller: str | None = None) -> str:
+        """The OpenQASM text the task was submitted with; TaskNotFoundError as read() gives it."""
+        task = await self._store.get(task_id)
+        if task is None or (caller is not None and task.owner != caller):
+            raise TaskNotFoundError(task_id)
+        return task.source
 
     async def _retried(
         self, keys: list[str] | None, owner: str | None, adding: int
@@ -342,3 +466,19 @@ class TaskService:
             return replace(task, circuit_object=circuit_object, result_object=result_key(task.id))
 
         return list(await asyncio.gather(*map(put, tasks, sources)))
+
+
+def _check_wait(wait_s: float) -> None:
+    if not 0 < wait_s <= MAX_WAIT_SECONDS:
+        raise InvalidRequestError(
+            f"wait must be more than 0 and at most {MAX_WAIT_SECONDS:g} seconds; got {wait_s:g}."
+        )
+
+
+def _check_ids(task_ids: Sequence[str]) -> None:
+    if not task_ids:
+        raise InvalidRequestError("Name at least one task id.")
+    if len(task_ids) > MAX_IDS_PER_READ:
+        raise InvalidRequestError(
+            f"At most {MAX_IDS_PER_READ} task ids may be read at once; got {len(task_ids)}."
+        )

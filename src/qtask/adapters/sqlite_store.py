@@ -220,23 +220,7 @@ class SQLiteTaskStore:
     ) -> TaskPage:
         """A page of the listing, newest first, from the index tasks_created (every task) or
         tasks_owner_created (one key's); see the port."""
-        where: list[str] = []
-        params: list[object] = []
-        if owner is not None:
-            where.append("owner = ?")
-            params.append(owner)
-        if after is not None:
-            where.append("(created_at, id) < (?, ?)")
-            params += [after[0], after[1]]
-        if statuses is not None:
-            where.append(f"status IN ({','.join('?' * len(statuses))})")
-            params += sorted(status.value for status in statuses)
-        query = (
-            "SELECT id, status, result, error, owner, created_at FROM tasks"
-            f"{' WHERE ' + ' AND '.join(where) if where else ''}"
-            " ORDER BY created_at DESC, id DESC LIMIT ?"
-        )
-        params.append(max(limit, 0) + 1)  # one more says whether there is a next page
+        query, params = page_query(owner, statuses, after, limit + 1)  # +1: is there more?
         rows = self._db.read(lambda conn: conn.execute(query, params).fetchall())
         listed = [
             ListedTask(
@@ -512,6 +496,35 @@ class SQLiteTaskStore:
             row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
             return Completion(_from_row(row), False)
         return Completion(_from_row(updated), True)
+
+
+def page_query(
+    owner: str | None,
+    statuses: frozenset[Status] | None,
+    after: ListPosition | None,
+    limit: int,
+) -> tuple[str, list[object]]:
+    """The SELECT of a listing page and its parameters; walks tasks_created (or, for one
+    owner, tasks_owner_created) backwards from the cursor, so a page reads about `limit` rows
+    when no status filter skips many."""
+    where: list[str] = []
+    params: list[object] = []
+    if owner is not None:
+        where.append("owner = ?")
+        params.append(owner)
+    if after is not None:
+        where.append("(created_at, id) < (?, ?)")
+        params += [after[0], after[1]]
+    if statuses is not None:
+        where.append(f"status IN ({','.join('?' * len(statuses))})")
+        params += sorted(status.value for status in statuses)
+    query = (
+        "SELECT id, status, result, error, owner, created_at FROM tasks"
+        f"{' WHERE ' + ' AND '.join(where) if where else ''}"
+        " ORDER BY created_at DESC, id DESC LIMIT ?"
+    )
+    params.append(max(limit, 0))
+    return query, params
 
 
 def _pending(conn: sqlite3.Connection, owner: str) -> int:

@@ -329,7 +329,7 @@ class TaskService:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
-        with self._waiters.watch(task_ids) as watch:
+        with self._waiters.watch(task_ids) as watch, metrics.LONG_POLLS.track_inprogress():
             found = await read()
             while True:
                 pending = [i for i, task in found.items() if not task.status.terminal]

@@ -282,7 +282,8 @@ async def get_task(
 
 @router.get(
     "/tasks/{task_id}/circuit",
-    response_class=PlainTextResponse,
+    # Response, not PlainTextResponse: the errors stay documented (and sent) as JSON.
+    response_class=Response,
     responses={
         200: {
             "content": {"text/plain": {"schema": {"type": "string"}}},

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -23,7 +21,7 @@ from qtask.constants import (
     MAX_WAIT_SECONDS,
     MSG_CANCELLED,
 )
-from qtask.domain.ports import ListedTask, ListPosition, ObjectStore, TaskQueue, TaskStore
+from qtask.domain.ports import ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import Status, Task, TaskOutcome, new_task_id
 from qtask.errors import (
     CircuitError,
@@ -35,6 +33,7 @@ from qtask.errors import (
     TaskConflictError,
     TaskNotFoundError,
 )
+from qtask.listing import LIST_STATUSES, Listing, decode_cursor, encode_cursor
 from qtask.logs import get_logger
 from qtask.waiters import Waiters
 from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildPool, ChildTimeoutError
@@ -70,43 +69,6 @@ def _owned(tasks: list[Task], owner: str | None) -> list[Task]:
             "belongs to no key; send another Idempotency-Key."
         )
     return tasks
-
-
-# The listing's status names are the API's (the seed's bodies): `pending` is every state before
-# the end, `error` a failed task.
-LIST_STATUSES: dict[str, frozenset[Status]] = {
-    "pending": frozenset({Status.QUEUED, Status.RUNNING}),
-    "completed": frozenset({Status.COMPLETED}),
-    "error": frozenset({Status.FAILED}),
-}
-
-
-def encode_cursor(position: ListPosition) -> str:
-    """An opaque cursor for a listing position (URL-safe, no padding)."""
-    created_at, task_id = position
-    raw = f"{created_at!r}|{task_id}".encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def decode_cursor(cursor: str) -> ListPosition:
-    """The position a cursor from encode_cursor names; InvalidRequestError for any other."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, task_id = raw.split("|", 1)
-        position = (float(created), task_id)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidRequestError(
-            "The cursor is not one this server gave out; use next_cursor from a listing."
-        ) from None
-    return position
-
-
-@dataclass(frozen=True, slots=True)
-class Listing:
-    """One page of a caller's tasks, newest first, and the cursor of the next (None: no more)."""
-
-    tasks: list[ListedTask]
-    next_cursor: str | None
 
 
 def limits_from(settings: LimitsSettings) -> Limits:

@@ -14,13 +14,8 @@ from qtask.config import LimitsSettings
 from qtask.constants import MSG_CANCELLED, MSG_NOT_FOUND, MSG_PENDING
 from qtask.domain.task import Status
 from qtask.errors import InvalidRequestError, TaskNotFoundError
-from qtask.service import (
-    CircuitIngestor,
-    Submission,
-    TaskService,
-    decode_cursor,
-    encode_cursor,
-)
+from qtask.listing import decode_cursor, encode_cursor
+from qtask.service import CircuitIngestor, Submission, TaskService
 from qtask.testing import InMemoryTaskStore
 from qtask.waiters import Waiters
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from qtask import metrics
@@ -35,7 +35,7 @@ from qtask.errors import (
 )
 from qtask.listing import LIST_STATUSES, Listing, decode_cursor, encode_cursor
 from qtask.logs import get_logger
-from qtask.waiters import Waiters
+from qtask.waiters import BatchedReads, Waiters
 from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildPool, ChildTimeoutError
 
 log = get_logger("service")
@@ -140,6 +140,7 @@ class TaskService:
         `waiters`: the registry that the process's end notices wake (long polls); without
         one, a wait lasts until its deadline unless the task has already ended."""
         self._waiters = Waiters() if waiters is None else waiters
+        self._reads = BatchedReads(store.outcomes)
         self._store = store
         self._queue = queue
         self._objects = objects
@@ -259,11 +260,10 @@ class TaskService:
         """As read(), but while the task is queued or running wait up to `wait_s` seconds for
         it to end; then answer what it is (still pending at the deadline)."""
         _check_wait(wait_s)
-
-        async def read() -> Mapping[str, TaskOutcome]:
-            return {task_id: await self.read(task_id, caller)}
-
-        return (await self._wait_for([task_id], read, wait_s))[task_id]
+        found = (await self._wait_for([task_id], caller, wait_s)).get(task_id)
+        if found is None:  # unknown, another key's, or removed while waited for
+            raise TaskNotFoundError(task_id)
+        return found
 
     async def wait_many(
         self, task_ids: Sequence[str], caller: str | None, wait_s: float
@@ -271,24 +271,22 @@ class TaskService:
         """As read_many(), but wait up to `wait_s` seconds for all of the tasks to end."""
         _check_wait(wait_s)
         _check_ids(task_ids)
-
-        async def read() -> Mapping[str, TaskOutcome]:
-            return await self.read_many(task_ids, caller)
-
-        return dict(await self._wait_for(task_ids, read, wait_s))
+        return await self._wait_for(task_ids, caller, wait_s)
 
     async def _wait_for(
-        self,
-        task_ids: Sequence[str],
-        read: Callable[[], Awaitable[Mapping[str, TaskOutcome]]],
-        wait_s: float,
-    ) -> Mapping[str, TaskOutcome]:
-        """Read until none of the tasks found is pending, or until the deadline.
+        self, task_ids: Sequence[str], caller: str | None, wait_s: float
+    ) -> dict[str, TaskOutcome]:
+        """Read until none of the tasks `caller` may see is pending, or until the deadline.
 
         The watch is registered before the first read, so an end recorded after that read
         always wakes it; a wake-up only says "read again". A task missing or not visible counts
         as done (it cannot end), so its id never holds the answer back.
         """
+
+        async def read() -> dict[str, TaskOutcome]:
+            found = await self._reads.read(task_ids)
+            return {i: task for i, task in found.items() if task.visible_to(caller)}
+
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         with self._waiters.watch(task_ids) as watch, metrics.LONG_POLLS.track_inprogress():

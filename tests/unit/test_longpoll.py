@@ -12,12 +12,12 @@ import pytest
 from qtask.api.app import create_app
 from qtask.config import LimitsSettings
 from qtask.constants import MSG_CANCELLED, MSG_NOT_FOUND, MSG_PENDING
-from qtask.domain.task import Status
+from qtask.domain.task import Status, TaskOutcome
 from qtask.errors import InvalidRequestError, TaskNotFoundError
 from qtask.listing import decode_cursor, encode_cursor
 from qtask.service import CircuitIngestor, Submission, TaskService
 from qtask.testing import InMemoryTaskStore
-from qtask.waiters import Waiters
+from qtask.waiters import BatchedReads, Waiters
 
 BELL = (
     'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\n'
@@ -98,6 +98,44 @@ async def test_narrowing_stops_wakes_for_dropped_ids() -> None:
         assert waiters.watched == 1
         waiters.ended(["b"])
         await asyncio.wait_for(waiting, 1)
+
+
+async def test_reads_asked_in_one_turn_are_one_store_call() -> None:
+    calls: list[list[str]] = []
+
+    async def outcomes(ids: object) -> dict[str, TaskOutcome]:
+        assert isinstance(ids, list)
+        calls.append(ids)
+        return {i: TaskOutcome(i, Status.COMPLETED) for i in ids if i != "gone"}
+
+    reads = BatchedReads(outcomes)
+    first, second, third = await asyncio.gather(
+        reads.read(["a", "b"]), reads.read(["b", "gone"]), reads.read(["c"])
+    )
+    assert calls == [["a", "b", "gone", "c"]]
+    assert set(first) == {"a", "b"}
+    assert set(second) == {"b"}
+    assert set(third) == {"c"}
+    await reads.read(["d"])  # a later turn: a call of its own
+    assert calls[1:] == [["d"]]
+
+
+async def test_a_failed_batched_read_fails_every_reader_and_one_leaving_spares_the_rest() -> None:
+    release = asyncio.Event()
+
+    async def outcomes(ids: object) -> dict[str, TaskOutcome]:
+        await release.wait()
+        raise RuntimeError("store down")
+
+    reads = BatchedReads(outcomes)
+    leaving = asyncio.create_task(reads.read(["a"]))
+    staying = asyncio.create_task(reads.read(["b"]))
+    await asyncio.sleep(0)
+    leaving.cancel()
+    release.set()
+    with pytest.raises(RuntimeError, match="store down"):
+        await staying
+    assert leaving.cancelled()
 
 
 # --- waiting ---------------------------------------------------------------------------------

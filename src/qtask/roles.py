@@ -93,7 +93,7 @@ class ApiRole:
                 "queue": wiring.ping_check(self.queue),
                 "parsers": wiring.pool_check(self.parse_pool, "parser"),
                 **wiring.optional_ping_check("objects", self.objects),
-                **wiring.loop_checks(self.reconciler.loop),
+                **wiring.loop_checks(self.reconciler.loop, self.notices.loop),
             },
             lifespan=self._lifespan,
             notices=self.notices,

@@ -263,3 +263,24 @@ def test_keys_see_only_their_own_tasks_in_listings_waits_and_circuits(idle: Idle
         assert gone.json() == {"tasks": [{"task_id": mine, **NOT_FOUND}]}
         for client, task_id in ((alice, mine), (bob, theirs)):
             client.delete(f"/tasks/{task_id}")
+
+
+def test_after_a_redis_restart_waiters_are_woken_again_and_both_replicas_are_ready(
+    idle: Idle,
+) -> None:
+    idle.deployment.redis.restart()
+    idle.deployment.wait_ready()  # readiness includes the replica's notice subscription
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{idle.replica_url}/ready", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, httpx.get(f"{idle.replica_url}/ready").text
+        time.sleep(0.1)
+    with (
+        keyed(idle.deployment.url, "alice") as on_a,
+        keyed(idle.replica_url, "alice") as on_b,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        task_id = submit(on_a)
+        waiting = pool.submit(on_b.get, f"/tasks/{task_id}", params={"wait": 60})
+        until_waiting(on_b, 1)
+        assert on_a.delete(f"/tasks/{task_id}").json() == CANCELLED
+        assert waiting.result(timeout=30).json() == CANCELLED

@@ -307,6 +307,12 @@ async def test_http_listing_body(client: httpx.AsyncClient, service: TaskService
     assert rest["next_cursor"] is None
     refused = await client.get("/tasks", params={"status": "nope"})
     assert refused.status_code == 400
+    mixed = await client.get("/tasks", params={"ids": first, "status": "pending"})
+    assert mixed.status_code == 400
+    assert "listings" in mixed.json()["message"]
+    waited = await client.get("/tasks", params={"wait": 1})
+    assert waited.status_code == 400
+    assert "ids=" in waited.json()["message"]
 
 
 # --- circuit read-back -----------------------------------------------------------------------

@@ -237,6 +237,8 @@ async def get_tasks(
                 "next_cursor": listing.next_cursor,
             }
         )
+    if status is not None or cursor is not None:
+        raise InvalidRequestError("status and cursor apply to listings, which name no ids.")
     wanted = _split(ids)
     if wait is None:
         found = await service.read_many(wanted, caller)

@@ -2,7 +2,8 @@
 
 Client (`pip install qtask`):
 - `qtask submit FILE.qasm... [--shots N] [--wait]`, `qtask status ID`, `qtask result ID`,
-  `qtask cancel ID`: talk to a server at $QTASK_URL (`--json` for scripts).
+  `qtask cancel ID`, `qtask list [--status S]`: talk to a server at $QTASK_URL (`--json` for
+  scripts).
 
 Server (`pip install "qtask[server]"`):
 - `qtask serve`: everything in one process tree (embedded mode, the default).

@@ -14,6 +14,13 @@ MSG_CANCELLED = "Task was cancelled."
 
 # GET /tasks?ids=...: ids one request may read (256 UUIDs make a 9.5 KB query string).
 MAX_IDS_PER_READ = 256
+# Long polls (GET /tasks/{id}?wait=S): the longest wait a request may ask for. Each waiting
+# request is a future in memory and holds one connection; 60 s stays under the idle timeouts of
+# common proxies and load balancers, which would otherwise cut the wait.
+MAX_WAIT_SECONDS = 60.0
+# Listing (GET /tasks?status=...): tasks per page when the request does not say, and at most.
+LIST_LIMIT_DEFAULT = 50
+LIST_LIMIT_MAX = 500
 
 # Default shots when the client gives none: the seed's example uses 1024.
 DEFAULT_SHOTS = 1024

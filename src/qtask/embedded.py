@@ -75,6 +75,7 @@ class EmbeddedService:
                 ),
             },
             lifespan=self._lifespan,
+            notices=self.store,  # the worker ends tasks in this process, through this store
         )
 
     @asynccontextmanager

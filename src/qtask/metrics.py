@@ -45,6 +45,9 @@ QUEUE_WAIT_SECONDS = Histogram(
 RUN_SECONDS = Histogram(
     "qtask_task_run_seconds", "One task's run on the simulator.", buckets=_TASK_BUCKETS
 )
+LONG_POLLS = Gauge(
+    "qtask_long_polls", "Requests of this process waiting in a long poll (?wait=) right now."
+)
 TASKS = Gauge("qtask_tasks", "Tasks queued or running, read from the store.", ["status"])
 HTTP_REQUESTS = Counter(
     "qtask_http_requests", "HTTP requests answered.", ["method", "route", "status"]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from qtask import wiring
 from qtask.adapters.nats_queue import NatsTaskQueue
+from qtask.adapters.redis_notices import RedisEndNotices
 from qtask.adapters.redis_store import RedisRateLimiter, RedisTaskStore
 from qtask.config import Settings
 from qtask.errors import ConfigError
@@ -79,6 +80,8 @@ class ApiRole:
         self.parse_pool = wiring.parse_pool(settings)
         self.objects = wiring.object_store(settings)
         self.reconciler = Reconciler(self.store, self.queue, settings.nats.reconcile_interval_s)
+        # One subscription per API process to the ends every worker and replica publishes.
+        self.notices = RedisEndNotices(settings.redis.url, self.store.ended_channel)
         self.service, self.app = wiring.api_app(
             settings,
             self.store,
@@ -90,9 +93,10 @@ class ApiRole:
                 "queue": wiring.ping_check(self.queue),
                 "parsers": wiring.pool_check(self.parse_pool, "parser"),
                 **wiring.optional_ping_check("objects", self.objects),
-                **wiring.loop_checks(self.reconciler.loop),
+                **wiring.loop_checks(self.reconciler.loop, self.notices.loop),
             },
             lifespan=self._lifespan,
+            notices=self.notices,
             limiter=_rate_limiter(settings, self.store),
         )
 
@@ -100,12 +104,14 @@ class ApiRole:
     async def _lifespan(self, _: FastAPI) -> AsyncIterator[None]:
         await self.queue.connect()
         await self.parse_pool.start()
+        self.notices.start()
         self.reconciler.start()
         log.info("api_started", redis=self.settings.redis.url, nats=self.settings.nats.url)
         try:
             yield
         finally:
             await self.reconciler.stop()
+            await self.notices.close()
             await self.parse_pool.close()
             await self.queue.close()
             await self.store.close()

@@ -16,7 +16,9 @@ from qtask.config import LimitsSettings
 from qtask.constants import (
     FAULT_EXIT_AFTER_STORE_ENV,
     INLINE_PARSE_MAX_BYTES,
+    LIST_LIMIT_MAX,
     MAX_IDS_PER_READ,
+    MAX_WAIT_SECONDS,
     MSG_CANCELLED,
 )
 from qtask.domain.ports import ObjectStore, TaskQueue, TaskStore
@@ -31,7 +33,9 @@ from qtask.errors import (
     TaskConflictError,
     TaskNotFoundError,
 )
+from qtask.listing import LIST_STATUSES, Listing, decode_cursor, encode_cursor
 from qtask.logs import get_logger
+from qtask.waiters import BatchedReads, Waiters
 from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildPool, ChildTimeoutError
 
 log = get_logger("service")
@@ -130,8 +134,13 @@ class TaskService:
         objects: ObjectStore | None = None,
         *,
         max_pending_per_owner: int = 0,
+        waiters: Waiters | None = None,
     ) -> None:
-        """`max_pending_per_owner`: tasks one API key may have queued or running (0: no cap)."""
+        """`max_pending_per_owner`: tasks one API key may have queued or running (0: no cap).
+        `waiters`: the registry that the process's end notices wake (long polls); without
+        one, a wait lasts until its deadline unless the task has already ended."""
+        self._waiters = Waiters() if waiters is None else waiters
+        self._reads = BatchedReads(store.outcomes)
         self._store = store
         self._queue = queue
         self._objects = objects
@@ -241,16 +250,91 @@ class TaskService:
         self, task_ids: Sequence[str], caller: str | None = None
     ) -> dict[str, TaskOutcome]:
         """What `caller` may see of the tasks among `task_ids` (others left out)."""
-        if not task_ids:
-            raise InvalidRequestError("Name at least one task id.")
-        if len(task_ids) > MAX_IDS_PER_READ:
-            raise InvalidRequestError(
-                f"At most {MAX_IDS_PER_READ} task ids may be read at once; got {len(task_ids)}."
-            )
+        _check_ids(task_ids)
         found = await self._store.outcomes(task_ids)
         if caller is None:
             return found
         return {task_id: task for task_id, task in found.items() if task.visible_to(caller)}
+
+    async def wait(self, task_id: str, caller: str | None, wait_s: float) -> TaskOutcome:
+        """As read(), but while the task is queued or running wait up to `wait_s` seconds for
+        it to end; then answer what it is (still pending at the deadline)."""
+        _check_wait(wait_s)
+        found = (await self._wait_for([task_id], caller, wait_s)).get(task_id)
+        if found is None:  # unknown, another key's, or removed while waited for
+            raise TaskNotFoundError(task_id)
+        return found
+
+    async def wait_many(
+        self, task_ids: Sequence[str], caller: str | None, wait_s: float
+    ) -> dict[str, TaskOutcome]:
+        """As read_many(), but wait up to `wait_s` seconds for all of the tasks to end."""
+        _check_wait(wait_s)
+        _check_ids(task_ids)
+        return await self._wait_for(task_ids, caller, wait_s)
+
+    async def _wait_for(
+        self, task_ids: Sequence[str], caller: str | None, wait_s: float
+    ) -> dict[str, TaskOutcome]:
+        """Read until none of the tasks `caller` may see is pending, or until the deadline.
+
+        The watch is registered before the first read, so an end recorded after that read
+        always wakes it; a wake-up only says "read again". A task missing or not visible counts
+        as done (it cannot end), so its id never holds the answer back.
+        """
+
+        async def read() -> dict[str, TaskOutcome]:
+            found = await self._reads.read(task_ids)
+            return {i: task for i, task in found.items() if task.visible_to(caller)}
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        with self._waiters.watch(task_ids) as watch, metrics.LONG_POLLS.track_inprogress():
+            found = await read()
+            while True:
+                pending = [i for i, task in found.items() if not task.status.terminal]
+                if not pending:
+                    return found
+                self._waiters.narrow(watch, pending)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await watch.wait()
+                except TimeoutError:
+                    return await read()
+                found = await read()
+
+    async def list_tasks(
+        self,
+        caller: str | None,
+        statuses: Sequence[str] | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Listing:
+        """The caller's tasks (every task when API keys are off), newest first.
+
+        `statuses`: the API's names (pending, completed, error), any of them when None.
+        `cursor`: next_cursor of the page before; pages stay stable while tasks are added.
+        """
+        if not 1 <= limit <= LIST_LIMIT_MAX:
+            raise InvalidRequestError(f"limit must be between 1 and {LIST_LIMIT_MAX}; got {limit}.")
+        wanted: frozenset[Status] | None = None
+        if statuses:
+            unknown = sorted(set(statuses) - LIST_STATUSES.keys())
+            if unknown:
+                raise InvalidRequestError(
+                    f"Unknown status {', '.join(unknown)}; use pending, completed or error."
+                )
+            wanted = frozenset().union(*(LIST_STATUSES[name] for name in statuses))
+        after = None if cursor is None else decode_cursor(cursor)
+        page = await self._store.page(caller, wanted, after, limit)
+        return Listing(page.tasks, None if page.next is None else encode_cursor(page.next))
+
+    async def circuit(self, task_id: str, caller: str | None = None) -> str:
+        """The OpenQASM text the task was submitted with; TaskNotFoundError as read() gives it."""
+        task = await self._store.get(task_id)
+        if task is None or (caller is not None and task.owner != caller):
+            raise TaskNotFoundError(task_id)
+        return task.source
 
     async def _retried(
         self, keys: list[str] | None, owner: str | None, adding: int
@@ -342,3 +426,19 @@ class TaskService:
             return replace(task, circuit_object=circuit_object, result_object=result_key(task.id))
 
         return list(await asyncio.gather(*map(put, tasks, sources)))
+
+
+def _check_wait(wait_s: float) -> None:
+    if not 0 < wait_s <= MAX_WAIT_SECONDS:
+        raise InvalidRequestError(
+            f"wait must be more than 0 and at most {MAX_WAIT_SECONDS:g} seconds; got {wait_s:g}."
+        )
+
+
+def _check_ids(task_ids: Sequence[str]) -> None:
+    if not task_ids:
+        raise InvalidRequestError("Name at least one task id.")
+    if len(task_ids) > MAX_IDS_PER_READ:
+        raise InvalidRequestError(
+            f"At most {MAX_IDS_PER_READ} task ids may be read at once; got {len(task_ids)}."
+        )

@@ -14,7 +14,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from qtask.constants import LEASE_SECONDS
-from qtask.domain.ports import Completion, Delivery, StreamState
+from qtask.domain.ports import (
+    Completion,
+    Delivery,
+    EndListener,
+    ListedTask,
+    ListPosition,
+    StreamState,
+    TaskPage,
+)
 from qtask.domain.task import Status, Task, TaskOutcome
 from qtask.errors import PendingCapError, TaskNotFoundError
 
@@ -32,6 +40,22 @@ class InMemoryTaskStore:
         self.markers: dict[str, str] = {}
         # False: behave like SQLite (storing is publishing). True: like Redis beside NATS.
         self.tracks_publishing = False
+        self._listeners: list[EndListener] = []
+        self._resyncs: list[Callable[[], None]] = []
+
+    def listen(self, ended: EndListener, resync: Callable[[], None]) -> None:
+        """EndNotices: call `ended(ids)` when tasks end or are removed."""
+        self._listeners.append(ended)
+        self._resyncs.append(resync)
+
+    def lose_notices(self) -> None:
+        """Tests: act as a subscription that reconnected, asking listeners to re-read."""
+        for resync in self._resyncs:
+            resync()
+
+    def _ended(self, task_ids: Sequence[str]) -> None:
+        for listener in self._listeners:
+            listener(task_ids)
 
     async def create(self, task: Task) -> Task:
         """Store a task, or return the one already stored under its idempotency key."""
@@ -130,7 +154,38 @@ class InMemoryTaskStore:
             if stored.idempotency_key is not None:
                 self._keys.pop(stored.idempotency_key, None)
             deleted += 1
+        if deleted:
+            self._ended([task.id for task in tasks])
         return deleted
+
+    async def page(
+        self,
+        owner: str | None,
+        statuses: frozenset[Status] | None,
+        after: ListPosition | None,
+        limit: int,
+    ) -> TaskPage:
+        """Newest first, after `after`; see the port."""
+        ordered = sorted(
+            (
+                task
+                for task in self.tasks.values()
+                if (owner is None or task.owner == owner)
+                and (statuses is None or task.status in statuses)
+                and (after is None or (task.created_at, task.id) < after)
+            ),
+            key=lambda task: (task.created_at, task.id),
+            reverse=True,
+        )
+        listed = [
+            ListedTask(
+                TaskOutcome(task.id, task.status, task.result, task.error, task.owner),
+                task.created_at,
+            )
+            for task in ordered[: max(limit, 0)]
+        ]
+        more = len(ordered) > limit and listed
+        return TaskPage(listed, (listed[-1].created_at, listed[-1].outcome.id) if more else None)
 
     async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
         """Mark a task running as `attempt`, unless it already ended."""
@@ -282,6 +337,7 @@ class InMemoryTaskStore:
         self.tasks[task_id] = finished
         self._leases.pop(task_id, None)
         self._unpublished.pop(task_id, None)  # an ended task is never published again
+        self._ended([task_id])
         return finished
 
 

@@ -12,7 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Protocol
 
 from qtask.config import Settings
-from qtask.domain.ports import ObjectStore, RateLimiter, TaskQueue, TaskStore
+from qtask.domain.ports import EndNotices, ObjectStore, RateLimiter, TaskQueue, TaskStore
 from qtask.supervision import SupervisedLoop
 from qtask.worker.health import Check
 from qtask.worker.pool import ChildPool
@@ -128,15 +128,21 @@ def api_app(
     parser: ChildPool,
     ready_checks: dict[str, Check],
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+    notices: EndNotices,
     limiter: RateLimiter | None = None,
 ) -> tuple[TaskService, FastAPI]:
     """The task service and the HTTP API around it, with the limits and keys of `settings`.
 
-    `limiter` holds the per-key request buckets when they are shared between API processes.
+    `notices` tell this process when tasks end, which wakes its long polls. `limiter` holds
+    the per-key request buckets when they are shared between API processes.
     """
     from qtask.api.app import create_app
     from qtask.api.auth import Gate
     from qtask.service import CircuitIngestor, TaskService
+    from qtask.waiters import Waiters
+
+    waiters = Waiters()
+    notices.listen(waiters.ended, waiters.resync)
 
     service = TaskService(
         store,
@@ -145,6 +151,7 @@ def api_app(
         settings.limits,
         objects=objects,
         max_pending_per_owner=settings.auth.max_pending_tasks if settings.auth.enabled else 0,
+        waiters=waiters,
     )
     app = create_app(
         service,

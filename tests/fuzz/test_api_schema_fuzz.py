@@ -40,6 +40,7 @@ OPERATIONS = [
     ("POST", "/tasks/batch"),
     ("GET", "/tasks"),
     ("GET", "/tasks/{task_id}"),
+    ("GET", "/tasks/{task_id}/circuit"),
     ("DELETE", "/tasks/{task_id}"),
     ("GET", "/health"),
     ("GET", "/ready"),

@@ -323,6 +323,39 @@ def test_cli_cancel_and_unknown_ids(server: ServerProcess, circuits: Path) -> No
     assert "Task not found." in unknown.stderr
 
 
+def test_client_list_and_circuit_read_back(client: Client) -> None:
+    first = client.submit(BELL, shots=10)
+    second = client.submit(ghz(3), shots=10)
+    client.wait([first, second], timeout=60)
+    page = client.list(limit=2)
+    assert [r.id for r in page.tasks] == [second, first]
+    assert all(r.ok and r.created_at is not None for r in page.tasks)
+    assert page.next_cursor is not None
+    assert client.list(status="pending").tasks == []
+    assert client.circuit(first) == BELL
+    with pytest.raises(NotFoundError):
+        client.circuit("00000000-0000-0000-0000-000000000000")
+
+
+def test_cli_list_as_a_table_and_as_json(server: ServerProcess, circuits: Path) -> None:
+    submitted = qtask_cli(server, "submit", str(circuits / "bell.qasm"), "--wait", "--json")
+    task_id = json.loads(submitted.stdout)[0]["task_id"]
+    as_json = qtask_cli(server, "list", "--status", "completed", "--limit", "1", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    listing = json.loads(as_json.stdout)
+    [item] = listing["tasks"]
+    assert (item["task_id"], item["status"]) == (task_id, "completed")
+    assert sum(item["counts"].values()) == 1024
+    assert isinstance(item["created_at"], float)
+    table = qtask_cli(server, "list", "--limit", "1")
+    assert table.returncode == 0, table.stderr
+    assert task_id in table.stdout
+    assert "completed" in table.stdout
+    assert f"qtask list --cursor {listing['next_cursor']}" in table.stdout.replace("\n", "")
+    refused = qtask_cli(server, "list", "--status", "queued")
+    assert refused.returncode == 2  # not one of the API's names: a usage error
+
+
 def test_the_readme_python_example_runs(server: ServerProcess) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("## Use it from Python and the command line", 1)[1]

@@ -416,3 +416,21 @@ async def test_a_database_from_before_owners_is_migrated(db_path: Path) -> None:
         assert await reopened.get(mine.id) == mine
     finally:
         await reopened.close()
+
+
+@pytest.mark.parametrize("owner", [None, "alice"])
+@pytest.mark.parametrize("after", [None, (100.0, "some-id")])
+@pytest.mark.parametrize("statuses", [None, frozenset({Status.QUEUED, Status.RUNNING})])
+async def test_listing_pages_walk_an_index_without_sorting(
+    store: SQLiteTaskStore,
+    owner: str | None,
+    after: tuple[float, str] | None,
+    statuses: frozenset[Status] | None,
+) -> None:
+    await store.create_many([make_task(owner=owner, created_at=float(i)) for i in range(50)])
+    query, params = sqlite_store.page_query(owner, statuses, after, 10)
+    with sqlite3.connect(store._db.path) as conn:
+        plan = " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {query}", params))
+    index = "tasks_owner_created" if owner else "tasks_created"
+    assert f"USING INDEX {index}" in plan or f"USING COVERING INDEX {index}" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan  # no sort of the whole table per page

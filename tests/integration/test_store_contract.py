@@ -558,3 +558,61 @@ async def test_remove_deletes_ended_tasks_and_their_idempotency_keys(store: Task
     assert await store.create(again) == again  # the key is free for a new task
     counts = await store.active_counts()
     assert counts == {"queued": 2, "running": 1} or counts == {"queued": 1, "running": 2}
+
+
+# --- listing (page) --------------------------------------------------------------------------
+
+
+async def test_page_lists_newest_first_with_ties_broken_by_id(store: TaskStore) -> None:
+    tied = sorted(new_task_id() for _ in range(3))
+    tasks = [make_task(created_at=100.0 + i) for i in range(4)]
+    tasks += [make_task(id=task_id, created_at=102.5) for task_id in tied]
+    await store.create_many(tasks)
+    expected = [(t.created_at, t.id) for t in tasks]
+    expected.sort(reverse=True)
+    seen: list[tuple[float, str]] = []
+    after = None
+    while True:
+        page = await store.page(None, None, after, 2)
+        seen += [(item.created_at, item.outcome.id) for item in page.tasks]
+        if page.next is None:
+            break
+        after = page.next
+    assert seen == expected
+
+
+async def test_page_keeps_its_place_while_tasks_are_added(store: TaskStore) -> None:
+    old = [make_task(created_at=100.0 + i) for i in range(4)]
+    await store.create_many(old)
+    first = await store.page(None, None, None, 2)
+    assert first.next is not None
+    await store.create(make_task(created_at=200.0))
+    rest = await store.page(None, None, first.next, 10)
+    assert [item.outcome.id for item in rest.tasks] == [old[1].id, old[0].id]
+    assert rest.next is None
+
+
+async def test_page_filters_by_owner_and_status(store: TaskStore) -> None:
+    mine = make_task(owner="alice", created_at=1.0)
+    done = make_task(owner="alice", created_at=2.0)
+    other = make_task(owner="bob", created_at=3.0)
+    await store.create_many([mine, done, other])
+    await store.complete(done.id, {"0": 1})
+    alice = await store.page("alice", None, None, 10)
+    assert [item.outcome.id for item in alice.tasks] == [done.id, mine.id]
+    pending = await store.page("alice", frozenset({Status.QUEUED, Status.RUNNING}), None, 10)
+    assert [item.outcome.id for item in pending.tasks] == [mine.id]
+    everyone = await store.page(None, frozenset({Status.COMPLETED}), None, 10)
+    assert [(item.outcome.id, item.outcome.result) for item in everyone.tasks] == [
+        (done.id, {"0": 1})
+    ]
+
+
+async def test_page_leaves_out_removed_tasks(store: TaskStore) -> None:
+    kept, gone = make_task(owner="alice"), make_task(owner="alice")
+    await store.create_many([kept, gone])
+    await store.fail(gone.id, "boom")
+    assert await store.remove([await stored(store, gone.id)]) == 1
+    for owner in ("alice", None):
+        page = await store.page(owner, None, None, 10)
+        assert [item.outcome.id for item in page.tasks] == [kept.id]

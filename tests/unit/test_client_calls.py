@@ -306,3 +306,93 @@ async def test_the_async_client_retries_with_the_same_key_too(
     assert len(keys) == 2
     assert keys[0] == keys[1]
     assert len(pauses) == 1
+
+
+def test_wait_long_polls_and_asks_again_at_once_after_a_poll_that_ran_its_course(
+    slept: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("time.monotonic", lambda: clock[0])
+    asked: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params.get("wait"))
+        if len(asked) < 3:
+            clock[0] += float(request.url.params["wait"])  # the server held it that long
+            return httpx.Response(200, json={"status": "pending", "message": "..."})
+        return httpx.Response(200, json={"status": "completed", "result": {"11": 3}})
+
+    with client_for(handler) as client:
+        result = client.wait("t1", timeout=100)
+    assert result == TaskResult("t1", "completed", counts={"11": 3})
+    assert asked == ["25", "25", "25"]
+    assert slept == []  # no pause between long polls
+
+
+def test_wait_falls_back_to_polling_a_server_that_answers_at_once(slept: list[float]) -> None:
+    asked: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params.get("wait"))  # an older server ignores it
+        if len(asked) < 4:
+            return httpx.Response(200, json={"status": "pending", "message": "..."})
+        return httpx.Response(200, json={"status": "completed", "result": {"0": 1}})
+
+    with client_for(handler) as client:
+        assert client.wait("t1").ok
+    assert len(slept) == 3
+    assert slept == sorted(slept)  # the polling schedule's growing pauses
+
+
+def test_list_sends_the_filters_and_reads_a_page() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        item = {"task_id": "t2", "created_at": 12.5, "status": "error", "message": "boom"}
+        return httpx.Response(200, json={"tasks": [item], "next_cursor": "abc"})
+
+    with client_for(handler) as client:
+        page = client.list(status=["pending", "error"], limit=1, cursor="xyz")
+    assert dict(seen[0].url.params) == {"status": "pending,error", "limit": "1", "cursor": "xyz"}
+    assert page.tasks == [TaskResult("t2", "error", error="boom", created_at=12.5)]
+    assert page.next_cursor == "abc"
+
+
+def test_circuit_reads_the_text_and_an_unknown_task_is_not_found() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/tasks/t1/circuit":
+            return httpx.Response(200, text=BELL)
+        return error(404, "Task not found.")
+
+    with client_for(handler) as client:
+        assert client.circuit("t1") == BELL
+        with pytest.raises(NotFoundError):
+            client.circuit("nope")
+
+
+async def test_the_async_client_long_polls_lists_and_reads_circuits() -> None:
+    asked: list[dict[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(dict(request.url.params))
+        if request.url.path == "/tasks/t1/circuit":
+            return httpx.Response(200, text=BELL)
+        if request.url.path == "/tasks" and "ids" not in request.url.params:
+            return httpx.Response(200, json={"tasks": [], "next_cursor": None})
+        body = {"status": "completed", "result": {"0": 1}}
+        if request.url.path == "/tasks":
+            ids = request.url.params["ids"].split(",")
+            return httpx.Response(200, json={"tasks": [{"task_id": i, **body} for i in ids]})
+        return httpx.Response(200, json=body)
+
+    transport = httpx.MockTransport(handler)
+    async with AsyncClient("http://qtask.test", transport=transport) as client:
+        assert (await client.wait("t1", timeout=10)).ok
+        assert [r.ok for r in await client.wait(["a", "b"])] == [True, True]
+        assert (await client.list(status="completed")).next_cursor is None
+        assert await client.circuit("t1") == BELL
+    assert set(asked[0]) == {"wait"}
+    assert 9 < float(asked[0]["wait"]) <= 10  # the time left of the caller's timeout
+    assert asked[1] == {"ids": "a,b", "wait": "25"}
+    assert asked[2] == {"status": "completed"}

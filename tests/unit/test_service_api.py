@@ -553,7 +553,7 @@ async def test_get_many_answers_each_id_in_order(
 
 @pytest.mark.parametrize(
     ("query", "needle"),
-    [("", "'query.ids' is required"), ("?ids=", "at least one"), ("?ids=,,", "at least one")],
+    [("?ids=", "at least one"), ("?ids=,,", "at least one")],
 )
 async def test_get_many_without_ids_is_a_clear_error(
     client: httpx.AsyncClient, query: str, needle: str

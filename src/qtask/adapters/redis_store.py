@@ -16,6 +16,12 @@ Layout, every key under one prefix (default "qtask"):
   is read in id order (ZRANGE BYLEX) with the last id read as the cursor; the reconciler
   re-publishes them after the queue lost its stream. Kept by the same scripts that change a
   status; tasks stored before it existed are added once by `index_active()` (a SCAN).
+- `{prefix}:created` and `{prefix}:created:{owner}`: sorted sets of the ids of every task and of
+  one API key's tasks, scored by created_at, for the listing (newest first, ties broken by id);
+  kept by the create and remove scripts. Tasks stored before they existed are not listed.
+- `{prefix}:ended` (a pub/sub channel, not a key): the finish script publishes the id of the
+  task it ended, the remove script the ids it deleted; long polls in every API process wait on
+  it (adapters/redis_notices.py).
 - `{prefix}:marker:{name}`: small records set by compare-and-set (`swap_marker`), shared by
   every process: `queue_stream` is the NATS stream last seen, `active_index` says the active
   index was backfilled.
@@ -54,7 +60,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from qtask.domain.ports import Completion
+from qtask.domain.ports import Completion, ListedTask, ListPosition, TaskPage
 from qtask.domain.task import Status, Task, TaskOutcome, info_from_json, info_to_json
 from qtask.errors import PendingCapError, StoreUnavailableError, TaskNotFoundError
 
@@ -67,6 +73,10 @@ TASK_KEY = "{prefix}:task:{task_id}"
 IDEMPOTENCY_KEY = "{prefix}:idem:{key}"
 UNPUBLISHED_KEY = "{prefix}:unpublished"
 ACTIVE_KEY = "{prefix}:active"
+CREATED_KEY = "{prefix}:created"
+OWNER_CREATED_KEY = "{prefix}:created:{owner}"
+# The pub/sub channel on which the finish and remove scripts publish the ids of tasks that ended.
+ENDED_CHANNEL = "{prefix}:ended"
 MARKER_KEY = "{prefix}:marker:{name}"
 # The marker index_active() sets once every stored task is in the active index.
 ACTIVE_INDEXED_MARKER = "active_index"
@@ -106,12 +116,19 @@ PING_KEY_TTL_MS = 60_000
 # this bounds the rounds so one call's cost stays bounded however stale the ledger is.
 _UNPUBLISHED_ROUNDS = 8
 
+# A listing reads the index in chunks of this many entries at most; with a status filter it stops
+# after reading LIST_SCAN_MAX entries and answers what it found with a cursor, so one request's
+# cost stays bounded however many tasks the filter skips.
+LIST_CHUNK_MAX = 500
+LIST_SCAN_MAX = 2_000
+
 # Lua scripts. They touch only keys passed in KEYS (what Redis Cluster requires); the ARGV
 # layout of each is described at its top. `false` comes back to Python as None.
 
 _CREATE_LUA = """
 -- KEYS[1] counts hash, KEYS[2] unpublished zset, then per task its hash key followed by its
--- idempotency key when it has one; the last key is the active zset.
+-- idempotency key when it has one and its owner's listing zset when it has an owner; the last
+-- two keys are the listing of every task and the active zset.
 -- ARGV[1]: the cap of queued or running tasks per owner ('0': none). Then per task: id,
 -- has_key ('1'/'0'), status, created_at, stale, owner ('' for none), n, then n field/value items.
 -- `stale` is a task id the idempotency key may be taken over from (its task vanished), or ''.
@@ -134,6 +151,9 @@ while a <= #ARGV do
   local idem_key = false
   if has_key == '1' then
     idem_key = KEYS[k]
+    k = k + 1
+  end
+  if owner ~= '' then
     k = k + 1
   end
   local existing = false
@@ -183,6 +203,11 @@ while a <= #ARGV do
     idem_key = KEYS[k]
     k = k + 1
   end
+  local listing = false
+  if owner ~= '' then
+    listing = KEYS[k]
+    k = k + 1
+  end
   local existing = held[i]
   if existing then
     out[#out + 1] = existing
@@ -192,6 +217,10 @@ while a <= #ARGV do
       redis.call('SET', idem_key, id)
     end
     redis.call('HINCRBY', KEYS[1], status, 1)
+    redis.call('ZADD', KEYS[#KEYS - 1], created, id)
+    if listing then
+      redis.call('ZADD', listing, created, id)
+    end
     if status == 'queued' or status == 'running' then
       redis.call('ZADD', KEYS[#KEYS], 0, id)
     end
@@ -230,8 +259,10 @@ _FINISH_LUA = """
 -- KEYS[5] unpublished zset, KEYS[6] active zset.
 -- ARGV: new status, field to set, its value, field to clear, now, dead letter ('1'/'0'),
 -- dead letters kept, task id, reason (for the dead letter), completed_by and
--- completed_attempt ('' to record none).
+-- completed_attempt ('' to record none), the channel of end notices.
 -- The first outcome wins: a task that already ended is returned unchanged, with no dead letter.
+-- The call that ends the task publishes its id on the channel, atomically with the change, so
+-- no end can be stored without its notice being sent (long polls wait for these).
 -- An ended task leaves the unpublished ledger, so the reconciler never publishes it.
 -- Returns {1 when this call ended the task else 0, the task's hash}.
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -265,6 +296,7 @@ if status == 'queued' or status == 'running' then
     redis.call('LPUSH', KEYS[3], record)
     redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[7]) - 1)
   end
+  redis.call('PUBLISH', ARGV[12], ARGV[8])
 end
 return {changed, redis.call('HGETALL', KEYS[1])}
 """
@@ -293,17 +325,24 @@ return redis.call('HGETALL', KEYS[1])
 
 _REMOVE_LUA = """
 -- KEYS[1] counts, KEYS[2] finished zset, then per task its hash key followed by its idempotency
--- key when it has one; the last key is the active zset. ARGV per task: id, has_key ('1'/'0').
+-- key when it has one and its owner's listing zset when it has an owner; the last two keys are
+-- the listing of every task and the active zset. ARGV[1]: the channel of end notices; then per
+-- task: id, has_key ('1'/'0'), has_owner ('1'/'0').
 -- Deletes each task that ended (and its idempotency key while that still names it); a task not
--- ended is kept. Returns how many were deleted.
-local deleted = 0
+-- ended is kept. Publishes the deleted ids (comma-separated) on the channel, so that a waiter
+-- re-reads and finds its task gone. Returns how many were deleted.
+local deleted = {}
 local k = 3
-for a = 1, #ARGV, 2 do
+for a = 2, #ARGV, 3 do
   local id, task_key = ARGV[a], KEYS[k]
-  local idem_key = false
+  local idem_key, listing = false, false
   k = k + 1
   if ARGV[a + 1] == '1' then
     idem_key = KEYS[k]
+    k = k + 1
+  end
+  if ARGV[a + 2] == '1' then
+    listing = KEYS[k]
     k = k + 1
   end
   local status = redis.call('HGET', task_key, 'status')
@@ -313,14 +352,21 @@ for a = 1, #ARGV, 2 do
     if idem_key and redis.call('GET', idem_key) == id then
       redis.call('DEL', idem_key)
     end
-    deleted = deleted + 1
+    deleted[#deleted + 1] = id
   end
   if status ~= 'queued' and status ~= 'running' then
     redis.call('ZREM', KEYS[2], id)
     redis.call('ZREM', KEYS[#KEYS], id)
+    redis.call('ZREM', KEYS[#KEYS - 1], id)
+    if listing then
+      redis.call('ZREM', listing, id)
+    end
   end
 end
-return deleted
+if #deleted > 0 then
+  redis.call('PUBLISH', ARGV[1], table.concat(deleted, ','))
+end
+return #deleted
 """
 
 _BACKFILL_ACTIVE_LUA = """
@@ -423,6 +469,8 @@ class RedisTaskStore:
         self._dead_key = DEAD_KEY.format(prefix=prefix)
         self._finished_key = FINISHED_KEY.format(prefix=prefix)
         self._active_key = ACTIVE_KEY.format(prefix=prefix)
+        self._created_key = CREATED_KEY.format(prefix=prefix)
+        self.ended_channel = ENDED_CHANNEL.format(prefix=prefix)
 
     # --- TaskStore -------------------------------------------------------------------------
 
@@ -498,6 +546,45 @@ class RedisTaskStore:
                 )
         return found
 
+    async def page(
+        self,
+        owner: str | None,
+        statuses: frozenset[Status] | None,
+        after: ListPosition | None,
+        limit: int,
+    ) -> TaskPage:
+        """A page of the listing from the owner's (or every task's) sorted set, newest first:
+        ZREVRANGEBYSCORE from the cursor's created_at down, skipping the ties at or above the
+        cursor's id, and the tasks' status read in one pipeline per chunk; see the port."""
+        if limit <= 0:
+            return TaskPage([], None)
+        key = self._listing_key(owner)
+        top = "+inf" if after is None else repr(after[0])
+        chunk = min(max(2 * limit, 32), LIST_CHUNK_MAX)
+        listed: list[ListedTask] = []
+        offset = 0
+        last: ListPosition | None = None
+        with self._unavailable("list tasks"):
+            while offset < LIST_SCAN_MAX:
+                raw = await self._redis.zrevrangebyscore(
+                    key, top, "-inf", start=offset, num=chunk, withscores=True
+                )
+                offset += len(raw)
+                entries = [(float(item[1]), _text(item[0])) for item in raw]
+                if after is not None:
+                    entries = [entry for entry in entries if entry < after]
+                found = await self.outcomes([task_id for _, task_id in entries])
+                for score, task_id in entries:
+                    last = (score, task_id)
+                    outcome = found.get(task_id)  # None: removed since it was read
+                    if outcome is not None and (statuses is None or outcome.status in statuses):
+                        listed.append(ListedTask(outcome, score))
+                        if len(listed) == limit:
+                            return TaskPage(listed, last)
+                if len(raw) < chunk:
+                    return TaskPage(listed, None)
+        return TaskPage(listed, last)
+
     async def pending_count(self, owner: str) -> int:
         """How many of `owner`'s tasks are queued or running (a counter the scripts keep)."""
         with self._unavailable("count tasks"):
@@ -523,13 +610,19 @@ class RedisTaskStore:
         if not tasks:
             return 0
         keys = [self._counts_key, self._finished_key]
-        args: list[str] = []
+        args: list[str] = [self.ended_channel]
         for task in tasks:
             keys.append(self._task_key(task.id))
             if task.idempotency_key is not None:
                 keys.append(IDEMPOTENCY_KEY.format(prefix=self._prefix, key=task.idempotency_key))
-            args += [task.id, "0" if task.idempotency_key is None else "1"]
-        keys.append(self._active_key)
+            if task.owner is not None:
+                keys.append(self._listing_key(task.owner))
+            args += [
+                task.id,
+                "0" if task.idempotency_key is None else "1",
+                "0" if task.owner is None else "1",
+            ]
+        keys += [self._created_key, self._active_key]
         with self._unavailable(f"remove {len(tasks)} tasks"):
             deleted: int = await self._remove(keys=keys, args=args)
         return deleted
@@ -723,6 +816,11 @@ class RedisTaskStore:
     def _task_key(self, task_id: str) -> str:
         return TASK_KEY.format(prefix=self._prefix, task_id=task_id)
 
+    def _listing_key(self, owner: str | None) -> str:
+        if owner is None:
+            return self._created_key
+        return OWNER_CREATED_KEY.format(prefix=self._prefix, owner=owner)
+
     @contextlib.contextmanager
     def _unavailable(self, action: str) -> Iterator[None]:
         try:
@@ -743,6 +841,8 @@ class RedisTaskStore:
             keys.append(self._task_key(task.id))
             if task.idempotency_key is not None:
                 keys.append(IDEMPOTENCY_KEY.format(prefix=self._prefix, key=task.idempotency_key))
+            if task.owner is not None:
+                keys.append(self._listing_key(task.owner))
             args += [
                 task.id,
                 "0" if task.idempotency_key is None else "1",
@@ -753,7 +853,7 @@ class RedisTaskStore:
                 str(len(fields)),
                 *fields,
             ]
-        keys.append(self._active_key)
+        keys += [self._created_key, self._active_key]
         replies: list[int | bytes] = await self._create(keys=keys, args=args)
         if replies and replies[0] == -1:
             _, owner, pending = replies
@@ -818,6 +918,7 @@ class RedisTaskStore:
                     task_id,
                     value,
                     *by,
+                    self.ended_channel,
                 ],
             )
         if reply is None:

@@ -11,14 +11,21 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
 
 from qtask.adapters.sqlite_db import SQLiteDatabase
 from qtask.constants import LEASE_SECONDS
-from qtask.domain.ports import Completion, Delivery
+from qtask.domain.ports import (
+    Completion,
+    Delivery,
+    EndListener,
+    ListedTask,
+    ListPosition,
+    TaskPage,
+)
 from qtask.domain.task import (
     Status,
     Task,
@@ -77,11 +84,14 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 """
 
-# Made after the migration, which may add the column it indexes: each key's unfinished tasks.
-_OWNER_INDEX = """
-CREATE INDEX IF NOT EXISTS tasks_owner_active ON tasks (owner)
-    WHERE status IN ('queued', 'running') AND owner IS NOT NULL
-"""
+# Made after the migration, which may add the column they index: each key's unfinished tasks;
+# and the listings, newest first (every task, and one key's), which page by (created_at, id).
+_OWNER_INDEXES = (
+    """CREATE INDEX IF NOT EXISTS tasks_owner_active ON tasks (owner)
+    WHERE status IN ('queued', 'running') AND owner IS NOT NULL""",
+    "CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at, id)",
+    "CREATE INDEX IF NOT EXISTS tasks_owner_created ON tasks (owner, created_at, id)",
+)
 
 _TERMINAL = (Status.COMPLETED.value, Status.FAILED.value)
 
@@ -94,7 +104,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if "completed_by" not in columns:
         conn.execute("ALTER TABLE tasks ADD COLUMN completed_by TEXT")
         conn.execute("ALTER TABLE tasks ADD COLUMN completed_attempt INTEGER")
-    conn.execute(_OWNER_INDEX)
+    for index in _OWNER_INDEXES:
+        conn.execute(index)
 
 
 class SQLiteTaskStore:
@@ -104,6 +115,19 @@ class SQLiteTaskStore:
         self._db = SQLiteDatabase(path, SCHEMA, _migrate)
         self._worker_id = worker_id
         self._wakeup = asyncio.Event()
+        self._listeners: list[EndListener] = []
+
+    # --- EndNotices ------------------------------------------------------------------------
+
+    def listen(self, ended: EndListener, resync: Callable[[], None]) -> None:
+        """Call `ended(ids)` after this store ends or removes tasks. Every writer of an
+        embedded database is in this process, so no notice can be missed: `resync` is never
+        called."""
+        self._listeners.append(ended)
+
+    def _ended(self, task_ids: Sequence[str]) -> None:
+        for listener in self._listeners:
+            listener(task_ids)
 
     # --- TaskStore -------------------------------------------------------------------------
 
@@ -187,6 +211,33 @@ class SQLiteTaskStore:
             for row in rows
         }
 
+    async def page(
+        self,
+        owner: str | None,
+        statuses: frozenset[Status] | None,
+        after: ListPosition | None,
+        limit: int,
+    ) -> TaskPage:
+        """A page of the listing, newest first, from the index tasks_created (every task) or
+        tasks_owner_created (one key's); see the port."""
+        query, params = page_query(owner, statuses, after, limit + 1)  # +1: is there more?
+        rows = self._db.read(lambda conn: conn.execute(query, params).fetchall())
+        listed = [
+            ListedTask(
+                TaskOutcome(
+                    row[0],
+                    Status(row[1]),
+                    None if row[2] is None else orjson.loads(row[2]),
+                    row[3],
+                    row[4],
+                ),
+                row[5],
+            )
+            for row in rows[:limit]
+        ]
+        more = len(rows) > limit and listed
+        return TaskPage(listed, (listed[-1].created_at, listed[-1].outcome.id) if more else None)
+
     async def pending_count(self, owner: str) -> int:
         """How many of `owner`'s tasks are queued or running (from a partial index)."""
         return self._db.read(lambda conn: _pending(conn, owner))
@@ -209,7 +260,10 @@ class SQLiteTaskStore:
             return 0
         marks = ",".join("?" * len(ids))
         query = f"DELETE FROM tasks WHERE id IN ({marks}) AND status IN ('completed', 'failed')"
-        return await self._db.write(lambda conn: conn.execute(query, ids).rowcount)
+        deleted: int = await self._db.write(lambda conn: conn.execute(query, ids).rowcount)
+        if deleted:
+            self._ended(ids)
+        return deleted
 
     async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
         """Mark a task running as `attempt` (a claim already did; this is for other queues)."""
@@ -287,25 +341,31 @@ class SQLiteTaskStore:
     ) -> Completion:
         """Store the result unless the task already ended; say whether this call stored it."""
         payload = json.dumps(counts, separators=(",", ":"))
-        return await self._db.write(
+        completion = await self._db.write(
             lambda conn: self._finish(
                 conn, task_id, Status.COMPLETED, result=payload, by=(worker_id, attempt)
             )
         )
+        if completion.transitioned:
+            self._ended([task_id])
+        return completion
 
     async def fail(self, task_id: str, message: str, *, dead_letter: bool = False) -> Task:
         """End the task in error unless it already ended; optionally file a dead letter."""
 
-        def finish(conn: sqlite3.Connection) -> Task:
-            task = self._finish(conn, task_id, Status.FAILED, error=message).task
+        def finish(conn: sqlite3.Connection) -> Completion:
+            completion = self._finish(conn, task_id, Status.FAILED, error=message)
             if dead_letter:
                 conn.execute(
                     "INSERT INTO dead_letters (task_id, reason, attempts, at) VALUES (?, ?, ?, ?)",
-                    (task_id, message, task.attempts, time.time()),
+                    (task_id, message, completion.task.attempts, time.time()),
                 )
-            return task
+            return completion
 
-        return await self._db.write(finish)
+        completion = await self._db.write(finish)
+        if completion.transitioned:
+            self._ended([task_id])
+        return completion.task
 
     async def release(self, task_id: str, reason: str | None, *, penalize: bool) -> Task | None:
         """Put a running task back in the queue; None when it was not running."""
@@ -436,6 +496,35 @@ class SQLiteTaskStore:
             row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
             return Completion(_from_row(row), False)
         return Completion(_from_row(updated), True)
+
+
+def page_query(
+    owner: str | None,
+    statuses: frozenset[Status] | None,
+    after: ListPosition | None,
+    limit: int,
+) -> tuple[str, list[object]]:
+    """The SELECT of a listing page and its parameters; walks tasks_created (or, for one
+    owner, tasks_owner_created) backwards from the cursor, so a page reads about `limit` rows
+    when no status filter skips many."""
+    where: list[str] = []
+    params: list[object] = []
+    if owner is not None:
+        where.append("owner = ?")
+        params.append(owner)
+    if after is not None:
+        where.append("(created_at, id) < (?, ?)")
+        params += [after[0], after[1]]
+    if statuses is not None:
+        where.append(f"status IN ({','.join('?' * len(statuses))})")
+        params += sorted(status.value for status in statuses)
+    query = (
+        "SELECT id, status, result, error, owner, created_at FROM tasks"
+        f"{' WHERE ' + ' AND '.join(where) if where else ''}"
+        " ORDER BY created_at DESC, id DESC LIMIT ?"
+    )
+    params.append(max(limit, 0))
+    return query, params
 
 
 def _pending(conn: sqlite3.Connection, owner: str) -> int:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ValidationError
 
 from qtask import metrics
@@ -24,7 +25,10 @@ from qtask.api.schemas import (
     TaskListResponse,
 )
 from qtask.constants import (
+    LIST_LIMIT_DEFAULT,
+    LIST_LIMIT_MAX,
     MAX_IDS_PER_READ,
+    MAX_WAIT_SECONDS,
     MSG_BATCH_SUBMITTED,
     MSG_NOT_FOUND,
     MSG_PENDING,
@@ -84,6 +88,15 @@ _READ_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 IdempotencyKey = Annotated[str | None, Header(max_length=255)]
+Wait = Annotated[
+    float | None,
+    Query(
+        gt=0,
+        le=MAX_WAIT_SECONDS,
+        description="Long poll: while the task is queued or running, answer as soon as it ends "
+        f"or after this many seconds (at most {MAX_WAIT_SECONDS:g}) with the pending body.",
+    ),
+]
 
 
 def _json_body(model: type[BaseModel]) -> dict[str, Any]:
@@ -159,28 +172,78 @@ async def submit_batch(
     "/tasks",
     response_model=TaskListResponse,
     responses={
-        400: {"model": MessageResponse, "description": "No ids, or too many."},
+        400: {"model": MessageResponse, "description": "Too many ids, a bad status or cursor."},
         **_READ_ERRORS,
     },
-    summary="Read several tasks",
+    summary="Read several tasks, or list the caller's tasks",
 )
 async def get_tasks(
     service: ServiceDep,
     caller: CallerDep,
     ids: Annotated[
-        list[str],
+        list[str] | None,
         Query(
             description="Task ids, comma-separated and/or repeated "
-            f"(`?ids=a,b` or `?ids=a&ids=b`); at most {MAX_IDS_PER_READ}."
+            f"(`?ids=a,b` or `?ids=a&ids=b`); at most {MAX_IDS_PER_READ}. Without ids: a "
+            "listing of the caller's tasks."
         ),
-    ],
+    ] = None,
+    wait: Annotated[
+        float | None,
+        Query(
+            gt=0,
+            le=MAX_WAIT_SECONDS,
+            description="With ids: answer as soon as every task has ended, or after this many "
+            f"seconds (at most {MAX_WAIT_SECONDS:g}) with what there is.",
+        ),
+    ] = None,
+    status: Annotated[
+        list[str] | None,
+        Query(
+            description="Listing: only tasks in these states (pending, completed, error), "
+            "comma-separated and/or repeated."
+        ),
+    ] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=LIST_LIMIT_MAX, description="Listing: tasks per page.")
+    ] = LIST_LIMIT_DEFAULT,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=512, description="Listing: `next_cursor` of the page before."),
+    ] = None,
 ) -> Response:
-    """Each task's body as GET /tasks/{id} gives it, plus its `task_id`, in the order asked.
+    """With `ids`: each task's body as GET /tasks/{id} gives it, plus its `task_id`, in the
+    order asked; an unknown id gets the not-found body in its place rather than failing.
 
-    An unknown id gets the not-found body in its place rather than failing the request.
+    Without `ids`: the caller's tasks (every task when API keys are off), newest first, each
+    with its `task_id` and `created_at` (epoch seconds), and `next_cursor` for the next page
+    (null after the last). A page may hold fewer than `limit` tasks before the end.
     """
-    wanted = [part for value in ids for part in value.split(",") if part]
-    found = await service.read_many(wanted, caller)
+    if ids is None:
+        if wait is not None:
+            raise InvalidRequestError("wait applies to reads of named tasks (?ids=...&wait=S).")
+        statuses = None if status is None else _split(status)
+        listing = await service.list_tasks(caller, statuses, limit, cursor)
+        return _json(
+            {
+                "tasks": [
+                    {
+                        "task_id": item.outcome.id,
+                        "created_at": item.created_at,
+                        **task_body(item.outcome),
+                    }
+                    for item in listing.tasks
+                ],
+                "next_cursor": listing.next_cursor,
+            }
+        )
+    if status is not None or cursor is not None:
+        raise InvalidRequestError("status and cursor apply to listings, which name no ids.")
+    wanted = _split(ids)
+    if wait is None:
+        found = await service.read_many(wanted, caller)
+    else:
+        found = await service.wait_many(wanted, caller, wait)
     return _json(
         {
             "tasks": [
@@ -193,6 +256,11 @@ async def get_tasks(
     )
 
 
+def _split(values: list[str]) -> list[str]:
+    """Query values given comma-separated and/or repeated, as one list."""
+    return [part for value in values for part in value.split(",") if part]
+
+
 @router.get(
     "/tasks/{task_id}",
     response_model=CompletedResponse | MessageResponse,
@@ -202,9 +270,35 @@ async def get_tasks(
     },
     summary="Read a task",
 )
-async def get_task(task_id: str, service: ServiceDep, caller: CallerDep) -> Response:
-    """Completed: the counts. Queued or running: pending. Failed: error with the reason."""
-    return _json(task_body(await service.read(task_id, caller)))
+async def get_task(
+    task_id: str, service: ServiceDep, caller: CallerDep, wait: Wait = None
+) -> Response:
+    """Completed: the counts. Queued or running: pending. Failed: error with the reason.
+
+    With `wait`, a queued or running task's answer waits until it ends or `wait` seconds pass.
+    """
+    if wait is None:
+        return _json(task_body(await service.read(task_id, caller)))
+    return _json(task_body(await service.wait(task_id, caller, wait)))
+
+
+@router.get(
+    "/tasks/{task_id}/circuit",
+    # Response, not PlainTextResponse: the errors stay documented (and sent) as JSON.
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": "The OpenQASM text as it was submitted.",
+        },
+        404: {"model": MessageResponse, "description": "No such task (or not this key's)."},
+        **_READ_ERRORS,
+    },
+    summary="Read a task's circuit",
+)
+async def get_circuit(task_id: str, service: ServiceDep, caller: CallerDep) -> Response:
+    """The submitted OpenQASM program, as text."""
+    return PlainTextResponse(await service.circuit(task_id, caller))
 
 
 @router.delete(

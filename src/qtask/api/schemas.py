@@ -64,9 +64,13 @@ class MessageResponse(BaseModel):
 
 
 class TaskListResponse(BaseModel):
-    """GET /tasks?ids=...: each task's body with its id; unknown ids get the not-found body."""
+    """GET /tasks?ids=...: each task's body with its id; unknown ids get the not-found body.
+    GET /tasks (a listing): the caller's tasks, newest first, and the next page's cursor."""
 
     tasks: list[dict[str, object]]
+    next_cursor: str | None = Field(
+        default=None, description="Listings only: the cursor of the next page; null at the end."
+    )
 
 
 class HealthResponse(BaseModel):

@@ -28,7 +28,7 @@ from qtask.client.errors import (
     UnsupportedError,
     WaitTimeoutError,
 )
-from qtask.client.models import TaskResult, TaskStatus
+from qtask.client.models import TaskPage, TaskResult, TaskStatus
 from qtask.client.sync import Client
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "ServerUnavailableError",
+    "TaskPage",
     "TaskResult",
     "TaskStatus",
     "UnauthorizedError",

@@ -27,12 +27,20 @@ from qtask.client.errors import (
     ServerUnavailableError,
     UnauthorizedError,
 )
-from qtask.client.models import TaskResult
+from qtask.client.models import TaskPage, TaskResult
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 MSG_NOT_FOUND = "Task not found."  # the API contract's body for an unknown id
 MAX_BATCH = 1000  # the API's limit of circuits per POST /tasks/batch
 MAX_IDS_PER_READ = 256  # the API's limit of ids per GET /tasks?ids=
+# Long polls: the longest wait asked of the server per request, below the idle timeouts of
+# common proxies (and the server's own limit of 60 s); and the wait per request while a
+# progress bar wants news of each task that ends (the server answers a batch when all ended).
+LONG_POLL_S = 25.0
+PROGRESS_POLL_S = 1.0
+# A long poll that came back pending before this share of its wait was up came from a server
+# that does not long-poll (it ignores `wait`): the client then polls on its schedule instead.
+LONG_POLL_EARLY = 0.9
 # Answers worth the same request again: the server stored nothing (503: store or shutdown;
 # 502/504: a proxy in front) or asks to slow down (429, with Retry-After).
 RETRY_STATUS = frozenset({429, 502, 503, 504})
@@ -156,22 +164,61 @@ def error_for(
 def result_of(task_id: str, body: Any) -> TaskResult:
     """A task body of the contract (GET /tasks/{id}, an item of GET /tasks) as a TaskResult."""
     status = body.get("status") if isinstance(body, dict) else None
+    created = body.get("created_at") if isinstance(body, dict) else None
+    created_at = float(created) if isinstance(created, int | float) else None
     if status == "completed":
-        return TaskResult(task_id, "completed", counts=dict(body["result"]))
+        return TaskResult(task_id, "completed", counts=dict(body["result"]), created_at=created_at)
     if status == "pending":
-        return TaskResult(task_id, "pending")
+        return TaskResult(task_id, "pending", created_at=created_at)
     if status == "error":
         if body.get("message") == MSG_NOT_FOUND:
             raise NotFoundError(task_id)
-        return TaskResult(task_id, "error", error=str(body.get("message", "")))
+        message = str(body.get("message", ""))
+        return TaskResult(task_id, "error", error=message, created_at=created_at)
     raise ServerError(f"unexpected task body for {task_id}: {body!r}")
+
+
+def list_params(
+    status: str | Sequence[str] | None, limit: int | None, cursor: str | None
+) -> dict[str, str]:
+    """The query of GET /tasks (a listing)."""
+    params: dict[str, str] = {}
+    if status is not None:
+        params["status"] = status if isinstance(status, str) else ",".join(status)
+    if limit is not None:
+        params["limit"] = str(limit)
+    if cursor is not None:
+        params["cursor"] = cursor
+    return params
+
+
+def page_of(body: Any) -> TaskPage:
+    """A listing's answer as a TaskPage."""
+    tasks = [result_of(str(item["task_id"]), item) for item in body["tasks"]]
+    cursor = body.get("next_cursor")
+    return TaskPage(tasks, None if cursor is None else str(cursor))
+
+
+def poll_wait(pending: int, left: float | None, progress: bool) -> float | None:
+    """The `wait` of the next poll of `pending` tasks with `left` seconds to go (None: no
+    deadline); None when too little is left to be worth a long poll."""
+    wait = LONG_POLL_S if pending == 1 or not progress else PROGRESS_POLL_S
+    if left is not None:
+        wait = min(wait, left)
+    return wait if wait >= 0.05 else None
+
+
+def answered_early(wait: float | None, took: float) -> bool:
+    """Whether a long poll that came back pending did so before its wait was up (the server
+    does not long-poll, or could not be reached): poll on the schedule, not at once."""
+    return wait is None or took < LONG_POLL_EARLY * wait
 
 
 class WaitSchedule:
     """Seconds between polls while waiting: quick at first, then at most every `max_s`.
 
-    The long-polling slice (`GET /tasks/{id}?wait=S`) will let the server hold the poll instead;
-    the clients then send `wait` and poll again at once.
+    Used after a poll that did not wait on the server (an older server without long polls,
+    or one that could not be reached); a long poll that ran its course is repeated at once.
     """
 
     def __init__(self, first_s: float = 0.05, factor: float = 1.5, max_s: float = 1.0) -> None:

@@ -6,6 +6,7 @@ Kept line for line parallel to sync.py; what they share without I/O lives in _co
 from __future__ import annotations
 
 import asyncio
+import builtins
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ from qtask.client.errors import (
     UnsupportedError,
     WaitTimeoutError,
 )
-from qtask.client.models import TaskResult
+from qtask.client.models import TaskPage, TaskResult
 
 Progress = Callable[[int, int], None]
 
@@ -90,7 +91,7 @@ class AsyncClient:
         shots: int | None = None,
         seed: int | None = None,
         backend: str | None = None,
-    ) -> list[str]:
+    ) -> builtins.list[str]:
         """Submit circuits with POST /tasks/batch; return their ids in order.
 
         All or nothing per request of up to 1000 circuits: an invalid circuit raises
@@ -98,7 +99,7 @@ class AsyncClient:
         """
         await self._check_backend(backend)
         items = [_core.submission(c, shots, seed, backend) for c in circuits]
-        ids: list[str] = []
+        ids: builtins.list[str] = []
         for chunk in _core.batches(items):
             answer = await self._request(
                 "POST", "/tasks/batch", json={"tasks": chunk}, idempotent_key=True, submitting=True
@@ -111,13 +112,39 @@ class AsyncClient:
         answer = await self._request("GET", f"/tasks/{task_id}", task_id=task_id)
         return _core.result_of(task_id, answer.json())
 
-    async def get_many(self, task_ids: Sequence[str]) -> list[TaskResult]:
-        """Several tasks' states, in the order asked (GET /tasks?ids=, 256 per request)."""
-        results: list[TaskResult] = []
+    async def get_many(
+        self, task_ids: Sequence[str], *, wait: float | None = None
+    ) -> builtins.list[TaskResult]:
+        """Several tasks' states, in the order asked (GET /tasks?ids=, 256 per request).
+
+        With `wait` (seconds, at most 60), each request of 256 waits on the server until all
+        of its tasks ended, or that long.
+        """
+        results: builtins.list[TaskResult] = []
         for chunk in _core.id_chunks(task_ids):
-            answer = await self._request("GET", "/tasks", params={"ids": ",".join(chunk)})
+            params = {"ids": ",".join(chunk)}
+            if wait is not None:
+                params["wait"] = f"{wait:g}"
+            answer = await self._request("GET", "/tasks", params=params, wait=wait)
             results += [_core.result_of(t["task_id"], t) for t in answer.json()["tasks"]]
         return results
+
+    async def list(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """Your tasks (every task when the server has API keys off), newest first, one page;
+        as Client.list."""
+        params = _core.list_params(status, limit, cursor)
+        return _core.page_of((await self._request("GET", "/tasks", params=params)).json())
+
+    async def circuit(self, task_id: str) -> str:
+        """The OpenQASM text the task was submitted with."""
+        answer = await self._request("GET", f"/tasks/{task_id}/circuit", task_id=task_id)
+        return answer.text
 
     # A str is also a Sequence[str]: the first overload wins for it, as intended.
     @overload
@@ -131,14 +158,14 @@ class AsyncClient:
         *,
         timeout: float | None = None,
         progress: Progress | None = None,
-    ) -> list[TaskResult]: ...
+    ) -> builtins.list[TaskResult]: ...
     async def wait(
         self,
         task_ids: str | Sequence[str],
         *,
         timeout: float | None = None,
         progress: Progress | None = None,
-    ) -> TaskResult | list[TaskResult]:
+    ) -> TaskResult | builtins.list[TaskResult]:
         """Block until the task(s) end; raise WaitTimeoutError after `timeout` seconds.
 
         A server that is down or restarting meanwhile is waited for, up to the timeout.
@@ -151,28 +178,39 @@ class AsyncClient:
         done: dict[str, TaskResult] = {}
         while True:
             pending = [i for i in ids if i not in done]
+            left = None if deadline is None else deadline - time.monotonic()
+            wait = _core.poll_wait(len(pending), left, progress is not None)
+            asked = time.monotonic()
             try:
-                for result in await self._poll(pending):
+                for result in await self._poll(pending, wait):
                     if result.done:
                         done[result.id] = result
             except ServerUnavailableError:
-                pass  # restarting or overloaded: keep waiting until the deadline
+                wait = None  # restarting or overloaded: keep waiting until the deadline
             if progress is not None:
                 progress(len(done), len(ids))
             if len(done) == len(ids):
                 results = [done[i] for i in ids]
                 return results[0] if single else results
-            delay = schedule.next_delay()
+            took = time.monotonic() - asked
+            delay = schedule.next_delay() if _core.answered_early(wait, took) else 0.0
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise WaitTimeoutError([i for i in ids if i not in done], timeout or 0.0)
                 delay = min(delay, left)
-            await asyncio.sleep(delay)
+            if delay > 0:
+                await asyncio.sleep(delay)
 
-    async def _poll(self, ids: list[str]) -> list[TaskResult]:
-        # One poll of the tasks still pending; long polling will add `wait` here.
-        return [await self.get(ids[0])] if len(ids) == 1 else await self.get_many(ids)
+    async def _poll(self, ids: builtins.list[str], wait: float | None) -> builtins.list[TaskResult]:
+        """One (long) poll of the tasks still pending."""
+        if len(ids) > 1:
+            return await self.get_many(ids, wait=wait)
+        params = None if wait is None else {"wait": f"{wait:g}"}
+        answer = await self._request(
+            "GET", f"/tasks/{ids[0]}", params=params, task_id=ids[0], wait=wait
+        )
+        return [_core.result_of(ids[0], answer.json())]
 
     async def cancel(self, task_id: str) -> TaskResult:
         """Cancel a queued or running task; ConflictError when it already ended."""
@@ -203,14 +241,17 @@ class AsyncClient:
         submitting: bool = False,
         task_id: str | None = None,
         allow: frozenset[int] | set[int] = frozenset(),
+        wait: float | None = None,
     ) -> httpx.Response:
         retry = self._config.retry
         headers = {"Idempotency-Key": str(uuid.uuid4())} if idempotent_key else None
+        # A long poll's answer may take `wait` seconds more than any other.
+        timeout = httpx.USE_CLIENT_DEFAULT if wait is None else self._config.timeout_s + wait
         for attempt in range(1, retry.attempts + 1):
             last = attempt == retry.attempts
             try:
                 answer = await self._http.request(
-                    method, path, json=json, params=params, headers=headers
+                    method, path, json=json, params=params, headers=headers, timeout=timeout
                 )
             except httpx.TransportError as exc:
                 if last:

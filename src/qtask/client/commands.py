@@ -1,4 +1,4 @@
-"""The command line's client commands: `qtask submit|status|result|cancel`.
+"""The command line's client commands: `qtask submit|status|result|cancel|list`.
 
 Tables, bars and progress come from rich on a terminal; `--json` prints one JSON document on
 stdout for scripts. Errors go to stderr as `qtask: ...` with exit code 1 (2 for bad usage).
@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,16 @@ def add_commands(commands: Any) -> None:
     cancel = commands.add_parser("cancel", help="cancel a queued or running task")
     cancel.add_argument("id", help="task id")
     _common(cancel, _cancel)
+    listing = commands.add_parser("list", help="your tasks, newest first")
+    listing.add_argument(
+        "--status",
+        action="append",
+        choices=["pending", "completed", "error"],
+        help="only tasks in this state (repeat for several)",
+    )
+    listing.add_argument("--limit", type=int, default=20, help="tasks to show (default 20)")
+    listing.add_argument("--cursor", help="continue after a listing (its next_cursor)")
+    _common(listing, _list)
 
 
 def _common(parser: argparse.ArgumentParser, run: CommandFn) -> None:
@@ -135,6 +146,41 @@ def _cancel(args: argparse.Namespace, client: Client, console: Console) -> int:
     return 0
 
 
+def _list(args: argparse.Namespace, client: Client, console: Console) -> int:
+    page = client.list(status=args.status, limit=args.limit, cursor=args.cursor)
+    if args.json:
+        _print_json(
+            {
+                "tasks": [{**_as_dict(r), "created_at": r.created_at} for r in page.tasks],
+                "next_cursor": page.next_cursor,
+            }
+        )
+        return 0
+    table = Table("submitted", "task id", "status", "detail")
+    for result in page.tasks:
+        when = "" if result.created_at is None else _when(result.created_at)
+        table.add_row(when, result.id, _styled(result), _detail(result))
+    console.print(table)
+    if page.next_cursor is not None:
+        console.print(f"more: qtask list --cursor {page.next_cursor}")
+    return 0
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _styled(result: TaskResult) -> str:
+    style = {"completed": "green", "error": "red"}.get(result.status, "yellow")
+    return f"[{style}]{result.status}[/]"
+
+
+def _detail(result: TaskResult) -> str:
+    if result.counts is not None:
+        return f"{sum(result.counts.values())} shots, {len(result.counts)} outcomes"
+    return result.error or ""
+
+
 def _circuit_files(paths: list[Path]) -> list[Path]:
     files: list[Path] = []
     for path in paths:
@@ -165,12 +211,8 @@ def _status_table(
 ) -> None:
     table = Table(*(["file"] if files else []), "task id", "status", "detail")
     for n, result in enumerate(results):
-        detail = result.error or ""
-        if result.counts is not None:
-            detail = f"{sum(result.counts.values())} shots, {len(result.counts)} outcomes"
-        style = {"completed": "green", "error": "red"}.get(result.status, "yellow")
         row = [str(files[n])] if files else []
-        table.add_row(*row, result.id, f"[{style}]{result.status}[/]", detail)
+        table.add_row(*row, result.id, _styled(result), _detail(result))
     console.print(table)
 
 

@@ -20,6 +20,8 @@ class TaskResult:
     status: TaskStatus
     counts: dict[str, int] | None = None
     error: str | None = None
+    # When the task was submitted (epoch seconds); set in listings only.
+    created_at: float | None = None
 
     @property
     def done(self) -> bool:
@@ -30,3 +32,12 @@ class TaskResult:
     def ok(self) -> bool:
         """The task completed and has counts."""
         return self.status == "completed"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    """One page of a listing, newest first; pass `next_cursor` to list() for the next page
+    (None after the last)."""
+
+    tasks: list[TaskResult]
+    next_cursor: str | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from qtask.client.errors import (
     UnsupportedError,
     WaitTimeoutError,
 )
-from qtask.client.models import TaskResult
+from qtask.client.models import TaskPage, TaskResult
 
 Progress = Callable[[int, int], None]
 
@@ -84,7 +85,7 @@ class Client:
         shots: int | None = None,
         seed: int | None = None,
         backend: str | None = None,
-    ) -> list[str]:
+    ) -> builtins.list[str]:
         """Submit circuits with POST /tasks/batch; return their ids in order.
 
         All or nothing per request of up to 1000 circuits: an invalid circuit raises
@@ -92,7 +93,7 @@ class Client:
         """
         self._check_backend(backend)
         items = [_core.submission(c, shots, seed, backend) for c in circuits]
-        ids: list[str] = []
+        ids: builtins.list[str] = []
         for chunk in _core.batches(items):
             answer = self._request(
                 "POST", "/tasks/batch", json={"tasks": chunk}, idempotent_key=True, submitting=True
@@ -105,13 +106,41 @@ class Client:
         answer = self._request("GET", f"/tasks/{task_id}", task_id=task_id)
         return _core.result_of(task_id, answer.json())
 
-    def get_many(self, task_ids: Sequence[str]) -> list[TaskResult]:
-        """Several tasks' states, in the order asked (GET /tasks?ids=, 256 per request)."""
-        results: list[TaskResult] = []
+    def get_many(
+        self, task_ids: Sequence[str], *, wait: float | None = None
+    ) -> builtins.list[TaskResult]:
+        """Several tasks' states, in the order asked (GET /tasks?ids=, 256 per request).
+
+        With `wait` (seconds, at most 60), each request of 256 waits on the server until all
+        of its tasks ended, or that long.
+        """
+        results: builtins.list[TaskResult] = []
         for chunk in _core.id_chunks(task_ids):
-            answer = self._request("GET", "/tasks", params={"ids": ",".join(chunk)})
+            params = {"ids": ",".join(chunk)}
+            if wait is not None:
+                params["wait"] = f"{wait:g}"
+            answer = self._request("GET", "/tasks", params=params, wait=wait)
             results += [_core.result_of(t["task_id"], t) for t in answer.json()["tasks"]]
         return results
+
+    def list(
+        self,
+        *,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """Your tasks (every task when the server has API keys off), newest first, one page.
+
+        `status`: pending, completed or error (or several); `cursor`: the `next_cursor` of
+        the page before. Pages stay in place while new tasks are submitted.
+        """
+        params = _core.list_params(status, limit, cursor)
+        return _core.page_of(self._request("GET", "/tasks", params=params).json())
+
+    def circuit(self, task_id: str) -> str:
+        """The OpenQASM text the task was submitted with."""
+        return self._request("GET", f"/tasks/{task_id}/circuit", task_id=task_id).text
 
     # A str is also a Sequence[str]: the first overload wins for it, as intended.
     @overload
@@ -125,14 +154,14 @@ class Client:
         *,
         timeout: float | None = None,
         progress: Progress | None = None,
-    ) -> list[TaskResult]: ...
+    ) -> builtins.list[TaskResult]: ...
     def wait(
         self,
         task_ids: str | Sequence[str],
         *,
         timeout: float | None = None,
         progress: Progress | None = None,
-    ) -> TaskResult | list[TaskResult]:
+    ) -> TaskResult | builtins.list[TaskResult]:
         """Block until the task(s) end; raise WaitTimeoutError after `timeout` seconds.
 
         A server that is down or restarting meanwhile is waited for, up to the timeout.
@@ -145,28 +174,37 @@ class Client:
         done: dict[str, TaskResult] = {}
         while True:
             pending = [i for i in ids if i not in done]
+            left = None if deadline is None else deadline - time.monotonic()
+            wait = _core.poll_wait(len(pending), left, progress is not None)
+            asked = time.monotonic()
             try:
-                for result in self._poll(pending):
+                for result in self._poll(pending, wait):
                     if result.done:
                         done[result.id] = result
             except ServerUnavailableError:
-                pass  # restarting or overloaded: keep waiting until the deadline
+                wait = None  # restarting or overloaded: keep waiting until the deadline
             if progress is not None:
                 progress(len(done), len(ids))
             if len(done) == len(ids):
                 results = [done[i] for i in ids]
                 return results[0] if single else results
-            delay = schedule.next_delay()
+            took = time.monotonic() - asked
+            delay = schedule.next_delay() if _core.answered_early(wait, took) else 0.0
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise WaitTimeoutError([i for i in ids if i not in done], timeout or 0.0)
                 delay = min(delay, left)
-            time.sleep(delay)
+            if delay > 0:
+                time.sleep(delay)
 
-    def _poll(self, ids: list[str]) -> list[TaskResult]:
-        # One poll of the tasks still pending; long polling will add `wait` here.
-        return [self.get(ids[0])] if len(ids) == 1 else self.get_many(ids)
+    def _poll(self, ids: builtins.list[str], wait: float | None) -> builtins.list[TaskResult]:
+        """One (long) poll of the tasks still pending."""
+        if len(ids) > 1:
+            return self.get_many(ids, wait=wait)
+        params = None if wait is None else {"wait": f"{wait:g}"}
+        answer = self._request("GET", f"/tasks/{ids[0]}", params=params, task_id=ids[0], wait=wait)
+        return [_core.result_of(ids[0], answer.json())]
 
     def cancel(self, task_id: str) -> TaskResult:
         """Cancel a queued or running task; ConflictError when it already ended."""
@@ -197,13 +235,18 @@ class Client:
         submitting: bool = False,
         task_id: str | None = None,
         allow: frozenset[int] | set[int] = frozenset(),
+        wait: float | None = None,
     ) -> httpx.Response:
         retry = self._config.retry
         headers = {"Idempotency-Key": str(uuid.uuid4())} if idempotent_key else None
+        # A long poll's answer may take `wait` seconds more than any other.
+        timeout = httpx.USE_CLIENT_DEFAULT if wait is None else self._config.timeout_s + wait
         for attempt in range(1, retry.attempts + 1):
             last = attempt == retry.attempts
             try:
-                answer = self._http.request(method, path, json=json, params=params, headers=headers)
+                answer = self._http.request(
+                    method, path, json=json, params=params, headers=headers, timeout=timeout
+                )
             except httpx.TransportError as exc:
                 if last:
                     raise ServerUnavailableError(f"{self.url}: {exc!r}") from exc

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from qtask.domain.task import Task, TaskOutcome
+from qtask.domain.task import Status, Task, TaskOutcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +23,43 @@ class Completion:
 
     task: Task
     transitioned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ListedTask:
+    """One task of a listing: what a client reads of it, and when it was submitted."""
+
+    outcome: TaskOutcome
+    created_at: float
+
+
+# A position in a listing (newest first): a task's created_at and id, the id breaking ties.
+ListPosition = tuple[float, str]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    """One page of a listing, and where the next one starts (None: there is no more).
+
+    A page may hold fewer tasks than asked while `next` is set: a store that filters by status
+    as it reads stops after a bounded amount of reading, so one request's cost stays bounded.
+    """
+
+    tasks: list[ListedTask]
+    next: ListPosition | None
+
+
+EndListener = Callable[[Sequence[str]], None]
+
+
+class EndNotices(Protocol):
+    """How a process learns that tasks ended (completed, failed, cancelled or were removed),
+    whichever process ended them; long polls wait on it instead of reading the store again."""
+
+    def listen(self, ended: EndListener, resync: Callable[[], None]) -> None:
+        """Call `ended(ids)` on the event loop after tasks ended; `resync()` when notices may
+        have been missed (a subscription that reconnected), so that waiters re-read."""
+        ...
 
 
 class TaskStore(Protocol):
@@ -67,6 +104,18 @@ class TaskStore(Protocol):
     async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
         """Status, result, error and owner of the tasks that exist among `task_ids`, in one
         round trip."""
+        ...
+
+    async def page(
+        self,
+        owner: str | None,
+        statuses: frozenset[Status] | None,
+        after: ListPosition | None,
+        limit: int,
+    ) -> TaskPage:
+        """At most `limit` tasks, newest first (created_at, then id, descending), after position
+        `after` (from the newest when None); only `owner`'s (None: every task's) and only those
+        in `statuses` (None: any). Tasks added meanwhile never shift the pages after `after`."""
         ...
 
     async def pending_count(self, owner: str) -> int:

@@ -666,6 +666,7 @@ async def test_metrics_count_submissions_queue_and_requests(
     task_id = (await submit(client, qc=BELL)).json()["task_id"]
     await client.get(f"/tasks/{task_id}")
     await client.delete(f"/tasks/{task_id}")
+    await client.get(f"/tasks/{task_id}?wait=1")  # ended: answered at once, counted apart
     response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -681,6 +682,9 @@ async def test_metrics_count_submissions_queue_and_requests(
     assert _sample(after, "qtask_tasks", 'status="running"') == 0
     read = 'method="GET",route="/tasks/{task_id}",status="200"'
     assert _sample(after, "qtask_http_requests_total", read) >= 1
+    waited = 'method="GET",route="/tasks/{task_id}?wait",status="200"'
+    waits = _sample(after, "qtask_http_requests_total", waited)
+    assert waits - _sample(before, "qtask_http_requests_total", waited) == 1
     assert task_id not in after  # labels are route templates, never ids
 
 

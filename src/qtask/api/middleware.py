@@ -57,6 +57,10 @@ class RequestLogMiddleware:
             elapsed = time.perf_counter() - started
             method = scope["method"] if scope["method"] in _METHODS else "other"
             route = getattr(scope.get("route"), "path", "unmatched")  # a template, not the path
+            if b"wait=" in scope.get("query_string", b""):
+                # A long poll lasts as long as its task or its wait: kept apart, it does not
+                # hide the latency of plain reads.
+                route += "?wait"
             metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
             metrics.HTTP_SECONDS.labels(method, route).observe(elapsed)
             caller = scope.get("state", {}).get("caller")  # the key's name, set by the route

@@ -9,7 +9,8 @@ Fault types (every schedule has each at least once):
 - `nats`, `redis`, `s3`: stop the server (SIGKILL or SIGTERM), start it again on the same port
   and data after a pause.
 - `api`, `poller`: SIGKILL the role, start it again after a pause.
-- `stream_delete`: delete the JetStream stream through the NATS API (nats-py), once.
+- `stream_delete`: delete the JetStream stream through the NATS API (nats-py), once, after
+  pausing every worker for 2 s so that the stream holds a backlog when it goes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from qtask_testkit import free_port
 from servers import DistributedDeployment, RoleProcess
+
+# Before deleting the stream every worker is paused this long, so a backlog is deleted with it.
+STREAM_DELETE_BACKLOG_S = 2.0
 
 FAULT_TYPES = (
     "worker_kill", "worker_stall", "nats", "redis", "s3", "api", "poller", "stream_delete",
@@ -75,9 +79,7 @@ def make_schedule(
             if kind == "worker_stall":
                 # The first stall outlives the ack wait: another worker takes its tasks.
                 down = ack_wait * rng.uniform(1.3, 2.0) if n == 0 else rng.uniform(1.0, ack_wait)
-                faults.append(
-                    Fault(at, kind, f"worker-{rng.randrange(workers)}", down, "SIGSTOP")
-                )
+                faults.append(Fault(at, kind, f"worker-{rng.randrange(workers)}", down, "SIGSTOP"))
             elif kind in ("nats", "redis", "s3"):
                 sig = rng.choice(("SIGKILL", "SIGTERM"))
                 faults.append(Fault(at, kind, kind, rng.uniform(1.0, 6.0), sig))
@@ -163,11 +165,16 @@ class FaultRunner:
         d = self.d
         kind = fault.kind
         if kind == "stream_delete":
-            if not _delete_stream(d.nats.url, fault.target):
+            # With the workers paused first, the stream holds a backlog when it goes: the
+            # messages of tasks stored as queued that no worker has seen yet.
+            paused = self._pause_workers(STREAM_DELETE_BACKLOG_S)
+            deleted = _delete_stream(d.nats.url, fault.target)
+            self._resume(paused)
+            if not deleted:
                 self._note("stream_delete: NATS unreachable, retrying in 2 s")
                 return 2.0, "stream_delete"
             self._count(kind)
-            self._note(f"stream {fault.target} deleted")
+            self._note(f"stream {fault.target} deleted (workers paused {len(paused)})")
             return None
         if kind in ("worker_kill", "worker_stall") and not d.workers[_index(fault)].alive():
             self._note(f"{fault.describe().strip()}: skipped, that worker is down")
@@ -221,6 +228,22 @@ class FaultRunner:
         elif verb == "poller_start":
             self._start_poller()
         return None
+
+    def _pause_workers(self, seconds: float) -> list[int]:
+        """SIGSTOP every live worker not already stalled, for `seconds`; their pgids."""
+        paused = []
+        for role in self.d.workers:
+            if role.alive() and role.process is not None and role.process.pid not in self._stalled:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(role.process.pid, signal.SIGSTOP)
+                    paused.append(role.process.pid)
+        time.sleep(seconds)
+        return paused
+
+    def _resume(self, pgids: list[int]) -> None:
+        for pgid in pgids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGCONT)
 
     def _count(self, kind: str) -> None:
         self.log.counts[kind] = self.log.counts.get(kind, 0) + 1

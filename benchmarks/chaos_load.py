@@ -10,6 +10,7 @@ that never got a 202 is counted as refused, by the last reason seen, never silen
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 from collections import Counter
@@ -18,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import sys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from qtask_testkit import BELL, ghz, slow_circuit

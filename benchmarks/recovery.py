@@ -10,12 +10,14 @@ batched), wait until one worker holds some of them running, SIGKILL that worker 
 group, children included) and read from Redis, for every task the victim held, the time from
 the kill to the task's stored `finished_at`. Then a fresh worker replaces the victim. One row
 per ack wait: p50 and max over runs of the first and of the last of the victim's tasks to
-complete, and how many of them were run twice (attempts >= 3 means a second redelivery).
+complete, and how many of them ended in error.
 
-NATS outage (`--outage`): one long circuit (~10-15 s) runs on a worker while nats-server is
-stopped for `--outage-factor` x ack wait (default 2), then started again. Reports whether the
-circuit was delivered again (attempts) and how many runs of it finished (`task_finished` lines
-in the worker logs), and when it completed. `--ack-wait` omitted: qtask's default.
+Outage (`--outage`): one long circuit (~10-15 s) runs on a worker while, for `--outage-factor`
+x ack wait (default 2), nats-server is stopped (SIGTERM or SIGKILL, then started on the same
+data) or the worker is stalled (SIGSTOP/SIGCONT: what NATS sees of a network partition).
+Reports whether the circuit was delivered again (attempts), how many runs of it finished
+(`task_finished` lines in the worker logs, by outcome), and when it completed. `--ack-wait`
+omitted: qtask's default.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -36,10 +39,9 @@ import httpx
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from qtask.config import NatsSettings
 from qtask_testkit import free_port, slow_circuit
 from servers import DistributedDeployment, RoleProcess
-
-from qtask.config import NatsSettings
 
 SHORT = slow_circuit(18, 10)  # ~0.2 s alone on one core; 18 qubits: never batched
 LONG = slow_circuit(23, 14)  # ~10-15 s on one core
@@ -153,8 +155,15 @@ def kill_runs(ack_wait: float | None, runs: int, tasks: int) -> list[dict[str, f
     return rows
 
 
-def outage_run(ack_wait: float | None, factor: float) -> dict[str, object]:
-    """Stop nats-server for factor x ack wait while a long circuit runs; was it run twice?"""
+def outage_run(ack_wait: float | None, factor: float, fault: str) -> dict[str, object]:
+    """Break NATS (or the worker's link to it) for factor x ack wait while a long circuit
+    runs; was it run twice?
+
+    `nats-term` / `nats-kill`: nats-server stopped with SIGTERM / SIGKILL, then started again.
+    `stall`: the worker running the circuit is SIGSTOPped, then SIGCONTed, which is what NATS
+    sees of a network partition between that worker and the server: no progress signals while
+    the server itself keeps running its ack timers.
+    """
     wait = ack_wait if ack_wait is not None else NatsSettings().ack_wait_s
     root = Path(tempfile.mkdtemp(prefix="qtask-outage-"))
     d = DistributedDeployment(root / "d", workers=2, processes=1, ack_wait_s=ack_wait)
@@ -172,9 +181,16 @@ def outage_run(ack_wait: float | None, factor: float) -> dict[str, object]:
                 time.sleep(0.02)
             time.sleep(1.0)
             stopped = time.time()
-            d.nats.stop(signal.SIGTERM)
-            time.sleep(factor * wait)
-            d.nats.start()
+            if fault == "stall":
+                holder = _hash(client, task_id)["worker"]
+                role = next(w for w in d.workers if holder.endswith(f"-{_pid(w)}"))
+                os.killpg(_pid(role), signal.SIGSTOP)
+                time.sleep(factor * wait)
+                os.killpg(_pid(role), signal.SIGCONT)
+            else:
+                d.nats.stop(signal.SIGTERM if fault == "nats-term" else signal.SIGKILL)
+                time.sleep(factor * wait)
+                d.nats.start()
             restarted = time.time()
             deadline = time.monotonic() + 180
             while _hash(client, task_id).get("status") not in ("completed", "failed"):
@@ -185,6 +201,7 @@ def outage_run(ack_wait: float | None, factor: float) -> dict[str, object]:
             record = _hash(client, task_id)
             logs = sorted(d.dir.glob("worker-*.log"))
             return {
+                "fault": fault,
                 "ack_wait": wait,
                 "outage_s": round(restarted - stopped, 1),
                 "attempts": int(record.get("attempts", 0)),
@@ -196,6 +213,11 @@ def outage_run(ack_wait: float | None, factor: float) -> dict[str, object]:
         client.close()
         d.terminate()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _pid(role: RoleProcess) -> int:
+    assert role.process is not None
+    return role.process.pid
 
 
 def _fmt(values: list[float]) -> str:
@@ -213,6 +235,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=4, help="short tasks submitted per run")
     parser.add_argument("--outage", action="store_true", help="also measure a NATS outage")
     parser.add_argument("--outage-factor", type=float, default=2.0)
+    parser.add_argument(
+        "--outage-fault", action="append", choices=["nats-term", "nats-kill", "stall"]
+    )
     parser.add_argument("--no-kill", action="store_true", help="skip the worker-kill runs")
     args = parser.parse_args()
     waits: list[float | None] = list(args.ack_wait) if args.ack_wait else [None]
@@ -233,17 +258,19 @@ def main() -> None:
             print(f"| {label} | {held} | {first} | {last} | {failed} |", flush=True)
 
     if args.outage:
-        print(f"\n## NATS stopped for {args.outage_factor:g} x ack wait while a ~12 s circuit runs\n")
-        print("| ack wait s | outage s | attempts | finished runs (task_finished lines) "
-              "| status | completed s after NATS restart |")  # fmt: skip
-        print("|---|---|---|---|---|---|")
-        for wait in waits:
-            r = outage_run(wait, args.outage_factor)
-            print(
-                f"| {r['ack_wait']:g} | {r['outage_s']} | {r['attempts']} | {r['runs_finished']} "
-                f"| {r['status']} | {r['done_after_restart_s']} |",
-                flush=True,
-            )
+        factor = args.outage_factor
+        print(f"\n## NATS away for {factor:g} x ack wait while a ~10-15 s circuit runs\n")
+        print("| fault | ack wait s | outage s | attempts | runs finished (task_finished lines) "
+              "| status | completed s after the outage ended |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|")
+        for fault in args.outage_fault or ["nats-term", "nats-kill", "stall"]:
+            for wait in waits:
+                r = outage_run(wait, factor, fault)
+                print(
+                    f"| {fault} | {r['ack_wait']:g} | {r['outage_s']} | {r['attempts']} "
+                    f"| {r['runs_finished']} | {r['status']} | {r['done_after_restart_s']} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -218,8 +218,15 @@ class DistributedDeployment:
     `task_count()`, `log()`.
     """
 
-    def __init__(self, directory: Path, *, workers: int = 2, processes: int = 1,
-                 env: dict[str, str] | None = None, ack_wait_s: float | None = 3.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        workers: int = 2,
+        processes: int = 1,
+        env: dict[str, str] | None = None,
+        ack_wait_s: float | None = 3.0,
+    ) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.redis = RedisServer(directory / "redis")
@@ -239,7 +246,9 @@ class DistributedDeployment:
     @property
     def env(self) -> dict[str, str]:
         """The configuration every role gets."""
-        ack_wait = {} if self.ack_wait_s is None else {"QTASK_NATS__ACK_WAIT_S": f"{self.ack_wait_s:g}"}
+        ack_wait = (
+            {} if self.ack_wait_s is None else {"QTASK_NATS__ACK_WAIT_S": f"{self.ack_wait_s:g}"}
+        )
         return {
             "QTASK_STORAGE__STORE": "redis",
             "QTASK_STORAGE__QUEUE": "nats",

@@ -36,9 +36,7 @@ def _wait_workers_ready(deployment: DistributedDeployment, timeout: float = 60.0
 
 def _holder(deployment: DistributedDeployment, task_id: str, timeout: float) -> RoleProcess:
     """The worker that is running the task, as soon as the store says one is."""
-    by_id = {
-        f"{socket.gethostname()}-{w.process.pid}": w for w in deployment.workers if w.process
-    }
+    by_id = {f"{socket.gethostname()}-{w.process.pid}": w for w in deployment.workers if w.process}
     client = redis.Redis.from_url(deployment.redis.url)
     deadline = time.monotonic() + timeout
     try:

@@ -167,6 +167,7 @@ class FaultRunner:
         if kind == "stream_delete":
             # With the workers paused first, the stream holds a backlog when it goes: the
             # messages of tasks stored as queued that no worker has seen yet.
+            self._note(f"stream_delete: pausing every worker {STREAM_DELETE_BACKLOG_S:g} s first")
             paused = self._pause_workers(STREAM_DELETE_BACKLOG_S)
             deleted = _delete_stream(d.nats.url, fault.target)
             self._resume(paused)
@@ -180,7 +181,8 @@ class FaultRunner:
             self._note(f"{fault.describe().strip()}: skipped, that worker is down")
             return None
         self._count(kind)
-        self._note(fault.describe().strip())
+        who = f" ({worker_id(d.workers[_index(fault)])})" if kind.startswith("worker") else ""
+        self._note(fault.describe().strip() + who)
         if kind == "worker_kill":
             index = _index(fault)
             role = d.workers[index]
@@ -211,10 +213,12 @@ class FaultRunner:
         verb, *args = action.split()
         if verb == "stream_delete":
             return self._apply(Fault(0.0, "stream_delete", self.stream, 0.0, "API"))
-        self._note(action)
         if verb == "worker_start":
             self._start_worker(int(args[0]))
-        elif verb == "worker_cont":
+            self._note(f"{action} ({worker_id(d.workers[int(args[0])])})")
+            return None
+        self._note(action)
+        if verb == "worker_cont":
             pgid = int(args[0])
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGCONT)

@@ -76,6 +76,8 @@ class Record:
     finished_at: float | None
     attempts: int
     error: str | None
+    started_at: float | None = None
+    worker: str | None = None
 
 
 @dataclass(slots=True)
@@ -109,10 +111,13 @@ def redis_records(url: str) -> tuple[dict[str, Record], Counter[str]]:
         keys = list(client.scan_iter(match="qtask:task:*", count=1000))
         pipe = client.pipeline(transaction=False)
         for key in keys:
-            pipe.hmget(key, "status", "created_at", "finished_at", "attempts", "error")
+            pipe.hmget(
+                key, "status", "created_at", "finished_at", "attempts", "error", "started_at",
+                "worker",
+            )  # fmt: skip
         records = {}
         for key, values in zip(keys, pipe.execute(), strict=True):
-            status, created, finished, attempts, error = (
+            status, created, finished, attempts, error, started, worker = (
                 None if v is None else bytes(v).decode() for v in values
             )
             if status is None:
@@ -124,6 +129,8 @@ def redis_records(url: str) -> tuple[dict[str, Record], Counter[str]]:
                 None if finished is None else float(finished),
                 int(attempts or 0),
                 error,
+                None if started is None else float(started),
+                worker,
             )
         dead = Counter(json.loads(r)["task_id"] for r in client.lrange("qtask:dead", 0, -1))
     finally:
@@ -136,12 +143,13 @@ def sqlite_records(data_dir: Path) -> tuple[dict[str, Record], Counter[str]]:
     conn = sqlite3.connect(data_dir / "qtask.db")
     try:
         rows = conn.execute(
-            "SELECT id, status, created_at, finished_at, attempts, error FROM tasks"
+            "SELECT id, status, created_at, finished_at, attempts, error, started_at, lease_owner"
+            " FROM tasks"
         ).fetchall()
         dead = Counter(r[0] for r in conn.execute("SELECT task_id FROM dead_letters"))
     finally:
         conn.close()
-    return {r[0]: Record(r[1], r[2], r[3], r[4], r[5]) for r in rows}, dead
+    return {r[0]: Record(*r[1:]) for r in rows}, dead
 
 
 def finished_lines(logs: list[Path]) -> dict[str, Counter[str]]:
@@ -190,9 +198,19 @@ def verify(
     report.add(f"- retried submit attempts by reason: {retried}")
     lost = [t for t in accepted if t not in records]
     report.check(not lost, "lost", f"{len(lost)} accepted ids not in the store {lost[:5]}")
-    stuck = [t for t, r in records.items() if r.status not in TERMINAL]
-    report.check(not stuck, "stuck", f"{len(stuck)} tasks queued/running after the drain "
-                 f"{[(t, records[t].status) for t in stuck[:5]]}")  # fmt: skip
+    stuck = sorted(
+        (t for t, r in records.items() if r.status not in TERMINAL),
+        key=lambda t: records[t].created_at,
+    )
+    report.check(not stuck, "stuck", f"{len(stuck)} tasks queued/running after the drain")
+    start = fault_window[0]
+    for t in stuck[:30]:
+        r = records[t]
+        began = "-" if r.started_at is None else f"{r.started_at - start:.2f} s"
+        report.add(
+            f"    {t} {r.status}: created {r.created_at - start:.2f} s, started {began}, "
+            f"attempts {r.attempts}, worker {r.worker}"
+        )
     statuses = Counter(r.status for r in records.values())
     report.add(f"- store statuses: {dict(statuses)}")
 
@@ -250,7 +268,7 @@ def verify(
     other_dead = sum(n for t, n in dead.items() if t not in poison)
     report.add(f"- dead letters of other tasks: {other_dead}")
 
-    start, end = fault_window
+    end = fault_window[1]
     latencies = sorted(
         (records[t].finished_at or 0) - s.first_try
         for t, s in accepted.items()
@@ -314,6 +332,9 @@ def distributed(args: argparse.Namespace, report: Report) -> None:
         load.stop()
         faults.stop()
         ended = time.time()
+        report.add("\n## Fault timeline (s from the start of the load)\n")
+        for at, text in faults.log.lines:
+            report.add(f"    {at:7.2f} {text}")
         report.add(f"\n## Faults applied\n\n- {dict(sorted(faults.log.counts.items()))}")
         missing = set(kinds) - set(faults.log.counts)
         report.check(not missing, "every fault type applied", f"missing {sorted(missing)}")

@@ -51,8 +51,12 @@ class Fault:
 
     def describe(self) -> str:
         """One line of the printed schedule."""
+        return f"{self.at:7.1f} s  {self.what()}"
+
+    def what(self) -> str:
+        """The fault without its time."""
         undo = f", back after {self.down_s:.1f} s" if self.down_s else ""
-        return f"{self.at:7.1f} s  {self.kind:<13} {self.target:<9} {self.sig}{undo}"
+        return f"{self.kind:<13} {self.target:<9} {self.sig}{undo}"
 
 
 def make_schedule(
@@ -178,11 +182,11 @@ class FaultRunner:
             self._note(f"stream {fault.target} deleted (workers paused {len(paused)})")
             return None
         if kind in ("worker_kill", "worker_stall") and not d.workers[_index(fault)].alive():
-            self._note(f"{fault.describe().strip()}: skipped, that worker is down")
+            self._note(f"{fault.what()}: skipped, that worker is down")
             return None
         self._count(kind)
         who = f" ({worker_id(d.workers[_index(fault)])})" if kind.startswith("worker") else ""
-        self._note(fault.describe().strip() + who)
+        self._note(fault.what() + who)
         if kind == "worker_kill":
             index = _index(fault)
             role = d.workers[index]

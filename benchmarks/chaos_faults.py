@@ -126,7 +126,6 @@ class FaultRunner:
         self._started = 0.0
         self._incarnation = 0
         self._stalled: dict[int, float] = {}  # pgid -> wall time of SIGSTOP
-        self.stream = next((f.target for f in faults if f.kind == "stream_delete"), "QTASK")
 
     def start(self) -> None:
         """Start applying the schedule (times are from now)."""
@@ -161,11 +160,13 @@ class FaultRunner:
                 self._note(f"error {item}: {exc}")
                 continue
             if undo is not None:
-                again, text = undo
-                heapq.heappush(queue, (due + again, order, text))
+                again, then = undo
+                now = time.monotonic() - self._started
+                heapq.heappush(queue, (now + again, order, then))
                 order += 1
 
-    def _apply(self, fault: Fault) -> tuple[float, str] | None:
+    def _apply(self, fault: Fault) -> tuple[float, Fault | str] | None:
+        """Inflict the fault; what to do next (undo it, or try it again) and in how long."""
         d = self.d
         kind = fault.kind
         if kind == "stream_delete":
@@ -177,13 +178,16 @@ class FaultRunner:
             self._resume(paused)
             if not deleted:
                 self._note("stream_delete: NATS unreachable, retrying in 2 s")
-                return 2.0, "stream_delete"
+                return 2.0, fault
             self._count(kind)
             self._note(f"stream {fault.target} deleted (workers paused {len(paused)})")
             return None
         if kind in ("worker_kill", "worker_stall") and not d.workers[_index(fault)].alive():
-            self._note(f"{fault.what()}: skipped, that worker is down")
-            return None
+            if kind == "worker_kill":  # the next kill comes in a few seconds anyway
+                self._note(f"{fault.what()}: skipped, that worker is down")
+                return None
+            self._note(f"{fault.what()}: that worker is down, retrying in 1 s")
+            return 1.0, fault
         self._count(kind)
         who = f" ({worker_id(d.workers[_index(fault)])})" if kind.startswith("worker") else ""
         self._note(fault.what() + who)
@@ -212,11 +216,9 @@ class FaultRunner:
             return fault.down_s, "poller_start"
         raise ValueError(f"unknown fault {kind}")
 
-    def _undo(self, action: str) -> tuple[float, str] | None:
+    def _undo(self, action: str) -> tuple[float, Fault | str] | None:
         d = self.d
         verb, *args = action.split()
-        if verb == "stream_delete":
-            return self._apply(Fault(0.0, "stream_delete", self.stream, 0.0, "API"))
         if verb == "worker_start":
             self._start_worker(int(args[0]))
             self._note(f"{action} ({worker_id(d.workers[int(args[0])])})")

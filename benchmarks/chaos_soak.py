@@ -55,7 +55,7 @@ import chaos_faults
 import chaos_load
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from qtask.config import NatsSettings
+from qtask.config import load_settings
 from qtask.constants import FAULT_CRASH_MARKER_ENV
 from qtask_testkit import ServerProcess
 from servers import DistributedDeployment
@@ -304,7 +304,7 @@ def wait_drained(read: object, bound: float) -> float:
 def distributed(args: argparse.Namespace, report: Report) -> None:
     """The distributed soak."""
     kinds = tuple(args.faults.split(",")) if args.faults else chaos_faults.FAULT_TYPES
-    ack_wait = NatsSettings().ack_wait_s
+    ack_wait = load_settings().nats.ack_wait_s  # what the roles get: QTASK_* included
     schedule = chaos_faults.make_schedule(args.seed, args.duration, args.workers, ack_wait, kinds)
     report.add(
         f"# Chaos soak, distributed: seed {args.seed}, {args.duration:g} s, "

@@ -91,6 +91,9 @@ def make_schedule(
                 faults.append(Fault(at, kind, kind, rng.uniform(0.0, 3.0)))
             else:
                 faults.append(Fault(at, kind, "QTASK", 0.0, "API"))
+    missing = set(kinds) - {f.kind for f in faults}
+    if missing:
+        raise ValueError(f"a {duration:g} s run is too short for {sorted(missing)}")
     return sorted(faults, key=lambda f: f.at)
 
 

@@ -31,6 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from qtask_testkit import free_port
 from servers import DistributedDeployment, RoleProcess
 
+# How often the fault thread looks for role processes that exited by themselves.
+SUPERVISE_S = 1.0
+
 # Before deleting the stream every worker is paused this long, so a backlog is deleted with it.
 STREAM_DELETE_BACKLOG_S = 2.0
 
@@ -107,6 +110,7 @@ class FaultLog:
     stalls: list[tuple[float, float, str]] = field(default_factory=list)  # wall start, end, id
     errors: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    exits: dict[str, int] = field(default_factory=dict)  # roles that exited by themselves
 
 
 def worker_id(role: RoleProcess) -> str:
@@ -129,6 +133,10 @@ class FaultRunner:
         self._started = 0.0
         self._incarnation = 0
         self._stalled: dict[int, float] = {}  # pgid -> wall time of SIGSTOP
+        # Roles down on purpose ("worker-0", "api", "poller"); any other role process found
+        # exited is restarted, as compose's `restart: unless-stopped` would (a role started
+        # while NATS or Redis is down exits after its connect timeout).
+        self._down: set[str] = set()
 
     def start(self) -> None:
         """Start applying the schedule (times are from now)."""
@@ -151,11 +159,14 @@ class FaultRunner:
         for fault in self.faults:
             heapq.heappush(queue, (fault.at, order, fault))
             order += 1
-        while queue and not self._stop.is_set():
-            due, _, item = queue[0]
-            if self._stop.wait(max(0.0, self._started + due - time.monotonic())):
-                return
-            heapq.heappop(queue)
+        while not self._stop.is_set():
+            now = time.monotonic() - self._started
+            if not queue or queue[0][0] > now:
+                self._supervise()
+                pause = min(SUPERVISE_S, queue[0][0] - now) if queue else SUPERVISE_S
+                self._stop.wait(max(0.0, pause))
+                continue
+            _, _, item = heapq.heappop(queue)
             try:
                 undo = self._apply(item) if isinstance(item, Fault) else self._undo(item)
             except Exception as exc:  # a fault that could not be applied: noted, run goes on
@@ -198,6 +209,7 @@ class FaultRunner:
             index = _index(fault)
             role = d.workers[index]
             self.log.worker_kills.append((time.time(), worker_id(role)))
+            self._down.add(fault.target)
             role.kill()
             return fault.down_s, f"worker_start {index}"
         if kind == "worker_stall":
@@ -211,10 +223,12 @@ class FaultRunner:
             return fault.down_s, f"{kind}_start"
         if kind == "api":
             assert d.api is not None
+            self._down.add("api")
             d.api.kill()
             return fault.down_s, "api_start"
         if kind == "poller":
             assert d.poller is not None
+            self._down.add("poller")
             d.poller.kill()
             return fault.down_s, "poller_start"
         raise ValueError(f"unknown fault {kind}")
@@ -223,6 +237,7 @@ class FaultRunner:
         d = self.d
         verb, *args = action.split()
         if verb == "worker_start":
+            self._down.discard(f"worker-{args[0]}")
             self._start_worker(int(args[0]))
             self._note(f"{action} ({worker_id(d.workers[int(args[0])])})")
             return None
@@ -237,10 +252,30 @@ class FaultRunner:
         elif verb in ("nats_start", "redis_start", "s3_start"):
             getattr(d, verb.removesuffix("_start")).start()
         elif verb == "api_start":
+            self._down.discard("api")
             d.start_api()
         elif verb == "poller_start":
+            self._down.discard("poller")
             self._start_poller()
         return None
+
+    def _supervise(self) -> None:
+        """Restart every role process that exited without being killed on purpose."""
+        d = self.d
+        roles = [(f"worker-{i}", w) for i, w in enumerate(d.workers)]
+        roles += [("api", d.api), ("poller", d.poller)]
+        for name, role in roles:
+            if name in self._down or role is None or role.process is None or role.alive():
+                continue
+            code = role.process.returncode
+            self.log.exits[f"{name} exit {code}"] = self.log.exits.get(f"{name} exit {code}", 0) + 1
+            self._note(f"{name} exited by itself (code {code}): restarted")
+            if name == "api":
+                d.start_api()
+            elif name == "poller":
+                self._start_poller()
+            else:
+                self._start_worker(int(name.split("-")[1]))
 
     def _pause_workers(self, seconds: float) -> list[int]:
         """SIGSTOP every live worker not already stalled, for `seconds`; their pgids."""

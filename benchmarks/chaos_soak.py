@@ -336,6 +336,8 @@ def distributed(args: argparse.Namespace, report: Report) -> None:
         for at, text in faults.log.lines:
             report.add(f"    {at:7.2f} {text}")
         report.add(f"\n## Faults applied\n\n- {dict(sorted(faults.log.counts.items()))}")
+        exits = ", ".join(f"{k}: {n}" for k, n in sorted(faults.log.exits.items())) or "none"
+        report.add(f"- role processes that exited by themselves and were restarted: {exits}")
         missing = set(kinds) - set(faults.log.counts)
         report.check(not missing, "every fault type applied", f"missing {sorted(missing)}")
         for error in faults.log.errors:

@@ -132,7 +132,7 @@ class FaultRunner:
         self._thread = threading.Thread(target=self._run, name="chaos-faults", daemon=True)
         self._started = 0.0
         self._incarnation = 0
-        self._stalled: dict[int, float] = {}  # pgid -> wall time of SIGSTOP
+        self._stalled: dict[int, tuple[float, str]] = {}  # pgid -> (SIGSTOP wall time, id)
         # Roles down on purpose ("worker-0", "api", "poller"); any other role process found
         # exited is restarted, as compose's `restart: unless-stopped` would (a role started
         # while NATS or Redis is down exits after its connect timeout).
@@ -216,7 +216,7 @@ class FaultRunner:
             role = d.workers[_index(fault)]
             assert role.process is not None
             os.killpg(role.process.pid, signal.SIGSTOP)
-            self._stalled[role.process.pid] = time.time()
+            self._stalled[role.process.pid] = (time.time(), worker_id(role))
             return fault.down_s, f"worker_cont {role.process.pid} {worker_id(role)}"
         if kind in ("nats", "redis", "s3"):
             getattr(d, kind).stop(signal.Signals[fault.sig])
@@ -246,9 +246,9 @@ class FaultRunner:
             pgid = int(args[0])
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGCONT)
-            began = self._stalled.pop(pgid, None)
-            if began is not None:
-                self.log.stalls.append((began, time.time(), args[1]))
+            stalled = self._stalled.pop(pgid, None)
+            if stalled is not None:
+                self.log.stalls.append((stalled[0], time.time(), stalled[1]))
         elif verb in ("nats_start", "redis_start", "s3_start"):
             getattr(d, verb.removesuffix("_start")).start()
         elif verb == "api_start":
@@ -325,10 +325,10 @@ class FaultRunner:
     def heal(self) -> None:
         """Undo whatever is still broken: continue stalled workers, start what is down."""
         d = self.d
-        for pgid, began in list(self._stalled.items()):
+        for pgid, (began, who) in list(self._stalled.items()):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGCONT)
-            self.log.stalls.append((began, time.time(), f"pgid {pgid}"))
+            self.log.stalls.append((began, time.time(), who))
         self._stalled.clear()
         for server in (d.redis, d.nats, d.s3):
             if server.process is None or server.process.poll() is not None:

@@ -78,6 +78,10 @@ class Record:
     error: str | None
     started_at: float | None = None
     worker: str | None = None
+    # Where the store records whose result it kept (the worker id and attempt of the one
+    # completed transition); None where it does not.
+    completed_by: str | None = None
+    completed_attempt: int | None = None
 
 
 @dataclass(slots=True)
@@ -113,11 +117,11 @@ def redis_records(url: str) -> tuple[dict[str, Record], Counter[str]]:
         for key in keys:
             pipe.hmget(
                 key, "status", "created_at", "finished_at", "attempts", "error", "started_at",
-                "worker",
+                "worker", "completed_by", "completed_attempt",
             )  # fmt: skip
         records = {}
         for key, values in zip(keys, pipe.execute(), strict=True):
-            status, created, finished, attempts, error, started, worker = (
+            status, created, finished, attempts, error, started, worker, by, by_attempt = (
                 None if v is None else bytes(v).decode() for v in values
             )
             if status is None:
@@ -131,6 +135,8 @@ def redis_records(url: str) -> tuple[dict[str, Record], Counter[str]]:
                 error,
                 None if started is None else float(started),
                 worker,
+                by,
+                None if by_attempt is None else int(by_attempt),
             )
         dead = Counter(json.loads(r)["task_id"] for r in client.lrange("qtask:dead", 0, -1))
     finally:
@@ -141,15 +147,22 @@ def redis_records(url: str) -> tuple[dict[str, Record], Counter[str]]:
 def sqlite_records(data_dir: Path) -> tuple[dict[str, Record], Counter[str]]:
     """Every task in the embedded database, and the dead letters per task id."""
     conn = sqlite3.connect(data_dir / "qtask.db")
+    conn.row_factory = sqlite3.Row
     try:
-        rows = conn.execute(
-            "SELECT id, status, created_at, finished_at, attempts, error, started_at, lease_owner"
-            " FROM tasks"
-        ).fetchall()
+        rows = conn.execute("SELECT * FROM tasks").fetchall()
         dead = Counter(r[0] for r in conn.execute("SELECT task_id FROM dead_letters"))
     finally:
         conn.close()
-    return {r[0]: Record(*r[1:]) for r in rows}, dead
+    records = {}
+    for r in rows:
+        has = r.keys()
+        records[r["id"]] = Record(
+            r["status"], r["created_at"], r["finished_at"], r["attempts"], r["error"],
+            r["started_at"], r["lease_owner"],
+            r["completed_by"] if "completed_by" in has else None,
+            r["completed_attempt"] if "completed_attempt" in has else None,
+        )  # fmt: skip
+    return records, dead
 
 
 def finished_lines(logs: list[Path]) -> dict[str, Counter[str]]:
@@ -171,7 +184,11 @@ def finished_lines(logs: list[Path]) -> dict[str, Counter[str]]:
             if "task_id" not in event:
                 continue
             if event.get("event") == "task_finished":
-                found[event["task_id"]][str(event.get("outcome"))] += 1
+                outcome = str(event.get("outcome"))
+                found[event["task_id"]][outcome] += 1
+                if outcome == "completed":  # which run: "by <worker id> <attempt>"
+                    attempt = event.get("attempt", event.get("attempts"))
+                    found[event["task_id"]][f"by {event.get('worker_id')} {attempt}"] += 1
             elif event.get("event") == "record_failed":
                 found[event["task_id"]]["record_failed"] += 1
     return found
@@ -188,8 +205,13 @@ def verify(
     lines: dict[str, Counter[str]],
     kills: list[float],
     fault_window: tuple[float, float],
+    killed_ids: set[str] | None = None,
 ) -> None:
-    """Print the figures and verdicts of the end state."""
+    """Print the figures and verdicts of the end state.
+
+    `kills`: wall times of worker SIGKILLs and stall ends; `killed_ids`: the ids of the
+    workers killed or stalled, checked against the store's `completed_by` where it has one.
+    """
     accepted = load.accepted
     report.add(f"\n## End state ({len(accepted)} accepted, {len(records)} tasks in the store)\n")
     refused = ", ".join(f"{r}: {n}" for r, n in load.refused.most_common()) or "none"
@@ -234,6 +256,7 @@ def verify(
         t
         for t in unlogged
         if any(0 <= k - (records[t].finished_at or 0) <= UNLOGGED_WINDOW_S for k in kills)
+        and (killed_ids is None or records[t].completed_by in (None, *killed_ids))
     }
     ack_failed = {t for t in unlogged if lines[t]["record_failed"]}
     unexplained = sorted(set(unlogged) - after_kill - ack_failed)
@@ -244,6 +267,22 @@ def verify(
         f"{UNLOGGED_WINDOW_S:g} s before a SIGKILL/stall, {len(ack_failed)} with record_failed "
         f"(stored, ack failed), {len(unexplained)} unexplained {unexplained[:5]}",
     )
+    if any(r.completed_by is not None for r in records.values()):
+        # The store names the run whose result it kept: that run, and no other, logged it.
+        wrong = [
+            t
+            for t, r in records.items()
+            if r.status == "completed"
+            and lines[t]["completed"]
+            and not lines[t][f"by {r.completed_by} {r.completed_attempt}"]
+        ]
+        report.check(
+            not wrong,
+            "the completed line is the stored completion (completed_by, completed_attempt)",
+            f"{len(wrong)} tasks whose completed line names another run {wrong[:5]}",
+        )
+    else:
+        report.add("- completed_by: not recorded by this store; runs checked by log lines only")
     discarded = sum(c["discarded"] for c in lines.values())
     report.add(f"- runs whose result was refused (outcome=discarded lines): {discarded}")
 
@@ -348,7 +387,9 @@ def distributed(args: argparse.Namespace, report: Report) -> None:
         records, dead = redis_records(d.redis.url)
         logs = sorted((root / "d").glob("worker-*.log"))
         kills = [k for k, _ in faults.log.worker_kills] + [s[1] for s in faults.log.stalls]
-        verify(report, load.stats, records, dead, finished_lines(logs), kills, (started, ended))
+        ids = {w for _, w in faults.log.worker_kills} | {s[2] for s in faults.log.stalls}
+        lines = finished_lines(logs)
+        verify(report, load.stats, records, dead, lines, kills, (started, ended), ids)
     finally:
         d.terminate()
         if args.keep:

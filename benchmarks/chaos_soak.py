@@ -30,6 +30,9 @@ After the load and the faults stop, everything is started again and the service 
   finished_at, or a `record_failed` line names the task (stored, then the ack failed); any
   other unlogged completion fails the check;
 - a completed line for a task the store does not hold as completed;
+- where the store records `completed_by` / `completed_attempt` (the run whose result it kept),
+  a completed line from any other run; an unlogged completion is then excused only when that
+  very worker was SIGKILLed or stalled within the window;
 - poison: every poison task in error, with exactly one dead letter.
 Refused submissions are counted by reason; latency is first submit attempt -> finished_at
 (the store's clock), p50 / p99, for tasks submitted while faults were being applied.

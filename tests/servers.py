@@ -221,8 +221,15 @@ class DistributedDeployment:
     `task_count()`, `log()`.
     """
 
-    def __init__(self, directory: Path, *, workers: int = 2, processes: int = 1,
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        workers: int = 2,
+        processes: int = 1,
+        env: dict[str, str] | None = None,
+        ack_wait_s: float | None = 3.0,
+    ) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.redis = RedisServer(directory / "redis")
@@ -236,17 +243,22 @@ class DistributedDeployment:
         self.workers: list[RoleProcess] = []
         self.poller: RoleProcess | None = None
         self.worker_count = workers
+        # The tests shorten NATS's ack wait to 3 s; None keeps qtask's default (what a user gets).
+        self.ack_wait_s = ack_wait_s
 
     @property
     def env(self) -> dict[str, str]:
         """The configuration every role gets."""
+        ack_wait = (
+            {} if self.ack_wait_s is None else {"QTASK_NATS__ACK_WAIT_S": f"{self.ack_wait_s:g}"}
+        )
         return {
             "QTASK_STORAGE__STORE": "redis",
             "QTASK_STORAGE__QUEUE": "nats",
             "QTASK_STORAGE__OBJECTS_URL": f"s3://{S3_BUCKET}",
             "QTASK_REDIS__URL": self.redis.url,
             "QTASK_NATS__URL": self.nats.url,
-            "QTASK_NATS__ACK_WAIT_S": "3",
+            **ack_wait,
             "QTASK_NATS__RECONCILE_INTERVAL_S": "0.5",
             "QTASK_LOG__JSON_OUTPUT": "true",
             **self.s3.env,

@@ -98,8 +98,12 @@ class NatsSettings(BaseModel):
     stream: str = Field(default="QTASK", pattern=r"^[A-Za-z0-9_-]+$")
     subject: str = "qtask.tasks"
     durable: str = Field(default="workers", pattern=r"^[A-Za-z0-9_-]+$")
-    # Seconds a delivered task may go without a heartbeat before NATS redelivers it.
-    ack_wait_s: float = Field(default=30.0, gt=0)
+    # Seconds a delivered task may go without a heartbeat (sent every ack_wait_s / 3) before NATS
+    # redelivers it. It is how long a SIGKILLed worker's tasks wait: measured kill -> completion
+    # of a short task 6.2 s at 6, 30.2 s at 30 (benchmarks/recovery.py). The cost: a NATS outage
+    # (or a worker stalled) for longer than this delivers running circuits again, and a long one
+    # then runs twice (the first stored result wins). README "What happens on each failure".
+    ack_wait_s: float = Field(default=6.0, gt=0)
     # Seconds between passes of the reconciler that publishes tasks stored but never published.
     reconcile_interval_s: float = Field(default=2.0, gt=0)
 

@@ -44,14 +44,12 @@ def test_cpu_device_ignores_a_gpu() -> None:
 
 def test_gpu_device_without_a_gpu_refuses_naming_the_setting() -> None:
     assert resolve_device("GPU", ("CPU", "GPU")) == "GPU"
-    with pytest.raises(ValueError, match="worker.aer_device is GPU but Aer reports only CPU"):
+    with pytest.raises(ValueError, match=r"worker\.aer_device is GPU but Aer reports only CPU"):
         resolve_device("GPU", ("CPU",))
 
 
 def test_aer_insufficient_memory_becomes_a_memory_error() -> None:
-    status = (
-        "ERROR: Insufficient memory to run circuit circuit-46 using the statevector simulator."
-    )
+    status = "ERROR: Insufficient memory to run circuit circuit-46 using the statevector simulator."
     assert _failure_message(status) == (
         f"The circuit needs more memory than this worker allows: {status}"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -207,3 +208,22 @@ def test_serve_runs_each_method_and_logs_it(serve: ServerProcess) -> None:
         for task_id in (ids[method], batch_ids[method]):
             assert lines[task_id]["method"] == method
             assert lines[task_id]["outcome"] == "completed"
+
+
+def test_serve_ends_an_mps_task_that_outgrows_memory_in_error_saying_so(
+    tmp_path: Path,
+) -> None:
+    # 8 MiB of statevector: a 16 MiB budget, which 40 entangling layers pass within seconds.
+    env = {"QTASK_LIMITS__MAX_STATEVECTOR_MB": "8", "QTASK_WORKER__MAX_ATTEMPTS": "1"}
+    server = ServerProcess(tmp_path / "data", workers=1, env=env)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            task_id = submit(client, chain(40, 40), shots=10)
+            body = wait_done(client, task_id, timeout=120)
+            after = wait_done(client, submit(client, ghz(5), shots=10), timeout=60)
+    finally:
+        server.terminate()
+    assert body["status"] == "error"
+    assert "the circuit needed more memory than the worker allows" in body["message"]
+    assert after["status"] == "completed"  # the worker process was replaced

@@ -94,6 +94,17 @@ async def test_40_qubit_low_entanglement_circuit_runs_with_mps(pool: ChildPool) 
     assert_counts(outcome, 256, 40)
 
 
+async def test_mps_circuit_with_gates_mps_lacks_is_transpiled_and_runs(pool: ChildPool) -> None:
+    # Aer's MPS method answers "invalid instructions" for crz, cry and cu; statevector has them.
+    source = (
+        chain(30, 2)
+        + "crz(0.2) q[0], q[1];\ncu(0.1, 0.2, 0.3, 0.4) q[1], q[2];\ncry(0.1) q[4], q[5];\n"
+    )
+    [outcome] = await pool.call([item("mps-crz", source, 64)], timeout=60)
+    assert outcome.method == "matrix_product_state"
+    assert_counts(outcome, 64, 30)
+
+
 async def test_20_qubit_non_clifford_circuit_runs_with_the_statevector(pool: ChildPool) -> None:
     [outcome] = await pool.call([item("sv", chain(20, 2), 128)], timeout=60)
     assert outcome.method == "statevector"

@@ -207,7 +207,7 @@ def dump_qpy(circuit: QuantumCircuit) -> bytes:
 
 def describe(circuit: QuantumCircuit, encoding: Encoding) -> CircuitInfo:
     """Summarise what a worker needs to know to plan the run of `circuit`."""
-    names = _operation_names(circuit)
+    names = operation_names(circuit)
     return CircuitInfo(
         encoding=encoding,
         num_qubits=circuit.num_qubits,
@@ -468,7 +468,8 @@ def _iterations(indexset: object, cap: int) -> int:
         return cap + 1
 
 
-def _operation_names(circuit: QuantumCircuit) -> set[str]:
+def operation_names(circuit: QuantumCircuit) -> set[str]:
+    """The names of every operation in `circuit`, control-flow blocks included."""
     names: set[str] = set()
     stack = [circuit]
     while stack:

@@ -27,7 +27,7 @@ from typing import Any
 from qiskit.circuit import QuantumCircuit
 from qiskit.transpiler import PassManager
 
-from qtask.circuits.ingest import load_program
+from qtask.circuits.ingest import load_program, operation_names
 from qtask.constants import FAULT_CRASH_MARKER_ENV
 from qtask.execution.items import OUT_OF_MEMORY_SIGNAL, RunItem, RunOutcome
 from qtask.execution.methods import Method, choose_method, resolve_device
@@ -38,6 +38,10 @@ _WATCH_INTERVAL_S = 0.05
 
 _simulator: Any = None
 _pass_manager: PassManager | None = None
+# For circuits that use gates the matrix product state method lacks (crx, cry, crz, ccz, cu3,
+# ...: Aer answers "invalid instructions"), built when first needed.
+_mps_pass_manager: PassManager | None = None
+_mps_operations: frozenset[str] = frozenset()
 _max_statevector_bytes = 0
 _memory_budget_bytes = 0
 _statevector_device = "CPU"
@@ -77,7 +81,7 @@ def run_items(items: list[RunItem]) -> list[RunOutcome]:
     for item in items:
         method = choose_method(item.num_qubits, item.clifford, _max_statevector_bytes)
         try:
-            circuit = _prepare(item)
+            circuit = _prepare(item, method)
         except Exception as exc:  # a circuit that cannot be rebuilt fails alone
             outcomes[item.task_id] = RunOutcome(item.task_id, error=f"Cannot prepare: {exc}")
             continue
@@ -92,7 +96,7 @@ def run_items(items: list[RunItem]) -> list[RunOutcome]:
     return [outcomes[item.task_id] for item in items]
 
 
-def _prepare(item: RunItem) -> QuantumCircuit:
+def _prepare(item: RunItem, method: Method) -> QuantumCircuit:
     marker = os.environ.get(FAULT_CRASH_MARKER_ENV)
     if marker and marker in item.source:  # fault injection for tests: die like a segfault would
         os.kill(os.getpid(), signal.SIGKILL)
@@ -108,6 +112,10 @@ def _prepare(item: RunItem) -> QuantumCircuit:
                 bare.append(instruction.operation, instruction.qubits)
             circuit = bare
         circuit.measure_all()
+    if method is Method.MATRIX_PRODUCT_STATE:
+        pass_manager, supported = _mps_transpiler()
+        if not operation_names(circuit) <= supported:
+            return pass_manager.run(circuit)
     if item.needs_transpile:
         circuit = _transpiler().run(circuit)
     return circuit
@@ -125,6 +133,21 @@ def _transpiler() -> PassManager:
         basis = sorted(name for name in _simulator.target.operation_names if name in standard)
         _pass_manager = generate_preset_pass_manager(optimization_level=0, basis_gates=basis)
     return _pass_manager
+
+
+def _mps_transpiler() -> tuple[PassManager, frozenset[str]]:
+    global _mps_pass_manager, _mps_operations
+    if _mps_pass_manager is None:
+        from qiskit.circuit.library import get_standard_gate_name_mapping
+        from qiskit.transpiler import generate_preset_pass_manager
+        from qiskit_aer import AerSimulator
+
+        names = AerSimulator(method=Method.MATRIX_PRODUCT_STATE.value).target.operation_names
+        standard = get_standard_gate_name_mapping()
+        basis = sorted(name for name in names if name in standard)
+        _mps_pass_manager = generate_preset_pass_manager(optimization_level=0, basis_gates=basis)
+        _mps_operations = frozenset(names) | {"barrier"}
+    return _mps_pass_manager, _mps_operations
 
 
 def _run_group(

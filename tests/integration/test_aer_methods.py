@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from qtask.circuits.ingest import Limits, ingest
+from qtask.errors import QTaskError
 from qtask.execution.items import RunItem, RunOutcome
 from qtask.worker.pool import ChildCrashedError, ChildPool
 from qtask_testkit import ServerProcess, ghz, submit, wait_done
@@ -172,6 +173,24 @@ async def test_statevector_runs_on_the_gpu_when_aer_reports_one() -> None:
         assert_counts(outcome, 256, 24)
     finally:
         await gpu.close()
+
+
+@pytest.mark.skipif(gpu_present(), reason="Aer reports a GPU here")
+async def test_gpu_device_without_a_gpu_stops_the_worker_from_starting() -> None:
+    pool = ChildPool(
+        1,
+        "qtask.execution.aer:run_items",
+        init_path="qtask.execution.aer:init_process",
+        init_args=(1, 4096, "GPU"),
+        preload=["qtask.execution.aer"],
+    )
+    try:
+        # The child's traceback (on stderr) says "worker.aer_device is GPU but Aer reports
+        # only CPU"; the pool reports that its process did not start.
+        with pytest.raises(QTaskError, match="a worker process failed to start"):
+            await pool.start()
+    finally:
+        await pool.close()
 
 
 # --- through `qtask serve` -----------------------------------------------------------------

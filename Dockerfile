@@ -1,10 +1,14 @@
 # One image for every role: `qtask api`, `qtask worker`, `qtask poller` (and `qtask serve`).
 # Build args make the base image and the package source overridable, as an air-gapped site
 # needs: PYTHON_IMAGE (default python:3.12-slim) and a local wheelhouse/ (see its README).
+# AER_PACKAGE swaps the simulator's distribution: `--build-arg AER_PACKAGE=qiskit-aer-gpu` (CUDA
+# 12; `qiskit-aer-gpu-cu11` for CUDA 11) ships the same `qiskit_aer` module with the GPU device,
+# so it replaces qiskit-aer rather than sitting beside it; run the image with `--gpus all`.
 ARG PYTHON_IMAGE=python:3.12-slim
 
 FROM ${PYTHON_IMAGE} AS build
 ARG PIP_INDEX_URL
+ARG AER_PACKAGE=qiskit-aer
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY wheelhouse/ /wheelhouse/
@@ -22,6 +26,15 @@ RUN set -eu; \
     else src=""; fi; \
     /opt/qtask/bin/pip install $src --prefer-binary --no-build-isolation ".[server]" \
     && /opt/qtask/bin/pip uninstall -y setuptools wheel
+# The GPU variant: the same version of qiskit_aer from the other distribution.
+RUN set -eu; \
+    if [ "$AER_PACKAGE" != qiskit-aer ]; then \
+        if ls /wheelhouse/*.whl >/dev/null 2>&1; then src="--no-index --find-links /wheelhouse"; \
+        else src=""; fi; \
+        version=$(/opt/qtask/bin/python -c "import importlib.metadata as m; print(m.version('qiskit-aer'))"); \
+        /opt/qtask/bin/pip uninstall -y qiskit-aer; \
+        /opt/qtask/bin/pip install $src --only-binary=:all: "$AER_PACKAGE==$version"; \
+    fi
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --create-home --uid 10001 qtask

@@ -128,6 +128,9 @@ class WorkerSettings(BaseModel):
     # Most small circuits run together in one simulator call.
     batch_size: int = Field(default=64, ge=1, le=10_000)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # Where Aer runs statevector circuits: "auto" uses the GPU when Aer reports one (the
+    # qiskit-aer-gpu distribution, see the README), "GPU" refuses to start without one.
+    aer_device: Literal["auto", "CPU", "GPU"] = "auto"
     # `qtask worker` answers GET /health and /ready here (0: no HTTP listener).
     health_port: int = Field(default=8001, ge=0, le=65535)
 

@@ -89,9 +89,8 @@ def exec_pool(settings: Settings) -> ChildPool:
         worker.processes,
         "qtask.execution.aer:run_items",
         init_path="qtask.execution.aer:init_process",
-        # Aer refuses runs that need more than this; twice the statevector leaves room for the
-        # simulator's working copies.
-        init_args=(threads, 2 * settings.limits.max_statevector_mb),
+        # The statevector limit decides each circuit's method and the memory a run may take.
+        init_args=(threads, settings.limits.max_statevector_mb, worker.aer_device),
         preload=_PRELOAD,
         env=_CHILD_ENV,
     )

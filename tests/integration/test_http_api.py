@@ -127,9 +127,10 @@ def test_task_ids_are_uuid4_and_not_sequential(client: httpx.Client) -> None:
         (b'{"qc": "OPENQASM 3.0; include \\"/etc/passwd\\"; qubit q;"}', 400, "cannot be included"),
         (b'{"qc": "OPENQASM 3.0; include \\"../x.inc\\"; qubit q;"}', 400, "cannot be included"),
         (
-            b'{"qc": "OPENQASM 3.0; qubit[40] q; bit[40] c; U(0.1,0,0) q[0]; c = measure q;"}',
+            # Over max_qubits. (40 non-Clifford qubits are admitted: they run with MPS.)
+            b'{"qc": "OPENQASM 3.0; qubit[101] q; bit[101] c; U(0.1,0,0) q[0]; c = measure q;"}',
             422,
-            "memory",
+            "101 qubits; the limit is 100",
         ),
         (b'{"qc": "OPENQASM 3.0; qubit[500] q;"}', 422, "qubits"),
         (b'{"qc": "OPENQASM 9.0; qubit q;"}', 400, "version"),

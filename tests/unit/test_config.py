@@ -186,3 +186,17 @@ def test_toml_path_does_not_leak_into_later_loads(tmp_path: Path) -> None:
     path = write(tmp_path / "qtask.toml", "[server]\nport = 9100\n")
     assert load_settings(path).server.port == 9100
     assert load_settings().server.port == 8000
+
+
+def test_aer_device_defaults_to_auto_and_reads_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().worker.aer_device == "auto"
+    monkeypatch.setenv("QTASK_WORKER__AER_DEVICE", "GPU")
+    assert load_settings().worker.aer_device == "GPU"
+
+
+def test_unknown_aer_device_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QTASK_WORKER__AER_DEVICE", "TPU")
+    with pytest.raises(ConfigError, match=r"worker\.aer_device.*QTASK_WORKER__AER_DEVICE"):
+        load_settings()

@@ -343,23 +343,18 @@ def test_operation_limit() -> None:
         ingest(qasm3(1, "x q[0];\n" * 11, measure=False), limits(max_operations=10))
 
 
-def test_statevector_memory_limit_refuses_40_non_clifford_qubits() -> None:
-    source = qasm3(40, "h q[0];\nt q[0];\n")
-    with pytest.raises(CircuitTooLargeError) as info:
-        ingest(source, LIMITS)
-    message = str(info.value)
-    assert "memory" in message
-    assert "40 qubits" in message
-    assert "at most 28 qubits" in message
-    assert info.value.status_code == 422
+def test_wide_non_clifford_circuit_is_admitted_for_mps() -> None:
+    # Its statevector (16 TiB) fits no limit: it is admitted, to run with matrix product state.
+    result = ingest(qasm3(40, "h q[0];\nt q[0];\n"), LIMITS)
+    assert result.info.num_qubits == 40
+    assert result.info.clifford is False
 
 
-def test_statevector_memory_limit_boundary() -> None:
-    # 16 KiB holds a statevector of 10 qubits (2^10 * 16 bytes) and no more.
-    tight = limits(max_statevector_bytes=16 << 10)
-    assert ingest(qasm3(10, "t q[0];\n"), tight).info.num_qubits == 10
-    with pytest.raises(CircuitTooLargeError, match="memory"):
-        ingest(qasm3(11, "t q[0];\n"), tight)
+def test_statevector_limit_does_not_refuse_up_to_max_qubits() -> None:
+    tight = limits(max_statevector_bytes=16 << 10, max_qubits=12)
+    assert ingest(qasm3(12, "t q[0];\n"), tight).info.num_qubits == 12
+    with pytest.raises(CircuitTooLargeError, match="13 qubits; the limit is 12"):
+        ingest(qasm3(13, "t q[0];\n"), tight)
 
 
 def test_clifford_circuit_is_exempt_from_memory_limit() -> None:
@@ -449,6 +444,8 @@ def run_item(task_id: str, source: str, shots: int, seed: int | None) -> RunItem
         seed=seed,
         measured=result.info.measured,
         needs_transpile=result.info.needs_transpile,
+        num_qubits=result.info.num_qubits,
+        clifford=result.info.clifford,
     )
 
 
@@ -543,6 +540,8 @@ def test_aer_unloadable_item_fails_alone() -> None:
         seed=None,
         measured=True,
         needs_transpile=False,
+        num_qubits=2,
+        clifford=True,
     )
     outcomes = run_items([bad, good])
     assert [o.task_id for o in outcomes] == ["bad", "good"]

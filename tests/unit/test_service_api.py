@@ -369,13 +369,26 @@ async def test_forbidden_include(client: httpx.AsyncClient, store: InMemoryTaskS
     assert store.tasks == {}
 
 
-async def test_circuit_over_memory_limit(
+async def test_wide_non_clifford_circuit_is_admitted_for_mps(
     client: httpx.AsyncClient, store: InMemoryTaskStore
 ) -> None:
+    # 40 qubits: no statevector fits the limit, so it runs with matrix product state; only
+    # running shows whether that fits, so it is not refused at submit.
     source = 'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[40] q;\nh q[0];\nt q[0];\n'
     response = await submit(client, qc=source)
+    assert response.status_code == 202
+    [task] = store.tasks.values()
+    assert task.info.num_qubits == 40
+    assert task.info.clifford is False
+
+
+async def test_circuit_over_qubit_limit_is_refused(
+    client: httpx.AsyncClient, store: InMemoryTaskStore
+) -> None:
+    source = 'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[101] q;\nh q[0];\nt q[0];\n'
+    response = await submit(client, qc=source)
     assert response.status_code == 422
-    assert "memory" in assert_error_body(response)
+    assert "101 qubits; the limit is 100" in assert_error_body(response)
     assert store.tasks == {}
 
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
+import orjson
 import pytest
 import structlog.testing
 
@@ -783,3 +784,28 @@ async def test_fetch_errors_are_logged_backed_off_and_the_loop_recovers() -> Non
         ("worker_fetch", 0.2),
         ("worker_fetch", 0.4),
     ]
+
+
+async def test_the_method_that_ran_is_in_the_log_line_and_the_result_object() -> None:
+    store = RecordingStore()
+    objects = InMemoryObjectStore()
+    task = await store.create(make_task(shots=10, result_object="results/ab/m.json"))
+
+    async def mps(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        return [
+            RunOutcome(i.task_id, counts={"00": i.shots}, method="matrix_product_state")
+            for i in items
+        ]
+
+    worker = Worker(store, store, FakePool(mps), settings(), objects=objects)  # type: ignore[arg-type]
+    with structlog.testing.capture_logs() as logs:
+        worker.start()
+        try:
+            await wait_until(all_terminal(store))
+        finally:
+            await worker.stop(grace=1.0)
+    [line] = [entry for entry in logs if entry["event"] == "task_finished"]
+    assert (line["task_id"], line["method"]) == (task.id, "matrix_product_state")
+    document = orjson.loads(objects.objects["results/ab/m.json"])
+    assert document["method"] == "matrix_product_state"
+    assert document["result"] == {"00": 10}

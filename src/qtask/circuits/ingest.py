@@ -131,6 +131,7 @@ class Limits:
     max_circuit_bytes: int
     max_qubits: int
     max_operations: int
+    # Not an admission limit: it decides between statevector and matrix product state.
     max_statevector_bytes: int
 
 
@@ -206,7 +207,7 @@ def dump_qpy(circuit: QuantumCircuit) -> bytes:
 
 def describe(circuit: QuantumCircuit, encoding: Encoding) -> CircuitInfo:
     """Summarise what a worker needs to know to plan the run of `circuit`."""
-    names = _operation_names(circuit)
+    names = operation_names(circuit)
     return CircuitInfo(
         encoding=encoding,
         num_qubits=circuit.num_qubits,
@@ -219,7 +220,7 @@ def describe(circuit: QuantumCircuit, encoding: Encoding) -> CircuitInfo:
 
 
 def check_limits(info: CircuitInfo, limits: Limits) -> None:
-    """Raise CircuitTooLargeError when the circuit is over a qubit, size or memory limit."""
+    """Raise CircuitTooLargeError when the circuit is over the qubit or operation limit."""
     if info.num_qubits == 0:
         raise CircuitError("The circuit declares no qubits.")
     if info.num_qubits > limits.max_qubits:
@@ -231,15 +232,9 @@ def check_limits(info: CircuitInfo, limits: Limits) -> None:
             f"The circuit has {info.num_operations} operations; "
             f"the limit is {limits.max_operations}."
         )
-    # A statevector of n qubits holds 2^n complex doubles (16 bytes each).
-    needed = 16 << info.num_qubits
-    if not info.clifford and needed > limits.max_statevector_bytes:
-        raise CircuitTooLargeError(
-            f"Simulating {info.num_qubits} qubits needs {_human(needed)} of memory for the "
-            f"statevector; this service allows {_human(limits.max_statevector_bytes)} "
-            f"(at most {limits.max_statevector_bytes.bit_length() - 5} qubits for circuits "
-            "with non-Clifford gates)."
-        )
+    # No memory rule here: a non-Clifford circuit whose statevector would exceed
+    # limits.max_statevector_bytes runs with the matrix product state method
+    # (execution.methods), whose memory only running shows; the worker bounds it.
 
 
 class _NativeRefusedError(Exception):
@@ -473,7 +468,8 @@ def _iterations(indexset: object, cap: int) -> int:
         return cap + 1
 
 
-def _operation_names(circuit: QuantumCircuit) -> set[str]:
+def operation_names(circuit: QuantumCircuit) -> set[str]:
+    """The names of every operation in `circuit`, control-flow blocks included."""
     names: set[str] = set()
     stack = [circuit]
     while stack:
@@ -484,14 +480,6 @@ def _operation_names(circuit: QuantumCircuit) -> set[str]:
             if isinstance(operation, ControlFlowOp):
                 stack.extend(operation.blocks)
     return names
-
-
-def _human(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 @contextlib.contextmanager

@@ -67,8 +67,8 @@ class CircuitInfo:
     num_qubits: int
     num_clbits: int
     num_operations: int
-    # Aer's automatic method simulates Clifford-only circuits with the stabilizer method, whose
-    # memory grows polynomially, so the statevector memory limit does not apply to them.
+    # Clifford-only circuits run with Aer's stabilizer method, whose memory grows polynomially
+    # (execution.methods chooses the method from this and num_qubits).
     clifford: bool
     # True when the circuit has an instruction Aer cannot run as is and must be transpiled.
     needs_transpile: bool

@@ -7,6 +7,7 @@ second of start-up.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
 from qtask.domain.task import Encoding, Task
@@ -27,6 +28,9 @@ class RunItem:
     seed: int | None
     measured: bool
     needs_transpile: bool
+    # What the child needs to choose the simulation method (execution.methods).
+    num_qubits: int
+    clifford: bool
 
     @classmethod
     def from_task(cls, task: Task) -> RunItem:
@@ -40,6 +44,8 @@ class RunItem:
             seed=task.seed,
             measured=task.info.measured,
             needs_transpile=task.info.needs_transpile,
+            num_qubits=task.info.num_qubits,
+            clifford=task.info.clifford,
         )
 
 
@@ -51,3 +57,11 @@ class RunOutcome:
     counts: dict[str, int] | None = None
     error: str | None = None
     seconds: float = 0.0
+    # The Aer method that ran (or tried to run) the circuit; None when it never reached Aer.
+    method: str | None = None
+
+
+# The signal that ends a child whose simulation outgrew the memory the worker allows (Aer does
+# not bound the matrix product state method's memory; execution.aer watches it). Its default
+# action terminates the process even while Aer holds the GIL; the pool's error message names it.
+OUT_OF_MEMORY_SIGNAL = signal.SIGUSR2

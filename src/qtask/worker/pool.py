@@ -22,6 +22,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from qtask.errors import QTaskError, ShuttingDownError
+from qtask.execution.items import OUT_OF_MEMORY_SIGNAL
 
 # Seconds a new child may take to import and initialise before it counts as failed to start.
 _START_TIMEOUT = 120.0
@@ -117,6 +118,17 @@ class _Child:
         code = self.process.exitcode
         if code is None:
             return "it stopped answering"
+        if code == -OUT_OF_MEMORY_SIGNAL:
+            return (
+                "stopped: the circuit needed more memory than the worker allows "
+                "(limits.max_statevector_mb)"
+            )
+        if code == -signal.SIGKILL:
+            # The kernel's OOM killer is the usual sender; the children volunteer as its victim.
+            return (
+                "killed by signal SIGKILL; out of memory, if the circuit needed more than "
+                "the worker had"
+            )
         if code < 0:
             try:
                 return f"killed by signal {signal.Signals(-code).name}"

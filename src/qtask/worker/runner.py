@@ -281,7 +281,8 @@ class Worker:
                     if self._objects is not None and task.result_object is not None:
                         # Stored before the record says completed, so it always exists then.
                         await self._objects.put(
-                            task.result_object, _result_document(task, outcome.counts)
+                            task.result_object,
+                            _result_document(task, outcome.counts, outcome.method),
                         )
                     try:
                         done: Completion | None = await self._store.complete(
@@ -296,18 +297,22 @@ class Worker:
                     if done is not None and done.transitioned:  # this run completed it
                         self.completed += 1
                         metrics.TASKS_FINISHED.labels("completed", "").inc()
-                        _canonical(task, "completed", outcome.seconds, elapsed, batch_size)
+                        _canonical(
+                            task, "completed", outcome.seconds, elapsed, batch_size, outcome.method
+                        )
                     else:  # it ended while it ran (cancelled, or another run): the first stands
                         if done is None or done.task.status is not Status.COMPLETED:
                             await self._discard_result(task)  # not a completed task's object
                         else:  # this run's put may have replaced the first run's object
                             await self._restore_result(done.task)
-                        _canonical(task, "discarded", outcome.seconds, elapsed, batch_size)
+                        _canonical(
+                            task, "discarded", outcome.seconds, elapsed, batch_size, outcome.method
+                        )
                 else:
                     await self._fail(
                         delivery, outcome.error or "The run failed.", reason="run_error"
                     )
-                    _canonical(task, "failed", outcome.seconds, elapsed, batch_size)
+                    _canonical(task, "failed", outcome.seconds, elapsed, batch_size, outcome.method)
             except Exception:
                 # Not stored, so not acknowledged: the lease lapses and the task runs again.
                 log.exception("record_failed")
@@ -418,7 +423,14 @@ class _Slots:
         self._changed.set()
 
 
-def _canonical(task: Task, outcome: str, run_s: float, batch_s: float, batch_size: int) -> None:
+def _canonical(
+    task: Task,
+    outcome: str,
+    run_s: float,
+    batch_s: float,
+    batch_size: int,
+    method: str | None = None,
+) -> None:
     queue_wait_s = (task.started_at or task.created_at) - task.created_at
     metrics.QUEUE_WAIT_SECONDS.observe(max(queue_wait_s, 0.0))
     metrics.RUN_SECONDS.observe(run_s)
@@ -427,6 +439,7 @@ def _canonical(task: Task, outcome: str, run_s: float, batch_s: float, batch_siz
         task_id=task.id,
         outcome=outcome,
         backend=BACKEND_NAME,
+        method=method,
         qubits=task.info.num_qubits,
         shots=task.shots,
         attempts=task.attempts,
@@ -437,8 +450,9 @@ def _canonical(task: Task, outcome: str, run_s: float, batch_s: float, batch_siz
     )
 
 
-def _result_document(task: Task, counts: dict[str, int]) -> bytes:
-    """The result object: the counts and what produced them."""
+def _result_document(task: Task, counts: dict[str, int], method: str | None = None) -> bytes:
+    """The result object: the counts and what produced them (the method when known: a result
+    written back from the record alone does not know it)."""
     return orjson.dumps(
         {
             "task_id": task.id,
@@ -447,6 +461,7 @@ def _result_document(task: Task, counts: dict[str, int]) -> bytes:
             "shots": task.shots,
             "seed": task.seed,
             "qubits": task.info.num_qubits,
+            "method": method,
             "attempts": task.completed_attempt or task.attempts,
             "circuit_object": task.circuit_object,
             "completed_at": task.finished_at or time.time(),

@@ -5,6 +5,8 @@ Nothing here may import from the rest of qtask: every layer reads these.
 
 from __future__ import annotations
 
+import signal
+
 # The exact response messages of the seed's API contract (000). Clients match on these strings.
 MSG_SUBMITTED = "Task submitted successfully."
 MSG_BATCH_SUBMITTED = "Tasks submitted successfully."
@@ -98,3 +100,10 @@ FAULT_EXIT_AFTER_STORE_ENV = "QTASK_FAULT_EXIT_AFTER_STORE"
 # that file before each iteration; while it holds the loop's name the loop hangs (a wedged
 # loop), while it holds "NAME fail" each iteration raises. One stat per iteration when set.
 FAULT_LOOP_FILE_ENV = "QTASK_FAULT_LOOP_FILE"
+
+# The signal that ends a child process whose simulation outgrew the memory the worker allows
+# (Aer does not bound the matrix product state method's memory; execution.aer watches it). Its
+# default action terminates the process even while Aer holds the GIL. The pool reports a child
+# ended by it as ChildOutOfMemoryError, and the worker fails the task at once: rerunning a
+# circuit that needs more memory than allowed would only need it again.
+OUT_OF_MEMORY_SIGNAL = signal.SIGUSR2

@@ -8,6 +8,7 @@ that mixes them, a run that outgrows the worker's memory, and the GPU where ther
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from qtask.circuits.ingest import Limits, ingest
 from qtask.errors import QTaskError
 from qtask.execution.items import RunItem, RunOutcome
-from qtask.worker.pool import ChildCrashedError, ChildPool
+from qtask.worker.pool import ChildOutOfMemoryError, ChildPool
 from qtask_testkit import ServerProcess, ghz, submit, wait_done
 
 LIMITS = Limits(
@@ -139,7 +140,7 @@ async def test_mps_run_that_outgrows_the_memory_budget_is_stopped_and_says_so() 
     # 8 MiB of statevector allows a 16 MiB simulation: 40 entangling layers outgrow it fast.
     small = await aer_pool(8)
     try:
-        with pytest.raises(ChildCrashedError) as info:
+        with pytest.raises(ChildOutOfMemoryError) as info:
             await small.call([item("deep", chain(40, 40), 10)], timeout=120)
         assert "the circuit needed more memory than the worker allows" in str(info.value)
         assert small.alive() == 1  # replaced
@@ -244,7 +245,8 @@ def test_serve_ends_an_mps_task_that_outgrows_memory_in_error_saying_so(
     tmp_path: Path,
 ) -> None:
     # 8 MiB of statevector: a 16 MiB budget, which 40 entangling layers pass within seconds.
-    env = {"QTASK_LIMITS__MAX_STATEVECTOR_MB": "8", "QTASK_WORKER__MAX_ATTEMPTS": "1"}
+    # Default attempts: a run stopped for its memory is not retried (a rerun would need as much).
+    env = {"QTASK_LIMITS__MAX_STATEVECTOR_MB": "8"}
     server = ServerProcess(tmp_path / "data", workers=1, env=env)
     server.start()
     try:
@@ -255,5 +257,8 @@ def test_serve_ends_an_mps_task_that_outgrows_memory_in_error_saying_so(
     finally:
         server.terminate()
     assert body["status"] == "error"
-    assert "the circuit needed more memory than the worker allows" in body["message"]
+    assert "the circuit needed more memory than this service allows" in body["message"]
     assert after["status"] == "completed"  # the worker process was replaced
+    with sqlite3.connect(tmp_path / "data" / "qtask.db") as db:
+        [(attempts,)] = db.execute("SELECT attempts FROM tasks WHERE id = ?", (task_id,))
+    assert attempts == 1  # failed at its first run, not after max_attempts

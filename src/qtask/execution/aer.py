@@ -28,8 +28,8 @@ from qiskit.circuit import QuantumCircuit
 from qiskit.transpiler import PassManager
 
 from qtask.circuits.ingest import load_program, operation_names
-from qtask.constants import FAULT_CRASH_MARKER_ENV
-from qtask.execution.items import OUT_OF_MEMORY_SIGNAL, RunItem, RunOutcome
+from qtask.constants import FAULT_CRASH_MARKER_ENV, OUT_OF_MEMORY_SIGNAL
+from qtask.execution.items import RunItem, RunOutcome
 from qtask.execution.methods import Method, choose_method, resolve_device
 
 # How often the watchdog reads the resident memory of a matrix product state run; a run's

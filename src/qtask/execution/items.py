@@ -7,7 +7,6 @@ second of start-up.
 
 from __future__ import annotations
 
-import signal
 from dataclasses import dataclass
 
 from qtask.domain.task import Encoding, Task
@@ -59,9 +58,3 @@ class RunOutcome:
     seconds: float = 0.0
     # The Aer method that ran (or tried to run) the circuit; None when it never reached Aer.
     method: str | None = None
-
-
-# The signal that ends a child whose simulation outgrew the memory the worker allows (Aer does
-# not bound the matrix product state method's memory; execution.aer watches it). Its default
-# action terminates the process even while Aer holds the GIL; the pool's error message names it.
-OUT_OF_MEMORY_SIGNAL = signal.SIGUSR2

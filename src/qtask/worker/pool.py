@@ -21,8 +21,8 @@ from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from qtask.constants import OUT_OF_MEMORY_SIGNAL
 from qtask.errors import QTaskError, ShuttingDownError
-from qtask.execution.items import OUT_OF_MEMORY_SIGNAL
 
 # Seconds a new child may take to import and initialise before it counts as failed to start.
 _START_TIMEOUT = 120.0
@@ -30,6 +30,10 @@ _START_TIMEOUT = 120.0
 
 class ChildCrashedError(QTaskError):
     """Raised when the child handling a request died before answering."""
+
+
+class ChildOutOfMemoryError(ChildCrashedError):
+    """Raised when the child handling a request was stopped for outgrowing its memory."""
 
 
 class ChildTimeoutError(QTaskError):
@@ -201,9 +205,11 @@ class ChildPool:
             raise
         except ChildCrashedError as exc:
             description = child.exit_description()
+            out_of_memory = child.process.exitcode == -OUT_OF_MEMORY_SIGNAL
             child.kill()
             await self._replace(child)
-            raise ChildCrashedError(f"the worker process died ({description})") from exc
+            error = ChildOutOfMemoryError if out_of_memory else ChildCrashedError
+            raise error(f"the worker process died ({description})") from exc
         except asyncio.CancelledError:
             # The caller gave up mid-run: the child's state is unknown, so it goes.
             child.kill()

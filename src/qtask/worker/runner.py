@@ -40,7 +40,13 @@ from qtask.errors import TaskNotFoundError
 from qtask.execution.items import BACKEND_NAME, RunItem, RunOutcome
 from qtask.logs import get_logger
 from qtask.supervision import SupervisedLoop
-from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildPool, ChildTimeoutError
+from qtask.worker.pool import (
+    ChildCrashedError,
+    ChildFailedError,
+    ChildOutOfMemoryError,
+    ChildPool,
+    ChildTimeoutError,
+)
 
 log = get_logger("worker")
 
@@ -253,6 +259,15 @@ class Worker:
             if self._interrupted:
                 for delivery in batch:
                     await self._release(delivery, None, penalize=False)
+                return
+            if isinstance(exc, ChildOutOfMemoryError) and len(batch) == 1:
+                # Deterministic: a rerun would need the same memory again.
+                await self._fail(
+                    batch[0],
+                    "The run was stopped: the circuit needed more memory than this service "
+                    "allows one simulation (limits.max_statevector_mb).",
+                    reason="memory",
+                )
                 return
             reason = str(exc)
             log.warning("worker_process_lost", tasks=[d.task.id for d in batch], reason=reason)

@@ -23,18 +23,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from qtask_testkit import ServerProcess, ghz
+from qtask_testkit import ServerProcess, chain, ghz
 
 SHOTS = 1024
-
-
-def chain(qubits: int, layers: int) -> str:
-    """rx/rz on every qubit, then cx between neighbours: entanglement grows with `layers`."""
-    body = []
-    for layer in range(layers):
-        body += [f"rx(0.3) q[{i}];\nrz(0.7) q[{i}];\n" for i in range(qubits)]
-        body += [f"cx q[{i}], q[{i + 1}];\n" for i in range(layer % 2, qubits - 1, 2)]
-    return f'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[{qubits}] q;\n' + "".join(body)
 
 
 CIRCUITS = {

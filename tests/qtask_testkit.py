@@ -12,11 +12,15 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from qtask.domain.task import CircuitInfo, Encoding, Task, new_task_id
+
+if TYPE_CHECKING:  # Qiskit loads only where a test asks for a run item
+    from qtask.circuits.ingest import Limits
+    from qtask.execution.items import RunItem
 
 BELL = (
     'OPENQASM 3.0; include "stdgates.inc"; qubit[2] q; bit[2] c; h q[0]; cx q[0],q[1]; '
@@ -56,6 +60,37 @@ def slow_circuit(qubits: int = 22, layers: int = 40) -> str:
         lines += [f"cx q[{i}], q[{i + 1}];" for i in range(0, qubits - 1)]
     lines.append("c = measure q;")
     return "\n".join(lines)
+
+
+def chain(qubits: int, layers: int) -> str:
+    """rx/rz on every qubit, then cx between neighbours: entanglement grows with `layers`."""
+    body = []
+    for layer in range(layers):
+        body += [f"rx(0.3) q[{i}];\nrz(0.7) q[{i}];\n" for i in range(qubits)]
+        body += [f"cx q[{i}], q[{i + 1}];\n" for i in range(layer % 2, qubits - 1, 2)]
+    return f'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[{qubits}] q;\n' + "".join(body)
+
+
+def run_item(
+    task_id: str, source: str, limits: Limits, shots: int = 100, seed: int | None = None
+) -> RunItem:
+    """What a worker hands Aer for `source`, ingested under `limits` as the API would."""
+    from qtask.circuits.ingest import ingest
+    from qtask.execution.items import RunItem
+
+    result = ingest(source, limits)
+    return RunItem(
+        task_id=task_id,
+        encoding=result.info.encoding,
+        source=source,
+        program=result.program,
+        shots=shots,
+        seed=seed,
+        measured=result.info.measured,
+        needs_transpile=result.info.needs_transpile,
+        num_qubits=result.info.num_qubits,
+        clifford=result.info.clifford,
+    )
 
 
 def free_port() -> int:

@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qtask.circuits.ingest import Limits, ingest
+from qtask.circuits.ingest import Limits
 from qtask.errors import QTaskError
 from qtask.execution.items import RunItem, RunOutcome
 from qtask.worker.pool import ChildOutOfMemoryError, ChildPool
-from qtask_testkit import ServerProcess, ghz, submit, wait_done
+from qtask_testkit import ServerProcess, chain, ghz, run_item, submit, wait_done
 
 LIMITS = Limits(
     max_circuit_bytes=512 << 10,
@@ -29,29 +29,8 @@ LIMITS = Limits(
 )
 
 
-def chain(qubits: int, layers: int) -> str:
-    """rx/rz on every qubit, then cx between neighbours: entanglement grows with `layers`."""
-    body = []
-    for layer in range(layers):
-        body += [f"rx(0.3) q[{i}];\nrz(0.7) q[{i}];\n" for i in range(qubits)]
-        body += [f"cx q[{i}], q[{i + 1}];\n" for i in range(layer % 2, qubits - 1, 2)]
-    return f'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[{qubits}] q;\n' + "".join(body)
-
-
 def item(task_id: str, source: str, shots: int = 100) -> RunItem:
-    result = ingest(source, LIMITS)
-    return RunItem(
-        task_id=task_id,
-        encoding=result.info.encoding,
-        source=source,
-        program=result.program,
-        shots=shots,
-        seed=None,
-        measured=result.info.measured,
-        needs_transpile=result.info.needs_transpile,
-        num_qubits=result.info.num_qubits,
-        clifford=result.info.clifford,
-    )
+    return run_item(task_id, source, LIMITS, shots)
 
 
 async def aer_pool(max_statevector_mb: int) -> ChildPool:

@@ -23,6 +23,7 @@ from qtask.errors import CircuitError, CircuitTooLargeError, InvalidRequestError
 from qtask.execution import aer
 from qtask.execution.aer import init_process, run_items
 from qtask.execution.items import RunItem
+from qtask_testkit import run_item as make_run_item
 
 LIMITS = Limits(
     max_circuit_bytes=512 << 10,
@@ -434,19 +435,7 @@ def simulator() -> Iterator[None]:
 
 
 def run_item(task_id: str, source: str, shots: int, seed: int | None) -> RunItem:
-    result = ingest(source, LIMITS)
-    return RunItem(
-        task_id=task_id,
-        encoding=result.info.encoding,
-        source=source,
-        program=result.program,
-        shots=shots,
-        seed=seed,
-        measured=result.info.measured,
-        needs_transpile=result.info.needs_transpile,
-        num_qubits=result.info.num_qubits,
-        clifford=result.info.clifford,
-    )
+    return make_run_item(task_id, source, LIMITS, shots, seed)
 
 
 @pytest.mark.usefixtures("simulator")

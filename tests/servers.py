@@ -318,6 +318,23 @@ class DistributedDeployment:
             time.sleep(0.1)
         raise RuntimeError(f"qtask api not ready in {timeout} s:\n{self.log()}")
 
+    def worker_running(self, task_id: str, timeout: float = 30.0) -> RoleProcess:
+        """The worker that runs the task, as soon as the store says one does."""
+        import redis
+
+        by_id = {f"{socket.gethostname()}-{w.process.pid}": w for w in self.workers if w.process}
+        client = redis.Redis.from_url(self.redis.url)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                status, worker = client.hmget(f"qtask:task:{task_id}", "status", "worker")
+                if status == b"running" and worker is not None:
+                    return by_id[bytes(worker).decode()]
+                time.sleep(0.01)
+        finally:
+            client.close()
+        raise AssertionError(f"task {task_id} never started running")
+
     def terminate(self, timeout: float = 30.0) -> None:
         """Stop every role, then the servers."""
         for role in [self.api, self.poller, *self.workers]:

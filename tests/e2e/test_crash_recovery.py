@@ -9,8 +9,9 @@ import httpx
 
 from qtask_testkit import BELL, ServerProcess, ghz, slow_circuit, submit, wait_done
 
-# A circuit of ~0.1 s; enough of them keep the workers busy while the test kills the service.
-MEDIUM = slow_circuit(16, 10)
+# A circuit of ~0.3 s on one core; 60 of them keep two workers busy for ~9 s, well past the
+# moment the test kills the service (~3 s after the first submission).
+MEDIUM = slow_circuit(18, 14)
 
 
 def _statuses(client: httpx.Client, ids: list[str]) -> dict[str, int]:
@@ -28,7 +29,7 @@ def test_sigkill_of_whole_tree_mid_run_loses_no_task(tmp_path: Path) -> None:
     with httpx.Client(base_url=server.url, timeout=30) as client:
         for i in range(300):
             if i % 5 == 0:
-                expected[submit(client, MEDIUM, shots=200)] = (16, 200)
+                expected[submit(client, MEDIUM, shots=200)] = (18, 200)
             elif i % 2:
                 expected[submit(client, BELL)] = (2, 1024)
             else:

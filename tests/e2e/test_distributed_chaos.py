@@ -77,10 +77,10 @@ def test_killed_worker_task_completes_on_another(deployment: DistributedDeployme
     deployment.start()
     try:
         with httpx.Client(base_url=deployment.url, timeout=30) as client:
-            # Two slow tasks keep both single-process workers busy.
-            slow = [submit(client, slow_circuit(20, 10)) for _ in range(2)]
-            time.sleep(1.0)
-            victim = deployment.workers[0]
+            # Two slow tasks (~2 s each) keep both single-process workers busy; the one that
+            # runs the first of them is killed mid-run.
+            slow = [submit(client, slow_circuit(21, 12)) for _ in range(2)]
+            victim = deployment.worker_running(slow[0], timeout=30)
             killed_at = time.monotonic()
             victim.kill()
             redelivered_after = _wait_redelivery(deployment, slow, timeout=60) - killed_at
@@ -94,7 +94,7 @@ def test_killed_worker_task_completes_on_another(deployment: DistributedDeployme
                 assert _result_object(deployment, task_id)["result"] == body["result"]
             recovered_after = time.monotonic() - killed_at
             print(f"both tasks completed {recovered_after:.1f} s after the worker was killed")
-            survivor = deployment.workers[1].log()
+            survivor = next(w for w in deployment.workers if w is not victim).log()
             assert survivor.count('"event": "task_finished"') >= 1
     finally:
         deployment.terminate()

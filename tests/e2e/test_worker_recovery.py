@@ -6,7 +6,6 @@ With the old default (30 s) it took 30.2 s; benchmarks/recovery.py prints the di
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import httpx
 import redis
 
 from qtask_testkit import slow_circuit, submit, wait_done
-from servers import DistributedDeployment, RoleProcess
+from servers import DistributedDeployment
 
 SHORT = slow_circuit(19, 10)  # ~0.4 s on one core: long enough to be killed mid-run
 RECOVERY_BOUND_S = 10.0
@@ -34,22 +33,6 @@ def _wait_workers_ready(deployment: DistributedDeployment, timeout: float = 60.0
             time.sleep(0.05)
 
 
-def _holder(deployment: DistributedDeployment, task_id: str, timeout: float) -> RoleProcess:
-    """The worker that is running the task, as soon as the store says one is."""
-    by_id = {f"{socket.gethostname()}-{w.process.pid}": w for w in deployment.workers if w.process}
-    client = redis.Redis.from_url(deployment.redis.url)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            status, worker = client.hmget(f"qtask:task:{task_id}", "status", "worker")
-            if status == b"running" and worker is not None:
-                return by_id[bytes(worker).decode()]
-            time.sleep(0.01)
-    finally:
-        client.close()
-    raise AssertionError(f"task {task_id} never started running")
-
-
 def test_killed_worker_short_task_completes_within_10_s_by_default(tmp_path: Path) -> None:
     deployment = DistributedDeployment(tmp_path / "d", ack_wait_s=None)
     deployment.start()
@@ -57,7 +40,7 @@ def test_killed_worker_short_task_completes_within_10_s_by_default(tmp_path: Pat
         _wait_workers_ready(deployment)
         with httpx.Client(base_url=deployment.url, timeout=30) as client:
             task_id = submit(client, SHORT, shots=100)
-            victim = _holder(deployment, task_id, timeout=30)
+            victim = deployment.worker_running(task_id, timeout=30)
             killed_at = time.time()
             victim.kill()
             body = wait_done(client, task_id, timeout=60)

@@ -204,10 +204,13 @@ class RoleProcess:
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
+            print(f"qtask {self.role} did not exit within {timeout:g} s of SIGTERM")
             return None
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(10)  # reaped, so no ResourceWarning lands on a later test
 
     def log(self) -> str:
         """What the process printed so far."""

@@ -34,6 +34,9 @@ log = get_logger("supervision")
 
 Iteration = Callable[[], Awaitable[None]]
 
+# stop() cancels the loop's task again this often until it ends.
+_STOP_RETRY_SECONDS = 1.0
+
 
 def backoff_s(failures: int) -> float:
     """Seconds to wait after the `failures`-th consecutive failed iteration."""
@@ -75,8 +78,12 @@ class SupervisedLoop:
         task = self._task
         if task is None:
             return
-        task.cancel()
-        await asyncio.wait([task])
+        # A library that swallows the cancellation (some drivers turn it into their own error
+        # mid-read) must not keep the process from shutting down: the loop also checks
+        # `_stopping`, and the wait is cancelled again until the task ends.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=_STOP_RETRY_SECONDS)
 
     @property
     def ended(self) -> bool:
@@ -129,12 +136,14 @@ class SupervisedLoop:
         return check
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 if self._fault_file is not None:
                     await self._injected_fault(self._fault_file)
                 await self._iteration()
             except Exception as exc:
+                if self._stopping:  # the cancellation of stop(), turned into another error
+                    return
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 delay = backoff_s(self.failures)

@@ -213,3 +213,22 @@ async def test_periodic_pass_that_fails_is_logged_and_the_passes_go_on() -> None
     failed = [entry for entry in logs if entry["event"] == "loop_failed"]
     assert [entry["loop"] for entry in failed] == ["flaky", "flaky"]
     assert periodic.loop.name == "flaky"
+
+
+async def test_stop_ends_a_loop_whose_iteration_swallows_the_cancellation() -> None:
+    # Some drivers turn a cancellation mid-read into their own error: the loop must still end.
+    entered = asyncio.Event()
+
+    async def swallowing() -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise ConnectionError("connection closed while reading") from None
+
+    loop = SupervisedLoop("swallower", swallowing, interval=1.0)
+    loop.start()
+    await asyncio.wait_for(entered.wait(), 1)
+    await asyncio.wait_for(loop.stop(), 2)
+    assert loop.ended
+    assert loop.failures == 0  # the error of the cancelled iteration is not a failure

@@ -107,3 +107,8 @@ FAULT_LOOP_FILE_ENV = "QTASK_FAULT_LOOP_FILE"
 # ended by it as ChildOutOfMemoryError, and the worker fails the task at once: rerunning a
 # circuit that needs more memory than allowed would only need it again.
 OUT_OF_MEMORY_SIGNAL = signal.SIGUSR2
+
+# A readiness check (a store ping, a loop's liveness) that has not answered within this many
+# seconds fails: /ready must answer an orchestrator's probe (typically a 5 s timeout) with 503,
+# not hang on a dependency that hangs.
+READY_CHECK_TIMEOUT_SECONDS = 3.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -830,3 +831,27 @@ async def test_client_disconnect_mid_body_is_not_an_internal_error() -> None:
     start = next(m for m in sent if m["type"] == "http.response.start")
     assert start["status"] == 400
     assert store.tasks == {}
+
+
+async def test_ready_answers_503_when_a_check_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("qtask.worker.health.READY_CHECK_TIMEOUT_SECONDS", 0.1)
+
+    async def ok() -> str:
+        return "ok"
+
+    async def hangs() -> str:
+        await asyncio.sleep(3600)
+        return "never"
+
+    harness = build()
+    app = create_app(
+        harness.service, max_body_bytes=MAX_BODY, ready_checks={"store": ok, "queue": hangs}
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        response = await asyncio.wait_for(http.get("/ready"), 5)
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {"store": "ok", "queue": "failing: no answer within 0.1 s"},
+    }

@@ -42,6 +42,7 @@ from qtask.errors import (
     RequestTimeoutError,
 )
 from qtask.service import Submission, TaskService
+from qtask.worker.health import evaluate
 
 ReadyCheck = Callable[[], Awaitable[str]]
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -348,14 +349,7 @@ async def health() -> Response:
 async def ready(request: Request) -> Response:
     """Every dependency answers: the store, the worker and parser processes."""
     checks: dict[str, ReadyCheck] = request.app.state.ready_checks
-    results = {}
-    healthy = True
-    for name, check in checks.items():
-        try:
-            results[name] = await check()
-        except Exception as exc:  # a failing dependency is the answer, not an error
-            results[name] = f"failing: {exc}"
-            healthy = False
+    healthy, results = await evaluate(checks)
     return _json(
         {"status": "ready" if healthy else "unavailable", "checks": results},
         200 if healthy else 503,

@@ -15,8 +15,36 @@ from collections.abc import Awaitable, Callable
 import orjson
 
 from qtask import metrics
+from qtask.constants import READY_CHECK_TIMEOUT_SECONDS
 
 Check = Callable[[], Awaitable[str]]
+
+
+async def evaluate(checks: dict[str, Check]) -> tuple[bool, dict[str, str]]:
+    """Run every readiness check at once, each within READY_CHECK_TIMEOUT_SECONDS; return
+    whether all passed and what each said. A check that hangs fails rather than hangs /ready."""
+
+    async def one(check: Check) -> str:
+        try:
+            return await asyncio.wait_for(check(), READY_CHECK_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise TimeoutError(f"no answer within {READY_CHECK_TIMEOUT_SECONDS:g} s") from None
+
+    answers = await asyncio.gather(
+        *(one(check) for check in checks.values()), return_exceptions=True
+    )
+    results: dict[str, str] = {}
+    healthy = True
+    for name, answer in zip(checks, answers, strict=True):
+        if isinstance(answer, Exception):  # a failing dependency is the answer
+            results[name] = f"failing: {answer}"
+            healthy = False
+        elif isinstance(answer, BaseException):
+            raise answer
+        else:
+            results[name] = answer
+    return healthy, results
+
 
 # A probe that has not sent its request line within this many seconds is dropped.
 _READ_TIMEOUT = 5.0
@@ -39,14 +67,7 @@ async def serve_health(host: str, port: int, checks: dict[str, Check]) -> asynci
             elif path == "/health":
                 status, body = 200, {"status": "ok"}
             elif path == "/ready":
-                results: dict[str, str] = {}
-                healthy = True
-                for name, check in checks.items():
-                    try:
-                        results[name] = await check()
-                    except Exception as exc:  # a failing dependency is the answer
-                        results[name] = f"failing: {exc}"
-                        healthy = False
+                healthy, results = await evaluate(checks)
                 status = 200 if healthy else 503
                 body = {"status": "ready" if healthy else "unavailable", "checks": results}
             else:

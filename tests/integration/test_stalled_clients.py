@@ -90,8 +90,15 @@ def rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
-async def stall(port: int, opening: bytes) -> float:
-    """Connect, send `opening`, then wait: return the seconds until the server closed."""
+async def stall(port: int, opening: bytes) -> tuple[float, float]:
+    """Connect, send `opening`, then wait for the server to close: return the seconds from
+    before connecting, and from after sending, to the close.
+
+    The server's deadline starts between the two (at accept, or when it starts reading the
+    body), so the first bounds it from above and the second from below, whatever this test's
+    own event loop, busy with 2,000 connections, adds in between.
+    """
+    connecting = time.monotonic()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         if opening:
@@ -103,23 +110,19 @@ async def stall(port: int, opening: bytes) -> float:
                 pass
         except ConnectionError:
             pass  # a reset is a close too
-        return time.monotonic() - sent
+        closed = time.monotonic()
+        return closed - connecting, closed - sent
     finally:
         writer.close()
 
 
-async def stall_many(port: int) -> dict[str, list[float]]:
+async def stall_many(port: int) -> dict[str, list[tuple[float, float]]]:
     kinds = [kind for kind in STALLS for _ in range(PER_KIND)]
-    opening = asyncio.Semaphore(200)  # connect in waves: the listen backlog is finite
-
-    async def one(kind: str) -> float:
-        async with opening:
-            pass
-        return await stall(port, STALLS[kind])
-
-    seconds = await asyncio.wait_for(asyncio.gather(*map(one, kinds)), 60)
-    closed: dict[str, list[float]] = {kind: [] for kind in STALLS}
-    for kind, took in zip(kinds, seconds, strict=True):
+    times = await asyncio.wait_for(
+        asyncio.gather(*(stall(port, STALLS[kind]) for kind in kinds)), 60
+    )
+    closed: dict[str, list[tuple[float, float]]] = {kind: [] for kind in STALLS}
+    for kind, took in zip(kinds, times, strict=True):
         closed[kind].append(took)
     return closed
 
@@ -139,12 +142,13 @@ def test_stalled_connections_are_closed_and_others_are_served(deployment: Deploy
         steady.wait()
     report = json.loads(out)
 
-    for kind, seconds in closed.items():
+    for kind, times in closed.items():
         deadline = BODY_TIMEOUT_S if kind == "body" else HEADER_TIMEOUT_S
-        late = [s for s in seconds if s > deadline + CLOSE_SLACK_S]
-        assert len(seconds) == PER_KIND
+        late = [after_send for _, after_send in times if after_send > deadline + CLOSE_SLACK_S]
+        early = [since_connect for since_connect, _ in times if since_connect < deadline - 0.1]
+        assert len(times) == PER_KIND
         assert not late, f"{len(late)} '{kind}' connections closed late (max {max(late):.1f} s)"
-        assert min(seconds) >= deadline - 0.5, f"'{kind}' connections closed before the deadline"
+        assert not early, f"{len(early)} '{kind}' connections closed before the deadline"
     statuses = report["statuses"]
     assert 503 not in statuses
     assert set(statuses) <= {200, 202}, sorted(set(statuses))

@@ -134,47 +134,45 @@ _CREATE_LUA = """
 -- `stale` is a task id the idempotency key may be taken over from (its task vanished), or ''.
 -- Returns per task 1 when stored, or the id of the task already stored (same id or same key);
 -- or, storing nothing, {-1, owner, pending} when the new tasks would take an owner past the cap.
--- First pass: which tasks are already stored (also earlier in this call), and what the new
--- ones add to each owner's pending count.
+-- First pass: read each task's arguments and keys once, find which are already stored (also
+-- earlier in this call), and add up what the new ones add to each owner's pending count.
 local cap = tonumber(ARGV[1])
-local held, adding, seen = {}, {}, {}
+local tasks, adding, seen = {}, {}, {}
 local k = 3
 local a = 2
-local i = 0
 while a <= #ARGV do
-  local id, has_key, status, stale, owner = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 4],
-    ARGV[a + 5]
-  a = a + 7 + tonumber(ARGV[a + 6])
-  i = i + 1
-  local task_key = KEYS[k]
+  local t = {id = ARGV[a], status = ARGV[a + 2], created = ARGV[a + 3], owner = ARGV[a + 5],
+    first = a + 7, n = tonumber(ARGV[a + 6])}
+  local has_key, stale = ARGV[a + 1], ARGV[a + 4]
+  a = t.first + t.n
+  t.task_key = KEYS[k]
   k = k + 1
-  local idem_key = false
   if has_key == '1' then
-    idem_key = KEYS[k]
+    t.idem_key = KEYS[k]
     k = k + 1
   end
-  if owner ~= '' then
+  if t.owner ~= '' then
+    t.listing = KEYS[k]
     k = k + 1
   end
-  local existing = false
-  if seen[task_key] or redis.call('EXISTS', task_key) == 1 then
-    existing = id
-  elseif idem_key then
-    local holder = seen[idem_key] or redis.call('GET', idem_key)
+  if seen[t.task_key] or redis.call('EXISTS', t.task_key) == 1 then
+    t.existing = t.id
+  elseif t.idem_key then
+    local holder = seen[t.idem_key] or redis.call('GET', t.idem_key)
     if holder and holder ~= stale then
-      existing = holder
+      t.existing = holder
     end
   end
-  held[i] = existing
-  if not existing then
-    seen[task_key] = true
-    if idem_key then
-      seen[idem_key] = id
+  if not t.existing then
+    seen[t.task_key] = true
+    if t.idem_key then
+      seen[t.idem_key] = t.id
     end
-    if status == 'queued' and owner ~= '' then
-      adding[owner] = (adding[owner] or 0) + 1
+    if t.status == 'queued' and t.owner ~= '' then
+      adding[t.owner] = (adding[t.owner] or 0) + 1
     end
   end
+  tasks[#tasks + 1] = t
 end
 if cap > 0 then
   for owner, n in pairs(adding) do
@@ -186,48 +184,26 @@ if cap > 0 then
 end
 -- Second pass: store the new tasks.
 local out = {}
-k = 3
-a = 2
-i = 0
-while a <= #ARGV do
-  local id, has_key, status, created, owner = ARGV[a], ARGV[a + 1], ARGV[a + 2],
-    ARGV[a + 3], ARGV[a + 5]
-  local n = tonumber(ARGV[a + 6])
-  local first = a + 7
-  a = first + n
-  i = i + 1
-  local task_key = KEYS[k]
-  k = k + 1
-  local idem_key = false
-  if has_key == '1' then
-    idem_key = KEYS[k]
-    k = k + 1
-  end
-  local listing = false
-  if owner ~= '' then
-    listing = KEYS[k]
-    k = k + 1
-  end
-  local existing = held[i]
-  if existing then
-    out[#out + 1] = existing
+for _, t in ipairs(tasks) do
+  if t.existing then
+    out[#out + 1] = t.existing
   else
-    redis.call('HSET', task_key, unpack(ARGV, first, first + n - 1))
-    if idem_key then
-      redis.call('SET', idem_key, id)
+    redis.call('HSET', t.task_key, unpack(ARGV, t.first, t.first + t.n - 1))
+    if t.idem_key then
+      redis.call('SET', t.idem_key, t.id)
     end
-    redis.call('HINCRBY', KEYS[1], status, 1)
-    redis.call('ZADD', KEYS[#KEYS - 1], created, id)
-    if listing then
-      redis.call('ZADD', listing, created, id)
+    redis.call('HINCRBY', KEYS[1], t.status, 1)
+    redis.call('ZADD', KEYS[#KEYS - 1], t.created, t.id)
+    if t.listing then
+      redis.call('ZADD', t.listing, t.created, t.id)
     end
-    if status == 'queued' or status == 'running' then
-      redis.call('ZADD', KEYS[#KEYS], 0, id)
+    if t.status == 'queued' or t.status == 'running' then
+      redis.call('ZADD', KEYS[#KEYS], 0, t.id)
     end
-    if status == 'queued' then
-      redis.call('ZADD', KEYS[2], created, id)
-      if owner ~= '' then
-        redis.call('HINCRBY', KEYS[1], 'pending:' .. owner, 1)
+    if t.status == 'queued' then
+      redis.call('ZADD', KEYS[2], t.created, t.id)
+      if t.owner ~= '' then
+        redis.call('HINCRBY', KEYS[1], 'pending:' .. t.owner, 1)
       end
     end
     out[#out + 1] = 1

@@ -44,6 +44,17 @@ def finished_by(container: str) -> int:
     return (logs.stdout + logs.stderr).count('"event": "task_finished"')
 
 
+def finished_since(before: dict[str, int], total: int, timeout: float = 10) -> dict[str, int]:
+    """Each container's task_finished lines since `before`. A worker logs that line just after
+    storing the result clients read, so wait (bounded) until `total` lines are there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = {c: finished_by(c) - count for c, count in before.items()}
+        if sum(done.values()) >= total or time.monotonic() > deadline:
+            return done
+        time.sleep(0.2)
+
+
 def wait_healthy(service: str, count: int, timeout: float = 120) -> None:
     """Wait until `count` containers of the service report healthy."""
     deadline = time.monotonic() + timeout
@@ -112,7 +123,7 @@ def test_200_tasks_through_two_workers(client: httpx.Client) -> None:
     before = {c: finished_by(c) for c in workers}
     expected = _mix(client, 200)
     _check_completed(client, expected)
-    done = {c: finished_by(c) - before[c] for c in workers}
+    done = finished_since(before, 200)
     print(f"200 tasks through 2 workers: {list(done.values())}")
     assert sum(done.values()) == 200
     assert all(count > 0 for count in done.values())
@@ -125,7 +136,7 @@ def test_scaled_to_three_workers_all_take_tasks(client: httpx.Client) -> None:
     before = {c: finished_by(c) for c in workers}
     expected = {submit(client, MEDIUM, shots=100): (16, 100) for _ in range(90)}
     _check_completed(client, expected)
-    done = {c: finished_by(c) - before[c] for c in workers}
+    done = finished_since(before, 90)
     print(f"90 tasks through 3 workers: {list(done.values())}")
     assert all(count > 0 for count in done.values())
 

@@ -70,6 +70,10 @@ def test_deleted_stream_queued_and_orphaned_running_tasks_complete_once(
                 body = wait_done(client, task_id, timeout=90)
                 assert body["status"] == "completed", (task_id, body)
             print(f"all 11 tasks completed {time.monotonic() - lost_at:.1f} s after the loss")
+        # A worker logs `task_finished` just after storing the result clients read: wait for it.
+        deadline = time.monotonic() + 10
+        while set(completions(deployment)) != {orphan, *queued} and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert completions(deployment) == Counter({t: 1 for t in [orphan, *queued]})
         assert '"stream_lost"' in deployment.log()
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -186,13 +187,21 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         server.terminate()
 
 
-def finished_lines(server: ServerProcess) -> dict[str, dict[str, object]]:
-    lines = {}
-    for line in server.log().splitlines():
-        if '"task_finished"' in line:
-            record = json.loads(line)
-            lines[str(record["task_id"])] = record
-    return lines
+def finished_lines(
+    server: ServerProcess, task_ids: list[str], timeout: float = 10.0
+) -> dict[str, dict[str, object]]:
+    """The `task_finished` records of these tasks. The worker logs that line just after it
+    stores the result a client can already read, so wait (bounded) until every one is there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = {}
+        for line in server.log().splitlines():
+            if '"task_finished"' in line:
+                record = json.loads(line)
+                lines[str(record["task_id"])] = record
+        if all(task_id in lines for task_id in task_ids) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
 
 
 def test_serve_runs_each_method_and_logs_it(serve: ServerProcess) -> None:
@@ -213,7 +222,7 @@ def test_serve_runs_each_method_and_logs_it(serve: ServerProcess) -> None:
                 assert all(len(key) == width for key in body["result"])
         for task_id in (ids["statevector"], batch_ids["statevector"]):
             assert wait_done(client, task_id, timeout=120)["status"] == "completed"
-    lines = finished_lines(serve)
+    lines = finished_lines(serve, [*ids.values(), *batch_ids.values()])
     for method in circuits:
         for task_id in (ids[method], batch_ids[method]):
             assert lines[task_id]["method"] == method

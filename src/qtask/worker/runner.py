@@ -293,18 +293,23 @@ class Worker:
         ):
             try:
                 if outcome.counts is not None:
+                    # Per-shot results go where the result object goes; without an object
+                    # store, into the record with the counts.
+                    in_record = outcome.memory if task.memory else None
                     if self._objects is not None and task.result_object is not None:
                         # Stored before the record says completed, so it always exists then.
                         await self._objects.put(
                             task.result_object,
-                            _result_document(task, outcome.counts, outcome.method),
+                            _result_document(task, outcome.counts, outcome.method, in_record),
                         )
+                        in_record = None
                     try:
                         done: Completion | None = await self._store.complete(
                             task.id,
                             outcome.counts,
                             worker_id=self._worker_id,
                             attempt=task.attempts,
+                            memory=in_record,
                         )
                     except TaskNotFoundError:  # cancelled, then removed by retention meanwhile
                         done = None
@@ -465,20 +470,27 @@ def _canonical(
     )
 
 
-def _result_document(task: Task, counts: dict[str, int], method: str | None = None) -> bytes:
+def _result_document(
+    task: Task,
+    counts: dict[str, int],
+    method: str | None = None,
+    memory: list[str] | None = None,
+) -> bytes:
     """The result object: the counts and what produced them (the method when known: a result
-    written back from the record alone does not know it)."""
-    return orjson.dumps(
-        {
-            "task_id": task.id,
-            "status": "completed",
-            "result": counts,
-            "shots": task.shots,
-            "seed": task.seed,
-            "qubits": task.info.num_qubits,
-            "method": method,
-            "attempts": task.completed_attempt or task.attempts,
-            "circuit_object": task.circuit_object,
-            "completed_at": task.finished_at or time.time(),
-        }
-    )
+    written back from the record alone does not know it), and the per-shot results when the
+    task asked for them (`memory`; the API reads them from here)."""
+    document: dict[str, object] = {
+        "task_id": task.id,
+        "status": "completed",
+        "result": counts,
+        "shots": task.shots,
+        "seed": task.seed,
+        "qubits": task.info.num_qubits,
+        "method": method,
+        "attempts": task.completed_attempt or task.attempts,
+        "circuit_object": task.circuit_object,
+        "completed_at": task.finished_at or time.time(),
+    }
+    if memory is not None:
+        document["memory"] = memory
+    return orjson.dumps(document)

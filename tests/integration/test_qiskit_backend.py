@@ -3,9 +3,14 @@ memory through Qiskit's Result, several registers, BackendSamplerV2, job status 
 
 from __future__ import annotations
 
+import ast
 import math
+import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
@@ -124,3 +129,27 @@ def test_target_and_options(backend: QTaskBackend, server: ServerProcess) -> Non
             provider.get_backend("no-such-backend")
     finally:
         provider.close()
+
+
+def test_the_readme_qiskit_example_runs(server: ServerProcess) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Use it from Qiskit", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    done = subprocess.run(
+        [sys.executable, "-c", example],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "QTASK_URL": server.url},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    counts_line, memory_line, sampled_line = done.stdout.splitlines()
+    counts, status = counts_line.rsplit(" ", 1)
+    assert status == "DONE"
+    # Seeded: the counts the README shows.
+    assert ast.literal_eval(counts) == {"11": 511, "00": 489}
+    memory = ast.literal_eval(memory_line)
+    assert len(memory) == 4
+    assert set(memory) <= {"00", "11"}
+    assert sum(ast.literal_eval(sampled_line).values()) == 500

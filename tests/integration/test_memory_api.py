@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 
 from qtask_testkit import BELL, ServerProcess
 from servers import DistributedDeployment, started_deployment
@@ -74,10 +75,9 @@ def test_memory_over_the_limit_is_refused_at_submit(server: Deployment) -> None:
     assert "limits.max_memory_bits" in response.json()["message"]
 
 
+@pytest.mark.parametrize("server", ["distributed"], indirect=True)
 def test_distributed_memory_lives_in_the_result_object_not_redis(server: Deployment) -> None:
-    if not isinstance(server, DistributedDeployment):
-        pytest.skip("embedded mode has no object store by default")
-    import redis
+    assert isinstance(server, DistributedDeployment)
 
     with httpx.Client(base_url=server.url, timeout=60) as http:
         task_id = http.post("/tasks", json={"qc": BELL, "shots": 50, "memory": True}).json()[

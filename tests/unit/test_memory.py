@@ -252,3 +252,16 @@ async def test_worker_puts_memory_in_the_result_object_not_the_record() -> None:
     assert await store.memories([asked.id, plain.id]) == {}
     assert orjson.loads(objects.objects["results/a.json"])["memory"] == ["01", "01"]
     assert "memory" not in orjson.loads(objects.objects["results/b.json"])
+
+
+async def test_memory_lost_from_the_result_object_reads_null() -> None:
+    # A refused duplicate run's object was written back from the record, without shots.
+    objects = InMemoryObjectStore()
+    api = Api(objects)
+    transport = httpx.ASGITransport(app=api.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        task_id = await submit(client, qc=BELL, shots=2, memory=True)
+        await objects.put(result_key(task_id), orjson.dumps({"result": {"11": 2}}))
+        await api.store.complete(task_id, {"11": 2})
+        body = (await client.get(f"/tasks/{task_id}")).json()
+    assert body == {"status": "completed", "result": {"11": 2}, "memory": None}

@@ -49,3 +49,10 @@ def test_job_status_follows_the_tasks() -> None:
     assert _status([done, done]) is JobStatus.DONE
     assert _status([done, cancelled]) is JobStatus.CANCELLED
     assert _status([cancelled, failed]) is JobStatus.ERROR
+
+
+def test_memory_asked_for_but_missing_is_an_unsuccessful_experiment() -> None:
+    task = TaskResult("t", "completed", counts={"11": 2}, memory=None)
+    experiment = _experiment(task, _header(QuantumCircuit(2, 2)), 2, True)
+    assert not experiment.success
+    assert "no per-shot results" in experiment.status

@@ -361,7 +361,8 @@ async def ready(request: Request) -> Response:
 def task_body(task: Task | TaskOutcome) -> dict[str, object]:
     """The contract's body for a task in any state."""
     if task.status is Status.COMPLETED:
-        if isinstance(task, TaskOutcome) and task.per_shot is not None:
+        if isinstance(task, TaskOutcome) and task.memory:
+            # null: asked for, but lost (a duplicate run replaced the result object; rare).
             return {"status": "completed", "result": task.result, "memory": task.per_shot}
         return {"status": "completed", "result": task.result}
     if task.status is Status.FAILED:

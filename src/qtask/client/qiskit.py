@@ -282,6 +282,14 @@ def _experiment(
             header=header,
             status=task.error or "The task failed.",
         )
+    if memory and task.memory is None:
+        return ExperimentResult(
+            shots=shots,
+            success=False,
+            data=ExperimentResultData(),
+            header=header,
+            status="qtask returned no per-shot results (memory) for this task; run it again.",
+        )
     counts = task.counts
     first = next(iter(counts), "")
     if len(first.replace(" ", "")) != header["memory_slots"]:
@@ -294,7 +302,7 @@ def _experiment(
         }
     data = ExperimentResultData(
         counts={_hex(key): value for key, value in counts.items()},
-        memory=None if task.memory is None or not memory else [_hex(b) for b in task.memory],
+        memory=[_hex(bits) for bits in task.memory] if memory and task.memory else None,
     )
     return ExperimentResult(
         shots=sum(counts.values()),

@@ -340,7 +340,11 @@ class Worker:
 
     async def _restore_result(self, stored: Task) -> None:
         """Write the stored result back over the object a refused duplicate run just replaced,
-        so the object store says what the record says (the first result wins there too)."""
+        so the object store says what the record says (the first result wins there too).
+
+        The first run's per-shot results (memory) cannot be written back: the record does not
+        hold them when an object store does. Reads then answer `"memory": null` rather than
+        the duplicate's shots beside the first run's counts."""
         if self._objects is None or stored.result_object is None or stored.result is None:
             return
         try:

@@ -4,6 +4,7 @@ shots (record or result object) and the bodies that show them, over in-memory fa
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -265,3 +266,49 @@ async def test_memory_lost_from_the_result_object_reads_null() -> None:
         await api.store.complete(task_id, {"11": 2})
         body = (await client.get(f"/tasks/{task_id}")).json()
     assert body == {"status": "completed", "result": {"11": 2}, "memory": None}
+
+
+class _RunNumberPool:
+    """Run n answers every shot with n's two-bit string ("00", then "01", ...)."""
+
+    size = 1
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def call(self, items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        outcomes = []
+        for item in items:
+            bits = f"{self.runs:02b}"
+            outcomes.append(
+                RunOutcome(item.task_id, counts={bits: item.shots}, memory=[bits] * item.shots)
+            )
+            self.runs += 1
+        return outcomes
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_duplicate_run_keeps_the_first_runs_shots_in_the_result_object() -> None:
+    store = InMemoryTaskStore()
+    objects = InMemoryObjectStore()
+    task = await store.create(make_task(shots=2, memory=True, result_object="results/d.json"))
+    [first] = await store.fetch(1, timeout=0)
+    store.expire_lease(task.id)  # handed out again while the first run holds it
+    [second] = await store.fetch(1, timeout=0)
+    pool = _RunNumberPool()
+    settings = WorkerSettings(processes=1, max_attempts=3, task_timeout_s=5.0, batch_size=8)
+    worker = Worker(store, _Once([first, second]), pool, settings, objects=objects)  # type: ignore[arg-type]
+    worker.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 5
+        while pool.runs < 2 or worker.in_flight:
+            assert asyncio.get_running_loop().time() < deadline, "the runs did not finish"
+            await asyncio.sleep(0.01)
+    finally:
+        await worker.stop(grace=1.0)
+    done = store.tasks[task.id]
+    document = orjson.loads(objects.objects["results/d.json"])
+    assert document["result"] == done.result
+    assert dict(Counter(document["memory"])) == done.result

@@ -148,6 +148,9 @@ class LimitsSettings(BaseModel):
     max_qubits: int = Field(default=100, ge=1)
     max_operations: int = Field(default=100_000, ge=1)
     max_shots: int = Field(default=1_000_000, ge=1)
+    # `"memory": true` (one bitstring per shot): shots x classical bits a task may ask for.
+    # 1,000,000 keeps a result's per-shot list to a few MB of JSON.
+    max_memory_bits: int = Field(default=1_000_000, ge=1)
     # Memory one statevector may take; 4096 MiB is 28 qubits. Clifford circuits are exempt.
     max_statevector_mb: int = Field(default=4096, ge=1)
     parse_timeout_s: float = Field(default=10.0, gt=0)

@@ -8,6 +8,8 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import orjson
+
 from qtask import metrics
 from qtask.adapters.objects import circuit_key, result_key
 from qtask.circuits.ingest import IngestedCircuit, Limits, NeedsSlowPathError, ingest
@@ -22,7 +24,7 @@ from qtask.constants import (
     MSG_CANCELLED,
 )
 from qtask.domain.ports import ObjectStore, TaskQueue, TaskStore
-from qtask.domain.task import Status, Task, TaskOutcome, new_task_id
+from qtask.domain.task import CircuitInfo, Status, Task, TaskOutcome, new_task_id
 from qtask.errors import (
     CircuitError,
     CircuitTooLargeError,
@@ -120,6 +122,8 @@ class Submission:
     source: str
     shots: int
     seed: int | None = None
+    # Return each shot's bitstring too (bounded by limits.max_memory_bits).
+    memory: bool = False
 
 
 class TaskService:
@@ -146,6 +150,7 @@ class TaskService:
         self._objects = objects
         self._ingestor = ingestor
         self._max_shots = limits.max_shots
+        self._max_memory_bits = limits.max_memory_bits
         self._max_batch = limits.max_batch_tasks
         self._max_pending = max_pending_per_owner
 
@@ -215,7 +220,7 @@ class TaskService:
         found = (await self._store.outcomes([task_id])).get(task_id)
         if found is None or not found.visible_to(caller):
             raise TaskNotFoundError(task_id)
-        return found
+        return (await self._with_memory({task_id: found}))[task_id]
 
     async def cancel(self, task_id: str, caller: str | None = None) -> TaskOutcome:
         """Cancel a queued or running task: it ends in error "Task was cancelled." at once.
@@ -252,9 +257,9 @@ class TaskService:
         """What `caller` may see of the tasks among `task_ids` (others left out)."""
         _check_ids(task_ids)
         found = await self._store.outcomes(task_ids)
-        if caller is None:
-            return found
-        return {task_id: task for task_id, task in found.items() if task.visible_to(caller)}
+        if caller is not None:
+            found = {task_id: task for task_id, task in found.items() if task.visible_to(caller)}
+        return await self._with_memory(found)
 
     async def wait(self, task_id: str, caller: str | None, wait_s: float) -> TaskOutcome:
         """As read(), but while the task is queued or running wait up to `wait_s` seconds for
@@ -263,7 +268,7 @@ class TaskService:
         found = (await self._wait_for([task_id], caller, wait_s)).get(task_id)
         if found is None:  # unknown, another key's, or removed while waited for
             raise TaskNotFoundError(task_id)
-        return found
+        return (await self._with_memory({task_id: found}))[task_id]
 
     async def wait_many(
         self, task_ids: Sequence[str], caller: str | None, wait_s: float
@@ -271,7 +276,25 @@ class TaskService:
         """As read_many(), but wait up to `wait_s` seconds for all of the tasks to end."""
         _check_wait(wait_s)
         _check_ids(task_ids)
-        return await self._wait_for(task_ids, caller, wait_s)
+        return await self._with_memory(await self._wait_for(task_ids, caller, wait_s))
+
+    async def _with_memory(self, found: dict[str, TaskOutcome]) -> dict[str, TaskOutcome]:
+        """`found`, with the per-shot results of the completed tasks that asked for them: from
+        the record, else from the result object (where workers put them when there is one)."""
+        wanted = [i for i, task in found.items() if task.memory and task.status is Status.COMPLETED]
+        if not wanted:
+            return found
+        shots = await self._store.memories(wanted)
+        missing = [i for i in wanted if i not in shots]
+        if missing and self._objects is not None:
+            documents = await asyncio.gather(*(self._objects.get(result_key(i)) for i in missing))
+            for task_id, document in zip(missing, documents, strict=True):
+                per_shot = None if document is None else orjson.loads(document).get("memory")
+                if per_shot is not None:
+                    shots[task_id] = per_shot
+        return {
+            i: replace(task, per_shot=shots[i]) if i in shots else task for i, task in found.items()
+        }
 
     async def _wait_for(
         self, task_ids: Sequence[str], caller: str | None, wait_s: float
@@ -400,6 +423,8 @@ class TaskService:
                 f"shots must be between 1 and {self._max_shots}; got {submission.shots}."
             )
         circuit = await self._ingestor.ingest(submission.source)
+        if submission.memory:
+            self._check_memory(submission.shots, circuit.info)
         return Task(
             id=new_task_id(),
             source=submission.source,
@@ -409,7 +434,19 @@ class TaskService:
             seed=submission.seed,
             idempotency_key=key,
             owner=owner,
+            memory=submission.memory,
         )
+
+    def _check_memory(self, shots: int, info: CircuitInfo) -> None:
+        """Refuse per-shot results over limits.max_memory_bits (shots x classical bits)."""
+        # A circuit that measures nothing gets every qubit measured (the bound counts both).
+        bits = info.num_clbits if info.measured else info.num_qubits + info.num_clbits
+        if shots * bits > self._max_memory_bits:
+            raise CircuitTooLargeError(
+                f'"memory": true returns one bitstring per shot, and shots x classical bits may '
+                f"be at most {self._max_memory_bits} (limits.max_memory_bits); got {shots} x "
+                f"{bits} = {shots * bits}. Send fewer shots, or leave memory out for counts."
+            )
 
     async def _put_circuits(self, tasks: list[Task], sources: Sequence[str]) -> list[Task]:
         """With an object store, write each task's circuit there and point the task at it."""

@@ -42,6 +42,7 @@ class InMemoryTaskStore:
         self.tracks_publishing = False
         self._listeners: list[EndListener] = []
         self._resyncs: list[Callable[[], None]] = []
+        self.per_shot: dict[str, list[str]] = {}
 
     def listen(self, ended: EndListener, resync: Callable[[], None]) -> None:
         """EndNotices: call `ended(ids)` when tasks end or are removed."""
@@ -120,10 +121,16 @@ class InMemoryTaskStore:
     async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
         """Status, result and error of the tasks that exist among `task_ids`, by id."""
         return {
-            task.id: TaskOutcome(task.id, task.status, task.result, task.error, task.owner)
+            task.id: TaskOutcome(
+                task.id, task.status, task.result, task.error, task.owner, task.memory
+            )
             for task_id in task_ids
             if (task := self.tasks.get(task_id)) is not None
         }
+
+    async def memories(self, task_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The per-shot results complete() kept, by id."""
+        return {i: list(self.per_shot[i]) for i in task_ids if i in self.per_shot}
 
     async def pending_count(self, owner: str) -> int:
         """How many of `owner`'s tasks are queued or running."""
@@ -151,6 +158,7 @@ class InMemoryTaskStore:
             if stored is None or not stored.status.terminal:
                 continue
             del self.tasks[task.id]
+            self.per_shot.pop(task.id, None)
             if stored.idempotency_key is not None:
                 self._keys.pop(stored.idempotency_key, None)
             deleted += 1
@@ -244,6 +252,7 @@ class InMemoryTaskStore:
         *,
         worker_id: str | None = None,
         attempt: int | None = None,
+        memory: Sequence[str] | None = None,
     ) -> Completion:
         """Store a result unless the task already ended; say whether this call stored it."""
         before = self.tasks.get(task_id)
@@ -254,6 +263,8 @@ class InMemoryTaskStore:
             completed_by=worker_id,
             completed_attempt=attempt,
         )
+        if task is not before and memory is not None:
+            self.per_shot[task_id] = list(memory)
         return Completion(task, task is not before)
 
     async def fail(self, task_id: str, message: str, *, dead_letter: bool = False) -> Task:

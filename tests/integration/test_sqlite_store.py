@@ -384,18 +384,23 @@ async def test_counts(store: SQLiteTaskStore) -> None:
 
 
 async def test_a_database_from_before_owners_is_migrated(db_path: Path) -> None:
-    # The schema as qtask 0.x wrote it, before tasks had owners or recorded who completed them.
-    new_columns = ",\n    owner TEXT,\n    completed_by TEXT,\n    completed_attempt INTEGER\n"
+    # The schema as qtask 0.x wrote it, before tasks had owners, recorded who completed them
+    # or kept per-shot results.
+    new_columns = (
+        ",\n    owner TEXT,\n    completed_by TEXT,\n    completed_attempt INTEGER,"
+        "\n    memory INTEGER NOT NULL DEFAULT 0,\n    memory_data TEXT\n"
+    )
     old_schema = SCHEMA.replace(new_columns, "\n")
     assert "    owner TEXT" not in old_schema
     assert "completed_by" not in old_schema
+    assert "memory" not in old_schema
     old = make_task(idempotency_key="k")
     db_path.parent.mkdir(parents=True)
     conn = sqlite3.connect(db_path)
     conn.executescript(old_schema)
-    row = _to_row(old)[:-3]
+    row = _to_row(old)[:-4]
     conn.execute(
-        f"INSERT INTO tasks ({_COLUMNS.rsplit(',', 3)[0]}) VALUES ({', '.join('?' * len(row))})",
+        f"INSERT INTO tasks ({_COLUMNS.rsplit(',', 4)[0]}) VALUES ({', '.join('?' * len(row))})",
         row,
     )
     conn.commit()
@@ -409,6 +414,9 @@ async def test_a_database_from_before_owners_is_migrated(db_path: Path) -> None:
         assert (await store.outcomes([mine.id]))[mine.id].owner == "alice"
         done = await store.complete(old.id, {"0": 1}, worker_id="w", attempt=1)
         assert (done.task.completed_by, done.task.completed_attempt) == ("w", 1)
+        asked = await store.create(make_task(memory=True))
+        await store.complete(asked.id, {"0": 1}, memory=["0"])
+        assert await store.memories([asked.id]) == {asked.id: ["0"]}
     finally:
         await store.close()
     reopened = SQLiteTaskStore(db_path)  # migrating twice is harmless

@@ -193,6 +193,22 @@ async def test_the_first_result_wins(store: TaskStore) -> None:
     assert await store.get(task.id) == done
 
 
+async def test_per_shot_results_are_kept_with_the_first_result(store: TaskStore) -> None:
+    asked = await store.create(make_task(shots=3, memory=True))
+    plain = await store.create(make_task(shots=3))
+    assert (await store.get(asked.id), await store.get(plain.id)) == (asked, plain)
+    outcomes = await store.outcomes([asked.id, plain.id])
+    assert (outcomes[asked.id].memory, outcomes[plain.id].memory) == (True, False)
+    await store.complete(asked.id, {"00": 2, "1 1": 1}, memory=["00", "1 1", "00"])
+    await store.complete(asked.id, {"01": 3}, memory=["01", "01", "01"])  # late: ignored
+    await store.complete(plain.id, {"00": 3})
+    assert await store.memories([asked.id, plain.id, "no-such-task"]) == {
+        asked.id: ["00", "1 1", "00"]
+    }
+    assert (await stored(store, asked.id)).memory is True
+    assert (await store.outcomes([asked.id]))[asked.id].result == {"00": 2, "1 1": 1}
+
+
 async def test_a_queued_task_may_complete_or_fail(store: TaskStore) -> None:
     completed = await store.create(make_task())
     assert (await store.complete(completed.id, {"0": 1})).task.status is Status.COMPLETED

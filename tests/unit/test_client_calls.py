@@ -396,3 +396,24 @@ async def test_the_async_client_long_polls_lists_and_reads_circuits() -> None:
     assert 9 < float(asked[0]["wait"]) <= 10  # the time left of the caller's timeout
     assert asked[1] == {"ids": "a,b", "wait": "25"}
     assert asked[2] == {"status": "completed"}
+
+
+def test_memory_is_sent_only_when_asked_and_read_back() -> None:
+    sent: list[object] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            sent.append(json.loads(request.content))
+            return httpx.Response(202, json={"task_ids": ["a", "b"], "message": "ok"})
+        body = {"status": "completed", "result": {"00": 1, "11": 1}, "memory": ["11", "00"]}
+        return httpx.Response(200, json=body)
+
+    with client_for(handler) as client:
+        client.submit_many([BELL, BELL], shots=2, memory=True)
+        client.submit_many([BELL, BELL], shots=2)
+        result = client.get("a")
+    asked, plain = sent
+    assert [item["memory"] for item in asked["tasks"]] == [True, True]  # type: ignore[index]
+    assert all("memory" not in item for item in plain["tasks"])  # type: ignore[index]
+    assert result.memory == ["11", "00"]
+    assert result.counts == {"00": 1, "11": 1}

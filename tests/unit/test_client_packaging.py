@@ -21,7 +21,8 @@ SRC = Path(qtask.__file__).parent
 # dependency-free root (the version and the error tree).
 CLIENT_MAY_IMPORT = {"httpx", "rich", "qtask", "qtask.errors"}
 # Imported only inside the function that writes out a caller's Qiskit circuit.
-LAZY = {("circuits.py", "qiskit")}
+# qtask.client.qiskit is the Qiskit backend (the `qiskit` extra): nothing else imports it.
+LAZY = {("circuits.py", "qiskit"), ("qiskit.py", "qiskit")}
 SERVER_MODULES = [
     "fastapi",
     "starlette",

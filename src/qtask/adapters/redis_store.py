@@ -6,6 +6,8 @@ Layout, every key under one prefix (default "qtask"):
   `info` and `result` are JSON, `program` raw bytes, floats in Python's round-trip repr. A
   running task also has `worker`, the id of the worker that started it; a completed one
   `completed_by` and `completed_attempt`, the worker and attempt whose result was stored.
+  `memory` is "1" when the per-shot results were asked for; `memory_data` holds them (a JSON
+  list) when no object store does, set by the finish script with the result.
 - `{prefix}:idem:{key}`: the id of the task created with that idempotency key.
 - `{prefix}:unpublished`: sorted set of queued task ids not yet confirmed published to the
   queue, scored by created_at; the reconciler republishes what lingers there.
@@ -235,7 +237,8 @@ _FINISH_LUA = """
 -- KEYS[5] unpublished zset, KEYS[6] active zset.
 -- ARGV: new status, field to set, its value, field to clear, now, dead letter ('1'/'0'),
 -- dead letters kept, task id, reason (for the dead letter), completed_by and
--- completed_attempt ('' to record none), the channel of end notices.
+-- completed_attempt ('' to record none), the channel of end notices, a further field to set
+-- ('' for none) and its value (the per-shot results).
 -- The first outcome wins: a task that already ended is returned unchanged, with no dead letter.
 -- The call that ends the task publishes its id on the channel, atomically with the change, so
 -- no end can be stored without its notice being sent (long polls wait for these).
@@ -254,6 +257,9 @@ if status == 'queued' or status == 'running' then
   end
   if ARGV[11] ~= '' then
     redis.call('HSET', KEYS[1], 'completed_attempt', ARGV[11])
+  end
+  if ARGV[13] ~= '' then
+    redis.call('HSET', KEYS[1], ARGV[13], ARGV[14])
   end
   redis.call('HDEL', KEYS[1], ARGV[4], 'worker')
   redis.call('HINCRBY', KEYS[2], status, -1)
@@ -508,10 +514,12 @@ class RedisTaskStore:
         with self._unavailable(f"read {len(unique)} tasks"):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for task_id in unique:
-                    pipe.hmget(self._task_key(task_id), "status", "result", "error", "owner")
+                    pipe.hmget(
+                        self._task_key(task_id), "status", "result", "error", "owner", "memory"
+                    )
                 replies: list[list[bytes | None]] = await pipe.execute()
         found = {}
-        for task_id, (status, result, error, owner) in zip(unique, replies, strict=True):
+        for task_id, (status, result, error, owner, memory) in zip(unique, replies, strict=True):
             if status is not None:
                 found[task_id] = TaskOutcome(
                     task_id,
@@ -519,8 +527,25 @@ class RedisTaskStore:
                     None if result is None else orjson.loads(result),
                     None if error is None else error.decode(),
                     None if owner is None else owner.decode(),
+                    memory == b"1",
                 )
         return found
+
+    async def memories(self, task_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The per-shot results complete() kept in the records, in one pipeline."""
+        unique = list(dict.fromkeys(task_ids))
+        if not unique:
+            return {}
+        with self._unavailable(f"read the per-shot results of {len(unique)} tasks"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for task_id in unique:
+                    pipe.hget(self._task_key(task_id), "memory_data")
+                replies: list[bytes | None] = await pipe.execute()
+        return {
+            task_id: orjson.loads(data)
+            for task_id, data in zip(unique, replies, strict=True)
+            if data is not None
+        }
 
     async def page(
         self,
@@ -713,12 +738,14 @@ class RedisTaskStore:
         *,
         worker_id: str | None = None,
         attempt: int | None = None,
+        memory: Sequence[str] | None = None,
     ) -> Completion:
         """Store the result unless the task already ended; say whether this call stored it."""
         result = json.dumps(counts, separators=(",", ":"))
         by = (worker_id or "", "" if attempt is None else str(attempt))
+        extra = ("", "") if memory is None else ("memory_data", orjson.dumps(list(memory)))
         task, changed = await self._end(
-            task_id, Status.COMPLETED, "result", result, "error", dead=False, by=by
+            task_id, Status.COMPLETED, "result", result, "error", dead=False, by=by, extra=extra
         )
         return Completion(task, changed)
 
@@ -871,6 +898,7 @@ class RedisTaskStore:
         *,
         dead: bool,
         by: tuple[str, str] = ("", ""),
+        extra: tuple[str, str | bytes] = ("", ""),
     ) -> tuple[Task, bool]:
         """Run the finish script: the task as stored, and whether this call ended it."""
         with self._unavailable(f"store the outcome of task {task_id}"):
@@ -895,6 +923,7 @@ class RedisTaskStore:
                     value,
                     *by,
                     self.ended_channel,
+                    *extra,
                 ],
             )
         if reply is None:
@@ -953,6 +982,7 @@ def _to_hash(task: Task) -> list[str | bytes]:
         "completed_attempt": (
             None if task.completed_attempt is None else str(task.completed_attempt)
         ),
+        "memory": "1" if task.memory else None,
     }
     fields: list[str | bytes] = [
         "id", task.id,
@@ -1002,6 +1032,7 @@ def _from_hash(raw: dict[bytes, bytes]) -> Task:
         owner=text(b"owner"),
         completed_by=text(b"completed_by"),
         completed_attempt=None if completed_attempt is None else int(completed_attempt),
+        memory=raw.get(b"memory") == b"1",
     )
 
 

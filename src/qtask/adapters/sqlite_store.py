@@ -60,7 +60,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     result_object TEXT,
     owner TEXT,
     completed_by TEXT,
-    completed_attempt INTEGER
+    completed_attempt INTEGER,
+    memory INTEGER NOT NULL DEFAULT 0,
+    memory_data TEXT
 );
 -- Only unfinished tasks are indexed for the queue, so claiming stays fast however many
 -- completed tasks the table keeps.
@@ -104,6 +106,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if "completed_by" not in columns:
         conn.execute("ALTER TABLE tasks ADD COLUMN completed_by TEXT")
         conn.execute("ALTER TABLE tasks ADD COLUMN completed_attempt INTEGER")
+    if "memory" not in columns:
+        # memory: the per-shot results were asked for; memory_data: them, as a JSON list,
+        # when no object store keeps them.
+        conn.execute("ALTER TABLE tasks ADD COLUMN memory INTEGER NOT NULL DEFAULT 0")
+        conn.execute("ALTER TABLE tasks ADD COLUMN memory_data TEXT")
     for index in _OWNER_INDEXES:
         conn.execute(index)
 
@@ -198,7 +205,7 @@ class SQLiteTaskStore:
         if not unique:
             return {}
         marks = ",".join("?" * len(unique))
-        query = f"SELECT id, status, result, error, owner FROM tasks WHERE id IN ({marks})"
+        query = f"SELECT id, status, result, error, owner, memory FROM tasks WHERE id IN ({marks})"
         rows = self._db.read(lambda conn: conn.execute(query, unique).fetchall())
         return {
             row[0]: TaskOutcome(
@@ -207,9 +214,22 @@ class SQLiteTaskStore:
                 None if row[2] is None else orjson.loads(row[2]),
                 row[3],
                 row[4],
+                bool(row[5]),
             )
             for row in rows
         }
+
+    async def memories(self, task_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The per-shot results complete() kept, for the tasks among `task_ids` that have them."""
+        unique = list(dict.fromkeys(task_ids))
+        if not unique:
+            return {}
+        marks = ",".join("?" * len(unique))
+        query = (
+            f"SELECT id, memory_data FROM tasks WHERE id IN ({marks}) AND memory_data IS NOT NULL"
+        )
+        rows = self._db.read(lambda conn: conn.execute(query, unique).fetchall())
+        return {row[0]: orjson.loads(row[1]) for row in rows}
 
     async def page(
         self,
@@ -338,12 +358,19 @@ class SQLiteTaskStore:
         *,
         worker_id: str | None = None,
         attempt: int | None = None,
+        memory: Sequence[str] | None = None,
     ) -> Completion:
         """Store the result unless the task already ended; say whether this call stored it."""
         payload = json.dumps(counts, separators=(",", ":"))
+        shots = None if memory is None else orjson.dumps(list(memory)).decode()
         completion = await self._db.write(
             lambda conn: self._finish(
-                conn, task_id, Status.COMPLETED, result=payload, by=(worker_id, attempt)
+                conn,
+                task_id,
+                Status.COMPLETED,
+                result=payload,
+                by=(worker_id, attempt),
+                memory_data=shots,
             )
         )
         if completion.transitioned:
@@ -478,6 +505,7 @@ class SQLiteTaskStore:
         result: str | None = None,
         error: str | None = None,
         by: tuple[str | None, int | None] = (None, None),
+        memory_data: str | None = None,
     ) -> Completion:
         row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
@@ -488,9 +516,9 @@ class SQLiteTaskStore:
         # Conditional on the status just read, so the transition is this UPDATE's alone.
         updated = conn.execute(
             "UPDATE tasks SET status = ?, result = ?, error = ?, finished_at = ?,"
-            " lease_owner = NULL, lease_expires = NULL, completed_by = ?, completed_attempt = ?"
-            " WHERE id = ? AND status = ? RETURNING *",
-            (status.value, result, error, time.time(), *by, task_id, row["status"]),
+            " lease_owner = NULL, lease_expires = NULL, completed_by = ?, completed_attempt = ?,"
+            " memory_data = ? WHERE id = ? AND status = ? RETURNING *",
+            (status.value, result, error, time.time(), *by, memory_data, task_id, row["status"]),
         ).fetchone()
         if updated is None:
             row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -560,9 +588,9 @@ class _SQLiteDelivery:
 _COLUMNS = (
     "id, status, source, program, info, shots, seed, attempts, result, error, last_error,"
     " created_at, started_at, finished_at, idempotency_key, circuit_object, result_object, owner,"
-    " completed_by, completed_attempt"
+    " completed_by, completed_attempt, memory"
 )
-_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 20)})"
+_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 21)})"
 
 _CLAIM = """
 UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?,
@@ -600,6 +628,7 @@ def _to_row(task: Task) -> tuple[object, ...]:
         task.owner,
         task.completed_by,
         task.completed_attempt,
+        int(task.memory),
     )
 
 
@@ -625,4 +654,5 @@ def _from_row(row: sqlite3.Row) -> Task:
         owner=row["owner"],
         completed_by=row["completed_by"],
         completed_attempt=row["completed_attempt"],
+        memory=bool(row["memory"]),
     )

@@ -132,7 +132,8 @@ async def submit_task(
 ) -> Response:
     """Store the circuit durably and queue it; answer with the task's id at once."""
     body = await _read_model(request, SubmitRequest, request.app.state.max_body_bytes)
-    task = await service.submit(Submission(body.qc, body.shots, body.seed), idempotency_key, caller)
+    submission = Submission(body.qc, body.shots, body.seed, body.memory)
+    task = await service.submit(submission, idempotency_key, caller)
     return _json(
         {"task_id": task.id, "message": MSG_SUBMITTED},
         202,
@@ -162,7 +163,7 @@ async def submit_batch(
     """
     body = await _read_model(request, BatchSubmitRequest, request.app.state.max_batch_body_bytes)
     tasks = await service.submit_many(
-        [Submission(item.qc, item.shots, item.seed) for item in body.tasks],
+        [Submission(item.qc, item.shots, item.seed, item.memory) for item in body.tasks],
         idempotency_key,
         caller,
     )
@@ -274,7 +275,8 @@ def _split(values: list[str]) -> list[str]:
 async def get_task(
     task_id: str, service: ServiceDep, caller: CallerDep, wait: Wait = None
 ) -> Response:
-    """Completed: the counts. Queued or running: pending. Failed: error with the reason.
+    """Completed: the counts (and `memory`, each shot's bitstring, for a task submitted with
+    `"memory": true`). Queued or running: pending. Failed: error with the reason.
 
     With `wait`, a queued or running task's answer waits until it ends or `wait` seconds pass.
     """
@@ -359,6 +361,9 @@ async def ready(request: Request) -> Response:
 def task_body(task: Task | TaskOutcome) -> dict[str, object]:
     """The contract's body for a task in any state."""
     if task.status is Status.COMPLETED:
+        if isinstance(task, TaskOutcome) and task.memory:
+            # null: asked for, but lost (a duplicate run replaced the result object; rare).
+            return {"status": "completed", "result": task.result, "memory": task.per_shot}
         return {"status": "completed", "result": task.result}
     if task.status is Status.FAILED:
         return {"status": "error", "message": task.error or "The task failed."}

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+)
 
 
 class SubmitRequest(BaseModel):
@@ -22,6 +30,11 @@ class SubmitRequest(BaseModel):
     shots: StrictInt = Field(default=1024, description="Number of samples.")
     seed: StrictInt | None = Field(
         default=None, ge=0, lt=2**63, description="Simulator seed for reproducible counts."
+    )
+    memory: StrictBool = Field(
+        default=False,
+        description="Also return each shot's outcome (`memory`: one bitstring per shot, keyed "
+        "as `result` is); shots x classical bits is limited (limits.max_memory_bits).",
     )
 
 
@@ -54,6 +67,9 @@ class CompletedResponse(BaseModel):
 
     status: Literal["completed"]
     result: dict[str, int]
+    memory: list[str] | None = Field(
+        default=None, description='Only for tasks submitted with "memory": true: each shot.'
+    )
 
 
 class MessageResponse(BaseModel):

@@ -7,9 +7,10 @@
 
 A client-only install (`pip install qtask`) has this package and the command line's client
 commands; nothing here imports the server (Qiskit is imported only to write out a Qiskit
-circuit the caller passed). Not here yet, because the server has no such endpoints: listing
-tasks (`list`) and listing backends (`backends`); `backend=` is refused with UnsupportedError
-until the server has backends, rather than silently ignored.
+circuit the caller passed). `qtask.client.qiskit` (not imported here; `pip install
+"qtask[qiskit]"`) is qtask as a Qiskit BackendV2. Not here yet, because the server has no
+such endpoints: listing tasks (`list`) and listing backends (`backends`); `backend=` is
+refused with UnsupportedError until the server has backends, rather than silently ignored.
 """
 
 from qtask.client._core import RetryPolicy

@@ -93,7 +93,7 @@ def make_config(
 
 
 def submission(
-    circuit: Any, shots: int | None, seed: int | None, backend: str | None
+    circuit: Any, shots: int | None, seed: int | None, backend: str | None, memory: bool = False
 ) -> dict[str, Any]:
     """One circuit as POST /tasks takes it; unset fields are left to the server's defaults."""
     body: dict[str, Any] = {"qc": to_qasm(circuit)}
@@ -103,6 +103,8 @@ def submission(
         body["seed"] = seed
     if backend is not None:
         body["backend"] = backend
+    if memory:
+        body["memory"] = True
     return body
 
 
@@ -167,7 +169,11 @@ def result_of(task_id: str, body: Any) -> TaskResult:
     created = body.get("created_at") if isinstance(body, dict) else None
     created_at = float(created) if isinstance(created, int | float) else None
     if status == "completed":
-        return TaskResult(task_id, "completed", counts=dict(body["result"]), created_at=created_at)
+        shots = body.get("memory")
+        memory = [str(bits) for bits in shots] if isinstance(shots, list) else None
+        return TaskResult(
+            task_id, "completed", counts=dict(body["result"]), created_at=created_at, memory=memory
+        )
     if status == "pending":
         return TaskResult(task_id, "pending", created_at=created_at)
     if status == "error":

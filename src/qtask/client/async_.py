@@ -75,10 +75,14 @@ class AsyncClient:
         shots: int | None = None,
         seed: int | None = None,
         backend: str | None = None,
+        memory: bool = False,
     ) -> str:
-        """Submit one circuit (OpenQASM text or a Qiskit QuantumCircuit); return its task id."""
+        """Submit one circuit (OpenQASM text or a Qiskit QuantumCircuit); return its task id.
+
+        `memory=True` asks for each shot's bitstring too (TaskResult.memory).
+        """
         await self._check_backend(backend)
-        body = _core.submission(circuit, shots, seed, backend)
+        body = _core.submission(circuit, shots, seed, backend, memory)
         answer = await self._request(
             "POST", "/tasks", json=body, idempotent_key=True, submitting=True
         )
@@ -91,6 +95,7 @@ class AsyncClient:
         shots: int | None = None,
         seed: int | None = None,
         backend: str | None = None,
+        memory: bool = False,
     ) -> builtins.list[str]:
         """Submit circuits with POST /tasks/batch; return their ids in order.
 
@@ -98,7 +103,7 @@ class AsyncClient:
         InvalidCircuitError (its `index` names it) and that request stores nothing.
         """
         await self._check_backend(backend)
-        items = [_core.submission(c, shots, seed, backend) for c in circuits]
+        items = [_core.submission(c, shots, seed, backend, memory) for c in circuits]
         ids: builtins.list[str] = []
         for chunk in _core.batches(items):
             answer = await self._request(

@@ -22,6 +22,8 @@ class TaskResult:
     error: str | None = None
     # When the task was submitted (epoch seconds); set in listings only.
     created_at: float | None = None
+    # Each shot's bitstring (keys as in `counts`), for tasks submitted with memory=True.
+    memory: list[str] | None = None
 
     @property
     def done(self) -> bool:

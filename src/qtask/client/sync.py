@@ -71,10 +71,14 @@ class Client:
         shots: int | None = None,
         seed: int | None = None,
         backend: str | None = None,
+        memory: bool = False,
     ) -> str:
-        """Submit one circuit (OpenQASM text or a Qiskit QuantumCircuit); return its task id."""
+        """Submit one circuit (OpenQASM text or a Qiskit QuantumCircuit); return its task id.
+
+        `memory=True` asks for each shot's bitstring too (TaskResult.memory).
+        """
         self._check_backend(backend)
-        body = _core.submission(circuit, shots, seed, backend)
+        body = _core.submission(circuit, shots, seed, backend, memory)
         answer = self._request("POST", "/tasks", json=body, idempotent_key=True, submitting=True)
         return str(answer.json()["task_id"])
 
@@ -85,6 +89,7 @@ class Client:
         shots: int | None = None,
         seed: int | None = None,
         backend: str | None = None,
+        memory: bool = False,
     ) -> builtins.list[str]:
         """Submit circuits with POST /tasks/batch; return their ids in order.
 
@@ -92,7 +97,7 @@ class Client:
         InvalidCircuitError (its `index` names it) and that request stores nothing.
         """
         self._check_backend(backend)
-        items = [_core.submission(c, shots, seed, backend) for c in circuits]
+        items = [_core.submission(c, shots, seed, backend, memory) for c in circuits]
         ids: builtins.list[str] = []
         for chunk in _core.batches(items):
             answer = self._request(

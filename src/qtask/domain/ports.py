@@ -106,6 +106,10 @@ class TaskStore(Protocol):
         round trip."""
         ...
 
+    async def memories(self, task_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The per-shot results complete() kept for those of `task_ids` that have them."""
+        ...
+
     async def page(
         self,
         owner: str | None,
@@ -174,8 +178,12 @@ class TaskStore(Protocol):
         *,
         worker_id: str | None = None,
         attempt: int | None = None,
+        memory: Sequence[str] | None = None,
     ) -> Completion:
         """Record a result. The first result wins: a late duplicate changes nothing.
+
+        `memory`: the per-shot results, kept with the counts (atomically) when they are not in
+        an object store; read back with memories().
 
         The call that makes the transition also records `worker_id` and `attempt` on the task
         (`completed_by`, `completed_attempt`) and reports `transitioned`, atomically with the

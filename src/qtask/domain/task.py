@@ -127,6 +127,9 @@ class Task:
     # clients; it lets an operator match the one transition with one `completed` log line.
     completed_by: str | None = None
     completed_attempt: int | None = None
+    # Whether the client asked for the per-shot results (`"memory": true`). They are not held
+    # here: the store keeps them beside the result (TaskStore.memories) or in the result object.
+    memory: bool = False
 
     def moved(self, status: Status, **changes: object) -> Task:
         """Return a copy in `status`, after checking the move against the state machine."""
@@ -146,6 +149,10 @@ class TaskOutcome:
     result: dict[str, int] | None = None
     error: str | None = None
     owner: str | None = None
+    # Whether the per-shot results were asked for; `per_shot` holds them once a read loaded
+    # them (stores never do: the service adds them to the reads that show them).
+    memory: bool = False
+    per_shot: list[str] | None = None
 
     def visible_to(self, caller: str | None) -> bool:
         """Whether `caller` (an API key's name, None when keys are off) may see this task."""

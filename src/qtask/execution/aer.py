@@ -4,7 +4,8 @@ One simulator and, when first needed, one transpiler pass manager are built per 
 reused: building them costs ~70 ms, 50 times the simulation of a Bell circuit. Circuits that Aer
 runs as they are skip transpilation. Each circuit gets its method from execution.methods
 (stabilizer, statevector or matrix product state); unseeded circuits with the same shot count
-and method run together in one Aer call; seeded ones run one per call so their counts do not
+and method run together in one Aer call (those asking for per-shot memory apart from those that
+do not, which Aer decides per call); seeded ones run one per call so their counts do not
 depend on their neighbours. Statevector runs go to the GPU when the worker has one.
 
 Aer bounds the statevector's memory itself (`max_memory_mb`: it answers "Insufficient memory"),
@@ -77,7 +78,7 @@ def init_process(threads: int, max_statevector_mb: int, device: str = "auto") ->
 def run_items(items: list[RunItem]) -> list[RunOutcome]:
     """Run every item; a failure of one item is reported on that item alone."""
     outcomes: dict[str, RunOutcome] = {}
-    groups: dict[tuple[int, Method], list[tuple[RunItem, QuantumCircuit]]] = defaultdict(list)
+    groups: dict[tuple[int, Method, bool], list[tuple[RunItem, QuantumCircuit]]] = defaultdict(list)
     for item in items:
         method = choose_method(item.num_qubits, item.clifford, _max_statevector_bytes)
         try:
@@ -86,12 +87,12 @@ def run_items(items: list[RunItem]) -> list[RunOutcome]:
             outcomes[item.task_id] = RunOutcome(item.task_id, error=f"Cannot prepare: {exc}")
             continue
         if item.seed is None:
-            groups[(item.shots, method)].append((item, circuit))
+            groups[(item.shots, method, item.memory)].append((item, circuit))
         else:
-            [outcome] = _run_group([(item, circuit)], item.shots, item.seed, method)
+            [outcome] = _run_group([(item, circuit)], item.shots, item.seed, method, item.memory)
             outcomes[item.task_id] = outcome
-    for (shots, method), group in groups.items():
-        for outcome in _run_group(group, shots, None, method):
+    for (shots, method, memory), group in groups.items():
+        for outcome in _run_group(group, shots, None, method, memory):
             outcomes[outcome.task_id] = outcome
     return [outcomes[item.task_id] for item in items]
 
@@ -151,10 +152,16 @@ def _mps_transpiler() -> tuple[PassManager, frozenset[str]]:
 
 
 def _run_group(
-    group: list[tuple[RunItem, QuantumCircuit]], shots: int, seed: int | None, method: Method
+    group: list[tuple[RunItem, QuantumCircuit]],
+    shots: int,
+    seed: int | None,
+    method: Method,
+    memory: bool = False,
 ) -> list[RunOutcome]:
     started = time.perf_counter()
     options: dict[str, Any] = {"shots": shots, "method": method.value}
+    if memory:
+        options["memory"] = True
     if method is Method.STATEVECTOR:
         options["device"] = _statevector_device
     if seed is not None:
@@ -165,7 +172,7 @@ def _run_group(
             result = _simulator.run([circuit for _, circuit in group], **options).result()
     except Exception as exc:
         if len(group) > 1:  # find the culprit: run each alone
-            return [o for pair in group for o in _run_group([pair], shots, seed, method)]
+            return [o for pair in group for o in _run_group([pair], shots, seed, method, memory)]
         error = f"The simulator failed: {exc}"
         return [RunOutcome(group[0][0].task_id, error=error, method=method.value)]
     elapsed = (time.perf_counter() - started) / len(group)
@@ -179,8 +186,16 @@ def _run_group(
             outcomes.append(RunOutcome(item.task_id, error=error, method=method.value))
             continue
         counts = {str(key): int(value) for key, value in result.get_counts(index).items()}
+        # get_memory formats each shot as get_counts formats its keys (registers spaced).
+        shots_seen = [str(bits) for bits in result.get_memory(index)] if memory else None
         outcomes.append(
-            RunOutcome(item.task_id, counts=counts, seconds=elapsed, method=method.value)
+            RunOutcome(
+                item.task_id,
+                counts=counts,
+                seconds=elapsed,
+                method=method.value,
+                memory=shots_seen,
+            )
         )
     return outcomes
 

@@ -30,6 +30,8 @@ class RunItem:
     # What the child needs to choose the simulation method (execution.methods).
     num_qubits: int
     clifford: bool
+    # Return each shot's bitstring too (Aer's memory=True).
+    memory: bool = False
 
     @classmethod
     def from_task(cls, task: Task) -> RunItem:
@@ -45,6 +47,7 @@ class RunItem:
             needs_transpile=task.info.needs_transpile,
             num_qubits=task.info.num_qubits,
             clifford=task.info.clifford,
+            memory=task.memory,
         )
 
 
@@ -58,3 +61,5 @@ class RunOutcome:
     seconds: float = 0.0
     # The Aer method that ran (or tried to run) the circuit; None when it never reached Aer.
     method: str | None = None
+    # One bitstring per shot, keyed as the counts are; only for items that asked for it.
+    memory: list[str] | None = None

@@ -293,18 +293,28 @@ class Worker:
         ):
             try:
                 if outcome.counts is not None:
+                    # Per-shot results go where the result object goes; without an object
+                    # store, into the record with the counts.
+                    in_record = outcome.memory if task.memory else None
+                    wrote = False
                     if self._objects is not None and task.result_object is not None:
                         # Stored before the record says completed, so it always exists then.
-                        await self._objects.put(
-                            task.result_object,
-                            _result_document(task, outcome.counts, outcome.method),
-                        )
+                        # Per-shot results cannot be written back from the record, so a task
+                        # with them that already ended keeps the first run's object.
+                        if not (task.memory and await self._ended(task.id)):
+                            await self._objects.put(
+                                task.result_object,
+                                _result_document(task, outcome.counts, outcome.method, in_record),
+                            )
+                            wrote = True
+                        in_record = None
                     try:
                         done: Completion | None = await self._store.complete(
                             task.id,
                             outcome.counts,
                             worker_id=self._worker_id,
                             attempt=task.attempts,
+                            memory=in_record,
                         )
                     except TaskNotFoundError:  # cancelled, then removed by retention meanwhile
                         done = None
@@ -316,9 +326,10 @@ class Worker:
                             task, "completed", outcome.seconds, elapsed, batch_size, outcome.method
                         )
                     else:  # it ended while it ran (cancelled, or another run): the first stands
-                        if done is None or done.task.status is not Status.COMPLETED:
+                        if wrote and (done is None or done.task.status is not Status.COMPLETED):
                             await self._discard_result(task)  # not a completed task's object
-                        else:  # this run's put may have replaced the first run's object
+                        elif wrote and done is not None:
+                            # This run's put may have replaced the first run's object.
                             await self._restore_result(done.task)
                         _canonical(
                             task, "discarded", outcome.seconds, elapsed, batch_size, outcome.method
@@ -333,9 +344,20 @@ class Worker:
                 log.exception("record_failed")
                 self._held.pop(task.id, None)
 
+    async def _ended(self, task_id: str) -> bool:
+        """Whether the task already ended (or is gone), as the store says now."""
+        current = await self._store.get(task_id)
+        return current is None or current.status.terminal
+
     async def _restore_result(self, stored: Task) -> None:
         """Write the stored result back over the object a refused duplicate run just replaced,
-        so the object store says what the record says (the first result wins there too)."""
+        so the object store says what the record says (the first result wins there too).
+
+        The first run's per-shot results (memory) cannot be written back: the record does not
+        hold them when an object store does. A duplicate of such a task therefore writes no
+        object once the task has ended; only one that finishes in the moment between the first
+        run's put and its record loses them, and reads then answer `"memory": null` rather than
+        the duplicate's shots beside the first run's counts."""
         if self._objects is None or stored.result_object is None or stored.result is None:
             return
         try:
@@ -465,20 +487,27 @@ def _canonical(
     )
 
 
-def _result_document(task: Task, counts: dict[str, int], method: str | None = None) -> bytes:
+def _result_document(
+    task: Task,
+    counts: dict[str, int],
+    method: str | None = None,
+    memory: list[str] | None = None,
+) -> bytes:
     """The result object: the counts and what produced them (the method when known: a result
-    written back from the record alone does not know it)."""
-    return orjson.dumps(
-        {
-            "task_id": task.id,
-            "status": "completed",
-            "result": counts,
-            "shots": task.shots,
-            "seed": task.seed,
-            "qubits": task.info.num_qubits,
-            "method": method,
-            "attempts": task.completed_attempt or task.attempts,
-            "circuit_object": task.circuit_object,
-            "completed_at": task.finished_at or time.time(),
-        }
-    )
+    written back from the record alone does not know it), and the per-shot results when the
+    task asked for them (`memory`; the API reads them from here)."""
+    document: dict[str, object] = {
+        "task_id": task.id,
+        "status": "completed",
+        "result": counts,
+        "shots": task.shots,
+        "seed": task.seed,
+        "qubits": task.info.num_qubits,
+        "method": method,
+        "attempts": task.completed_attempt or task.attempts,
+        "circuit_object": task.circuit_object,
+        "completed_at": task.finished_at or time.time(),
+    }
+    if memory is not None:
+        document["memory"] = memory
+    return orjson.dumps(document)

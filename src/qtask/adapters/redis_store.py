@@ -6,6 +6,7 @@ Layout, every key under one prefix (default "qtask"):
   `info` and `result` are JSON, `program` raw bytes, floats in Python's round-trip repr. A
   running task also has `worker`, the id of the worker that started it; a completed one
   `completed_by` and `completed_attempt`, the worker and attempt whose result was stored.
+  `backend` is absent from hashes written before tasks named one: they read as `aer`.
 - `{prefix}:idem:{key}`: the id of the task created with that idempotency key.
 - `{prefix}:unpublished`: sorted set of queued task ids not yet confirmed published to the
   queue, scored by created_at; the reconciler republishes what lingers there.
@@ -61,7 +62,14 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from qtask.domain.ports import Completion, ListedTask, ListPosition, TaskPage
-from qtask.domain.task import Status, Task, TaskOutcome, info_from_json, info_to_json
+from qtask.domain.task import (
+    LEGACY_BACKEND,
+    Status,
+    Task,
+    TaskOutcome,
+    info_from_json,
+    info_to_json,
+)
 from qtask.errors import PendingCapError, StoreUnavailableError, TaskNotFoundError
 
 if TYPE_CHECKING:
@@ -962,6 +970,7 @@ def _to_hash(task: Task) -> list[str | bytes]:
         "shots", str(task.shots),
         "attempts", str(task.attempts),
         "created_at", repr(task.created_at),
+        "backend", task.backend,
     ]  # fmt: skip
     for name, value in optional.items():
         if value is not None:
@@ -1002,6 +1011,8 @@ def _from_hash(raw: dict[bytes, bytes]) -> Task:
         owner=text(b"owner"),
         completed_by=text(b"completed_by"),
         completed_attempt=None if completed_attempt is None else int(completed_attempt),
+        # Hashes written before tasks named a backend have no such field.
+        backend=text(b"backend") or LEGACY_BACKEND,
     )
 
 

@@ -27,6 +27,7 @@ from qtask.domain.ports import (
     TaskPage,
 )
 from qtask.domain.task import (
+    LEGACY_BACKEND,
     Status,
     Task,
     TaskOutcome,
@@ -60,7 +61,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     result_object TEXT,
     owner TEXT,
     completed_by TEXT,
-    completed_attempt INTEGER
+    completed_attempt INTEGER,
+    backend TEXT
 );
 -- Only unfinished tasks are indexed for the queue, so claiming stays fast however many
 -- completed tasks the table keeps.
@@ -104,6 +106,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if "completed_by" not in columns:
         conn.execute("ALTER TABLE tasks ADD COLUMN completed_by TEXT")
         conn.execute("ALTER TABLE tasks ADD COLUMN completed_attempt INTEGER")
+    if "backend" not in columns:  # rows from before backends: NULL, read as LEGACY_BACKEND
+        conn.execute("ALTER TABLE tasks ADD COLUMN backend TEXT")
     for index in _OWNER_INDEXES:
         conn.execute(index)
 
@@ -560,9 +564,9 @@ class _SQLiteDelivery:
 _COLUMNS = (
     "id, status, source, program, info, shots, seed, attempts, result, error, last_error,"
     " created_at, started_at, finished_at, idempotency_key, circuit_object, result_object, owner,"
-    " completed_by, completed_attempt"
+    " completed_by, completed_attempt, backend"
 )
-_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 20)})"
+_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 21)})"
 
 _CLAIM = """
 UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?,
@@ -600,6 +604,7 @@ def _to_row(task: Task) -> tuple[object, ...]:
         task.owner,
         task.completed_by,
         task.completed_attempt,
+        task.backend,
     )
 
 
@@ -625,4 +630,5 @@ def _from_row(row: sqlite3.Row) -> Task:
         owner=row["owner"],
         completed_by=row["completed_by"],
         completed_attempt=row["completed_attempt"],
+        backend=row["backend"] or LEGACY_BACKEND,
     )

@@ -90,6 +90,10 @@ def info_from_json(text: str | bytes) -> CircuitInfo:
     return CircuitInfo(**fields)
 
 
+# The backend of every task stored before tasks named one: they all ran on ideal Aer.
+LEGACY_BACKEND = "aer"
+
+
 def new_task_id() -> str:
     """Return a fresh unguessable task id (122 random bits)."""
     return str(uuid.uuid4())
@@ -127,6 +131,9 @@ class Task:
     # clients; it lets an operator match the one transition with one `completed` log line.
     completed_by: str | None = None
     completed_attempt: int | None = None
+    # The configured backend the task runs on (domain.backends); records stored before tasks
+    # named one read as LEGACY_BACKEND.
+    backend: str = LEGACY_BACKEND
 
     def moved(self, status: Status, **changes: object) -> Task:
         """Return a copy in `status`, after checking the move against the state machine."""

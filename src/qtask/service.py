@@ -33,6 +33,7 @@ from qtask.errors import (
     TaskConflictError,
     TaskNotFoundError,
 )
+from qtask.execution.catalog import BackendCatalog, aer_only
 from qtask.listing import LIST_STATUSES, Listing, decode_cursor, encode_cursor
 from qtask.logs import get_logger
 from qtask.waiters import BatchedReads, Waiters
@@ -120,6 +121,8 @@ class Submission:
     source: str
     shots: int
     seed: int | None = None
+    # The configured backend to run on; None: the default backend.
+    backend: str | None = None
 
 
 class TaskService:
@@ -135,10 +138,12 @@ class TaskService:
         *,
         max_pending_per_owner: int = 0,
         waiters: Waiters | None = None,
+        backends: BackendCatalog | None = None,
     ) -> None:
         """`max_pending_per_owner`: tasks one API key may have queued or running (0: no cap).
         `waiters`: the registry that the process's end notices wake (long polls); without
-        one, a wait lasts until its deadline unless the task has already ended."""
+        one, a wait lasts until its deadline unless the task has already ended.
+        `backends`: the configured backends (ideal Aer alone when None)."""
         self._waiters = Waiters() if waiters is None else waiters
         self._reads = BatchedReads(store.outcomes)
         self._store = store
@@ -148,6 +153,7 @@ class TaskService:
         self._max_shots = limits.max_shots
         self._max_batch = limits.max_batch_tasks
         self._max_pending = max_pending_per_owner
+        self._backends = aer_only(limits) if backends is None else backends
 
     async def submit(
         self,
@@ -329,6 +335,10 @@ class TaskService:
         page = await self._store.page(caller, wanted, after, limit)
         return Listing(page.tasks, None if page.next is None else encode_cursor(page.next))
 
+    def backends(self) -> BackendCatalog:
+        """The backends tasks may name."""
+        return self._backends
+
     async def circuit(self, task_id: str, caller: str | None = None) -> str:
         """The OpenQASM text the task was submitted with; TaskNotFoundError as read() gives it."""
         task = await self._store.get(task_id)
@@ -395,11 +405,13 @@ class TaskService:
         return (await self._put_circuits([task], [submission.source]))[0]
 
     async def _parse(self, submission: Submission, key: str | None, owner: str | None) -> Task:
+        self._backends.get(submission.backend)  # an unknown backend is refused before parsing
         if not 1 <= submission.shots <= self._max_shots:
             raise InvalidRequestError(
                 f"shots must be between 1 and {self._max_shots}; got {submission.shots}."
             )
         circuit = await self._ingestor.ingest(submission.source)
+        backend = self._backends.admit(submission.backend, circuit.info, submission.shots)
         return Task(
             id=new_task_id(),
             source=submission.source,
@@ -409,6 +421,7 @@ class TaskService:
             seed=submission.seed,
             idempotency_key=key,
             owner=owner,
+            backend=backend,
         )
 
     async def _put_circuits(self, tasks: list[Task], sources: Sequence[str]) -> list[Task]:

@@ -49,6 +49,8 @@ class BackendCapabilities:
     # admitted when some method that may run it takes its width (see `admit`).
     max_qubits: Mapping[str, int]
     max_shots: int
+    # The device's physical qubits (what coupling_map spans); None for a simulator with none.
+    device_qubits: int | None = None
     # None where any gate is accepted (the backend transpiles or runs it as it is).
     basis_gates: tuple[str, ...] | None = None
     # Directed pairs of physical qubits a two-qubit gate may act on; None: all-to-all.
@@ -63,7 +65,10 @@ class BackendCapabilities:
 
     @property
     def num_qubits(self) -> int:
-        """The widest circuit the backend accepts with any method."""
+        """The device's qubits; for a simulator without a device, the widest circuit any of
+        its methods accepts."""
+        if self.device_qubits is not None:
+            return self.device_qubits
         return max(self.max_qubits.values())
 
     def admit(self, info: CircuitInfo, shots: int) -> None:

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qtask.domain.task import Encoding, Task
-
-# The backend every task runs on today: Qiskit Aer's simulator, in the worker's child processes.
-BACKEND_NAME = "aer_simulator"
+from qtask.domain.task import LEGACY_BACKEND, Encoding, Task
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +27,8 @@ class RunItem:
     # What the child needs to choose the simulation method (execution.methods).
     num_qubits: int
     clifford: bool
+    # The configured backend the task names (execution.local runs it there).
+    backend: str = LEGACY_BACKEND
 
     @classmethod
     def from_task(cls, task: Task) -> RunItem:
@@ -45,6 +44,7 @@ class RunItem:
             needs_transpile=task.info.needs_transpile,
             num_qubits=task.info.num_qubits,
             clifford=task.info.clifford,
+            backend=task.backend,
         )
 
 

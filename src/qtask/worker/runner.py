@@ -37,7 +37,7 @@ from qtask.constants import (
 from qtask.domain.ports import Completion, Delivery, ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import Status, Task
 from qtask.errors import TaskNotFoundError
-from qtask.execution.items import BACKEND_NAME, RunItem, RunOutcome
+from qtask.execution.items import RunItem, RunOutcome
 from qtask.logs import get_logger
 from qtask.supervision import SupervisedLoop
 from qtask.worker.pool import (
@@ -453,7 +453,7 @@ def _canonical(
         "task_finished",
         task_id=task.id,
         outcome=outcome,
-        backend=BACKEND_NAME,
+        backend=task.backend,
         method=method,
         qubits=task.info.num_qubits,
         shots=task.shots,

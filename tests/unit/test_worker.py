@@ -153,7 +153,7 @@ async def test_each_outcome_has_one_canonical_log_line() -> None:
     [line] = [entry for entry in logs if entry["event"] == "task_finished"]
     assert line["task_id"] == task.id
     assert line["outcome"] == "completed"
-    assert line["backend"] == "aer_simulator"
+    assert line["backend"] == "aer"  # the configured backend the task names
     assert (line["qubits"], line["shots"], line["attempts"]) == (2, 10, 1)
     assert line["queue_wait_s"] >= 0
     assert line["run_s"] >= 0

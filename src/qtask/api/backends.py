@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response
 
 from qtask.api.routes import CallerDep, ServiceDep
 from qtask.api.schemas import BackendsResponse
-from qtask.execution.catalog import LocalBackend
+from qtask.domain.backends import ExecutionBackend
 
 router = APIRouter()
 
@@ -30,7 +30,7 @@ async def list_backends(service: ServiceDep, caller: CallerDep) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-def backend_body(backend: LocalBackend, default: bool, health: str) -> dict[str, object]:
+def backend_body(backend: ExecutionBackend, default: bool, health: str) -> dict[str, object]:
     """One backend as GET /backends shows it (the shape agreed for #11)."""
     capabilities = backend.capabilities
     coupling = capabilities.coupling_map

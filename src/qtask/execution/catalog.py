@@ -14,11 +14,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qtask.config import LimitsSettings, Settings
 from qtask.config_backends import AerDeviceBackendSettings, RunnableBackendSettings
-from qtask.domain.backends import BackendCapabilities, BackendKind, GateError
+from qtask.domain.backends import BackendCapabilities, BackendKind, ExecutionBackend, GateError
 from qtask.domain.task import CircuitInfo
 from qtask.errors import ConfigError, UnknownBackendError
 from qtask.execution.methods import Method
@@ -42,17 +42,16 @@ class LocalBackend:
 class BackendCatalog:
     """Every configured backend by name, and the default one."""
 
-    def __init__(self, backends: Mapping[str, LocalBackend], default: str) -> None:
+    def __init__(self, backends: Mapping[str, ExecutionBackend], default: str) -> None:
         self._backends = dict(backends)
         self.default = default
 
-    def get(self, name: str | None) -> LocalBackend:
+    def get(self, name: str | None) -> ExecutionBackend:
         """The backend called `name` (the default for None); UnknownBackendError otherwise."""
         found = self._backends.get(self.default if name is None else name)
         if found is None:
-            raise UnknownBackendError(
-                f"Unknown backend {name!r}; this service offers {', '.join(self._backends)}."
-            )
+            known = ", ".join(backend.capabilities.name for backend in self.all())
+            raise UnknownBackendError(f"Unknown backend {name!r}; this service offers {known}.")
         return found
 
     def admit(self, name: str | None, info: CircuitInfo, shots: int) -> str:
@@ -62,13 +61,17 @@ class BackendCatalog:
         backend.capabilities.admit(info, shots)
         return backend.capabilities.name
 
-    def all(self) -> list[LocalBackend]:
+    def all(self) -> list[ExecutionBackend]:
         """Every backend, the default first."""
         return sorted(self._backends.values(), key=lambda b: b.capabilities.name != self.default)
 
     def devices(self) -> dict[str, str | None]:
         """Backend name -> its fake device (None: ideal Aer), what a worker's children need."""
-        return {name: backend.device for name, backend in self._backends.items()}
+        return {
+            name: backend.device
+            for name, backend in self._backends.items()
+            if isinstance(backend, LocalBackend)
+        }
 
 
 def build_catalog(settings: Settings) -> BackendCatalog:
@@ -173,3 +176,9 @@ def _gate_errors(props: dict[str, Any]) -> tuple[GateError, ...]:
             )
         )
     return tuple(errors)
+
+
+if TYPE_CHECKING:
+
+    def _conforms(backend: LocalBackend) -> ExecutionBackend:
+        return backend  # mypy checks that LocalBackend satisfies the port

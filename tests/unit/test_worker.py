@@ -474,6 +474,15 @@ def test_plan_boundaries() -> None:
     assert _plan([wide, small], 8) == [[wide], [small]]  # type: ignore[arg-type]
 
 
+def test_plan_never_mixes_backends_in_one_batch() -> None:
+    # An ideal Aer task batched with a noisy device's would wait seconds for the device's run.
+    aer1, dev1, aer2, dev2, aer3 = (
+        planned(backend=name) for name in ("aer", "fake_fez", "aer", "fake_fez", "aer")
+    )
+    batches = _plan([aer1, dev1, aer2, dev2, aer3], 2)  # type: ignore[arg-type]
+    assert batches == [[aer1, aer2], [dev1, dev2], [aer3]]
+
+
 def test_plan_batch_size_one_runs_everything_alone() -> None:
     deliveries = [planned() for _ in range(3)]
     assert _plan(deliveries, 1) == [[d] for d in deliveries]  # type: ignore[arg-type]

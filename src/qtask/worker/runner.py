@@ -388,19 +388,19 @@ class Worker:
 
 
 def _plan(deliveries: Sequence[Delivery], batch_size: int) -> list[list[Delivery]]:
-    """Group small first-attempt tasks into batches; everything else runs alone."""
+    """Group small first-attempt tasks into batches, one backend per batch (an ideal Aer task
+    must not wait seconds for a noisy device's run); everything else runs alone."""
     batches: list[list[Delivery]] = []
-    current: list[Delivery] = []
+    current: dict[str, list[Delivery]] = {}
     for delivery in deliveries:
         if _batchable(delivery.task):
-            current.append(delivery)
-            if len(current) == batch_size:
-                batches.append(current)
-                current = []
+            group = current.setdefault(delivery.task.backend, [])
+            group.append(delivery)
+            if len(group) == batch_size:
+                batches.append(current.pop(delivery.task.backend))
         else:
             batches.append([delivery])
-    if current:
-        batches.append(current)
+    batches.extend(current.values())
     return batches
 
 

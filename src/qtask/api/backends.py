@@ -7,14 +7,19 @@ import asyncio
 import orjson
 from fastapi import APIRouter, Response
 
-from qtask.api.routes import CallerDep, ServiceDep
+from qtask.api.routes import _READ_ERRORS, CallerDep, ServiceDep
 from qtask.api.schemas import BackendsResponse
 from qtask.domain.backends import ExecutionBackend
 
 router = APIRouter()
 
 
-@router.get("/backends", response_model=BackendsResponse, summary="List the backends")
+@router.get(
+    "/backends",
+    response_model=BackendsResponse,
+    responses=_READ_ERRORS,
+    summary="List the backends",
+)
 async def list_backends(service: ServiceDep, caller: CallerDep) -> Response:
     """The backends a submission may name in `"backend"`, the default first."""
     catalog = service.backends()

@@ -51,14 +51,23 @@ def client(serve: ServerProcess) -> Iterator[httpx.Client]:
         yield http
 
 
-def direct_brisbane_counts(source: str, seed: int, shots: int) -> dict[str, int]:
-    """What Aer itself gives: the fake device's simulator, transpiled and run with the seed."""
+# Three qubits, a non-Clifford gate and two entangling gates: the device's layout and routing
+# matter, and the run's noise model (cut to the qubits used) must match the whole device's.
+GHZ_T = (
+    'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[3] q;\nbit[3] c;\n'
+    "h q[0];\ncx q[0], q[1];\nt q[1];\ncx q[1], q[2];\nrx(0.3) q[2];\nc = measure q;\n"
+)
+
+
+def direct_counts(fake: str, source: str, seed: int, shots: int) -> dict[str, int]:
+    """What Aer itself gives: the fake device's simulator (its whole noise model), the circuit
+    transpiled and run with the seed."""
     from qiskit import qasm3
     from qiskit.transpiler import generate_preset_pass_manager
     from qiskit_aer import AerSimulator
-    from qiskit_ibm_runtime.fake_provider import FakeBrisbane
+    from qiskit_ibm_runtime import fake_provider
 
-    simulator = AerSimulator.from_backend(FakeBrisbane())
+    simulator = AerSimulator.from_backend(getattr(fake_provider, fake)())
     manager = generate_preset_pass_manager(
         optimization_level=1, backend=simulator, seed_transpiler=seed
     )
@@ -94,9 +103,19 @@ def test_bell_on_fake_brisbane_equals_a_direct_aer_run_with_the_same_seeds_and_s
     task_id = submit(client, BELL, backend="fake_brisbane", seed=seed, shots=shots)
     body = wait_done(client, task_id, timeout=120)
     assert body["status"] == "completed", body
-    expected = direct_brisbane_counts(BELL, seed, shots)
+    expected = direct_counts("FakeBrisbane", BELL, seed, shots)
     assert body["result"] == expected
     assert body["result"].get("01", 0) + body["result"].get("10", 0) > 0  # device noise
+
+
+def test_three_qubit_circuit_on_fake_fez_equals_a_direct_aer_run_with_the_same_seeds(
+    client: httpx.Client,
+) -> None:
+    seed, shots = 99, 1000
+    task_id = submit(client, GHZ_T, backend="fake_fez", seed=seed, shots=shots)
+    body = wait_done(client, task_id, timeout=120)
+    assert body["status"] == "completed", body
+    assert body["result"] == direct_counts("FakeFez", GHZ_T, seed, shots)
 
 
 def test_same_seed_on_a_device_gives_the_same_counts_twice(client: httpx.Client) -> None:

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from qtask.adapters.redis_store import RedisTaskStore
 from qtask_testkit import ServerProcess, make_task, submit, wait_done
-from servers import RedisServer
+from servers import DistributedDeployment, RedisServer, started_deployment
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LEGACY_TASK_ID = "00000000-0000-4000-8000-000000000001"  # in sqlite_before_backends.db
@@ -35,18 +35,17 @@ WHILE_LOOP = (
 )
 
 
-@pytest.fixture(scope="module")
-def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path_factory.mktemp("backends") / "data", workers=1)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.terminate()
+@pytest.fixture(scope="module", params=["embedded", "distributed"])
+def serve(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess | DistributedDeployment]:
+    """`qtask serve`, then `qtask api` with workers on Redis, NATS and S3: the backend travels
+    through each store and queue."""
+    yield from started_deployment(request.param, tmp_path_factory)
 
 
 @pytest.fixture
-def client(serve: ServerProcess) -> Iterator[httpx.Client]:
+def client(serve: ServerProcess | DistributedDeployment) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=serve.url, timeout=30) as http:
         yield http
 
@@ -137,9 +136,7 @@ def test_circuit_the_device_cannot_transpile_ends_in_error_with_the_reason(
     assert "while_loop" in body["message"]
 
 
-def test_submission_without_backend_runs_on_aer_as_today(
-    client: httpx.Client, serve: ServerProcess
-) -> None:
+def test_submission_without_backend_runs_on_aer_as_today(client: httpx.Client) -> None:
     task_id = submit(client, BELL, seed=3, shots=100)
     body = wait_done(client, task_id, timeout=60)
     assert body["status"] == "completed"

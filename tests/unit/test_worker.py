@@ -795,10 +795,12 @@ async def test_fetch_errors_are_logged_backed_off_and_the_loop_recovers() -> Non
     ]
 
 
-async def test_the_method_that_ran_is_in_the_log_line_and_the_result_object() -> None:
+async def test_the_method_and_backend_are_in_the_log_line_and_the_result_object() -> None:
     store = RecordingStore()
     objects = InMemoryObjectStore()
-    task = await store.create(make_task(shots=10, result_object="results/ab/m.json"))
+    task = await store.create(
+        make_task(shots=10, result_object="results/ab/m.json", backend="fake_fez")
+    )
 
     async def mps(items: list[RunItem], timeout: float) -> list[RunOutcome]:
         return [
@@ -817,4 +819,6 @@ async def test_the_method_that_ran_is_in_the_log_line_and_the_result_object() ->
     assert (line["task_id"], line["method"]) == (task.id, "matrix_product_state")
     document = orjson.loads(objects.objects["results/ab/m.json"])
     assert document["method"] == "matrix_product_state"
+    assert document["backend"] == "fake_fez"
+    assert line["backend"] == "fake_fez"
     assert document["result"] == {"00": 10}

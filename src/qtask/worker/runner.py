@@ -476,6 +476,7 @@ def _result_document(task: Task, counts: dict[str, int], method: str | None = No
             "shots": task.shots,
             "seed": task.seed,
             "qubits": task.info.num_qubits,
+            "backend": task.backend,
             "method": method,
             "attempts": task.completed_attempt or task.attempts,
             "circuit_object": task.circuit_object,

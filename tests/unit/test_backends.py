@@ -12,7 +12,7 @@ import pytest
 from qtask.api.app import create_app
 from qtask.config import LimitsSettings
 from qtask.domain.backends import BackendCapabilities
-from qtask.domain.task import LEGACY_BACKEND, CircuitInfo, Encoding
+from qtask.domain.task import LEGACY_BACKEND, CircuitInfo, Encoding, Task
 from qtask.errors import BackendLimitError, UnknownBackendError
 from qtask.execution.catalog import BackendCatalog, LocalBackend, aer_only
 from qtask.execution.items import RunItem
@@ -117,8 +117,6 @@ def test_devices_for_the_children_map_local_backends_to_their_noise() -> None:
 
 
 def test_run_item_carries_the_task_backend() -> None:
-    from qtask.domain.task import Task
-
     task = Task(id="t", source=BELL, info=info(2, True), shots=10, backend="dev")
     assert RunItem.from_task(task).backend == "dev"
     legacy = Task(id="u", source=BELL, info=info(2, True), shots=10)
@@ -236,3 +234,16 @@ async def test_batch_names_the_item_over_its_backend_limit(
     assert response.status_code == 422
     assert response.json()["message"].startswith("tasks[1]: The circuit has 6 qubits")
     assert not store.tasks
+
+
+def test_a_task_whose_backend_this_worker_lacks_ends_with_that_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Queued while the API offered the backend, then the worker was started without it.
+    from qtask.execution import local
+
+    monkeypatch.setattr(local, "_backends", {"aer": None})
+    task = Task(id="t", source=BELL, info=info(2, True), shots=10, backend="fake_fez")
+    [outcome] = local.run_items([RunItem.from_task(task)])
+    assert outcome.counts is None
+    assert outcome.error == "This worker has no backend 'fake_fez' (it has aer)."

@@ -40,6 +40,7 @@ SERVER_MODULES = frozenset(
         "pydantic_settings",
         "qiskit",
         "qiskit_aer",
+        "qiskit_ibm_runtime",
         "qiskit_qasm3_import",
         "redis",
         "starlette",

@@ -17,7 +17,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -29,6 +31,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from qtask.config_backends import (
+    BACKEND_NAME_PATTERN,
+    BackendSettings,
+    RunnableBackendSettings,
+    effective_backends,
+)
 from qtask.errors import ConfigError
 
 _toml_path: ContextVar[Path | None] = ContextVar("qtask_toml_path", default=None)
@@ -239,6 +247,30 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     retention: RetentionSettings = RetentionSettings()
     log: LogSettings = LogSettings()
+    # [backends.<name>] tables over the built-in backends (config_backends), and the one a
+    # submission without "backend" runs on.
+    backends: dict[
+        Annotated[str, StringConstraints(pattern=BACKEND_NAME_PATTERN)], BackendSettings
+    ] = {}
+    default_backend: str = "aer"
+
+    @property
+    def backend_table(self) -> dict[str, RunnableBackendSettings]:
+        """Every backend this deployment offers, by name."""
+        return effective_backends(self.backends)
+
+    @field_validator("default_backend")
+    @classmethod
+    def _default_backend_known(cls, name: str, info: ValidationInfo) -> str:
+        configured = info.data.get("backends")
+        if configured is None:  # the backends failed to validate: that error says why
+            return name
+        known = effective_backends(configured)
+        if name not in known:
+            raise ValueError(
+                f"{name!r} is not a configured backend; known: {', '.join(sorted(known))}"
+            )
+        return name
 
     @classmethod
     def settings_customise_sources(
@@ -281,7 +313,9 @@ def load_settings(config_file: Path | None = None, **overrides: object) -> Setti
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
-        path = [str(p) for p in error["loc"]]
+        path = [str(p) for p in error["loc"] if p != "[key]"]
+        if len(path) > 3 and path[0] == "backends":  # the union's tag is not a setting
+            del path[2]
         env = "QTASK_" + "__".join(p.upper() for p in path)
         dotted = ".".join(path)
         problems.append(f"{dotted} (env {env}): {error['msg']}")

@@ -45,6 +45,19 @@ class CircuitTooLargeError(CircuitError):
     status_code = 422
 
 
+class UnknownBackendError(InvalidRequestError):
+    """Raised when a submission names a backend that is not configured; the message lists those
+    that are (HTTP 422)."""
+
+    status_code = 422
+
+
+class BackendLimitError(InvalidRequestError):
+    """Raised when a circuit is over a limit of the backend it names: qubits or shots (422)."""
+
+    status_code = 422
+
+
 class TaskConflictError(InvalidRequestError):
     """Raised when the task's state does not allow the request, e.g. cancelling a running task."""
 

@@ -35,6 +35,7 @@ from qtask.errors import (
     TaskConflictError,
     TaskNotFoundError,
 )
+from qtask.execution.catalog import BackendCatalog, aer_only
 from qtask.listing import LIST_STATUSES, Listing, decode_cursor, encode_cursor
 from qtask.logs import get_logger
 from qtask.waiters import BatchedReads, Waiters
@@ -124,6 +125,8 @@ class Submission:
     seed: int | None = None
     # Return each shot's bitstring too (bounded by limits.max_memory_bits).
     memory: bool = False
+    # The configured backend to run on; None: the default backend.
+    backend: str | None = None
 
 
 class TaskService:
@@ -139,10 +142,12 @@ class TaskService:
         *,
         max_pending_per_owner: int = 0,
         waiters: Waiters | None = None,
+        backends: BackendCatalog | None = None,
     ) -> None:
         """`max_pending_per_owner`: tasks one API key may have queued or running (0: no cap).
         `waiters`: the registry that the process's end notices wake (long polls); without
-        one, a wait lasts until its deadline unless the task has already ended."""
+        one, a wait lasts until its deadline unless the task has already ended.
+        `backends`: the configured backends (ideal Aer alone when None)."""
         self._waiters = Waiters() if waiters is None else waiters
         self._reads = BatchedReads(store.outcomes)
         self._store = store
@@ -153,6 +158,7 @@ class TaskService:
         self._max_memory_bits = limits.max_memory_bits
         self._max_batch = limits.max_batch_tasks
         self._max_pending = max_pending_per_owner
+        self._backends = aer_only(limits) if backends is None else backends
 
     async def submit(
         self,
@@ -352,6 +358,10 @@ class TaskService:
         page = await self._store.page(caller, wanted, after, limit)
         return Listing(page.tasks, None if page.next is None else encode_cursor(page.next))
 
+    def backends(self) -> BackendCatalog:
+        """The backends tasks may name."""
+        return self._backends
+
     async def circuit(self, task_id: str, caller: str | None = None) -> str:
         """The OpenQASM text the task was submitted with; TaskNotFoundError as read() gives it."""
         task = await self._store.get(task_id)
@@ -418,11 +428,13 @@ class TaskService:
         return (await self._put_circuits([task], [submission.source]))[0]
 
     async def _parse(self, submission: Submission, key: str | None, owner: str | None) -> Task:
+        self._backends.get(submission.backend)  # an unknown backend is refused before parsing
         if not 1 <= submission.shots <= self._max_shots:
             raise InvalidRequestError(
                 f"shots must be between 1 and {self._max_shots}; got {submission.shots}."
             )
         circuit = await self._ingestor.ingest(submission.source)
+        backend = self._backends.admit(submission.backend, circuit.info, submission.shots)
         if submission.memory:
             self._check_memory(submission.shots, circuit.info)
         return Task(
@@ -435,6 +447,7 @@ class TaskService:
             idempotency_key=key,
             owner=owner,
             memory=submission.memory,
+            backend=backend,
         )
 
     def _check_memory(self, shots: int, info: CircuitInfo) -> None:

@@ -11,9 +11,11 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from qtask.constants import LEASE_SECONDS
+from qtask.domain.backends import BackendCapabilities, BackendKind, ExecutionBackend
 from qtask.domain.ports import (
     Completion,
     Delivery,
@@ -450,3 +452,38 @@ class InMemoryObjectStore:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+@dataclass
+class FakeBackend:
+    """An ExecutionBackend with the capabilities given and a health that tests can set."""
+
+    capabilities: BackendCapabilities
+    health_answer: str = "ok"
+
+    async def health(self) -> str:
+        """What `health_answer` says."""
+        return self.health_answer
+
+
+def fake_capabilities(name: str = "fake", **changes: object) -> BackendCapabilities:
+    """Capabilities of a small local device for tests: 5 qubits, 1000 shots, unless changed."""
+    fields: dict[str, object] = {
+        "name": name,
+        "type": "fake",
+        "kind": BackendKind.LOCAL,
+        "max_qubits": {"statevector": 5},
+        "max_shots": 1000,
+        "device_qubits": 5,
+        "basis_gates": ("cz", "rz", "sx", "x"),
+        "coupling_map": ((0, 1), (1, 2), (2, 3), (3, 4)),
+        "noise": name,
+        **changes,
+    }
+    return BackendCapabilities(**fields)  # type: ignore[arg-type]
+
+
+if TYPE_CHECKING:
+
+    def _conforms(backend: FakeBackend) -> ExecutionBackend:
+        return backend  # mypy checks that FakeBackend satisfies the port

@@ -64,7 +64,7 @@ def optional_ping_check(name: str, component: _Pingable | None) -> dict[str, Che
 
 
 # Modules the forkserver imports once, so that every child starts with Qiskit and Aer loaded.
-_PRELOAD = ["qtask.execution.aer", "qtask.circuits.parse_child"]
+_PRELOAD = ["qtask.execution.local", "qtask.circuits.parse_child"]
 # OpenMP threads that spin while idle steal the core from the other worker processes; passive
 # waiting removed a 10x collapse when two processes shared two cores (see FACTS.md).
 _CHILD_ENV = {"OMP_WAIT_POLICY": "passive"}
@@ -82,15 +82,22 @@ def parse_pool(settings: Settings) -> ChildPool:
 
 
 def exec_pool(settings: Settings) -> ChildPool:
-    """Child processes that run circuits on Aer."""
+    """Child processes that run circuits on the local backends (Aer, ideal or noisy)."""
     worker = settings.worker
     threads = worker.threads_per_process or max(1, (os.cpu_count() or 1) // worker.processes)
+    from qtask.execution.catalog import build_catalog
+
     return ChildPool(
         worker.processes,
-        "qtask.execution.aer:run_items",
-        init_path="qtask.execution.aer:init_process",
+        "qtask.execution.local:run_items",
+        init_path="qtask.execution.local:init_process",
         # The statevector limit decides each circuit's method and the memory a run may take.
-        init_args=(threads, settings.limits.max_statevector_mb, worker.aer_device),
+        init_args=(
+            threads,
+            settings.limits.max_statevector_mb,
+            worker.aer_device,
+            build_catalog(settings).devices(),
+        ),
         preload=_PRELOAD,
         env=_CHILD_ENV,
     )
@@ -137,6 +144,7 @@ def api_app(
     """
     from qtask.api.app import create_app
     from qtask.api.auth import Gate
+    from qtask.execution.catalog import build_catalog
     from qtask.service import CircuitIngestor, TaskService
     from qtask.waiters import Waiters
 
@@ -151,6 +159,7 @@ def api_app(
         objects=objects,
         max_pending_per_owner=settings.auth.max_pending_tasks if settings.auth.enabled else 0,
         waiters=waiters,
+        backends=build_catalog(settings),
     )
     app = create_app(
         service,

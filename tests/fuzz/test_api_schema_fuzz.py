@@ -44,6 +44,7 @@ OPERATIONS = [
     ("DELETE", "/tasks/{task_id}"),
     ("GET", "/health"),
     ("GET", "/ready"),
+    ("GET", "/backends"),
 ]
 
 

@@ -25,10 +25,10 @@ from qtask.client import (
     Client,
     ConflictError,
     InvalidCircuitError,
+    InvalidRequestError,
     NotFoundError,
     TaskResult,
     UnauthorizedError,
-    UnsupportedError,
 )
 from qtask_testkit import BELL, ServerProcess, ghz, slow_circuit
 
@@ -110,9 +110,12 @@ def test_an_unknown_task_is_not_found(client: Client) -> None:
         client.wait(["00000000-0000-0000-0000-000000000000", "x"], timeout=5)
 
 
-def test_choosing_a_backend_is_refused_while_the_server_has_none(client: Client) -> None:
-    with pytest.raises(UnsupportedError):
-        client.submit(BELL, backend="aer")
+def test_a_chosen_backend_runs_the_task_and_an_unknown_one_is_refused(client: Client) -> None:
+    # The server lists backends (GET /backends), so the client sends the choice.
+    result = client.wait(client.submit(BELL, shots=200, seed=3, backend="aer"), timeout=60)
+    assert set(result.counts or {}) <= {"00", "11"}
+    with pytest.raises(InvalidRequestError, match="Unknown backend 'nowhere'"):
+        client.submit(BELL, backend="nowhere")
 
 
 async def test_the_async_client_gets_bell_counts(server: ServerProcess) -> None:

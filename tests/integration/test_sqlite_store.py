@@ -385,10 +385,11 @@ async def test_counts(store: SQLiteTaskStore) -> None:
 
 async def test_a_database_from_before_owners_is_migrated(db_path: Path) -> None:
     # The schema as qtask 0.x wrote it, before tasks had owners, recorded who completed them
-    # or kept per-shot results.
+    # kept per-shot results or named a backend.
     new_columns = (
         ",\n    owner TEXT,\n    completed_by TEXT,\n    completed_attempt INTEGER,"
-        "\n    memory INTEGER NOT NULL DEFAULT 0,\n    memory_data TEXT\n"
+        "\n    memory INTEGER NOT NULL DEFAULT 0,\n    memory_data TEXT,\n"
+        "    backend TEXT\n"
     )
     old_schema = SCHEMA.replace(new_columns, "\n")
     assert "    owner TEXT" not in old_schema
@@ -398,9 +399,9 @@ async def test_a_database_from_before_owners_is_migrated(db_path: Path) -> None:
     db_path.parent.mkdir(parents=True)
     conn = sqlite3.connect(db_path)
     conn.executescript(old_schema)
-    row = _to_row(old)[:-4]
+    row = _to_row(old)[:-5]
     conn.execute(
-        f"INSERT INTO tasks ({_COLUMNS.rsplit(',', 4)[0]}) VALUES ({', '.join('?' * len(row))})",
+        f"INSERT INTO tasks ({_COLUMNS.rsplit(',', 5)[0]}) VALUES ({', '.join('?' * len(row))})",
         row,
     )
     conn.commit()

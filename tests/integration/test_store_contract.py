@@ -111,6 +111,17 @@ async def test_roundtrip_of_finished_records_and_empty_values(store: TaskStore) 
         assert await store.get(task.id) == task
 
 
+async def test_task_backend_is_stored_and_survives_start_and_complete(store: TaskStore) -> None:
+    task = await store.create(make_task(backend="fake_fez"))
+    assert (await stored(store, task.id)).backend == "fake_fez"
+    started = await store.start(task.id, 1, "w1")
+    assert started is not None
+    assert started.backend == "fake_fez"
+    done = await store.complete(task.id, {"00": 100}, worker_id="w1", attempt=1)
+    assert done.task.backend == "fake_fez"
+    assert (await stored(store, task.id)).backend == "fake_fez"
+
+
 async def test_create_many_stores_every_task(store: TaskStore) -> None:
     tasks = [make_task(shots=n) for n in range(1, 4)]
     assert await store.create_many(tasks) == tasks

@@ -153,7 +153,7 @@ async def test_each_outcome_has_one_canonical_log_line() -> None:
     [line] = [entry for entry in logs if entry["event"] == "task_finished"]
     assert line["task_id"] == task.id
     assert line["outcome"] == "completed"
-    assert line["backend"] == "aer_simulator"
+    assert line["backend"] == "aer"  # the configured backend the task names
     assert (line["qubits"], line["shots"], line["attempts"]) == (2, 10, 1)
     assert line["queue_wait_s"] >= 0
     assert line["run_s"] >= 0
@@ -474,6 +474,15 @@ def test_plan_boundaries() -> None:
     assert _plan([wide, small], 8) == [[wide], [small]]  # type: ignore[arg-type]
 
 
+def test_plan_never_mixes_backends_in_one_batch() -> None:
+    # An ideal Aer task batched with a noisy device's would wait seconds for the device's run.
+    aer1, dev1, aer2, dev2, aer3 = (
+        planned(backend=name) for name in ("aer", "fake_fez", "aer", "fake_fez", "aer")
+    )
+    batches = _plan([aer1, dev1, aer2, dev2, aer3], 2)  # type: ignore[arg-type]
+    assert batches == [[aer1, aer2], [dev1, dev2], [aer3]]
+
+
 def test_plan_batch_size_one_runs_everything_alone() -> None:
     deliveries = [planned() for _ in range(3)]
     assert _plan(deliveries, 1) == [[d] for d in deliveries]  # type: ignore[arg-type]
@@ -786,10 +795,12 @@ async def test_fetch_errors_are_logged_backed_off_and_the_loop_recovers() -> Non
     ]
 
 
-async def test_the_method_that_ran_is_in_the_log_line_and_the_result_object() -> None:
+async def test_the_method_and_backend_are_in_the_log_line_and_the_result_object() -> None:
     store = RecordingStore()
     objects = InMemoryObjectStore()
-    task = await store.create(make_task(shots=10, result_object="results/ab/m.json"))
+    task = await store.create(
+        make_task(shots=10, result_object="results/ab/m.json", backend="fake_fez")
+    )
 
     async def mps(items: list[RunItem], timeout: float) -> list[RunOutcome]:
         return [
@@ -808,4 +819,6 @@ async def test_the_method_that_ran_is_in_the_log_line_and_the_result_object() ->
     assert (line["task_id"], line["method"]) == (task.id, "matrix_product_state")
     document = orjson.loads(objects.objects["results/ab/m.json"])
     assert document["method"] == "matrix_product_state"
+    assert document["backend"] == "fake_fez"
+    assert line["backend"] == "fake_fez"
     assert document["result"] == {"00": 10}

@@ -8,6 +8,7 @@ Layout, every key under one prefix (default "qtask"):
   `completed_by` and `completed_attempt`, the worker and attempt whose result was stored.
   `memory` is "1" when the per-shot results were asked for; `memory_data` holds them (a JSON
   list) when no object store does, set by the finish script with the result.
+  `backend` is absent from hashes written before tasks named one: they read as `aer`.
 - `{prefix}:idem:{key}`: the id of the task created with that idempotency key.
 - `{prefix}:unpublished`: sorted set of queued task ids not yet confirmed published to the
   queue, scored by created_at; the reconciler republishes what lingers there.
@@ -63,7 +64,14 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from qtask.domain.ports import Completion, ListedTask, ListPosition, TaskPage
-from qtask.domain.task import Status, Task, TaskOutcome, info_from_json, info_to_json
+from qtask.domain.task import (
+    LEGACY_BACKEND,
+    Status,
+    Task,
+    TaskOutcome,
+    info_from_json,
+    info_to_json,
+)
 from qtask.errors import PendingCapError, StoreUnavailableError, TaskNotFoundError
 
 if TYPE_CHECKING:
@@ -992,6 +1000,7 @@ def _to_hash(task: Task) -> list[str | bytes]:
         "shots", str(task.shots),
         "attempts", str(task.attempts),
         "created_at", repr(task.created_at),
+        "backend", task.backend,
     ]  # fmt: skip
     for name, value in optional.items():
         if value is not None:
@@ -1033,6 +1042,8 @@ def _from_hash(raw: dict[bytes, bytes]) -> Task:
         completed_by=text(b"completed_by"),
         completed_attempt=None if completed_attempt is None else int(completed_attempt),
         memory=raw.get(b"memory") == b"1",
+        # Hashes written before tasks named a backend have no such field.
+        backend=text(b"backend") or LEGACY_BACKEND,
     )
 
 

@@ -27,6 +27,7 @@ from qtask.domain.ports import (
     TaskPage,
 )
 from qtask.domain.task import (
+    LEGACY_BACKEND,
     Status,
     Task,
     TaskOutcome,
@@ -62,7 +63,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     completed_by TEXT,
     completed_attempt INTEGER,
     memory INTEGER NOT NULL DEFAULT 0,
-    memory_data TEXT
+    memory_data TEXT,
+    backend TEXT
 );
 -- Only unfinished tasks are indexed for the queue, so claiming stays fast however many
 -- completed tasks the table keeps.
@@ -111,6 +113,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
         # when no object store keeps them.
         conn.execute("ALTER TABLE tasks ADD COLUMN memory INTEGER NOT NULL DEFAULT 0")
         conn.execute("ALTER TABLE tasks ADD COLUMN memory_data TEXT")
+    if "backend" not in columns:  # rows from before backends: NULL, read as LEGACY_BACKEND
+        conn.execute("ALTER TABLE tasks ADD COLUMN backend TEXT")
     for index in _OWNER_INDEXES:
         conn.execute(index)
 
@@ -588,9 +592,9 @@ class _SQLiteDelivery:
 _COLUMNS = (
     "id, status, source, program, info, shots, seed, attempts, result, error, last_error,"
     " created_at, started_at, finished_at, idempotency_key, circuit_object, result_object, owner,"
-    " completed_by, completed_attempt, memory"
+    " completed_by, completed_attempt, memory, backend"
 )
-_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 21)})"
+_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 22)})"
 
 _CLAIM = """
 UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?,
@@ -629,6 +633,7 @@ def _to_row(task: Task) -> tuple[object, ...]:
         task.completed_by,
         task.completed_attempt,
         int(task.memory),
+        task.backend,
     )
 
 
@@ -655,4 +660,5 @@ def _from_row(row: sqlite3.Row) -> Task:
         completed_by=row["completed_by"],
         completed_attempt=row["completed_attempt"],
         memory=bool(row["memory"]),
+        backend=row["backend"] or LEGACY_BACKEND,
     )

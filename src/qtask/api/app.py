@@ -8,7 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI
 
 from qtask import __version__
-from qtask.api import docs, errors
+from qtask.api import backends, docs, errors
 from qtask.api.auth import Gate
 from qtask.api.middleware import RequestLogMiddleware
 from qtask.api.routes import ReadyCheck, router
@@ -47,5 +47,6 @@ def create_app(
     errors.install(app)
     app.add_middleware(RequestLogMiddleware)
     app.include_router(router)
+    app.include_router(backends.router)
     docs.install(app)
     return app

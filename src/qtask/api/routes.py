@@ -132,7 +132,7 @@ async def submit_task(
 ) -> Response:
     """Store the circuit durably and queue it; answer with the task's id at once."""
     body = await _read_model(request, SubmitRequest, request.app.state.max_body_bytes)
-    submission = Submission(body.qc, body.shots, body.seed, body.memory)
+    submission = Submission(body.qc, body.shots, body.seed, body.memory, backend=body.backend)
     task = await service.submit(submission, idempotency_key, caller)
     return _json(
         {"task_id": task.id, "message": MSG_SUBMITTED},
@@ -163,7 +163,10 @@ async def submit_batch(
     """
     body = await _read_model(request, BatchSubmitRequest, request.app.state.max_batch_body_bytes)
     tasks = await service.submit_many(
-        [Submission(item.qc, item.shots, item.seed, item.memory) for item in body.tasks],
+        [
+            Submission(item.qc, item.shots, item.seed, item.memory, backend=item.backend)
+            for item in body.tasks
+        ],
         idempotency_key,
         caller,
     )

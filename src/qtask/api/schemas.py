@@ -36,6 +36,10 @@ class SubmitRequest(BaseModel):
         description="Also return each shot's outcome (`memory`: one bitstring per shot, keyed "
         "as `result` is); shots x classical bits is limited (limits.max_memory_bits).",
     )
+    backend: StrictStr | None = Field(
+        default=None,
+        description="A backend of GET /backends; the default backend when left out.",
+    )
 
 
 class BatchSubmitRequest(BaseModel):
@@ -94,3 +98,29 @@ class HealthResponse(BaseModel):
 
     status: str
     checks: dict[str, str] = {}
+
+
+class BackendInfo(BaseModel):
+    """One backend of GET /backends: what it accepts and whether it can take work."""
+
+    name: str
+    type: str = Field(description="The configuration's type: aer, aer_device.")
+    kind: Literal["local", "remote"]
+    default: bool
+    num_qubits: int = Field(description="The device's qubits, else the widest circuit accepted.")
+    max_qubits: dict[str, int] = Field(description="The widest circuit each method accepts.")
+    basis_gates: list[str] | None
+    coupling_map: list[list[int]] | None
+    noise: str | None = Field(description="The noise model's device; null when ideal.")
+    max_shots: int
+    memory: bool
+    seeds: bool
+    cancel: bool
+    health: str = Field(description='"ok", or why the backend cannot take work now.')
+
+
+class BackendsResponse(BaseModel):
+    """GET /backends: every configured backend, the default first."""
+
+    default: str
+    backends: list[BackendInfo]

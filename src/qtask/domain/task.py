@@ -90,6 +90,10 @@ def info_from_json(text: str | bytes) -> CircuitInfo:
     return CircuitInfo(**fields)
 
 
+# The backend of every task stored before tasks named one: they all ran on ideal Aer.
+LEGACY_BACKEND = "aer"
+
+
 def new_task_id() -> str:
     """Return a fresh unguessable task id (122 random bits)."""
     return str(uuid.uuid4())
@@ -130,6 +134,9 @@ class Task:
     # Whether the client asked for the per-shot results (`"memory": true`). They are not held
     # here: the store keeps them beside the result (TaskStore.memories) or in the result object.
     memory: bool = False
+    # The configured backend the task runs on (domain.backends); records stored before tasks
+    # named one read as LEGACY_BACKEND.
+    backend: str = LEGACY_BACKEND
 
     def moved(self, status: Status, **changes: object) -> Task:
         """Return a copy in `status`, after checking the move against the state machine."""

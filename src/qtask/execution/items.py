@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qtask.domain.task import Encoding, Task
-
-# The backend every task runs on today: Qiskit Aer's simulator, in the worker's child processes.
-BACKEND_NAME = "aer_simulator"
+from qtask.domain.task import LEGACY_BACKEND, Encoding, Task
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +29,8 @@ class RunItem:
     clifford: bool
     # Return each shot's bitstring too (Aer's memory=True).
     memory: bool = False
+    # The configured backend the task names (execution.local runs it there).
+    backend: str = LEGACY_BACKEND
 
     @classmethod
     def from_task(cls, task: Task) -> RunItem:
@@ -48,6 +47,7 @@ class RunItem:
             num_qubits=task.info.num_qubits,
             clifford=task.info.clifford,
             memory=task.memory,
+            backend=task.backend,
         )
 
 

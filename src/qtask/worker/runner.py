@@ -37,7 +37,7 @@ from qtask.constants import (
 from qtask.domain.ports import Completion, Delivery, ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import Status, Task
 from qtask.errors import TaskNotFoundError
-from qtask.execution.items import BACKEND_NAME, RunItem, RunOutcome
+from qtask.execution.items import RunItem, RunOutcome
 from qtask.logs import get_logger
 from qtask.supervision import SupervisedLoop
 from qtask.worker.pool import (
@@ -410,19 +410,19 @@ class Worker:
 
 
 def _plan(deliveries: Sequence[Delivery], batch_size: int) -> list[list[Delivery]]:
-    """Group small first-attempt tasks into batches; everything else runs alone."""
+    """Group small first-attempt tasks into batches, one backend per batch (an ideal Aer task
+    must not wait seconds for a noisy device's run); everything else runs alone."""
     batches: list[list[Delivery]] = []
-    current: list[Delivery] = []
+    current: dict[str, list[Delivery]] = {}
     for delivery in deliveries:
         if _batchable(delivery.task):
-            current.append(delivery)
-            if len(current) == batch_size:
-                batches.append(current)
-                current = []
+            group = current.setdefault(delivery.task.backend, [])
+            group.append(delivery)
+            if len(group) == batch_size:
+                batches.append(current.pop(delivery.task.backend))
         else:
             batches.append([delivery])
-    if current:
-        batches.append(current)
+    batches.extend(current.values())
     return batches
 
 
@@ -475,7 +475,7 @@ def _canonical(
         "task_finished",
         task_id=task.id,
         outcome=outcome,
-        backend=BACKEND_NAME,
+        backend=task.backend,
         method=method,
         qubits=task.info.num_qubits,
         shots=task.shots,
@@ -503,6 +503,7 @@ def _result_document(
         "shots": task.shots,
         "seed": task.seed,
         "qubits": task.info.num_qubits,
+        "backend": task.backend,
         "method": method,
         "attempts": task.completed_attempt or task.attempts,
         "circuit_object": task.circuit_object,

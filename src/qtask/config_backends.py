@@ -1,0 +1,76 @@
+"""The `[backends.<name>]` settings: one table per execution backend, each with a `type`.
+
+A fresh install offers BUILT_IN_BACKENDS with no configuration at all: `aer` (the default) and a
+few IBM devices simulated with their noise. Tables in the TOML file (or QTASK_BACKENDS__<NAME>__*
+variables) add backends, replace a built-in one of the same name, or remove it (`type = "off"`).
+Only the shape is checked here; whether a device exists is checked when the backends are built
+(execution.catalog), which fails start-up naming `backends.<name>.device`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Names as they appear in GET /backends and in submissions; lower case because the environment
+# form (QTASK_BACKENDS__FAKE_FEZ__TYPE) is read case-insensitively.
+BACKEND_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+
+
+class AerBackendSettings(BaseModel):
+    """Qiskit Aer's ideal simulator in the worker's child processes; the method is chosen per
+    circuit (stabilizer, statevector, matrix product state)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["aer"]
+
+
+class AerDeviceBackendSettings(BaseModel):
+    """Aer with an IBM device's noise model, basis gates and coupling map, from one of
+    qiskit-ibm-runtime's fake devices; circuits are transpiled for the device first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["aer_device"]
+    # The fake device's backend_name, e.g. fake_brisbane (qiskit_ibm_runtime.fake_provider).
+    device: str = Field(pattern=r"^fake_[a-z0-9_]+$")
+
+
+class OffBackendSettings(BaseModel):
+    """Removes the built-in backend of the same name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["off"]
+
+
+BackendSettings = Annotated[
+    AerBackendSettings | AerDeviceBackendSettings | OffBackendSettings,
+    Field(discriminator="type"),
+]
+RunnableBackendSettings = AerBackendSettings | AerDeviceBackendSettings
+
+# Three devices of the three processor families a newcomer is likely to meet: Eagle (127
+# qubits, ECR), Heron r1 (133, CZ) and Heron r2 (156, CZ). Each costs nothing until a task
+# names it: its simulator is built on first use in each worker process.
+BUILT_IN_BACKENDS: dict[str, RunnableBackendSettings] = {
+    "aer": AerBackendSettings(type="aer"),
+    "fake_brisbane": AerDeviceBackendSettings(type="aer_device", device="fake_brisbane"),
+    "fake_torino": AerDeviceBackendSettings(type="aer_device", device="fake_torino"),
+    "fake_fez": AerDeviceBackendSettings(type="aer_device", device="fake_fez"),
+}
+
+
+def effective_backends(
+    configured: dict[str, AerBackendSettings | AerDeviceBackendSettings | OffBackendSettings],
+) -> dict[str, RunnableBackendSettings]:
+    """The built-in backends overlaid with the configured ones, less those turned off."""
+    merged: dict[str, RunnableBackendSettings] = dict(BUILT_IN_BACKENDS)
+    for name, table in configured.items():
+        if isinstance(table, OffBackendSettings):
+            merged.pop(name, None)
+        else:
+            merged[name] = table
+    return merged

@@ -45,7 +45,7 @@ from qtask.service import TaskService
 log = get_logger("events")
 
 # Seconds a client without a key header has to send its key as the first message.
-AUTH_MESSAGE_S = 10.0
+AUTH_MESSAGE_S = 5.0
 # RFC 6455: a close frame's reason is at most 123 bytes of UTF-8.
 _REASON_BYTES = 123
 CLOSE_NORMAL = 1000

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from qtask import metrics
 from qtask.api.auth import Gate
 from qtask.constants import MSG_CANCELLED, MSG_NOT_FOUND
 from qtask.domain.task import Status, TaskOutcome
@@ -75,7 +76,7 @@ async def stream_task(
     await websocket.accept()
     try:
         caller = await _authenticate(websocket, gate)
-        with streams.slot():
+        with streams.slot(), metrics.LIVE_STREAMS.track_inprogress():
 
             async def wait(seconds: float | None) -> TaskOutcome:
                 if seconds is None:
@@ -110,14 +111,16 @@ async def _authenticate(websocket: WebSocket, gate: Gate) -> str | None:
         return await gate.caller(websocket.headers)
     try:
         async with asyncio.timeout(AUTH_MESSAGE_S):
-            text = await websocket.receive_text()
+            message = await websocket.receive()
     except TimeoutError:
         raise UnauthorizedError(
             f'An API key is required: send {{"api_key": "<key>"}} within {AUTH_MESSAGE_S:g} s.'
         ) from None
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
     with contextlib.suppress(orjson.JSONDecodeError):
-        message = orjson.loads(text)
-        if isinstance(message, dict) and isinstance(key := message.get("api_key"), str):
+        payload = orjson.loads(message.get("text") or message.get("bytes") or b"")
+        if isinstance(payload, dict) and isinstance(key := payload.get("api_key"), str):
             return await gate.caller({"x-api-key": key})
     raise UnauthorizedError('The first message must be {"api_key": "<key>"}.')
 
@@ -151,7 +154,9 @@ async def _until_left(websocket: WebSocket, work: Awaitable[None]) -> None:
     finally:
         for task in (reader, worker):
             task.cancel()
-        await asyncio.gather(reader, worker, return_exceptions=True)
+        # wait, not gather: a cancellation of this task must surface as its own, never as a
+        # child's (anyio, under Starlette's test client, tells them apart).
+        await asyncio.wait({reader, worker})
     first = worker if worker in done else reader
     if (error := first.exception()) is not None:
         raise error

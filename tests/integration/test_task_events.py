@@ -206,3 +206,31 @@ def test_a_stream_on_one_replica_gets_the_end_of_a_task_a_worker_ran_for_the_oth
     assert final["status"] == "completed"
     assert rest_b[-1] == {"task_id": task_id, "state": "completed", **final}
     assert rest_a[-1] == rest_b[-1]
+
+
+def test_server_sent_events_give_the_same_messages_and_end_with_the_task(
+    keyed: ServerProcess,
+) -> None:
+    with client(keyed, "alice") as alice:
+        task_id = submit(alice, BELL, shots=10)
+        headers = {"Accept": "text/event-stream"}
+        with alice.stream("GET", f"/tasks/{task_id}/events", headers=headers) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            lines = [line for line in response.iter_lines() if line]
+        final = alice.get(f"/tasks/{task_id}").json()
+        missing = alice.get("/tasks/no-such-task/events", headers=headers)
+        theirs = httpx.get(
+            f"{keyed.url}/tasks/{task_id}/events", headers={**headers, **header("bob")}
+        )
+    assert all(line.startswith("data: ") for line in lines)
+    messages = [json.loads(line.removeprefix("data: ")) for line in lines]
+    assert messages[-1] == {"task_id": task_id, "state": "completed", **final}
+    assert [m["state"] for m in messages[:-1]] in (
+        [],
+        ["queued"],
+        ["running"],
+        ["queued", "running"],
+    )
+    assert (missing.status_code, missing.json()["message"]) == (404, "Task not found.")
+    assert theirs.status_code == 404

@@ -24,6 +24,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
+from starlette.responses import StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from qtask import metrics
@@ -123,6 +124,54 @@ async def _authenticate(websocket: WebSocket, gate: Gate) -> str | None:
         if isinstance(payload, dict) and isinstance(key := payload.get("api_key"), str):
             return await gate.caller({"x-api-key": key})
     raise UnauthorizedError('The first message must be {"api_key": "<key>"}.')
+
+
+async def event_source(
+    task_id: str, caller: str | None, service: TaskService, streams: Streams, body: Body
+) -> StreamingResponse:
+    """The same stream as Server-Sent Events, for clients that speak HTTP only (`curl -N`).
+
+    Each message is one `data:` line of the websocket's JSON; the response ends after the
+    task's end. Errors before the first message are HTTP answers, as for GET (404, 401, 503);
+    after it, one `event: error` (or `event: idle` at the idle limit) ends the stream. The cap
+    is checked before the answer starts (TooManyStreamsError, 503).
+    """
+    first = await service.read(task_id, caller)
+    if streams.open >= streams.max_streams:
+        raise TooManyStreamsError(
+            f"This server already streams {streams.max_streams} tasks; retry later."
+        )
+
+    async def wait(seconds: float | None) -> TaskOutcome:
+        if seconds is None:
+            return first
+        return await service.wait(task_id, caller, seconds)
+
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            with streams.slot(), metrics.LIVE_STREAMS.track_inprogress():
+                async for task in streams.follow(wait, lambda task: task.status.terminal):
+                    message = {"task_id": task_id, "state": state_of(task), **body(task)}
+                    yield b"data: " + orjson.dumps(message) + b"\n\n"
+        except StreamIdleError as exc:
+            yield _sse_event("idle", str(exc))
+        except TaskNotFoundError:
+            yield _sse_event("error", MSG_NOT_FOUND)
+        except (TooManyStreamsError, StoreUnavailableError, ShuttingDownError) as exc:
+            log.warning("service_unavailable", reason=str(exc))
+            yield _sse_event("error", "The service is unavailable; retry shortly.")
+
+    return StreamingResponse(
+        lines(),
+        media_type="text/event-stream",
+        # Proxies (nginx) would hold the events back in their buffers without this.
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _sse_event(name: str, message: str) -> bytes:
+    data = orjson.dumps({"status": "error", "message": message})
+    return f"event: {name}\n".encode() + b"data: " + data + b"\n\n"
 
 
 def _has_key_header(websocket: WebSocket) -> bool:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from qtask import metrics
 from qtask.api.auth import Gate
 from qtask.api.errors import describe_validation
-from qtask.api.events import stream_task
+from qtask.api.events import event_source, stream_task
 from qtask.api.schemas import (
     BatchSubmitRequest,
     BatchSubmitResponse,
@@ -290,6 +290,28 @@ async def task_events(websocket: WebSocket, task_id: str) -> None:
     with 1000 after the task's end. Keys, close codes and bounds: qtask.api.events."""
     state = websocket.app.state
     await stream_task(websocket, task_id, state.service, state.gate, state.streams, task_body)
+
+
+@router.get(
+    "/tasks/{task_id}/events",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "One `data:` line per state (JSON, as the websocket sends it); the "
+            "response ends after the task's end.",
+        },
+        404: {"model": MessageResponse, "description": "No such task (or not this key's)."},
+        **_READ_ERRORS,
+    },
+    summary="Follow a task's state (Server-Sent Events)",
+)
+async def task_event_source(
+    request: Request, task_id: str, service: ServiceDep, caller: CallerDep
+) -> Response:
+    """The task's state now, then each change, as Server-Sent Events; the same stream is a
+    websocket at this path. 503 when the server already serves its cap of streams."""
+    return await event_source(task_id, caller, service, request.app.state.streams, task_body)
 
 
 @router.get(

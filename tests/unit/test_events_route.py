@@ -113,3 +113,18 @@ def test_messages_a_client_sends_while_it_follows_are_ignored(client: TestClient
         socket.send_bytes(b"\x00")
         client.delete(f"/tasks/{task_id}")
         assert socket.receive_json()["state"] == "cancelled"
+
+
+def test_server_sent_events_over_the_cap_are_refused_with_503_before_the_stream_starts(
+    client: TestClient,
+) -> None:
+    task_id = submit(client)
+    with client.websocket_connect(f"/tasks/{task_id}/events") as first:
+        assert first.receive_json() == queued(task_id)
+        refused = client.get(f"/tasks/{task_id}/events")
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json() == {
+            "status": "error",
+            "message": "This server already streams 1 tasks; retry later.",
+        }

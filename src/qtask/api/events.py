@@ -1,4 +1,5 @@
 """The task websocket, `GET /tasks/{id}/events`: a task's state now, then each change, then close.
+The same messages are served as Server-Sent Events on that path over plain HTTP (event_source).
 
 Messages are JSON text frames: the body GET /tasks/{id} answers plus `task_id` and `state`
 (queued, running, completed, error, cancelled); the last one is the task's end, after which the

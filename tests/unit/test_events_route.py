@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 from starlette.websockets import WebSocketDisconnect
+from structlog.testing import capture_logs
 
 from qtask.api.app import create_app
 from qtask.config import LimitsSettings
@@ -62,7 +63,7 @@ def test_a_cancel_ends_the_stream_with_the_cancelled_body_and_a_normal_close(
     client: TestClient,
 ) -> None:
     task_id = submit(client)
-    with client.websocket_connect(f"/tasks/{task_id}/events") as socket:
+    with capture_logs() as logs, client.websocket_connect(f"/tasks/{task_id}/events") as socket:
         assert socket.receive_json() == queued(task_id)
         assert client.delete(f"/tasks/{task_id}").status_code == 200
         assert socket.receive_json() == {
@@ -74,6 +75,8 @@ def test_a_cancel_ends_the_stream_with_the_cancelled_body_and_a_normal_close(
         with pytest.raises(WebSocketDisconnect) as closed:
             socket.receive_json()
     assert closed.value.code == 1000
+    lines = [line for line in logs if line["event"] == "task_stream"]
+    assert [(line["task_id"], line["close_code"]) for line in lines] == [(task_id, 1000)]
 
 
 def test_one_stream_over_the_cap_is_closed_with_1013_and_a_slot_frees_when_a_client_leaves(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
@@ -74,10 +75,37 @@ async def stream_task(
     streams: Streams,
     body: Body,
 ) -> None:
-    """Serve one task's event stream on `websocket` until the task ends or the client leaves."""
+    """Serve one task's event stream on `websocket` until the task ends or the client leaves.
+
+    Logs one `task_stream` line when it ends: the task, the key's name, the close code (1005:
+    the client left first) and how long it lasted."""
+    started = time.perf_counter()
+    code, reason = await _serve(websocket, task_id, service, gate, streams, body)
+    if code is not None:
+        await _close(websocket, code, reason)
+    caller = websocket.scope.get("state", {}).get("caller")
+    log.info(
+        "task_stream",
+        task_id=task_id,
+        close_code=1005 if code is None else code,
+        duration_ms=round(1000 * (time.perf_counter() - started), 3),
+        **({"key": caller} if caller is not None else {}),
+    )
+
+
+async def _serve(
+    websocket: WebSocket,
+    task_id: str,
+    service: TaskService,
+    gate: Gate,
+    streams: Streams,
+    body: Body,
+) -> tuple[int | None, str]:
+    """Run the stream; the close code and reason to send (None: the client already left)."""
     await websocket.accept()
     try:
         caller = await _authenticate(websocket, gate)
+        websocket.scope.setdefault("state", {})["caller"] = caller
         with streams.slot(), metrics.LIVE_STREAMS.track_inprogress():
 
             async def wait(seconds: float | None) -> TaskOutcome:
@@ -88,23 +116,22 @@ async def stream_task(
             events = streams.follow(wait, lambda task: task.status.terminal)
             await _until_left(websocket, _send_all(websocket, task_id, events, body))
     except WebSocketDisconnect:
-        return
+        return None, ""
     except TooManyStreamsError as exc:
-        await _close(websocket, CLOSE_TRY_LATER, str(exc))
+        return CLOSE_TRY_LATER, str(exc)
     except StreamIdleError as exc:
-        await _close(websocket, CLOSE_IDLE, str(exc))
+        return CLOSE_IDLE, str(exc)
     except TaskNotFoundError:
-        await _close(websocket, 4404, MSG_NOT_FOUND)
+        return 4404, MSG_NOT_FOUND
     except InvalidRequestError as exc:
-        await _close(websocket, 4000 + exc.status_code, str(exc))
+        return 4000 + exc.status_code, str(exc)
     except (StoreUnavailableError, ObjectStoreUnavailableError, ShuttingDownError) as exc:
         log.warning("service_unavailable", reason=str(exc))
-        await _close(websocket, CLOSE_UNAVAILABLE, "The service is unavailable; retry shortly.")
+        return CLOSE_UNAVAILABLE, "The service is unavailable; retry shortly."
     except QTaskError as exc:
         log.error("unhandled_domain_error", error=str(exc), kind=type(exc).__name__)
-        await _close(websocket, 1011, "Internal error.")
-    else:
-        await _close(websocket, CLOSE_NORMAL, "The task ended.")
+        return 1011, "Internal error."
+    return CLOSE_NORMAL, "The task ended."
 
 
 async def _authenticate(websocket: WebSocket, gate: Gate) -> str | None:

@@ -76,6 +76,7 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriver]:
         "--window-size=1280,1000",
     ):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     try:
         yield driver
@@ -112,8 +113,13 @@ def test_the_page_runs_bell_shows_errors_with_line_and_column_and_never_runs_ser
     assert browser.execute_script("return sessionStorage.getItem('qtask.apiKey')") == KEY
     assert browser.execute_script("return localStorage.length") == 0
 
-    # Bell: two bars, 00 and 11, with counts and probabilities; its row turns completed.
-    submit(browser, BELL)
+    # Bell, uploaded as a file: two bars, 00 and 11, with counts and probabilities; its row
+    # turns completed.
+    bell_file = tmp_path / "bell.qasm"
+    bell_file.write_text(BELL)
+    browser.find_element(By.ID, "qasm-file").send_keys(str(bell_file))
+    wait.until(lambda d: d.find_element(By.ID, "qasm").get_property("value") == BELL)
+    browser.find_element(By.ID, "submit").click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#histogram .bar"))
     bars = browser.find_elements(By.CSS_SELECTOR, "#histogram .bar")
     assert [bar.get_attribute("data-outcome") for bar in bars] == ["00", "11"]
@@ -134,6 +140,9 @@ def test_the_page_runs_bell_shows_errors_with_line_and_column_and_never_runs_ser
     message = browser.find_element(By.ID, "submit-error-message").text
     assert where.startswith("Line 5, column ")
     assert "line 5, column " in message
+    # The editor's caret is put on that line.
+    caret = browser.execute_script("return document.getElementById('qasm').selectionStart")
+    assert SYNTAX_ERROR[:caret].count("\n") == 4
 
     # An error that quotes <script>: shown as text, no element made of it, nothing run.
     scripts_before = browser.execute_script("return document.scripts.length")
@@ -147,3 +156,14 @@ def test_the_page_runs_bell_shows_errors_with_line_and_column_and_never_runs_ser
     screenshot = tmp_path / "ui-error.png"
     assert browser.save_screenshot(str(screenshot))
     print(f"screenshot: {screenshot}")
+
+    # No script error and no Content-Security-Policy violation; the refused requests (401,
+    # 400) are the only complaints.
+    console = browser.get_log("browser")
+    assert any("401" in entry["message"] for entry in console)  # the log is really read
+    problems = [
+        entry["message"]
+        for entry in console
+        if entry["level"] == "SEVERE" and "Failed to load resource" not in entry["message"]
+    ]
+    assert problems == []

@@ -107,6 +107,20 @@ function showError(prefix, message) {
   box.hidden = false;
 }
 
+// Put the editor's caret where the server's message says the error is.
+function pointAt(message) {
+  const where = message.match(LINE_COLUMN);
+  if (!where) return;
+  const editor = $("qasm");
+  const lines = editor.value.split("\n");
+  const line = Math.min(Number(where[1]), lines.length);
+  let offset = 0;
+  for (let i = 0; i < line - 1; i += 1) offset += lines[i].length + 1;
+  offset += Math.max(0, Math.min(Number(where[2] || 1) - 1, lines[line - 1].length));
+  editor.focus();
+  editor.setSelectionRange(offset, offset);
+}
+
 $("submit-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   $("submit-error").hidden = true;
@@ -125,7 +139,9 @@ $("submit-form").addEventListener("submit", async (event) => {
       }
     }
     if (answer.status !== 202) {
-      showError("submit", String(answer.data.message || `HTTP ${answer.status}`));
+      const message = String(answer.data.message || `HTTP ${answer.status}`);
+      showError("submit", message);
+      pointAt(message);
       return;
     }
     const id = answer.data.task_id;

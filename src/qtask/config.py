@@ -56,7 +56,7 @@ class ServerSettings(BaseModel):
     # Live task streams (GET /tasks/{id}/events websockets) one API process serves at once; one
     # more is closed with 1013. Each costs a coroutine and about two store reads per
     # stream_poll_s, which is how late a queued -> running change may be seen (ends are instant).
-    max_streams: int = Field(default=1000, ge=0)
+    max_streams: int = Field(default=1000, ge=1)
     stream_poll_s: float = Field(default=1.0, gt=0, le=60)
     # A stream whose task did not change for this long is closed (4408); the client reconnects.
     stream_idle_s: float = Field(default=900.0, gt=0)

@@ -1,10 +1,11 @@
-"""The task websocket, GET /tasks/{id}/events, on a real `qtask serve` and on a distributed
-deployment with two API replicas.
+"""The task websocket (and its Server-Sent Events twin), GET /tasks/{id}/events, on a real
+`qtask serve` and on a distributed deployment with two API replicas.
 
 `keyed` is `qtask serve` with API keys on and a 0.2 s re-read, so a run of a second or more is
-seen as `running`. `replicas` is a distributed deployment with no worker at first (tasks stay
-queued) and a second API replica; its re-read period is the longest allowed (60 s), so a stream
-that hears of a worker's end sooner heard it through the end notices.
+seen as `running`, and with header_timeout_s=2 and keep_alive_s=1, which must not cut a stream.
+`replicas` is a distributed deployment with no worker at first (tasks stay queued) and a second
+API replica; its re-read period is the longest allowed (60 s), so a stream that hears of a
+worker's end sooner heard it through the end notices.
 """
 
 from __future__ import annotations
@@ -58,7 +59,12 @@ def closed_with(socket: ClientConnection) -> tuple[int | None, str | None]:
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    env = {**AUTH_ENV, "QTASK_SERVER__STREAM_POLL_S": "0.2"}
+    env = {
+        **AUTH_ENV,
+        "QTASK_SERVER__STREAM_POLL_S": "0.2",
+        "QTASK_SERVER__HEADER_TIMEOUT_S": "2",
+        "QTASK_SERVER__KEEP_ALIVE_S": "1",
+    }
     server = ServerProcess(tmp_path_factory.mktemp("events") / "data", workers=1, env=env)
     server.start()
     yield server
@@ -117,6 +123,24 @@ def test_a_stream_of_an_ended_task_sends_its_end_at_once_and_a_cancel_is_told_ap
             "message": "Task was cancelled.",
         }
     ]
+
+
+def test_a_quiet_stream_outlasts_the_header_timeout_and_keep_alive_and_then_gets_its_end(
+    keyed: ServerProcess,
+) -> None:
+    with client(keyed, "alice") as alice:
+        busy = submit(alice, slow_circuit(), shots=10)  # one worker: the next stays queued
+        task_id = submit(alice, BELL, shots=10)
+        with connect(ws_url(keyed.url, task_id), additional_headers=header("alice")) as socket:
+            assert json.loads(socket.recv(timeout=30))["state"] == "queued"
+            # Nothing changes for 4 s, past both of the server's connection timeouts.
+            with pytest.raises(TimeoutError):
+                socket.recv(timeout=4)
+            assert alice.delete(f"/tasks/{task_id}").status_code == 200
+            assert json.loads(socket.recv(timeout=30))["state"] == "cancelled"
+            assert drain(socket) == []
+            assert socket.close_code == 1000
+        alice.delete(f"/tasks/{busy}")
 
 
 @pytest.mark.parametrize(

@@ -61,6 +61,13 @@ class ServerSettings(BaseModel):
     max_header_bytes: int = Field(default=32 << 10, ge=1024, le=1 << 20)
     # Seconds an idle keep-alive connection is kept open.
     keep_alive_s: int = Field(default=5, ge=1)
+    # Live task streams (GET /tasks/{id}/events websockets) one API process serves at once; one
+    # more is closed with 1013. Each costs a coroutine and about two store reads per
+    # stream_poll_s, which is how late a queued -> running change may be seen (ends are instant).
+    max_streams: int = Field(default=1000, ge=1)
+    stream_poll_s: float = Field(default=1.0, gt=0, le=60)
+    # A stream whose task did not change for this long is closed (4408); the client reconnects.
+    stream_idle_s: float = Field(default=900.0, gt=0)
 
 
 class StorageSettings(BaseModel):

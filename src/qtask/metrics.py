@@ -48,6 +48,9 @@ RUN_SECONDS = Histogram(
 LONG_POLLS = Gauge(
     "qtask_long_polls", "Requests of this process waiting in a long poll (?wait=) right now."
 )
+LIVE_STREAMS = Gauge(
+    "qtask_live_streams", "Task event websockets (GET /tasks/{id}/events) open in this process."
+)
 TASKS = Gauge("qtask_tasks", "Tasks queued or running, read from the store.", ["status"])
 HTTP_REQUESTS = Counter(
     "qtask_http_requests", "HTTP requests answered.", ["method", "route", "status"]

@@ -142,7 +142,7 @@ def api_app(
     `notices` tell this process when tasks end, which wakes its long polls. `limiter` holds
     the per-key request buckets when they are shared between API processes.
     """
-    from qtask.api.app import create_app
+    from qtask.api.app import create_app, streams_from
     from qtask.api.auth import Gate
     from qtask.execution.catalog import build_catalog
     from qtask.service import CircuitIngestor, TaskService
@@ -169,5 +169,6 @@ def api_app(
         gate=Gate(settings.auth, limiter),
         ready_checks=ready_checks,
         lifespan=lifespan,
+        streams=streams_from(settings.server),
     )
     return service, app

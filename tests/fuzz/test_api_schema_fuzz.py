@@ -41,6 +41,7 @@ OPERATIONS = [
     ("GET", "/tasks"),
     ("GET", "/tasks/{task_id}"),
     ("GET", "/tasks/{task_id}/circuit"),
+    ("GET", "/tasks/{task_id}/events"),
     ("DELETE", "/tasks/{task_id}"),
     ("GET", "/health"),
     ("GET", "/ready"),

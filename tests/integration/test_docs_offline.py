@@ -1,5 +1,5 @@
-"""/docs and /redoc work without internet: every page and every asset it references comes from
-the qtask server itself, and nothing they load names another host."""
+"""/docs, /redoc and /ui work without internet: every page and every asset it references comes
+from the qtask server itself, and nothing they load names another host."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def references(text: str) -> list[str]:
     return [ref for ref in found if not ref.startswith(("data:", "#"))]
 
 
-@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+@pytest.mark.parametrize("page", ["/docs", "/redoc", "/ui"])
 def test_a_docs_page_loads_everything_from_the_server_itself(
     server: ServerProcess, page: str
 ) -> None:

@@ -8,11 +8,12 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI
 
 from qtask import __version__
-from qtask.api import backends, docs, errors
+from qtask.api import backends, docs, errors, ui
 from qtask.api.auth import Gate
 from qtask.api.middleware import RequestLogMiddleware
 from qtask.api.routes import ReadyCheck, router
-from qtask.config import AuthSettings
+from qtask.config import AuthSettings, ServerSettings
+from qtask.live import Streams
 from qtask.service import TaskService
 
 
@@ -25,10 +26,12 @@ def create_app(
     gate: Gate | None = None,
     ready_checks: dict[str, ReadyCheck] | None = None,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+    streams: Streams | None = None,
 ) -> FastAPI:
     """The qtask HTTP API; `lifespan` starts and stops what the service runs on.
 
     `gate` checks API keys and rates; without one every caller is anonymous and unlimited.
+    `streams` bounds the live task streams (by default, ServerSettings' defaults).
     """
     app = FastAPI(
         title="qtask",
@@ -44,9 +47,16 @@ def create_app(
     app.state.body_timeout_s = body_timeout_s
     app.state.gate = gate or Gate(AuthSettings())
     app.state.ready_checks = ready_checks or {}
+    app.state.streams = streams or streams_from(ServerSettings())
     errors.install(app)
     app.add_middleware(RequestLogMiddleware)
     app.include_router(router)
     app.include_router(backends.router)
     docs.install(app)
+    ui.install(app)
     return app
+
+
+def streams_from(settings: ServerSettings) -> Streams:
+    """The live stream bounds `settings` give."""
+    return Streams(settings.max_streams, settings.stream_poll_s, settings.stream_idle_s)

@@ -17,6 +17,7 @@ from qtask.errors import (
     StoreUnavailableError,
     TaskNotFoundError,
 )
+from qtask.live import TooManyStreamsError
 from qtask.logs import get_logger
 
 log = get_logger("api")
@@ -50,6 +51,10 @@ def install(app: FastAPI) -> None:
         return error_response(
             503, "The service cannot take tasks right now; retry shortly.", {"Retry-After": "1"}
         )
+
+    @app.exception_handler(TooManyStreamsError)
+    async def streams_full(_: Request, exc: Exception) -> Response:
+        return error_response(503, str(exc), {"Retry-After": "1"})
 
     @app.exception_handler(QTaskError)
     async def other(_: Request, exc: Exception) -> Response:

@@ -7,13 +7,14 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, WebSocket
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ValidationError
 
 from qtask import metrics
 from qtask.api.auth import Gate
 from qtask.api.errors import describe_validation
+from qtask.api.events import event_source, stream_task
 from qtask.api.schemas import (
     BatchSubmitRequest,
     BatchSubmitResponse,
@@ -286,6 +287,36 @@ async def get_task(
     if wait is None:
         return _json(task_body(await service.read(task_id, caller)))
     return _json(task_body(await service.wait(task_id, caller, wait)))
+
+
+@router.websocket("/tasks/{task_id}/events")
+async def task_events(websocket: WebSocket, task_id: str) -> None:
+    """A websocket: the task's body now (with `task_id` and `state`), then each change; closed
+    with 1000 after the task's end. Keys, close codes and bounds: qtask.api.events."""
+    state = websocket.app.state
+    await stream_task(websocket, task_id, state.service, state.gate, state.streams, task_body)
+
+
+@router.get(
+    "/tasks/{task_id}/events",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "One `data:` line per state (JSON, as the websocket sends it); the "
+            "response ends after the task's end.",
+        },
+        404: {"model": MessageResponse, "description": "No such task (or not this key's)."},
+        **_READ_ERRORS,
+    },
+    summary="Follow a task's state (Server-Sent Events)",
+)
+async def task_event_source(
+    request: Request, task_id: str, service: ServiceDep, caller: CallerDep
+) -> Response:
+    """The task's state now, then each change, as Server-Sent Events; the same stream is a
+    websocket at this path. 503 when the server already serves its cap of streams."""
+    return await event_source(task_id, caller, service, request.app.state.streams, task_body)
 
 
 @router.get(

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from qtask import __version__
 from qtask.api import docs, errors
 from qtask.api.auth import Gate
+from qtask.api.fast import FastRoutes
 from qtask.api.middleware import RequestLogMiddleware
 from qtask.api.routes import ReadyCheck, router
 from qtask.config import AuthSettings
@@ -25,10 +26,13 @@ def create_app(
     gate: Gate | None = None,
     ready_checks: dict[str, ReadyCheck] | None = None,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+    fast_routes: bool = True,
 ) -> FastAPI:
     """The qtask HTTP API; `lifespan` starts and stops what the service runs on.
 
     `gate` checks API keys and rates; without one every caller is anonymous and unlimited.
+    `fast_routes`: POST /tasks and GET /tasks/{id} bypass FastAPI's router (qtask.api.fast);
+    off only in the test that compares both.
     """
     app = FastAPI(
         title="qtask",
@@ -45,6 +49,8 @@ def create_app(
     app.state.gate = gate or Gate(AuthSettings())
     app.state.ready_checks = ready_checks or {}
     errors.install(app)
+    if fast_routes:  # added first: inside the request log, which counts it
+        app.add_middleware(FastRoutes)
     app.add_middleware(RequestLogMiddleware)
     app.include_router(router)
     docs.install(app)

@@ -23,6 +23,7 @@ markdown table; asserts nothing on time.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shutil
 import sys
 import tempfile
@@ -36,6 +37,7 @@ import workloads
 from deployments import ResourceSampler
 
 WARMUP_TASKS = 50
+READS = 5000  # GETs of one completed task, for the API's CPU per plain read
 LONG_POLL_S = 20.0  # under the raw client's 30 s read timeout
 
 
@@ -81,6 +83,10 @@ def main() -> None:
         polls: list[tuple[str, float | None]] = [("polling", None)]
         if not args.no_wait:
             polls.append(("long poll", LONG_POLL_S))
+        log(f"{READS} reads of a completed task, 8 at a time")
+        with ResourceSampler(deployment) as sampler:
+            asyncio.run(_reads(deployment.url, READS, 8))
+        read_ms = 1000 * sampler.usage.cpu_s["front"] / READS
         for style, wait_s in polls:
             log(f"light load, {style}: {args.light} tasks one at a time")
             with ResourceSampler(deployment) as sampler:
@@ -120,7 +126,8 @@ def main() -> None:
         f"light rows every 1 ms; long polls `?wait={LONG_POLL_S:g}`; "
         f"total run {time.monotonic() - started:.0f} s\n"
     )
-    print(f"bare Aer, batched: {fmt(bare_ms, 3)} ms CPU per circuit\n")
+    print(f"bare Aer, batched: {fmt(bare_ms, 3)} ms CPU per circuit")
+    print(f"API process CPU per GET /tasks/{{id}} of a completed task: {fmt(read_ms, 3)} ms\n")
     headers = [
         "row",
         "done",
@@ -138,6 +145,25 @@ def main() -> None:
     print("|" + "---|" * len(headers))
     for cells in rows:
         print("| " + " | ".join(cells) + " |")
+
+
+async def _reads(url: str, count: int, concurrency: int) -> None:
+    """Submit one task, wait for it, then read it `count` times, `concurrency` at a time."""
+    transport = loadgen.RawTransport(url, concurrency)
+    try:
+        _, body = await transport.post_task(workloads.BELL)
+        task_id = body["task_id"]
+        while (await transport.get_task(task_id, LONG_POLL_S))[1]["status"] == "pending":
+            pass
+
+        async def reader(n: int) -> None:
+            for _ in range(n):
+                status, _ = await transport.get_task(task_id)
+                assert status == 200
+
+        await asyncio.gather(*(reader(count // concurrency) for _ in range(concurrency)))
+    finally:
+        await transport.aclose()
 
 
 def row(

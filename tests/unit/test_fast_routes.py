@@ -13,7 +13,9 @@ import httpx
 import orjson
 import pytest
 import structlog.testing
+from fastapi import APIRouter
 
+from qtask.api import fast
 from qtask.api.app import create_app
 from qtask.api.auth import Gate, key_digest
 from qtask.config import ApiKey, AuthSettings, LimitsSettings
@@ -46,14 +48,23 @@ class Pair:
             service, max_body_bytes=MAX_BODY, gate=Gate(auth), fast_routes=False
         )
         self.routed: list[str] = []  # requests FastAPI's router saw, in the fast app
-        inner = self.fast.router
-
-        async def spy(scope: Any, receive: Any, send: Any) -> None:
-            self.routed.append(f"{scope['method']} {scope['path']}")
-            await inner(scope, receive, send)
-
-        self.fast.router = spy  # type: ignore[assignment]
+        self.fast.router = _Spy(self.fast.router, self.routed)  # type: ignore[assignment]
         self.fast.middleware_stack = None  # rebuilt around the spy on the next request
+
+
+class _Spy:
+    """FastAPI's router, noting each request it routes."""
+
+    def __init__(self, router: Any, seen: list[str]) -> None:
+        self._router = router
+        self._seen = seen
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._router, name)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self._seen.append(f"{scope['method']} {scope['path']}")
+        await self._router(scope, receive, send)
 
 
 @pytest.fixture(params=[False, True], ids=["keys-off", "keys-on"])
@@ -196,3 +207,40 @@ async def test_hot_requests_are_logged_with_their_route_template(pair: Pair) -> 
     assert all("request_id" in line for line in lines)
     if pair.fast.state.gate.enabled:
         assert [line.get("key") for line in lines] == ["alice", "alice"]
+
+
+async def test_another_get_route_under_tasks_is_left_to_fastapi(pair: Pair) -> None:
+    extra = APIRouter()
+
+    @extra.get("/tasks/stream")
+    async def stream() -> dict[str, str]:
+        return {"stream": "yes"}
+
+    pair.fast.include_router(extra)
+    async with _client(pair.fast) as http:
+        response = await http.get("/tasks/stream", headers=_auth(pair))
+        await http.get("/tasks/other", headers=_auth(pair))
+    # FastAPI matched /tasks/{task_id} first (declared first), as it would without FastRoutes.
+    assert response.status_code == 404
+    assert pair.routed == ["GET /tasks/stream"]
+
+
+async def test_a_hot_route_with_other_parameters_is_left_to_fastapi(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fast, "_POST_PARAMS", ("request", "service", "caller", "backend"))
+    with structlog.testing.capture_logs() as logs:
+        async with _client(pair.fast) as http:
+            submitted = await http.post("/tasks", json={"qc": BELL}, headers=_auth(pair))
+            await http.get(f"/tasks/{submitted.json()['task_id']}", headers=_auth(pair))
+    assert submitted.status_code == 202
+    assert pair.routed == ["POST /tasks"]  # the GET still took the fast route
+    assert [line for line in logs if line["event"] == "fast_routes_off"] == [
+        {
+            "event": "fast_routes_off",
+            "get": True,
+            "post": False,
+            "component": "api",
+            "log_level": "warning",
+        }
+    ]

@@ -8,7 +8,10 @@ dependencies as FastAPI would (routes.submit_task, routes.get_task), and turns t
 errors they raise into answers with the application's own exception handlers, so every status
 and body stays what FastAPI gives. Anything it is not sure about (another method or path, a
 query other than a plain `wait=` number, an Idempotency-Key header repeated or over 255
-characters) goes to FastAPI untouched, so FastAPI keeps giving its validation errors.
+characters) goes to FastAPI untouched, so FastAPI keeps giving its validation errors. At the
+first request it checks the app's routes (`_Plan`): a hot route whose function gained a
+parameter or a dependency, or another GET route under /tasks/, sends those requests to FastAPI
+too, so a route added or changed elsewhere is never skipped.
 
 Nothing here decides anything about tasks: that stays in the routes and the service.
 """
@@ -16,16 +19,22 @@ Nothing here decides anything about tasks: that stays in the routes and the serv
 from __future__ import annotations
 
 import enum
+import inspect
 import re
+from collections.abc import Iterator
 from typing import Any, Final, Literal
 
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qtask.api import routes
 from qtask.constants import MAX_WAIT_SECONDS
+from qtask.logs import get_logger
+
+log = get_logger("api")
 
 _TASKS = "/tasks"
 _TASK_PREFIX = "/tasks/"
@@ -33,6 +42,9 @@ _TASK_PREFIX = "/tasks/"
 _WAIT = re.compile(rb"wait=([0-9]{1,9}(?:\.[0-9]{1,9})?)")
 _IDEMPOTENCY_KEY = b"idempotency-key"
 _IDEMPOTENCY_KEY_MAX = 255  # routes.IdempotencyKey's max_length
+# The parameters FastRoutes passes to routes.get_task and routes.submit_task, in order.
+_GET_PARAMS = ("task_id", "service", "caller", "wait")
+_POST_PARAMS = ("request", "service", "caller", "idempotency_key")
 
 
 class _Defer(enum.Enum):
@@ -49,18 +61,22 @@ class FastRoutes:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._plan: _Plan | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope.get("root_path"):
+            if self._plan is None:
+                self._plan = _Plan.of(scope["app"])
+            plan = self._plan
             method, path = scope["method"], scope["path"]
-            if method == "GET" and path.startswith(_TASK_PREFIX):
+            if method == "GET" and path.startswith(_TASK_PREFIX) and plan.get:
                 task_id = path[len(_TASK_PREFIX) :]
-                if task_id and "/" not in task_id:
+                if task_id and "/" not in task_id and task_id not in plan.shadowed:
                     wait = _wait(scope["query_string"])
                     if wait is not _DEFER:
                         await self._get(scope, receive, send, task_id, wait)
                         return
-            elif method == "POST" and path == _TASKS:
+            elif method == "POST" and path == _TASKS and plan.post:
                 key = _idempotency_key(scope["headers"])
                 if key is not _DEFER:
                     await self._post(scope, receive, send, key)
@@ -106,6 +122,65 @@ def _route(name: str) -> APIRoute:
 
 _GET_TASK = _route("GET /tasks/{task_id}")
 _SUBMIT_TASK = _route("POST /tasks")
+
+
+class _Plan:
+    """Which hot routes may skip FastAPI in this app: those whose route function, dependencies
+    and path FastRoutes knows. A route that gained a parameter or a dependency, or a GET route
+    such as /tasks/stream that FastAPI would match before /tasks/{task_id}, goes through FastAPI
+    (and a warning says so), never through a call that would skip what was added."""
+
+    def __init__(self, get: bool, post: bool, shadowed: frozenset[str]) -> None:
+        self.get = get
+        self.post = post
+        self.shadowed = shadowed  # /tasks/<these> are other GET routes
+
+    @classmethod
+    def of(cls, app: Any) -> _Plan:
+        """Inspect `app`'s routes once, at its first request."""
+        routes = list(_walk(app.routes, "", bool(getattr(app.router, "dependencies", None))))
+        shadowed = frozenset(
+            path[len(_TASK_PREFIX) :]
+            for path, methods, _, _ in routes
+            if "GET" in methods and path.startswith(_TASK_PREFIX) and "{" not in path
+        )
+        get = _fits(routes, _GET_TASK, _GET_PARAMS)
+        post = _fits(routes, _SUBMIT_TASK, _POST_PARAMS)
+        if not (get and post):
+            log.warning("fast_routes_off", get=get, post=post)
+        return cls(get, post, shadowed)
+
+
+def _walk(
+    routes: list[Any], prefix: str, depends: bool
+) -> Iterator[tuple[str, frozenset[str], Any, bool]]:
+    """(path, methods, route, whether an include or the app adds dependencies) of every
+    route, through included routers."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            context = route.include_context
+            yield from _walk(
+                included.routes, prefix + context.prefix, depends or bool(context.dependencies)
+            )
+        elif isinstance(route, APIRoute | Route):
+            yield prefix + route.path, frozenset(route.methods or ()), route, depends
+
+
+def _fits(
+    routes: list[tuple[str, frozenset[str], Any, bool]], hot: APIRoute, params: tuple[str, ...]
+) -> bool:
+    """Whether `hot` is in the app as FastRoutes calls it: once, with no added dependencies,
+    its function taking exactly `params`, and no other route for its method and path."""
+    method = next(iter(hot.methods or ()))
+    same = [
+        (route, depends)
+        for path, methods, route, depends in routes
+        if path == hot.path and method in methods
+    ]
+    if len(same) != 1 or same[0][0] is not hot or same[0][1] or hot.dependencies:
+        return False
+    return tuple(inspect.signature(hot.endpoint).parameters) == params
 
 
 def _wait(query: bytes) -> float | Literal[_Defer.TO_FASTAPI] | None:

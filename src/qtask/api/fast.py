@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from typing import Any, Final, Literal
 
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -212,11 +213,14 @@ async def _handled(request: Request, exc: Exception) -> Response:
     ExceptionMiddleware finds them (by the class's MRO); unhandled ones propagate to the
     server-error middleware, as they would through FastAPI."""
     handlers: dict[Any, Any] = request.app.exception_handlers
+    if isinstance(exc, HTTPException) and exc.status_code in handlers:  # as Starlette does
+        response: Response = await handlers[exc.status_code](request, exc)
+        return response
     for cls in type(exc).__mro__:
         if cls is Exception:
             break
         handler = handlers.get(cls)
         if handler is not None:
-            response: Response = await handler(request, exc)
+            response = await handler(request, exc)
             return response
     raise exc

@@ -1,4 +1,4 @@
-"""qtask.logs: JSON lines as json.dumps would write them, from structlog and the stdlib."""
+"""qtask.logs: JSON lines as json.dumps writes them, from structlog and the stdlib."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ def _lines(out: io.StringIO) -> list[dict[str, object]]:
 def test_structlog_lines_are_one_json_object_each(stdout: io.StringIO) -> None:
     log = logs.get_logger("test")
     log.info("first", n=1, nested={"a": [1, 2]}, text="é\n")
-    log.info("second", big=2**70, other=object)  # past 64 bits: json.dumps writes it
+    log.info("second", big=2**70, other=object)  # past 64 bits, and no JSON type
+    # json.dumps's separators: tests and operators grep for '"event": "..."'.
+    assert stdout.getvalue().startswith('{"component": "test", ')
     first, second = _lines(stdout)
     assert {k: first[k] for k in ("event", "component", "n", "nested", "text", "level")} == {
         "event": "first",

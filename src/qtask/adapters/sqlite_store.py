@@ -340,7 +340,7 @@ class SQLiteTaskStore:
         attempt: int | None = None,
     ) -> Completion:
         """Store the result unless the task already ended; say whether this call stored it."""
-        payload = orjson.dumps(counts).decode()
+        payload = json.dumps(counts, separators=(",", ":"))
         completion = await self._db.write(
             lambda conn: self._finish(
                 conn, task_id, Status.COMPLETED, result=payload, by=(worker_id, attempt)

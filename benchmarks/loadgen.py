@@ -4,11 +4,12 @@
 connections: `httpx.AsyncClient` (the default), or `RawTransport`, a minimal HTTP/1.1 client on
 asyncio streams that costs a tenth of httpx's CPU per request. Each virtual client takes the
 next circuit, submits it with `POST /tasks`, polls `GET /tasks/{id}` every `poll_interval`
-seconds until it is no longer pending, and moves on: a closed loop with at most `concurrency`
-tasks outstanding. A submission answered with an error status (or failing in transport) is
-retried after a short pause, as a well-behaved client would. At the deadline every client
-stops and the result covers what finished by then. With `batch` > 1 a virtual client submits
-that many circuits in one `POST /tasks/batch` and polls them together with `GET /tasks?ids=`.
+seconds (or long-polls it with `?wait=`) until it is no longer pending, and moves on: a closed
+loop with at most `concurrency` tasks outstanding. A submission answered with an error status
+(or failing in transport) is retried after a short pause, as a well-behaved client would. At
+the deadline every client stops and the result covers what finished by then. With `batch` > 1
+a virtual client submits that many circuits in one `POST /tasks/batch` and polls them together
+with `GET /tasks?ids=`.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class Transport(Protocol):
 
     async def post_task(self, source: str) -> tuple[int, Any]: ...
 
-    async def get_task(self, task_id: str) -> tuple[int, Any]: ...
+    async def get_task(self, task_id: str, wait_s: float | None = None) -> tuple[int, Any]: ...
 
     async def post_batch(self, sources: list[str]) -> tuple[int, Any]: ...
 
@@ -115,8 +116,8 @@ class HttpxTransport:
         response = await self.client.post("/tasks", json={"qc": source, "shots": SHOTS})
         return response.status_code, _json_or_text(response.content)
 
-    async def get_task(self, task_id: str) -> tuple[int, Any]:
-        response = await self.client.get(f"/tasks/{task_id}")
+    async def get_task(self, task_id: str, wait_s: float | None = None) -> tuple[int, Any]:
+        response = await self.client.get(f"/tasks/{task_id}{_wait_query(wait_s)}")
         return response.status_code, _json_or_text(response.content)
 
     async def post_batch(self, sources: list[str]) -> tuple[int, Any]:
@@ -206,8 +207,8 @@ class RawTransport:
             "POST", "/tasks", json.dumps({"qc": source, "shots": SHOTS}).encode()
         )
 
-    async def get_task(self, task_id: str) -> tuple[int, Any]:
-        return await self._request("GET", f"/tasks/{task_id}")
+    async def get_task(self, task_id: str, wait_s: float | None = None) -> tuple[int, Any]:
+        return await self._request("GET", f"/tasks/{task_id}{_wait_query(wait_s)}")
 
     async def post_batch(self, sources: list[str]) -> tuple[int, Any]:
         return await self._request(
@@ -227,6 +228,10 @@ CLIENTS: dict[str, type[HttpxTransport] | type[RawTransport]] = {
     "raw": RawTransport,
 }
 TRANSPORT_ERRORS = (httpx.HTTPError, OSError, asyncio.IncompleteReadError, TimeoutError, ValueError)
+
+
+def _wait_query(wait_s: float | None) -> str:
+    return "" if wait_s is None else f"?wait={wait_s:g}"
 
 
 def _json_or_text(payload: bytes) -> Any:
@@ -264,6 +269,7 @@ async def _client(
     result: LoadResult,
     poll_interval: float,
     deadline: float,
+    wait_s: float | None = None,
 ) -> None:
     for source in sources:
         submitted = await _post(partial(transport.post_task, source), "POST", result, deadline)
@@ -275,7 +281,7 @@ async def _client(
                 result.outstanding.append(task_id)
                 return
             try:
-                status, body = await transport.get_task(task_id)
+                status, body = await transport.get_task(task_id, wait_s)
             except TRANSPORT_ERRORS as exc:
                 result.note_error(f"GET {type(exc).__name__}: {exc}")
                 await asyncio.sleep(RETRY_PAUSE_S)
@@ -286,7 +292,8 @@ async def _client(
             elif body["status"] != "pending":
                 _record_done(result, body, started)
                 break
-            await asyncio.sleep(poll_interval)
+            if wait_s is None:  # a long poll answered pending: its wait ran out, ask again
+                await asyncio.sleep(poll_interval)
 
 
 def _record_done(result: LoadResult, body: dict[str, Any], started: float) -> None:
@@ -355,6 +362,7 @@ async def _run(
     budget_s: float,
     client: str,
     batch: int,
+    wait_s: float | None = None,
 ) -> LoadResult:
     result = LoadResult(tasks=len(sources))
     cpu_before = _cpu_seconds()
@@ -372,7 +380,9 @@ async def _run(
             ]
         else:
             workers = [
-                asyncio.create_task(_client(transport, shared, result, poll_interval, deadline))
+                asyncio.create_task(
+                    _client(transport, shared, result, poll_interval, deadline, wait_s)
+                )
                 for _ in range(min(concurrency, len(sources)))
             ]
         # Every client returns by the deadline, except one stuck in a request (30 s timeout).
@@ -399,11 +409,13 @@ def run_load(
     budget_s: float = 300.0,
     client: str = "httpx",
     batch: int = 1,
+    wait_s: float | None = None,
 ) -> LoadResult:
     """Submit every source and wait for every result, or stop after `budget_s` seconds.
 
     With `batch` > 1, each of `concurrency // batch` virtual clients submits `batch` circuits
-    in one POST /tasks/batch and polls them together with GET /tasks?ids=.
+    in one POST /tasks/batch and polls them together with GET /tasks?ids=. With `wait_s`, a
+    one-task client long-polls (GET /tasks/{id}?wait=wait_s) instead of polling.
     """
     runner_kwargs: dict[str, Any] = {}
     with contextlib.suppress(ImportError):
@@ -411,7 +423,9 @@ def run_load(
 
         runner_kwargs["loop_factory"] = uvloop.new_event_loop
     with asyncio.Runner(**runner_kwargs) as runner:
-        return runner.run(_run(url, sources, concurrency, poll_interval, budget_s, client, batch))
+        return runner.run(
+            _run(url, sources, concurrency, poll_interval, budget_s, client, batch, wait_s)
+        )
 
 
 async def _drain(url: str, task_ids: list[str], budget_s: float) -> int:

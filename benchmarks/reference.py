@@ -2,8 +2,9 @@
 
 Parses every source with `qiskit.qasm3.loads_experimental` (the native importer qtask uses) and
 runs them all in one batched `AerSimulator.run(circuits, shots=1024)` call, timed from the first
-parse to the last counts. Small circuits get `max_parallel_experiments` = number of cores; large
-ones (statevectors of 20+ qubits) keep Aer's default settings, which parallelise each circuit.
+parse to the last counts (and its CPU time, from getrusage). Small circuits get
+`max_parallel_experiments` = number of cores; large ones (statevectors of 20+ qubits) keep
+Aer's default settings, which parallelise each circuit.
 
 With `sequential`, each circuit is parsed and run alone (one `run` call each), the bare-Aer
 counterpart of the one-task-at-a-time latency row; per-circuit seconds are returned too.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -50,12 +52,14 @@ def measure(sources: list[str], large: bool, sequential: bool = False) -> dict[s
             latencies.append(time.perf_counter() - started)
         return {"tasks": len(sources), "total_s": sum(latencies), "latencies": latencies}
 
+    cpu_before = _cpu_seconds()
     started = time.perf_counter()
     circuits = [qasm3.loads_experimental(source, include_path=[]) for source in sources]
     parsed = time.perf_counter()
     result = simulator.run(circuits, shots=SHOTS).result()
     counts = [result.get_counts(index) for index in range(len(circuits))]
     finished = time.perf_counter()
+    cpu_s = _cpu_seconds() - cpu_before
     if not result.success or len(counts) != len(sources):
         raise RuntimeError(f"bare Aer failed: {result.status}")
     return {
@@ -63,7 +67,14 @@ def measure(sources: list[str], large: bool, sequential: bool = False) -> dict[s
         "parse_s": parsed - started,
         "run_s": finished - parsed,
         "total_s": finished - started,
+        "cpu_s": cpu_s,
     }
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU of this process, every thread (Aer's OpenMP ones) included."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def measure_in_subprocess(

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from qtask import __version__
 from qtask.api import backends, docs, errors, ui
 from qtask.api.auth import Gate
+from qtask.api.fast import FastRoutes
 from qtask.api.middleware import RequestLogMiddleware
 from qtask.api.routes import ReadyCheck, router
 from qtask.config import AuthSettings, ServerSettings
@@ -27,11 +28,14 @@ def create_app(
     ready_checks: dict[str, ReadyCheck] | None = None,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
     streams: Streams | None = None,
+    fast_routes: bool = True,
 ) -> FastAPI:
     """The qtask HTTP API; `lifespan` starts and stops what the service runs on.
 
     `gate` checks API keys and rates; without one every caller is anonymous and unlimited.
     `streams` bounds the live task streams (by default, ServerSettings' defaults).
+    `fast_routes`: POST /tasks and GET /tasks/{id} bypass FastAPI's router (qtask.api.fast);
+    off only in the test that compares both.
     """
     app = FastAPI(
         title="qtask",
@@ -40,6 +44,9 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,  # served by qtask.api.docs from the package, not a CDN
         redoc_url=None,
+        # qtask exports Prometheus metrics, not OpenTelemetry: without this, FastAPI asks the
+        # OpenTelemetry globals on every request whether they are configured (~5 % of a request).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.service = service
     app.state.max_body_bytes = max_body_bytes
@@ -49,6 +56,8 @@ def create_app(
     app.state.ready_checks = ready_checks or {}
     app.state.streams = streams or streams_from(ServerSettings())
     errors.install(app)
+    if fast_routes:  # added first: inside the request log, which counts it
+        app.add_middleware(FastRoutes)
     app.add_middleware(RequestLogMiddleware)
     app.include_router(router)
     app.include_router(backends.router)

@@ -11,9 +11,11 @@ logged: circuits stay out of logs.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import uuid
+from typing import Any
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,10 +52,12 @@ class RequestLogMiddleware:
                 message["headers"] = [*message.get("headers", ()), (_HEADER, request_id.encode())]
             await send(message)
 
+        # bind/reset rather than the bound_contextvars context manager: the same, cheaper.
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
-            with structlog.contextvars.bound_contextvars(request_id=request_id):
-                await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_id)
         finally:
+            structlog.contextvars.reset_contextvars(**tokens)
             elapsed = time.perf_counter() - started
             method = scope["method"] if scope["method"] in _METHODS else "other"
             route = getattr(scope.get("route"), "path", "unmatched")  # a template, not the path
@@ -61,8 +65,9 @@ class RequestLogMiddleware:
                 # A long poll lasts as long as its task or its wait: kept apart, it does not
                 # hide the latency of plain reads.
                 route += "?wait"
-            metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            metrics.HTTP_SECONDS.labels(method, route).observe(elapsed)
+            count, seconds = _series(method, route, status)
+            count.inc()
+            seconds.observe(elapsed)
             caller = scope.get("state", {}).get("caller")  # the key's name, set by the route
             log.info(
                 "http_request",
@@ -73,6 +78,16 @@ class RequestLogMiddleware:
                 duration_ms=round(1000 * elapsed, 3),
                 **({"key": caller} if caller is not None else {}),
             )
+
+
+@functools.cache
+def _series(method: str, route: str, status: int) -> tuple[Any, Any]:
+    """The request's counter and histogram children: labels() takes a lock and builds a key on
+    every call. Bounded: methods and route templates are fixed sets, statuses few."""
+    return (
+        metrics.HTTP_REQUESTS.labels(method, route, str(status)),
+        metrics.HTTP_SECONDS.labels(method, route),
+    )
 
 
 def _incoming_id(scope: Scope) -> str | None:

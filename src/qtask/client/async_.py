@@ -19,10 +19,9 @@ from qtask.client._core import RETRY_STATUS, RetryPolicy
 from qtask.client.errors import (
     RateLimitedError,
     ServerUnavailableError,
-    UnsupportedError,
     WaitTimeoutError,
 )
-from qtask.client.models import TaskPage, TaskResult
+from qtask.client.models import Backend, TaskPage, TaskResult
 
 Progress = Callable[[int, int], None]
 
@@ -51,7 +50,7 @@ class AsyncClient:
             timeout=timeout,
             transport=transport,
         )
-        self._has_backends: bool | None = None
+        self._has_backends = False
 
     @property
     def url(self) -> str:
@@ -222,18 +221,16 @@ class AsyncClient:
         answer = await self._request("DELETE", f"/tasks/{task_id}", task_id=task_id)
         return _core.result_of(task_id, answer.json())
 
+    async def backends(self) -> builtins.list[Backend]:
+        """The server's backends (GET /backends), the default first; a submission's `backend`
+        names one. UnsupportedError from a server that has none (an older qtask)."""
+        return _core.backends_of(await self._request("GET", "/backends", allow={404}))
+
     async def _check_backend(self, backend: str | None) -> None:
-        if backend is None:
-            return
-        if self._has_backends is None:
-            answer = await self._request("GET", "/backends", allow={404})
-            self._has_backends = answer.status_code != 404
-        if not self._has_backends:
-            # The API ignores unknown fields, so sending it would run on the default simulator.
-            raise UnsupportedError(
-                f"this server has no backends to choose from (no GET /backends), so backend="
-                f"{backend!r} would be ignored; leave it out to run on the server's simulator"
-            )
+        # An older server ignores `backend` (the task would run on its simulator): ask once.
+        if backend is not None and not self._has_backends:
+            await self.backends()
+            self._has_backends = True
 
     async def _request(
         self,

@@ -420,8 +420,12 @@ def test_the_readme_python_example_runs(server: ServerProcess) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    first, batch, error = done.stdout.splitlines()
+    first, batch, names, noisy, error = done.stdout.splitlines()
     assert first.startswith("completed {")
     assert sum(ast.literal_eval(first.removeprefix("completed ")).values()) == 1000
     assert batch.count("'00'") == 2
+    assert ast.literal_eval(names) == ["aer", "fake_brisbane", "fake_torino", "fake_fez"]
+    device_counts = ast.literal_eval(noisy)
+    assert sum(device_counts.values()) == 1000
+    assert {"01", "10"} <= set(device_counts)  # the device's noise
     assert error.startswith("4 1 Invalid OpenQASM 3: line 4, column 1:")

@@ -187,6 +187,7 @@ def _backends(args: argparse.Namespace, client: Client, console: Console) -> int
         _print_json({"default": default, "backends": [dataclasses.asdict(b) for b in found]})
         return 0
     table = Table("name", "kind", "qubits", "noise", "health")
+    table.columns[2].justify = "right"
     for backend in found:
         name = f"{backend.name} [dim](default)[/]" if backend.default else backend.name
         health = "[green]ok[/]" if backend.healthy else f"[red]{escape(backend.health)}[/]"

@@ -6,6 +6,7 @@ The real server is in tests/integration/test_client.py.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 
@@ -472,3 +473,16 @@ def test_memory_is_sent_only_when_asked_and_read_back() -> None:
     assert all("memory" not in item for item in plain["tasks"])  # type: ignore[index]
     assert result.memory == ["11", "00"]
     assert result.counts == {"00": 1, "11": 1}
+
+
+def test_sync_and_async_clients_offer_the_same_calls_with_the_same_signatures() -> None:
+    calls = ["submit", "submit_many", "get", "get_many", "list", "circuit", "cancel", "backends",
+             "wait"]  # fmt: skip
+    for name in calls:
+        sync, awaited = getattr(Client, name), getattr(AsyncClient, name)
+        assert inspect.signature(sync) == inspect.signature(awaited), name
+        assert inspect.iscoroutinefunction(awaited), name
+        assert not inspect.iscoroutinefunction(sync), name
+        assert sync.__doc__, name
+        # What help() shows is the call's result, not the plan behind it.
+        assert "Plan" not in str(inspect.signature(sync)), name

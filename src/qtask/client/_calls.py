@@ -18,6 +18,8 @@ cost 86-93 µs before the plans and 90 µs with them (2 shared cores, best of 3 
 from __future__ import annotations
 
 import builtins
+import functools
+import inspect
 import time
 import uuid
 from collections.abc import Callable, Generator, Sequence
@@ -32,6 +34,7 @@ from qtask.client.errors import RateLimitedError, ServerUnavailableError, WaitTi
 from qtask.client.models import Backend, TaskPage, TaskResult
 
 T = TypeVar("T")
+C = TypeVar("C", bound=Callable[..., Any])
 Progress = Callable[[int, int], None]
 
 
@@ -64,6 +67,16 @@ class Sleep:
 Step = Send | Sleep
 Reply = httpx.Response | httpx.TransportError | None
 Plan = Generator[Step, Reply, T]
+
+
+def described_as(call: C, plan: Callable[..., Any]) -> C:
+    """`call` (a client's method running `plan`) with the plan's name, docstring and signature,
+    less the plan's return type (help() would show `Plan[...]`)."""
+    functools.update_wrapper(call, plan)
+    delattr(call, "__wrapped__")  # else inspect.signature() follows it back to the plan
+    signature = inspect.signature(plan).replace(return_annotation=inspect.Signature.empty)
+    setattr(call, "__signature__", signature)  # noqa: B010 - not an attribute mypy knows
+    return call
 
 
 class Calls:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import functools
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast, overload
 
 import httpx
 
 from qtask.client import _core
-from qtask.client._calls import Calls, Plan, Progress, Reply, Sleep
+from qtask.client._calls import Calls, Plan, Progress, Reply, Sleep, described_as
 from qtask.client._core import RetryPolicy
 from qtask.client.models import TaskResult
 
@@ -31,7 +30,7 @@ def _awaited(
     async def call(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._run(plan(self._calls, *args, **kwargs))
 
-    return functools.update_wrapper(call, plan)
+    return described_as(call, plan)
 
 
 class AsyncClient:

@@ -6,7 +6,6 @@ Its calls are the plans of _calls.py, run here with httpx.Client and time.sleep.
 from __future__ import annotations
 
 import builtins
-import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Concatenate, ParamSpec, TypeVar, cast, overload
@@ -14,7 +13,7 @@ from typing import Concatenate, ParamSpec, TypeVar, cast, overload
 import httpx
 
 from qtask.client import _core
-from qtask.client._calls import Calls, Plan, Progress, Reply, Sleep
+from qtask.client._calls import Calls, Plan, Progress, Reply, Sleep, described_as
 from qtask.client._core import RetryPolicy
 from qtask.client.models import TaskResult
 
@@ -30,7 +29,7 @@ def _blocking(
     def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return self._run(plan(self._calls, *args, **kwargs))
 
-    return functools.update_wrapper(call, plan)
+    return described_as(call, plan)
 
 
 class Client:

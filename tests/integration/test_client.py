@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -359,6 +360,53 @@ def test_cli_list_as_a_table_and_as_json(server: ServerProcess, circuits: Path) 
     assert refused.returncode == 2  # not one of the API's names: a usage error
 
 
+def test_cli_backends_as_a_table_and_as_json(server: ServerProcess) -> None:
+    as_json = qtask_cli(server, "backends", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    listing = json.loads(as_json.stdout)
+    assert listing["default"] == "aer"
+    by_name = {b["name"]: b for b in listing["backends"]}
+    assert list(by_name) == ["aer", "fake_brisbane", "fake_torino", "fake_fez"]
+    assert (by_name["fake_brisbane"]["num_qubits"], by_name["fake_brisbane"]["noise"]) == (
+        127,
+        "fake_brisbane",
+    )
+    assert all(b["health"] == "ok" for b in by_name.values())
+    table = qtask_cli(server, "backends")
+    assert table.returncode == 0, table.stderr
+    [header] = [line for line in table.stdout.splitlines() if "┃" in line]
+    rows = [line for line in table.stdout.splitlines() if "│" in line]
+    assert [cell.strip() for cell in header.split("┃")[1:-1]] == [
+        "name", "kind", "qubits", "noise", "health"
+    ]  # fmt: skip
+    cells = {row.split("│")[1].split()[0]: row.split("│")[2:-1] for row in rows}
+    assert [cell.strip() for cell in cells["fake_brisbane"]] == ["local", "127", "fake_brisbane",
+                                                                 "ok"]  # fmt: skip
+    assert "(default)" in next(row for row in rows if " aer " in row)
+
+
+def test_cli_submit_on_a_backend_with_memory_in_both_output_modes(
+    server: ServerProcess, circuits: Path
+) -> None:
+    done = qtask_cli(server, "submit", str(circuits / "bell.qasm"), "--backend", "fake_brisbane",
+                     "--memory", "--shots", "50", "--seed", "4", "--wait", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [result] = json.loads(done.stdout)
+    assert sum(result["counts"].values()) == 50
+    assert len(result["memory"]) == 50
+    assert Counter(result["memory"]) == result["counts"]
+    shown = qtask_cli(server, "result", result["task_id"])
+    assert shown.returncode == 0, shown.stderr
+    [memory_line] = [line for line in shown.stdout.splitlines() if line.startswith("memory: ")]
+    assert memory_line.split()[1:17] == result["memory"][:16]
+    assert memory_line.endswith("... (50 shots)")
+    plain = qtask_cli(server, "submit", str(circuits / "bell.qasm"), "--wait", "--json")
+    assert "memory" not in json.loads(plain.stdout)[0]  # not asked: the output as before
+    refused = qtask_cli(server, "submit", str(circuits / "bell.qasm"), "--backend", "nowhere")
+    assert refused.returncode == 1
+    assert "Unknown backend 'nowhere'" in refused.stderr
+
+
 def test_the_readme_python_example_runs(server: ServerProcess) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("## Use it from Python and the command line", 1)[1]
@@ -372,8 +420,12 @@ def test_the_readme_python_example_runs(server: ServerProcess) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    first, batch, error = done.stdout.splitlines()
+    first, batch, names, noisy, error = done.stdout.splitlines()
     assert first.startswith("completed {")
     assert sum(ast.literal_eval(first.removeprefix("completed ")).values()) == 1000
     assert batch.count("'00'") == 2
+    assert ast.literal_eval(names) == ["aer", "fake_brisbane", "fake_torino", "fake_fez"]
+    device_counts = ast.literal_eval(noisy)
+    assert sum(device_counts.values()) == 1000
+    assert {"01", "10"} <= set(device_counts)  # the device's noise
     assert error.startswith("4 1 Invalid OpenQASM 3: line 4, column 1:")

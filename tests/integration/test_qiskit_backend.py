@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
+from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister, transpile
 from qiskit.exceptions import QiskitError
 from qiskit.primitives import BackendSamplerV2
 from qiskit.providers import JobStatus
@@ -124,9 +124,43 @@ def test_target_and_options(backend: QTaskBackend, server: ServerProcess) -> Non
     assert backend.max_circuits == 1000
     provider = QTaskProvider(server.url)
     try:
-        assert [b.name for b in provider.backends()] == [backend.name]
+        names = [b.name for b in provider.backends()]
+        assert names == ["aer", "fake_brisbane", "fake_torino", "fake_fez"]  # the default first
+        assert backend.name == "aer"
         with pytest.raises(QiskitBackendNotFoundError):
             provider.get_backend("no-such-backend")
+    finally:
+        provider.close()
+
+
+def test_fake_brisbane_target_comes_from_backends_and_a_transpiled_bell_runs_on_it(
+    server: ServerProcess,
+) -> None:
+    """The circuit transpiled for the device declares its 127 qubits; the backend sends only
+    those it uses, which the server's limits (100 qubits; 28 for statevector) take."""
+    provider = QTaskProvider(server.url)
+    try:
+        listed = {entry.name: entry for entry in provider.client.backends()}["fake_brisbane"]
+        device = provider.get_backend("fake_brisbane")
+        assert device.num_qubits == listed.num_qubits == 127
+        assert listed.basis_gates is not None
+        assert listed.coupling_map is not None
+        assert set(device.target.operation_names) == {*listed.basis_gates, "measure", "reset"}
+        assert "ecr" in device.target.operation_names
+        edges = {tuple(edge) for edge in device.coupling_map.get_edges()}
+        assert edges == set(listed.coupling_map)
+        transpiled = transpile(bell(), device, seed_transpiler=1)
+        two_qubit = [i for i in transpiled.data if i.operation.num_qubits == 2]
+        assert two_qubit
+        assert all(i.operation.name == "ecr" for i in two_qubit)
+        assert all(
+            (transpiled.find_bit(a).index, transpiled.find_bit(b).index) in edges
+            for a, b in (i.qubits for i in two_qubit)
+        )
+        counts = device.run(transpiled, shots=300, seed_simulator=3).result().get_counts()
+        assert sum(counts.values()) == 300
+        # Noisy, but the Bell outcomes still dominate.
+        assert counts.get("00", 0) + counts.get("11", 0) > 240
     finally:
         provider.close()
 

@@ -6,6 +6,7 @@ The real server is in tests/integration/test_client.py.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 
@@ -203,6 +204,61 @@ def test_a_backend_is_sent_to_a_server_that_lists_backends() -> None:
     with client_for(handler) as client:
         client.submit(BELL, backend="aer")
     assert bodies == [{"qc": BELL, "backend": "aer"}]
+
+
+BACKENDS = {
+    "default": "aer",
+    "backends": [
+        {"name": "fake_brisbane", "kind": "local", "default": False, "num_qubits": 127,
+         "max_qubits": {"statevector": 28}, "basis_gates": ["ecr", "rz", "sx", "x"],
+         "coupling_map": [[0, 1], [1, 2]], "noise": "fake_brisbane", "max_shots": 100000,
+         "memory": True, "seeds": True, "cancel": True, "health": "ok"},
+        {"name": "aer", "kind": "local", "default": True, "num_qubits": 10000,
+         "max_qubits": {"stabilizer": 10000, "statevector": 28}, "basis_gates": None,
+         "coupling_map": None, "noise": None, "max_shots": 1000000, "memory": True,
+         "seeds": True, "cancel": True, "health": "ok"},
+        {"name": "remote_ibm", "kind": "remote", "num_qubits": 127, "health": "unreachable"},
+    ],
+}  # fmt: skip
+
+
+def test_backends_are_typed_models_with_the_default_first() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/backends"
+        return httpx.Response(200, json=BACKENDS)
+
+    with client_for(handler) as client:
+        aer, brisbane, remote = client.backends()
+    assert (aer.name, aer.default, aer.num_qubits, aer.basis_gates) == ("aer", True, 10000, None)
+    assert aer.max_qubits == {"stabilizer": 10000, "statevector": 28}
+    assert brisbane.coupling_map == [(0, 1), (1, 2)]
+    assert (brisbane.noise, brisbane.max_shots, brisbane.healthy) == ("fake_brisbane", 100000, True)
+    # Fields a server leaves out read as absent, not as an error.
+    assert (remote.kind, remote.default, remote.healthy, remote.memory) == (
+        "remote",
+        False,
+        False,
+        False,
+    )
+
+
+async def test_async_backends_equal_the_sync_ones() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=BACKENDS)
+
+    transport = httpx.MockTransport(handler)
+    async with AsyncClient("http://qtask.test", transport=transport) as client:
+        found = await client.backends()
+    with client_for(handler) as sync:
+        assert found == sync.backends()
+
+
+def test_backends_of_a_server_without_them_raise_unsupported() -> None:
+    with (
+        client_for(lambda _: error(404, "Not Found")) as client,
+        pytest.raises(UnsupportedError, match="GET /backends answers 404"),
+    ):
+        client.backends()
 
 
 def test_the_api_key_and_url_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -417,3 +473,16 @@ def test_memory_is_sent_only_when_asked_and_read_back() -> None:
     assert all("memory" not in item for item in plain["tasks"])  # type: ignore[index]
     assert result.memory == ["11", "00"]
     assert result.counts == {"00": 1, "11": 1}
+
+
+def test_sync_and_async_clients_offer_the_same_calls_with_the_same_signatures() -> None:
+    calls = ["submit", "submit_many", "get", "get_many", "list", "circuit", "cancel", "backends",
+             "wait"]  # fmt: skip
+    for name in calls:
+        sync, awaited = getattr(Client, name), getattr(AsyncClient, name)
+        assert inspect.signature(sync) == inspect.signature(awaited), name
+        assert inspect.iscoroutinefunction(awaited), name
+        assert not inspect.iscoroutinefunction(sync), name
+        assert sync.__doc__, name
+        # What help() shows is the call's result, not the plan behind it.
+        assert "Plan" not in str(inspect.signature(sync)), name

@@ -8,9 +8,9 @@
 A client-only install (`pip install qtask`) has this package and the command line's client
 commands; nothing here imports the server (Qiskit is imported only to write out a Qiskit
 circuit the caller passed). `qtask.client.qiskit` (not imported here; `pip install
-"qtask[qiskit]"`) is qtask as a Qiskit BackendV2. Not here yet, because the server has no
-such endpoints: listing tasks (`list`) and listing backends (`backends`); `backend=` is
-refused with UnsupportedError until the server has backends, rather than silently ignored.
+"qtask[qiskit]"`) is qtask as a Qiskit BackendV2. `backends()` lists what `backend=` may
+name; against an older server without GET /backends both raise UnsupportedError rather than
+let the task run silently on the server's simulator.
 """
 
 from qtask.client._core import RetryPolicy
@@ -29,11 +29,12 @@ from qtask.client.errors import (
     UnsupportedError,
     WaitTimeoutError,
 )
-from qtask.client.models import TaskPage, TaskResult, TaskStatus
+from qtask.client.models import Backend, TaskPage, TaskResult, TaskStatus
 from qtask.client.sync import Client
 
 __all__ = [
     "AsyncClient",
+    "Backend",
     "Client",
     "ClientError",
     "ConflictError",

@@ -26,8 +26,9 @@ from qtask.client.errors import (
     ServerError,
     ServerUnavailableError,
     UnauthorizedError,
+    UnsupportedError,
 )
-from qtask.client.models import TaskPage, TaskResult
+from qtask.client.models import Backend, TaskPage, TaskResult
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 MSG_NOT_FOUND = "Task not found."  # the API contract's body for an unknown id
@@ -45,6 +46,11 @@ LONG_POLL_EARLY = 0.9
 # 502/504: a proxy in front) or asks to slow down (429, with Retry-After).
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 # Messages of 400/422 on a submission that are about the request, not the circuit.
+# An old server (no GET /backends) ignores `backend`: the task would run on its simulator.
+NO_BACKENDS = (
+    "this server has no backends to choose from (GET /backends answers 404), so a backend "
+    "cannot be named; leave `backend` out to run on the server's simulator"
+)
 _REQUEST_PROBLEMS = ("Invalid request", "The request body", "The client disconnected")
 
 
@@ -182,6 +188,39 @@ def result_of(task_id: str, body: Any) -> TaskResult:
         message = str(body.get("message", ""))
         return TaskResult(task_id, "error", error=message, created_at=created_at)
     raise ServerError(f"unexpected task body for {task_id}: {body!r}")
+
+
+def backends_of(response: httpx.Response) -> list[Backend]:
+    """GET /backends' answer as Backend models, the default first; UnsupportedError when the
+    server predates backends (404)."""
+    if response.status_code == 404:
+        raise UnsupportedError(NO_BACKENDS, 404)
+    body = response.json()
+    default = body.get("default")
+    found = [_backend_of(item, default) for item in body.get("backends", [])]
+    return sorted(found, key=lambda backend: not backend.default)
+
+
+def _backend_of(item: dict[str, Any], default: object) -> Backend:
+    coupling = item.get("coupling_map")
+    gates = item.get("basis_gates")
+    max_shots = item.get("max_shots")
+    noise = item.get("noise")
+    return Backend(
+        name=str(item["name"]),
+        kind=str(item.get("kind", "local")),
+        default=bool(item.get("default", item["name"] == default)),
+        num_qubits=int(item.get("num_qubits") or 0),
+        max_qubits={str(k): int(v) for k, v in (item.get("max_qubits") or {}).items()},
+        basis_gates=None if gates is None else [str(g) for g in gates],
+        coupling_map=None if coupling is None else [(int(a), int(b)) for a, b in coupling],
+        noise=None if noise is None else str(noise),
+        max_shots=None if max_shots is None else int(max_shots),
+        memory=bool(item.get("memory", False)),
+        seeds=bool(item.get("seeds", False)),
+        cancel=bool(item.get("cancel", False)),
+        health=str(item.get("health", "ok")),
+    )
 
 
 def list_params(

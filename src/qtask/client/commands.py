@@ -1,4 +1,4 @@
-"""The command line's client commands: `qtask submit|status|result|cancel|list`.
+"""The command line's client commands: `qtask submit|status|result|cancel|list|backends`.
 
 Tables, bars and progress come from rich on a terminal; `--json` prints one JSON document on
 stdout for scripts. Errors go to stderr as `qtask: ...` with exit code 1 (2 for bad usage).
@@ -8,6 +8,7 @@ Only the client and rich are imported here, so these commands work on a client-o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -17,12 +18,16 @@ from typing import Any
 
 from rich.bar import Bar
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from qtask.client.errors import ClientError, InvalidCircuitError
 from qtask.client.models import TaskResult
 from qtask.client.sync import Client
+
+# Shots of a result's per-shot memory a table shows (--json gives them all).
+MEMORY_SHOWN = 16
 
 CommandFn = Callable[[argparse.Namespace, Client, Console], int]
 
@@ -35,6 +40,8 @@ def add_commands(commands: Any) -> None:
     submit.add_argument("paths", nargs="+", type=Path, help="circuit files or directories")
     submit.add_argument("--shots", type=int, help="samples per circuit (server default 1024)")
     submit.add_argument("--seed", type=int, help="simulator seed, for reproducible counts")
+    submit.add_argument("--backend", help="the backend to run on (see `qtask backends`)")
+    submit.add_argument("--memory", action="store_true", help="also return each shot's bitstring")
     submit.add_argument("--wait", action="store_true", help="wait for the results")
     submit.add_argument("--timeout", type=float, help="with --wait: give up after S seconds")
     _common(submit, _submit)
@@ -59,6 +66,8 @@ def add_commands(commands: Any) -> None:
     listing.add_argument("--limit", type=int, default=20, help="tasks to show (default 20)")
     listing.add_argument("--cursor", help="continue after a listing (its next_cursor)")
     _common(listing, _list)
+    backends = commands.add_parser("backends", help="the backends a submission may name")
+    _common(backends, _backends)
 
 
 def _common(parser: argparse.ArgumentParser, run: CommandFn) -> None:
@@ -86,11 +95,16 @@ def _submit(args: argparse.Namespace, client: Client, console: Console) -> int:
         print("qtask: no .qasm files found", file=sys.stderr)
         return 2
     sources = [path.read_text() for path in files]
+    shots, seed, backend, memory = args.shots, args.seed, args.backend, args.memory
     try:
         if len(files) == 1:
-            ids = [client.submit(sources[0], shots=args.shots, seed=args.seed)]
+            ids = [
+                client.submit(sources[0], shots=shots, seed=seed, backend=backend, memory=memory)
+            ]
         else:
-            ids = client.submit_many(sources, shots=args.shots, seed=args.seed)
+            ids = client.submit_many(
+                sources, shots=shots, seed=seed, backend=backend, memory=memory
+            )
     except InvalidCircuitError as exc:
         if exc.index is not None:  # name the file, not the batch position
             exc.message = f"{files[exc.index]}: {exc.message.split(': ', 1)[1]}"
@@ -166,6 +180,22 @@ def _list(args: argparse.Namespace, client: Client, console: Console) -> int:
     return 0
 
 
+def _backends(args: argparse.Namespace, client: Client, console: Console) -> int:
+    found = client.backends()
+    if args.json:
+        default = next((b.name for b in found if b.default), None)
+        _print_json({"default": default, "backends": [dataclasses.asdict(b) for b in found]})
+        return 0
+    table = Table("name", "kind", "qubits", "noise", "health")
+    table.columns[2].justify = "right"
+    for backend in found:
+        name = f"{backend.name} [dim](default)[/]" if backend.default else backend.name
+        health = "[green]ok[/]" if backend.healthy else f"[red]{escape(backend.health)}[/]"
+        table.add_row(name, backend.kind, str(backend.num_qubits), backend.noise or "", health)
+    console.print(table)
+    return 0
+
+
 def _when(epoch: float) -> str:
     return datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
@@ -232,15 +262,21 @@ def _show_result(console: Console, result: TaskResult) -> None:
         bar = Bar(size=top, begin=0, end=count, width=40, color="cyan")
         table.add_row(outcome, str(count), f"{count / shots:.3f}", bar)
     console.print(table)
+    if result.memory is not None:
+        more = f" ... ({len(result.memory)} shots)" if len(result.memory) > MEMORY_SHOWN else ""
+        console.print(f"memory: {' '.join(result.memory[:MEMORY_SHOWN])}{more}")
 
 
 def _as_dict(result: TaskResult) -> dict[str, Any]:
-    return {
+    shown: dict[str, Any] = {
         "task_id": result.id,
         "status": result.status,
         "counts": result.counts,
         "error": result.error,
     }
+    if result.memory is not None:
+        shown["memory"] = result.memory
+    return shown
 
 
 def _print_json(value: object) -> None:

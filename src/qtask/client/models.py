@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 TaskStatus = Literal["pending", "completed", "error"]
@@ -43,3 +43,32 @@ class TaskPage:
 
     tasks: list[TaskResult]
     next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One backend of GET /backends: what a submission's `backend=` may name.
+
+    `num_qubits` is the most any simulation method takes (`max_qubits` per method);
+    `basis_gates` and `coupling_map` are None for a simulator that takes any gate on any
+    qubits; `noise` names the device whose noise model it applies; `health` is "ok" or why not.
+    """
+
+    name: str
+    kind: str
+    default: bool
+    num_qubits: int
+    max_qubits: dict[str, int] = field(default_factory=dict)
+    basis_gates: list[str] | None = None
+    coupling_map: list[tuple[int, int]] | None = None
+    noise: str | None = None
+    max_shots: int | None = None
+    memory: bool = False
+    seeds: bool = False
+    cancel: bool = False
+    health: str = "ok"
+
+    @property
+    def healthy(self) -> bool:
+        """The server says the backend can take tasks now."""
+        return self.health == "ok"

@@ -27,15 +27,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qiskit.circuit import QuantumCircuit
+from qiskit.circuit import QuantumCircuit, Qubit
 from qiskit.circuit.library import get_standard_gate_name_mapping
+from qiskit.converters import circuit_to_dag, dag_to_circuit
 from qiskit.providers import BackendV2, JobStatus, JobV1, Options
 from qiskit.providers.exceptions import QiskitBackendNotFoundError
 from qiskit.result import Result
 from qiskit.result.models import ExperimentResult, ExperimentResultData
 from qiskit.transpiler import CouplingMap, Target
 
-from qtask.client.errors import ConflictError
+from qtask.client.errors import ConflictError, UnsupportedError
 from qtask.client.models import TaskResult
 from qtask.client.sync import Client
 
@@ -58,7 +59,7 @@ class _Backend:
     name: str
     num_qubits: int
     basis_gates: list[str] | None = None
-    coupling_map: list[list[int]] | None = None
+    coupling_map: list[tuple[int, int]] | None = None
     # Whether the server has GET /backends, so that `backend=` can be sent.
     named: bool = False
 
@@ -97,25 +98,21 @@ class QTaskProvider:
 
     def _describe(self) -> list[_Backend]:
         """GET /backends, default first; one default entry when the server has no such route."""
-        # The client has no backends() yet; this reads the agreed shape (common contract).
-        answer = self._client._request("GET", "/backends", allow={404})
-        if answer.status_code == 404:
+        try:
+            found = self._client.backends()
+        except UnsupportedError:
             return [_Backend("aer", DEFAULT_NUM_QUBITS)]
-        body = answer.json()
-        default = body.get("default")
         entries = [
             _Backend(
-                name=str(item["name"]),
-                num_qubits=int(item.get("num_qubits") or DEFAULT_NUM_QUBITS),
-                basis_gates=item.get("basis_gates"),
-                coupling_map=item.get("coupling_map"),
+                name=backend.name,
+                num_qubits=backend.num_qubits or DEFAULT_NUM_QUBITS,
+                basis_gates=backend.basis_gates,
+                coupling_map=backend.coupling_map,
                 named=True,
             )
-            for item in body.get("backends", [])
+            for backend in found
         ]
-        if not entries:
-            return [_Backend("aer", DEFAULT_NUM_QUBITS)]
-        return sorted(entries, key=lambda entry: entry.name != default)
+        return entries or [_Backend("aer", DEFAULT_NUM_QUBITS)]
 
 
 class QTaskBackend(BackendV2):  # type: ignore[misc]  # qiskit has no type hints
@@ -163,8 +160,9 @@ class QTaskBackend(BackendV2):  # type: ignore[misc]  # qiskit has no type hints
         chosen = {**defaults, **{k: v for k, v in options.items() if k in defaults}}
         shots, seed, memory = chosen["shots"], chosen["seed_simulator"], bool(chosen["memory"])
         client = self._client
+        sent = [_without_idle_qubits(c) for c in circuits] if self._entry.coupling_map else circuits
         ids = client.submit_many(
-            circuits,
+            sent,
             shots=None if shots is None else int(shots),
             seed=None if seed is None else int(seed),
             backend=self.name if self._entry.named else None,
@@ -253,6 +251,22 @@ def _target(entry: _Backend) -> Target:
     for name in names:
         target.add_instruction(standard[name], name=name)  # on every qubit (and pair, ...)
     return target
+
+
+def _without_idle_qubits(circuit: QuantumCircuit) -> QuantumCircuit:
+    """The circuit less the qubits no instruction touches. A circuit transpiled for a device
+    declares every qubit of the device (127 for fake_brisbane), which the server would count
+    against its simulation limits; it lays the circuit out on the device again itself, and the
+    classical bits (so the result's keys) stay as they are. Left whole without measurements
+    (the server then measures every qubit)."""
+    if circuit.num_clbits == 0:
+        return circuit
+    dag = circuit_to_dag(circuit)
+    idle = [wire for wire in dag.idle_wires() if isinstance(wire, Qubit)]
+    if not idle:
+        return circuit
+    dag.remove_qubits(*idle)
+    return dag_to_circuit(dag)
 
 
 def _header(circuit: QuantumCircuit) -> dict[str, Any]:

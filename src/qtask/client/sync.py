@@ -1,26 +1,35 @@
-"""The blocking client: `Client(url, api_key=...)`, used by the command line and notebooks."""
+"""The blocking client: `Client(url, api_key=...)`, used by the command line and notebooks.
+
+Its calls are the plans of _calls.py, run here with httpx.Client and time.sleep.
+"""
 
 from __future__ import annotations
 
 import builtins
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, overload
+from typing import Concatenate, ParamSpec, TypeVar, cast, overload
 
 import httpx
 
 from qtask.client import _core
-from qtask.client._core import RETRY_STATUS, RetryPolicy
-from qtask.client.errors import (
-    RateLimitedError,
-    ServerUnavailableError,
-    UnsupportedError,
-    WaitTimeoutError,
-)
-from qtask.client.models import TaskPage, TaskResult
+from qtask.client._calls import Calls, Plan, Progress, Reply, Sleep, described_as
+from qtask.client._core import RetryPolicy
+from qtask.client.models import TaskResult
 
-Progress = Callable[[int, int], None]
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _blocking(
+    plan: Callable[Concatenate[Calls, P], Plan[T]],
+) -> Callable[Concatenate[Client, P], T]:
+    """The plan as a Client method that returns its result."""
+
+    def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(plan(self._calls, *args, **kwargs))
+
+    return described_as(call, plan)
 
 
 class Client:
@@ -40,19 +49,16 @@ class Client:
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._config = _core.make_config(url, api_key, timeout, retry)
+        config = _core.make_config(url, api_key, timeout, retry)
+        self._calls = Calls(config)
         self._http = httpx.Client(
-            base_url=self._config.base_url,
-            headers=self._config.headers,
-            timeout=timeout,
-            transport=transport,
+            base_url=config.base_url, headers=config.headers, timeout=timeout, transport=transport
         )
-        self._has_backends: bool | None = None
 
     @property
     def url(self) -> str:
         """The server's base URL."""
-        return self._config.base_url
+        return self._calls.config.base_url
 
     def __enter__(self) -> Client:
         return self
@@ -64,88 +70,14 @@ class Client:
         """Close the connections."""
         self._http.close()
 
-    def submit(
-        self,
-        circuit: Any,
-        *,
-        shots: int | None = None,
-        seed: int | None = None,
-        backend: str | None = None,
-        memory: bool = False,
-    ) -> str:
-        """Submit one circuit (OpenQASM text or a Qiskit QuantumCircuit); return its task id.
-
-        `memory=True` asks for each shot's bitstring too (TaskResult.memory).
-        """
-        self._check_backend(backend)
-        body = _core.submission(circuit, shots, seed, backend, memory)
-        answer = self._request("POST", "/tasks", json=body, idempotent_key=True, submitting=True)
-        return str(answer.json()["task_id"])
-
-    def submit_many(
-        self,
-        circuits: Sequence[Any],
-        *,
-        shots: int | None = None,
-        seed: int | None = None,
-        backend: str | None = None,
-        memory: bool = False,
-    ) -> builtins.list[str]:
-        """Submit circuits with POST /tasks/batch; return their ids in order.
-
-        All or nothing per request of up to 1000 circuits: an invalid circuit raises
-        InvalidCircuitError (its `index` names it) and that request stores nothing.
-        """
-        self._check_backend(backend)
-        items = [_core.submission(c, shots, seed, backend, memory) for c in circuits]
-        ids: builtins.list[str] = []
-        for chunk in _core.batches(items):
-            answer = self._request(
-                "POST", "/tasks/batch", json={"tasks": chunk}, idempotent_key=True, submitting=True
-            )
-            ids += [str(i) for i in answer.json()["task_ids"]]
-        return ids
-
-    def get(self, task_id: str) -> TaskResult:
-        """The task's state now."""
-        answer = self._request("GET", f"/tasks/{task_id}", task_id=task_id)
-        return _core.result_of(task_id, answer.json())
-
-    def get_many(
-        self, task_ids: Sequence[str], *, wait: float | None = None
-    ) -> builtins.list[TaskResult]:
-        """Several tasks' states, in the order asked (GET /tasks?ids=, 256 per request).
-
-        With `wait` (seconds, at most 60), each request of 256 waits on the server until all
-        of its tasks ended, or that long.
-        """
-        results: builtins.list[TaskResult] = []
-        for chunk in _core.id_chunks(task_ids):
-            params = {"ids": ",".join(chunk)}
-            if wait is not None:
-                params["wait"] = f"{wait:g}"
-            answer = self._request("GET", "/tasks", params=params, wait=wait)
-            results += [_core.result_of(t["task_id"], t) for t in answer.json()["tasks"]]
-        return results
-
-    def list(
-        self,
-        *,
-        status: str | Sequence[str] | None = None,
-        limit: int | None = None,
-        cursor: str | None = None,
-    ) -> TaskPage:
-        """Your tasks (every task when the server has API keys off), newest first, one page.
-
-        `status`: pending, completed or error (or several); `cursor`: the `next_cursor` of
-        the page before. Pages stay in place while new tasks are submitted.
-        """
-        params = _core.list_params(status, limit, cursor)
-        return _core.page_of(self._request("GET", "/tasks", params=params).json())
-
-    def circuit(self, task_id: str) -> str:
-        """The OpenQASM text the task was submitted with."""
-        return self._request("GET", f"/tasks/{task_id}/circuit", task_id=task_id).text
+    submit = _blocking(Calls.submit)
+    submit_many = _blocking(Calls.submit_many)
+    get = _blocking(Calls.get)
+    get_many = _blocking(Calls.get_many)
+    list = _blocking(Calls.list)
+    circuit = _blocking(Calls.circuit)
+    cancel = _blocking(Calls.cancel)
+    backends = _blocking(Calls.backends)
 
     # A str is also a Sequence[str]: the first overload wins for it, as intended.
     @overload
@@ -154,12 +86,9 @@ class Client:
     ) -> TaskResult: ...
     @overload
     def wait(
-        self,
-        task_ids: Sequence[str],
-        *,
-        timeout: float | None = None,
+        self, task_ids: Sequence[str], *, timeout: float | None = None,
         progress: Progress | None = None,
-    ) -> builtins.list[TaskResult]: ...
+    ) -> builtins.list[TaskResult]: ...  # fmt: skip
     def wait(
         self,
         task_ids: str | Sequence[str],
@@ -172,98 +101,21 @@ class Client:
         A server that is down or restarting meanwhile is waited for, up to the timeout.
         `progress(done, total)` is called after every poll (the command line's progress bar).
         """
-        single = isinstance(task_ids, str)
-        ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        schedule = _core.WaitSchedule()
-        done: dict[str, TaskResult] = {}
+        return self._run(self._calls.wait(task_ids, timeout=timeout, progress=progress))
+
+    def _run(self, plan: Plan[T]) -> T:
+        """Carry a plan out: its requests with httpx, its pauses with time.sleep."""
+        reply: Reply = None
         while True:
-            pending = [i for i in ids if i not in done]
-            left = None if deadline is None else deadline - time.monotonic()
-            wait = _core.poll_wait(len(pending), left, progress is not None)
-            asked = time.monotonic()
             try:
-                for result in self._poll(pending, wait):
-                    if result.done:
-                        done[result.id] = result
-            except ServerUnavailableError:
-                wait = None  # restarting or overloaded: keep waiting until the deadline
-            if progress is not None:
-                progress(len(done), len(ids))
-            if len(done) == len(ids):
-                results = [done[i] for i in ids]
-                return results[0] if single else results
-            took = time.monotonic() - asked
-            delay = schedule.next_delay() if _core.answered_early(wait, took) else 0.0
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise WaitTimeoutError([i for i in ids if i not in done], timeout or 0.0)
-                delay = min(delay, left)
-            if delay > 0:
-                time.sleep(delay)
-
-    def _poll(self, ids: builtins.list[str], wait: float | None) -> builtins.list[TaskResult]:
-        """One (long) poll of the tasks still pending."""
-        if len(ids) > 1:
-            return self.get_many(ids, wait=wait)
-        params = None if wait is None else {"wait": f"{wait:g}"}
-        answer = self._request("GET", f"/tasks/{ids[0]}", params=params, task_id=ids[0], wait=wait)
-        return [_core.result_of(ids[0], answer.json())]
-
-    def cancel(self, task_id: str) -> TaskResult:
-        """Cancel a queued or running task; ConflictError when it already ended."""
-        answer = self._request("DELETE", f"/tasks/{task_id}", task_id=task_id)
-        return _core.result_of(task_id, answer.json())
-
-    def _check_backend(self, backend: str | None) -> None:
-        if backend is None:
-            return
-        if self._has_backends is None:
-            answer = self._request("GET", "/backends", allow={404})
-            self._has_backends = answer.status_code != 404
-        if not self._has_backends:
-            # The API ignores unknown fields, so sending it would run on the default simulator.
-            raise UnsupportedError(
-                f"this server has no backends to choose from (no GET /backends), so backend="
-                f"{backend!r} would be ignored; leave it out to run on the server's simulator"
-            )
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: object = None,
-        params: dict[str, str] | None = None,
-        idempotent_key: bool = False,
-        submitting: bool = False,
-        task_id: str | None = None,
-        allow: frozenset[int] | set[int] = frozenset(),
-        wait: float | None = None,
-    ) -> httpx.Response:
-        retry = self._config.retry
-        headers = {"Idempotency-Key": str(uuid.uuid4())} if idempotent_key else None
-        # A long poll's answer may take `wait` seconds more than any other.
-        timeout = httpx.USE_CLIENT_DEFAULT if wait is None else self._config.timeout_s + wait
-        for attempt in range(1, retry.attempts + 1):
-            last = attempt == retry.attempts
-            try:
-                answer = self._http.request(
-                    method, path, json=json, params=params, headers=headers, timeout=timeout
-                )
-            except httpx.TransportError as exc:
-                if last:
-                    raise ServerUnavailableError(f"{self.url}: {exc!r}") from exc
-                time.sleep(retry.delay(attempt))
+                step = plan.send(reply)
+            except StopIteration as done:
+                return cast(T, done.value)
+            if isinstance(step, Sleep):
+                time.sleep(step.seconds)
+                reply = None
                 continue
-            if answer.is_success or answer.status_code in allow:
-                return answer
-            error = _core.error_for(answer, task_id=task_id, submitting=submitting)
-            if answer.status_code not in RETRY_STATUS or last:
-                raise error
-            wait_s = _core.retry_after(answer)
-            if isinstance(error, RateLimitedError) and (wait_s or 0) > retry.max_retry_after_s:
-                raise error
-            time.sleep(retry.delay(attempt, wait_s))
-        raise AssertionError("unreachable")  # pragma: no cover
+            try:
+                reply = self._http.request(step.method, step.path, **step.options())
+            except httpx.TransportError as exc:
+                reply = exc

@@ -117,9 +117,12 @@ class Reconciler(Periodic):
         """One pass; return how many tasks were re-published."""
         if not self._indexed:
             added = await self._store.index_active()
+            listed = await self._store.index_listing()
             self._indexed = True
             if added:
                 log.info("active_index_backfilled", count=added)
+            if listed:
+                log.info("listing_index_backfilled", count=listed)
         count = await self.check_stream()
         stale = await self._store.unpublished(time.time() - RECONCILE_GRACE_SECONDS, _BATCH)
         if stale:

@@ -244,6 +244,24 @@ async def test_the_queue_noticing_a_loss_triggers_a_check_at_once(
     await reconciler.stop()
 
 
+async def test_the_first_pass_backfills_the_indexes_once() -> None:
+    calls: Counter[str] = Counter()
+
+    class CountingStore(InMemoryTaskStore):
+        async def index_active(self) -> int:
+            calls["active"] += 1
+            return 0
+
+        async def index_listing(self) -> int:
+            calls["listing"] += 1
+            return 0
+
+    reconciler = Reconciler(CountingStore(), InMemoryStream(), interval=1.0)
+    await reconciler.run_once()
+    await reconciler.run_once()
+    assert calls == {"active": 1, "listing": 1}
+
+
 async def test_unpublished_tasks_are_still_published() -> None:
     store, stream = tracking_store(), InMemoryStream()
     reconciler = Reconciler(store, stream, interval=1.0)

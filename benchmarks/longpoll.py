@@ -6,14 +6,16 @@ other requests fare meanwhile, and how soon a waiter hears that its task ended.
 
 distributed: Redis + NATS + S3 with `qtask api` and no worker, so the tasks stay queued and
 cost no CPU while the waiters wait. embedded: `qtask serve` with one worker process, which a
-slow circuit occupies while the waiters connect (one core simulating meanwhile).
+slow circuit (~10 s) occupies while the waiters connect (simulating meanwhile).
 Two shapes of load once all of them wait:
 - burst: every task ends as fast as the machine can run them (distributed: a `qtask worker` is
   started; embedded: the slow circuit ends and the queued Bell tasks run), so worker, Redis,
   API and the 1,000-connection client all want the 2 cores at once.
 - paced: the tasks end at `--rate` per second while the others still wait: the client cancels
   them one by one (DELETE /tasks/{id}, which ends a task through the same store write and end
-  notice as a worker's result; embedded, under a slower circuit that outlasts the run).
+  notice as a worker's result). Embedded, `qtask serve`'s child processes (the worker busy
+  with the slow circuit, the parsers) are stopped (SIGSTOP) meanwhile, so that only the
+  waiting costs CPU, as in distributed mode.
 A waiter's latency is from the task's `finished_at` (as the store recorded it) to the moment
 the client has the answer: the Redis notice (distributed), the API's re-read and HTTP included.
 Distributed, it is split in two at the moment a subscriber in a process of its own received
@@ -34,8 +36,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -66,10 +70,24 @@ with open(sys.argv[3], "w", buffering=1) as out:
             at = time.time()
             out.writelines(f"{at!r} {i}\\n" for i in message["data"].decode().split(","))
 """
-# The circuit that holds embedded mode's only worker: ~10 s here for a burst, longer than a
-# paced run of 1,000 ends (so its own end never turns the pacing into a burst).
-BURST_BLOCKER = (23, 30)
-PACED_BLOCKER = (25, 30)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes under `pid` (children, theirs, ...), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
 
 
 def machine_busy() -> tuple[float, float]:
@@ -256,19 +274,23 @@ def run_embedded(
     directory: Path, waiters: int, requests: int, load: str, rate: float
 ) -> dict[str, object]:
     server = ServerProcess(directory / "data", workers=1)
+    held: list[int] = []
     server.start()
     try:
         assert server.process is not None
         with httpx.Client(base_url=server.url, timeout=60) as http:
             # One slow circuit holds the only worker process while the waiters connect and
             # the reads are measured; in a burst the Bell tasks run once it is done.
-            blocker = slow_circuit(*(PACED_BLOCKER if load == "paced" else BURST_BLOCKER))
-            http.post("/tasks", json={"qc": blocker, "shots": 10})
+            http.post("/tasks", json={"qc": slow_circuit(23, 30), "shots": 10})
             deadline = time.monotonic() + 60
             while http.get("/metrics").text.find('qtask_tasks{status="running"} 1.0') < 0:
                 assert time.monotonic() < deadline, "the slow circuit did not start"
                 time.sleep(0.05)
         ids = submit_all(server.url, waiters)
+        if load == "paced":
+            held = descendants(server.process.pid)
+        for pid in held:  # paced: the worker (and parser) processes stop using CPU
+            os.kill(pid, signal.SIGSTOP)
 
         async def release() -> None:
             if load == "paced":
@@ -276,6 +298,9 @@ def run_embedded(
 
         result = asyncio.run(measure(server.url, server.process.pid, ids, requests, release))
     finally:
+        for pid in held:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         server.terminate()
     with sqlite3.connect(directory / "data" / "qtask.db") as conn:
         marks = ",".join("?" * len(ids))

@@ -18,6 +18,11 @@ JetStream drops a second message with the same id within its duplicate window, a
 process that moved the marker re-publishes after a loss. The queue also reports when it finds
 its stream or consumer gone (a publish, a fetch or a reconnect); that triggers a check at once
 instead of at the next pass.
+
+Its first pass also has the store bring its indexes up to date with tasks an older qtask stored
+(the active index before the passes, which read it; the listings in the background, since a
+store upgraded with a million tasks takes tens of seconds, which would hold the passes up long
+enough for /ready to call the loop stale).
 """
 
 from __future__ import annotations
@@ -109,6 +114,8 @@ class Reconciler(Periodic):
         self._lock = asyncio.Lock()  # one stream check at a time in this process
         self._indexed = False
         self._soon: asyncio.Task[None] | None = None
+        self._listing: asyncio.Task[None] | None = None
+        self._listed = False
         self.republished = 0
         self.losses = 0
         queue.on_stream_lost(self._noticed)
@@ -120,6 +127,7 @@ class Reconciler(Periodic):
             self._indexed = True
             if added:
                 log.info("active_index_backfilled", count=added)
+        self._index_listing_soon()
         count = await self.check_stream()
         stale = await self._store.unpublished(time.time() - RECONCILE_GRACE_SECONDS, _BATCH)
         if stale:
@@ -131,11 +139,12 @@ class Reconciler(Periodic):
     async def stop(self) -> None:
         """Stop the passes and any check the queue asked for."""
         await super().stop()
-        soon, self._soon = self._soon, None
-        if soon is not None:
-            soon.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await soon
+        for task in (self._soon, self._listing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._soon = self._listing = None
 
     async def check_stream(self) -> int:
         """Compare the stream with the one the store recorded; after a loss, re-publish every
@@ -201,6 +210,22 @@ class Reconciler(Periodic):
                 return count
             if time.monotonic() >= deadline:
                 return count  # the rest in the next pass, so a pass stays short
+
+    def _index_listing_soon(self) -> None:
+        """Run the store's listing backfill in the background until it once succeeds."""
+        if self._listed or (self._listing is not None and not self._listing.done()):
+            return
+        self._listing = asyncio.get_running_loop().create_task(self._index_listing())
+
+    async def _index_listing(self) -> None:
+        try:
+            listed = await self._store.index_listing()
+        except Exception as exc:  # the store is away: the next pass starts it again
+            log.warning("listing_index_failed", reason=str(exc))
+            return
+        self._listed = True
+        if listed:
+            log.info("listing_index_backfilled", count=listed)
 
     def _noticed(self) -> None:
         """The queue found its stream or consumer gone: check now rather than next pass."""

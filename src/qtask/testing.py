@@ -232,6 +232,10 @@ class InMemoryTaskStore:
         """Nothing to add: active() reads every task."""
         return 0
 
+    async def index_listing(self) -> int:
+        """Nothing to add: page() reads every task."""
+        return 0
+
     async def marker(self, name: str) -> str | None:
         """The record stored under `name`, or None."""
         return self.markers.get(name)

@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 import redis.asyncio
 
-from qtask.adapters.redis_store import RedisRateLimiter, RedisTaskStore
+from qtask.adapters.redis_store import RedisRateLimiter, RedisTaskStore, _to_hash
 from qtask.domain.task import Status, Task, new_task_id
 from qtask.errors import StoreUnavailableError, TaskNotFoundError
 from qtask_testkit import BELL_INFO, make_task
@@ -321,6 +321,57 @@ async def test_index_active_adds_tasks_stored_before_the_index_once(
         assert len(await store.active(None, 5000)) == 2499
         await client.delete("qtask:marker:active_index")
         assert await store.index_active() == 0  # idempotent when run again
+    finally:
+        await client.aclose()
+
+
+async def test_index_listing_lists_tasks_stored_before_the_listings_once(
+    store: RedisTaskStore, redis_server: RedisServer
+) -> None:
+    # Hashes as the code before the listings wrote them: the create script's HSET (these
+    # fields; no backend field then either) and no entry in qtask:created or qtask:created:*.
+    old = [make_task(owner="alice" if i % 2 else None, created_at=100.0 + i) for i in range(7)]
+    old[3] = replace(old[3], status=Status.COMPLETED, result={"00": 100}, finished_at=110.0)
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        for task in old:
+            fields = _to_hash(task)
+            at = fields.index("backend")
+            del fields[at : at + 2]
+            mapping = dict(zip(fields[::2], fields[1::2], strict=True))
+            await client.hset(f"qtask:task:{task.id}", mapping=mapping)
+        new = await store.create(make_task(owner="alice", created_at=200.0))
+        assert [i.outcome.id for i in (await store.page(None, None, None, 50)).tasks] == [new.id]
+
+        assert await store.index_listing() == 7
+        everyone = await store.page(None, None, None, 50)
+        assert [i.outcome.id for i in everyone.tasks] == [new.id] + [t.id for t in old[::-1]]
+        assert everyone.tasks[-1].created_at == 100.0
+        alice = await store.page("alice", None, None, 50)
+        assert [i.outcome.id for i in alice.tasks] == [new.id, old[5].id, old[3].id, old[1].id]
+        done = await store.page("alice", frozenset({Status.COMPLETED}), None, 50)
+        assert [i.outcome.id for i in done.tasks] == [old[3].id]
+
+        assert await store.index_listing() == 0  # once: the marker says it was done
+        await client.delete("qtask:marker:listing_index")
+        assert await store.index_listing() == 0  # idempotent when run again
+        assert len((await store.page(None, None, None, 50)).tasks) == 8
+    finally:
+        await client.aclose()
+
+
+async def test_index_listing_adds_no_entry_for_a_task_removed_meanwhile(
+    store: RedisTaskStore, redis_server: RedisServer
+) -> None:
+    [task] = await store.create_many([make_task(owner="alice")])
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        await client.delete("qtask:created", "qtask:created:alice")
+        key = f"qtask:task:{task.id}"
+        # The owner is read, then the task is deleted before the script adds it.
+        await client.delete(key)
+        assert await store._add_to_listings([key]) == 0
+        assert await client.exists("qtask:created", "qtask:created:alice") == 0
     finally:
         await client.aclose()
 

@@ -395,6 +395,15 @@ async def test_index_active_is_idempotent(store: TaskStore) -> None:
     assert sorted(t.id for t in await store.active(None, 10)) == sorted(t.id for t in tasks)
 
 
+async def test_index_listing_adds_nothing_the_stores_own_writes_listed(store: TaskStore) -> None:
+    tasks = [make_task(owner="alice", created_at=1.0 + i) for i in range(3)]
+    await store.create_many(tasks)
+    assert await store.index_listing() == 0
+    assert await store.index_listing() == 0
+    page = await store.page("alice", None, None, 10)
+    assert [item.outcome.id for item in page.tasks] == [t.id for t in reversed(tasks)]
+
+
 async def test_swap_marker_is_a_compare_and_set(store: TaskStore) -> None:
     assert await store.marker("stream") is None
     assert not await store.swap_marker("stream", "something", "a")

@@ -12,7 +12,7 @@ import pytest
 from qtask import reconciler as reconciler_module
 from qtask.domain.ports import StreamState
 from qtask.domain.task import Status, Task
-from qtask.errors import QueueUnavailableError
+from qtask.errors import QueueUnavailableError, StoreUnavailableError
 from qtask.reconciler import STREAM_MARKER, Reconciler, StreamMark, stream_lost
 from qtask.testing import InMemoryStream, InMemoryTaskStore
 from qtask_testkit import make_task
@@ -242,6 +242,71 @@ async def test_the_queue_noticing_a_loss_triggers_a_check_at_once(
     await asyncio.wait_for(published.wait(), 5)
     assert sorted(stream.published) == sorted(t.id for t in tasks)
     await reconciler.stop()
+
+
+class BackfillingStore(InMemoryTaskStore):
+    """Counts the index backfills; each listing backfill sets `started`, waits for `release`,
+    fails while `failures` lasts, and sets `returned` as it ends."""
+
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+        self.failures = failures
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.returned = asyncio.Event()
+
+    async def index_active(self) -> int:
+        self.calls["active"] += 1
+        return 0
+
+    async def index_listing(self) -> int:
+        self.calls["listing"] += 1
+        self.started.set()
+        await self.release.wait()
+        self.returned.set()
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailableError("the task store (Redis at here) could not index")
+        return 3
+
+
+async def test_the_listing_backfill_runs_once_without_holding_the_passes_up() -> None:
+    store = BackfillingStore()
+    reconciler = Reconciler(store, InMemoryStream(), interval=1.0)
+    await reconciler.run_once()  # returns while the backfill still runs
+    await store.started.wait()
+    await reconciler.run_once()
+    assert store.calls == {"active": 1, "listing": 1}
+    store.release.set()
+    await store.returned.wait()
+    await reconciler.run_once()
+    await reconciler.run_once()
+    assert store.calls == {"active": 1, "listing": 1}
+    await reconciler.stop()
+
+
+async def test_a_failed_listing_backfill_is_started_again_by_the_next_pass() -> None:
+    store = BackfillingStore(failures=1)
+    store.release.set()
+    reconciler = Reconciler(store, InMemoryStream(), interval=1.0)
+    await reconciler.run_once()
+    await store.returned.wait()  # failed
+    store.returned.clear()
+    await reconciler.run_once()
+    await store.returned.wait()  # succeeded
+    await reconciler.run_once()
+    assert store.calls == {"active": 1, "listing": 2}
+    await reconciler.stop()
+
+
+async def test_stop_cancels_a_listing_backfill_under_way() -> None:
+    store = BackfillingStore()
+    reconciler = Reconciler(store, InMemoryStream(), interval=1.0)
+    await reconciler.run_once()
+    await store.started.wait()
+    await reconciler.stop()
+    assert not store.returned.is_set()
 
 
 async def test_unpublished_tasks_are_still_published() -> None:

@@ -162,6 +162,11 @@ class TaskStore(Protocol):
         stored; idempotent and cheap once done. Returns how many tasks it added."""
         ...
 
+    async def index_listing(self) -> int:
+        """Bring the listings (page()) up to date with tasks an older qtask stored; idempotent
+        and cheap once done. Returns how many tasks it added."""
+        ...
+
     async def marker(self, name: str) -> str | None:
         """The small record stored under `name` (see swap_marker), None when there is none."""
         ...

@@ -33,6 +33,7 @@ import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from qtask.api.coalesce import CoalescingTransport
 from qtask.config import Settings
 from qtask.logs import get_logger
 
@@ -49,7 +50,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     max_header_bytes: int = 32 << 10
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # A response's headers and body leave in one send (qtask.api.coalesce).
+        wrapped = CoalescingTransport(transport, self.loop)
+        super().connection_made(wrapped)  # type: ignore[arg-type]
         # Bytes of the current request's line and headers seen so far; None once they ended.
         self._header_bytes: int | None = 0
         self._tail = b""  # the last bytes of the previous read, for a header end split in two

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import resource
 import signal
 from typing import Any
@@ -187,4 +188,7 @@ def run(app: Any, settings: Settings) -> None:
     # that was installed before it. A no-op handler there makes a clean shutdown exit with 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
+    # Everything imported and built so far lives as long as the process: out of the collector's
+    # sight, a full collection no longer walks it (70-80 ms each, three in a 5 s load; #15).
+    gc.freeze()
     uvicorn.Server(config).run()

@@ -8,13 +8,15 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from qtask.adapters import sqlite_store
 from qtask.adapters.sqlite_store import _COLUMNS, SCHEMA, SQLiteTaskStore, _to_row
+from qtask.domain.ports import Delivery
 from qtask.domain.task import Status, Task
-from qtask.errors import StoreUnavailableError, TaskNotFoundError
+from qtask.errors import PendingCapError, StoreUnavailableError, TaskNotFoundError
 from qtask_testkit import BELL_INFO, make_task
 
 INFO = BELL_INFO
@@ -161,6 +163,99 @@ async def test_fetch_wakes_up_on_create(store: SQLiteTaskStore) -> None:
     elapsed = time.monotonic() - began
     assert [d.task.id for d in deliveries] == [task.id]
     assert elapsed < 2.0
+
+
+async def waiting_fetch(store: SQLiteTaskStore, max_tasks: int) -> asyncio.Task[list[Delivery]]:
+    """A fetch that has found the queue empty and now waits for a wake-up."""
+    fetch = asyncio.ensure_future(store.fetch(max_tasks, timeout=10.0))
+    deadline = time.monotonic() + 5.0
+    while not store._handoff_limit:  # set once its claim found nothing
+        assert time.monotonic() < deadline, "the fetch never started waiting"
+        await asyncio.sleep(0.001)
+    return fetch
+
+
+async def test_create_claims_for_a_waiting_fetch_in_its_own_commit(
+    store: SQLiteTaskStore,
+) -> None:
+    fetch = await waiting_fetch(store, 2)
+    [task] = await store.create_many([make_task()])
+    # Already claimed when the create returns: no second commit between submit and run.
+    assert task.status is Status.QUEUED  # what the create answers is the task as submitted
+    claimed = await stored(store, task.id)
+    assert (claimed.status, claimed.attempts, claimed.started_at is not None) == (
+        Status.RUNNING,
+        1,
+        True,
+    )
+    deliveries = await fetch
+    assert [(d.task.id, d.task.status, d.task.attempts) for d in deliveries] == [
+        (task.id, Status.RUNNING, 1)
+    ]
+
+
+async def test_create_claims_no_more_than_the_waiting_fetch_asked_for(
+    store: SQLiteTaskStore,
+) -> None:
+    fetch = await waiting_fetch(store, 2)
+    tasks = await store.create_many([make_task(shots=n) for n in range(1, 5)])
+    deliveries = await fetch
+    assert [d.task.id for d in deliveries] == [t.id for t in tasks[:2]]
+    assert await store.counts() == {"running": 2, "queued": 2}
+
+
+async def test_a_claim_handed_to_a_fetch_that_gave_up_goes_to_the_next_fetch(
+    store: SQLiteTaskStore,
+) -> None:
+    fetch = await waiting_fetch(store, 1)
+    writes = store._db.write
+
+    async def cancel_fetch_then_write(fn: Any) -> Any:
+        fetch.cancel()  # the waiting fetch goes away while the create commits
+        return await writes(fn)
+
+    store._db.write = cancel_fetch_then_write  # type: ignore[method-assign]
+    [task] = await store.create_many([make_task()])
+    store._db.write = writes  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        await fetch
+    deliveries = await store.fetch(1, timeout=0)
+    assert [(d.task.id, d.task.attempts) for d in deliveries] == [(task.id, 1)]
+
+
+async def test_a_claim_nobody_took_is_requeued_with_its_attempt_refunded_on_close(
+    db_path: Path,
+) -> None:
+    store = SQLiteTaskStore(db_path)
+    fetch = await waiting_fetch(store, 1)
+    writes = store._db.write
+
+    async def cancel_fetch_then_write(fn: Any) -> Any:
+        fetch.cancel()
+        return await writes(fn)
+
+    store._db.write = cancel_fetch_then_write  # type: ignore[method-assign]
+    [task] = await store.create_many([make_task()])
+    with pytest.raises(asyncio.CancelledError):
+        await fetch
+    await store.close()
+    reopened = SQLiteTaskStore(db_path)
+    try:
+        again = await stored(reopened, task.id)
+        assert (again.status, again.attempts) == (Status.QUEUED, 0)
+    finally:
+        await reopened.close()
+
+
+async def test_a_failed_create_claims_nothing(store: SQLiteTaskStore) -> None:
+    fetch = await waiting_fetch(store, 1)
+    with pytest.raises(PendingCapError):
+        await store.create_many([make_task(owner="k"), make_task(owner="k")], max_pending=1)
+    assert await store.counts() == {}
+    assert not fetch.done()
+    fetch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await fetch
 
 
 async def test_fetch_wakes_up_on_release(store: SQLiteTaskStore) -> None:

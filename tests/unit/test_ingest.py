@@ -618,3 +618,14 @@ def test_for_loops_count_every_iteration(stop: int, allowed: bool) -> None:
     else:
         with pytest.raises(CircuitTooLargeError, match="operations; the limit is 100000"):
             ingest(source, LIMITS)
+
+
+def test_native_parser_diagnostics_never_reach_the_process_output(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    for _ in range(2):  # the second parse uses the descriptor the first one opened
+        with pytest.raises(CircuitError):
+            ingest('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit q;\nnotagate q;', LIMITS)
+        print("still here")  # descriptor 1 is back where it was
+    out, err = capfd.readouterr()
+    assert (out, "notagate" in err) == ("still here\nstill here\n", False)

@@ -490,14 +490,19 @@ def _output_silenced() -> Iterator[None]:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError, OSError):
             stream.flush()
+    global _devnull
+    if _devnull is None:  # opened once per process: opening it per parse cost ~10 µs
+        _devnull = os.open(os.devnull, os.O_WRONLY)
     saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
+        os.dup2(_devnull, 1)
+        os.dup2(_devnull, 2)
         yield
     finally:
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
+        for fd in saved:
             os.close(fd)
+
+
+_devnull: int | None = None  # _output_silenced's /dev/null descriptor

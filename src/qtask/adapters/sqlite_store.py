@@ -79,6 +79,16 @@ CREATE TABLE IF NOT EXISTS markers (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+-- Submitted remote tasks (domain.remote.RemoteJob; adapters.sqlite_remote), by next poll.
+CREATE TABLE IF NOT EXISTS remote_jobs (
+    task_id TEXT PRIMARY KEY,
+    backend TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    submitted_at REAL NOT NULL,
+    next_poll_at REAL NOT NULL,
+    polls INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS remote_jobs_due ON remote_jobs (next_poll_at);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     task_id TEXT NOT NULL,
@@ -127,6 +137,11 @@ class SQLiteTaskStore:
         self._worker_id = worker_id
         self._wakeup = asyncio.Event()
         self._listeners: list[EndListener] = []
+
+    @property
+    def db(self) -> SQLiteDatabase:
+        """The database, for adapters that keep their own tables in it (sqlite_remote)."""
+        return self._db
 
     # --- EndNotices ------------------------------------------------------------------------
 
@@ -473,7 +488,8 @@ class SQLiteTaskStore:
             cursor = conn.execute(
                 "UPDATE tasks SET status = 'queued', lease_owner = NULL, lease_expires = NULL,"
                 " last_error = coalesce(last_error, 'the service stopped while the task ran')"
-                " WHERE status = 'running'"
+                # A submitted remote task is the poller's, not a lost run.
+                " WHERE status = 'running' AND id NOT IN (SELECT task_id FROM remote_jobs)"
             )
             return cursor.rowcount
 

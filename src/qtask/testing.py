@@ -382,8 +382,9 @@ class InMemoryDelivery:
         self.naked += 1
 
     async def in_progress(self) -> None:
-        """Renew the lease."""
-        self._store._leases[self._task.id] = time.time() + LEASE_SECONDS
+        """Renew the lease (not a pinned one: the poller holds that task)."""
+        if self._store._leases.get(self._task.id) != float("inf"):
+            self._store._leases[self._task.id] = time.time() + LEASE_SECONDS
 
 
 class InMemoryStream:

@@ -471,7 +471,9 @@ class SQLiteTaskStore:
 
         def touch(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "UPDATE tasks SET lease_expires = ? WHERE id = ? AND status = 'running'",
+                # A NULL lease is a submitted remote task's (sqlite_remote): the poller's now.
+                "UPDATE tasks SET lease_expires = ? WHERE id = ? AND status = 'running'"
+                " AND lease_expires IS NOT NULL",
                 [(until, task_id) for task_id in ids],
             )
 

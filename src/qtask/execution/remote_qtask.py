@@ -34,8 +34,16 @@ _HEALTH_TIMEOUT_S = 2.0
 class QtaskRemoteBackend:
     """Another qtask deployment as a RemoteBackend (domain.remote)."""
 
-    def __init__(self, name: str, settings: QtaskBackendSettings, limits: LimitsSettings) -> None:
+    def __init__(
+        self,
+        name: str,
+        settings: QtaskBackendSettings,
+        limits: LimitsSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self._name = name
+        self._transport = transport  # tests answer with httpx.MockTransport
         self._settings = settings
         self._url = settings.url.rstrip("/")
         self._client: httpx.AsyncClient | None = None
@@ -77,7 +85,10 @@ class QtaskRemoteBackend:
                 if key:
                     headers["Authorization"] = f"Bearer {key}"
             self._client = httpx.AsyncClient(
-                base_url=self._url, headers=headers, timeout=_CALL_TIMEOUT_S
+                base_url=self._url,
+                headers=headers,
+                timeout=_CALL_TIMEOUT_S,
+                transport=self._transport,
             )
         return self._client
 

@@ -74,15 +74,19 @@ class SQLiteRemoteJobs:
     async def reschedule(self, jobs: Sequence[RemoteJob]) -> None:
         """Store each job's next poll time and poll count."""
         params = [(job.next_poll_at, job.polls, job.task_id) for job in jobs]
-        await self._db.write(
-            lambda conn: conn.executemany(
+
+        def write(conn: sqlite3.Connection) -> None:  # returns no cursor out of the writer
+            conn.executemany(
                 "UPDATE remote_jobs SET next_poll_at = ?, polls = ? WHERE task_id = ?", params
             )
-        )
+
+        await self._db.write(write)
 
     async def forget(self, task_ids: Sequence[str]) -> None:
         """Delete the records of ended tasks."""
         params = [(task_id,) for task_id in task_ids]
-        await self._db.write(
-            lambda conn: conn.executemany("DELETE FROM remote_jobs WHERE task_id = ?", params)
-        )
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM remote_jobs WHERE task_id = ?", params)
+
+        await self._db.write(write)

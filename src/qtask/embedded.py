@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ from qtask.logs import get_logger
 from qtask.worker.runner import Worker
 
 if TYPE_CHECKING:
+    from qtask.adapters.sqlite_remote import SQLiteRemoteJobs
     from qtask.domain.remote import RemoteBackend
     from qtask.poller import RemotePoller
     from qtask.worker.remote import RemoteSubmitter
@@ -57,6 +59,7 @@ class EmbeddedService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._remotes: list[RemoteBackend] = []
+        self._remote_jobs: SQLiteRemoteJobs | None = None
         self.store = SQLiteTaskStore(settings.storage.data_dir / DB_FILE)
         self.parse_pool = wiring.parse_pool(settings)
         self.exec_pool = wiring.exec_pool(settings)
@@ -105,6 +108,7 @@ class EmbeddedService:
 
         self._remotes = list(remotes.values())
         jobs = SQLiteRemoteJobs(self.store.db)
+        self._remote_jobs = jobs
         return (
             RemotePoller(self.store, jobs, remotes, self.objects),
             RemoteSubmitter(remotes, jobs, self.objects),
@@ -121,6 +125,9 @@ class EmbeddedService:
         if self.retention is not None:
             self.retention.start()
         if self.poller is not None:
+            assert self._remote_jobs is not None
+            # Polled at once: a poller that died with the last process left its claims.
+            await self._remote_jobs.recover(time.time())
             self.poller.start()
         counts = await self.store.counts()
         log.info("service_started", processes=self.exec_pool.size, tasks=counts)

@@ -51,3 +51,16 @@ async def test_claims_are_leased_and_submitted_tasks_survive_a_restart(tmp_path:
         assert sorted(job.job_id for job in due) == ["job-2", "job-3", "job-4"]
     finally:
         await reopened.close()
+
+
+async def test_recover_makes_every_claimed_job_due_at_once(tmp_path: Path) -> None:
+    store = SQLiteTaskStore(tmp_path / "qtask.db")
+    jobs = SQLiteRemoteJobs(store.db)
+    try:
+        await _submitted(store, jobs, 3)
+        assert len(await jobs.claim_due(now=200.0, limit=10, lease_s=120.0)) == 3
+        assert await jobs.claim_due(now=201.0, limit=10, lease_s=120.0) == []
+        assert await jobs.recover(now=201.0) == 3
+        assert len(await jobs.claim_due(now=201.0, limit=10, lease_s=120.0)) == 3
+    finally:
+        await store.close()

@@ -71,6 +71,18 @@ class SQLiteRemoteJobs:
             for row in rows
         ]
 
+    async def recover(self, now: float) -> int:
+        """Make every job due now: the claims of a poller that died with this process would
+        otherwise wait out their lease. Only safe while this process owns the data directory
+        (as SQLiteTaskStore.recover)."""
+
+        def write(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE remote_jobs SET next_poll_at = ? WHERE next_poll_at > ?", (now, now)
+            ).rowcount
+
+        return await self._db.write(write)
+
     async def reschedule(self, jobs: Sequence[RemoteJob]) -> None:
         """Store each job's next poll time and poll count."""
         params = [(job.next_poll_at, job.polls, job.task_id) for job in jobs]

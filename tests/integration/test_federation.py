@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from qtask_testkit import BELL, ServerProcess, submit, wait_done
+from servers import DistributedDeployment, started_deployment
 
 
 def remote_env(url: str, **options: str) -> dict[str, str]:
@@ -22,22 +23,31 @@ def remote_env(url: str, **options: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+Front = ServerProcess | DistributedDeployment
+
+
+@pytest.fixture(params=["embedded", "distributed"])
+def pair(
+    request: pytest.FixtureRequest, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Front, ServerProcess]]:
+    """B: `qtask serve`; A: `qtask serve`, or api + workers + `qtask poller` on Redis, NATS and
+    S3 (where the result and the pending job record go through the bucket)."""
     remote = ServerProcess(tmp_path / "b", workers=1)
     remote.start()
-    front = ServerProcess(tmp_path / "a", workers=1, env=remote_env(remote.url))
     try:
-        front.start()
-        yield front, remote
+        yield from (
+            (front, remote)
+            for front in started_deployment(
+                request.param, tmp_path_factory, env=remote_env(remote.url)
+            )
+        )
     finally:
-        for server in (front, remote):
-            if server.process is not None:
-                server.terminate()
+        if remote.process is not None:
+            remote.terminate()
 
 
 def test_bell_on_remote_backend_completes_with_the_remote_counts(
-    pair: tuple[ServerProcess, ServerProcess],
+    pair: tuple[Front, ServerProcess],
 ) -> None:
     front, remote = pair
     with (
@@ -55,7 +65,7 @@ def test_bell_on_remote_backend_completes_with_the_remote_counts(
 
 
 def test_get_backends_lists_the_remote_with_its_capabilities_and_health(
-    pair: tuple[ServerProcess, ServerProcess],
+    pair: tuple[Front, ServerProcess],
 ) -> None:
     front, remote = pair
     listed = httpx.get(f"{front.url}/backends", timeout=30).json()

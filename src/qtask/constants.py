@@ -128,3 +128,8 @@ REMOTE_POLL_CONCURRENCY = 8
 # How often the poller looks for due jobs at most; each backend's poll_interval_s decides when a
 # job is due.
 REMOTE_POLL_TICK_SECONDS = 0.5
+
+# Fault injection for the federation tests: when set, the worker's process SIGKILLs itself right
+# after a remote backend accepted a task and before its job is stored, the gap the idempotency
+# key exists to close (the redelivery must get the same remote job back).
+FAULT_EXIT_AFTER_REMOTE_SUBMIT_ENV = "QTASK_FAULT_EXIT_AFTER_REMOTE_SUBMIT"

@@ -149,3 +149,31 @@ def test_remote_down_past_remote_timeout_ends_the_task_in_error_saying_so(
         assert "cannot be reached" in body["message"]
     finally:
         _stop(front)
+
+
+def test_front_killed_between_remote_accept_and_store_gets_the_same_remote_task(
+    tmp_path: Path, remote: ServerProcess
+) -> None:
+    env = remote_env(remote.url)
+    front = ServerProcess(
+        tmp_path / "a", workers=1, env={**env, "QTASK_FAULT_EXIT_AFTER_REMOTE_SUBMIT": "1"}
+    )
+    front.start()
+    try:
+        response = httpx.post(
+            f"{front.url}/tasks",
+            json={"qc": MEDIUM, "shots": 100, "seed": 3, "backend": "remote"},
+            timeout=30,
+        )
+        task_id = response.json()["task_id"]
+        assert front.process is not None
+        front.process.wait(60)  # it killed itself after B accepted, before storing the job
+        assert remote.task_count() == 1
+        assert front.stored_status(task_id) == "running"
+        front.kill_tree()
+        front.env = env
+        front.start()
+        _check_all_completed(front, [task_id])
+        assert remote.task_count() == 1  # the redelivery got the same task on B
+    finally:
+        _stop(front)

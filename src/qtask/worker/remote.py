@@ -10,11 +10,14 @@ No simulator slot or child process is held while the provider works: the poller 
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Mapping
 
 import orjson
 
+from qtask.constants import FAULT_EXIT_AFTER_REMOTE_SUBMIT_ENV
 from qtask.domain.ports import ObjectStore
 from qtask.domain.remote import (
     RemoteBackend,
@@ -51,6 +54,8 @@ class RemoteSubmitter:
         for good, RemoteUnavailableError (or a store error) when it should be tried again."""
         backend = self._backends[task.backend]
         job_id = await backend.submit(task)
+        if os.environ.get(FAULT_EXIT_AFTER_REMOTE_SUBMIT_ENV):  # chaos tests: die in the gap
+            os.kill(os.getpid(), signal.SIGKILL)
         now = self._clock()
         job = RemoteJob(
             task_id=task.id,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from qtask_testkit import BELL, ServerProcess, submit, wait_done
+from qtask_testkit import BELL, ServerProcess, slow_circuit, submit, wait_done
 from servers import DistributedDeployment, started_deployment
 
 
@@ -81,3 +82,23 @@ def test_get_backends_lists_the_remote_with_its_capabilities_and_health(
     down = httpx.get(f"{front.url}/backends", timeout=30).json()
     health = next(b for b in down["backends"] if b["name"] == "remote")["health"]
     assert "cannot be reached" in health
+
+
+def test_delete_of_a_remote_task_cancels_it_at_the_remote_too(
+    pair: tuple[Front, ServerProcess],
+) -> None:
+    front, remote = pair
+    with (
+        httpx.Client(base_url=front.url, timeout=30) as a,
+        httpx.Client(base_url=remote.url, timeout=30) as b,
+    ):
+        task_id = submit(a, slow_circuit(20, 20), shots=10, backend="remote")
+        deadline = time.monotonic() + 60
+        while not (listed := b.get("/tasks").json()["tasks"]):
+            assert time.monotonic() < deadline, "never submitted to B"
+            time.sleep(0.05)
+        [on_b] = listed
+        cancelled = a.delete(f"/tasks/{task_id}")
+        assert cancelled.json() == {"status": "error", "message": "Task was cancelled."}
+        body = wait_done(b, on_b["task_id"], timeout=60)
+        assert body == {"status": "error", "message": "Task was cancelled."}

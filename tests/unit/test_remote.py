@@ -23,7 +23,7 @@ from qtask.domain.remote import (
     remote_job_key,
 )
 from qtask.domain.task import Status, Task, new_task_id
-from qtask.errors import RemoteRejectedError
+from qtask.errors import RemoteRejectedError, RemoteUnavailableError
 from qtask.poller import RemotePoller
 from qtask.testing import (
     FakeRemoteBackend,
@@ -364,3 +364,76 @@ async def test_two_pollers_at_once_complete_each_task_exactly_once() -> None:
     assert sum(report.claimed for report in reports) == 100
     assert sum(report.completed for report in reports) == 100
     assert all(store.tasks[task.id].status is Status.COMPLETED for task in tasks)
+
+
+class FlakyProvider(FakeRemoteBackend):
+    """Unreachable for the first `outages` submissions."""
+
+    def __init__(self, outages: int, **options: float) -> None:
+        super().__init__(**options)
+        self.outages = outages
+
+    async def submit(self, task: Task) -> str:
+        if self.outages:
+            self.outages -= 1
+            self.submit_calls += 1
+            raise RemoteUnavailableError("the fake provider is down")
+        return await super().submit(task)
+
+
+async def run_submission(provider: FakeRemoteBackend, store: InMemoryTaskStore) -> Task:
+    jobs = InMemoryRemoteJobs(store)
+    task = await store.create(remote_task())
+    worker = Worker(
+        store,
+        store,
+        FakePool(),  # type: ignore[arg-type]
+        worker_settings(),
+        remote=RemoteSubmitter({"remote": provider}, jobs),
+    )
+    worker.start()
+    try:
+        await wait_until(lambda: task.id in jobs.jobs or store.tasks[task.id].status.terminal)
+    finally:
+        await worker.stop(grace=1.0)
+    return store.tasks[task.id]
+
+
+async def test_unreachable_provider_at_submit_is_retried_with_backoff_in_the_same_attempt() -> None:
+    store = InMemoryTaskStore()
+    provider = FlakyProvider(outages=2, poll_interval_s=0.01)
+    task = await run_submission(provider, store)
+    assert provider.submit_calls == 3
+    assert task.status is Status.RUNNING
+    assert task.attempts == 1  # waiting on the provider spends no attempt
+    assert list(provider.by_task) == [task.id]
+
+
+async def test_provider_unreachable_past_remote_timeout_at_submit_ends_the_task_saying_so() -> None:
+    store = InMemoryTaskStore()
+    provider = FlakyProvider(outages=1000, poll_interval_s=0.01, remote_timeout_s=0.1)
+    task = await run_submission(provider, store)
+    assert task.status is Status.FAILED
+    assert task.error is not None
+    assert task.error.startswith(
+        "The remote backend remote could not be reached within its remote_timeout_s of 0.1 s"
+    )
+    assert 2 <= provider.submit_calls <= 6  # backing off: 0.01, 0.02, 0.04 ...
+
+
+async def test_shutdown_while_waiting_on_the_provider_requeues_with_the_attempt_refunded() -> None:
+    store = InMemoryTaskStore()
+    provider = FlakyProvider(outages=1000, poll_interval_s=30.0)
+    task = await store.create(remote_task())
+    worker = Worker(
+        store,
+        store,
+        FakePool(),  # type: ignore[arg-type]
+        worker_settings(),
+        remote=RemoteSubmitter({"remote": provider}, InMemoryRemoteJobs(store)),
+    )
+    worker.start()
+    await wait_until(lambda: provider.submit_calls == 1)
+    await worker.stop(grace=10.0)
+    stored = store.tasks[task.id]
+    assert (stored.status, stored.attempts) == (Status.QUEUED, 0)

@@ -10,6 +10,8 @@ No simulator slot or child process is held while the provider works: the poller 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -27,6 +29,13 @@ from qtask.domain.remote import (
     remote_job_key,
 )
 from qtask.domain.task import Task
+from qtask.errors import ExecutionError, RemoteUnavailableError, ShuttingDownError
+from qtask.logs import get_logger
+
+log = get_logger("worker")
+
+# Longest wait between two submission attempts to a provider that cannot be reached.
+_MAX_SUBMIT_BACKOFF_S = 60.0
 
 
 class RemoteSubmitter:
@@ -49,11 +58,40 @@ class RemoteSubmitter:
         """Whether the task's backend is a remote one."""
         return task.backend in self._backends
 
-    async def submit(self, task: Task) -> RemoteJob:
-        """Submit and durably record; RemoteRejectedError when the provider refuses the task
-        for good, RemoteUnavailableError (or a store error) when it should be tried again."""
+    async def submit(self, task: Task, stopping: asyncio.Event | None = None) -> RemoteJob:
+        """Submit and durably record the job.
+
+        A provider that cannot be reached is tried again (the delivery stays held, so its
+        lease is renewed), backing off from the backend's poll interval, until it answers or
+        remote_timeout_s passed (ExecutionError saying so: the task ends in error) or
+        `stopping` is set (ShuttingDownError: the task goes back to the queue). A refusal for
+        good raises RemoteRejectedError; a store error propagates (the redelivery submits again
+        with the same idempotency key).
+        """
         backend = self._backends[task.backend]
-        job_id = await backend.submit(task)
+        deadline = time.monotonic() + backend.remote_timeout_s
+        delay = backend.poll_interval_s
+        while True:
+            try:
+                job_id = await backend.submit(task)
+                break
+            except RemoteUnavailableError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise ExecutionError(
+                        f"The remote backend {task.backend} could not be reached within its "
+                        f"remote_timeout_s of {backend.remote_timeout_s:g} s: {exc}"
+                    ) from exc
+                log.warning("remote_submit_retry", task_id=task.id, delay_s=delay, reason=str(exc))
+                if stopping is None:
+                    await asyncio.sleep(delay)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), delay)
+                    if stopping.is_set():
+                        raise ShuttingDownError(
+                            "stopped before the task could be submitted"
+                        ) from exc
+                delay = min(delay * 2, _MAX_SUBMIT_BACKOFF_S)
         if os.environ.get(FAULT_EXIT_AFTER_REMOTE_SUBMIT_ENV):  # chaos tests: die in the gap
             os.kill(os.getpid(), signal.SIGKILL)
         now = self._clock()

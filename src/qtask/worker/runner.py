@@ -36,7 +36,7 @@ from qtask.constants import (
 )
 from qtask.domain.ports import Completion, Delivery, ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import Status, Task
-from qtask.errors import RemoteRejectedError, TaskNotFoundError
+from qtask.errors import ExecutionError, ShuttingDownError, TaskNotFoundError
 from qtask.execution.items import RunItem, RunOutcome
 from qtask.logs import get_logger
 from qtask.supervision import SupervisedLoop
@@ -238,13 +238,16 @@ class Worker:
         assert self._remote is not None
         task = delivery.task
         try:
-            job = await self._remote.submit(task)
-        except RemoteRejectedError as exc:
+            job = await self._remote.submit(task, self._stopping)
+        except ExecutionError as exc:  # refused for good, or unreachable past remote_timeout_s
             try:
                 await self._fail(delivery, str(exc), reason="remote_rejected")
             except Exception:
                 log.exception("record_failed", task_id=task.id)
                 self._held.pop(task.id, None)
+            return
+        except ShuttingDownError:
+            await self._release(delivery, None, penalize=False)
             return
         except Exception as exc:
             # Let go unacknowledged: the lease lapses and the redelivery submits again with

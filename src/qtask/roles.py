@@ -174,7 +174,8 @@ async def run_worker(settings: Settings) -> None:
 
 
 async def run_poller(settings: Settings) -> None:
-    """Re-publish stored-but-unpublished tasks, and remove expired ones, until SIGTERM."""
+    """Re-publish stored-but-unpublished tasks, remove expired ones and poll remote jobs, until
+    SIGTERM."""
     _require_distributed(settings)
     store = _store(settings)
     queue = _queue(settings, store)

@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     worker = commands.add_parser("worker", help="distributed mode: run circuits from the queue")
     worker.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     worker.add_argument("--config", type=Path, help="a TOML settings file (or $QTASK_CONFIG)")
-    poller = commands.add_parser("poller", help="distributed mode: publish tasks the API could not")
+    poller = commands.add_parser(
+        "poller", help="distributed mode: publish tasks the API could not; poll remote jobs"
+    )
     poller.add_argument("--config", type=Path, help="a TOML settings file (or $QTASK_CONFIG)")
     keygen = commands.add_parser("keygen", help="make an API key and its configuration entry")
     keygen.add_argument("name", help="whose key: the name its tasks belong to")

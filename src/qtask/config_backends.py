@@ -38,6 +38,24 @@ class AerDeviceBackendSettings(BaseModel):
     device: str = Field(pattern=r"^fake_[a-z0-9_]+$")
 
 
+class QtaskBackendSettings(BaseModel):
+    """Another qtask deployment (federation): tasks are sent there with POST /tasks and polled
+    with GET /tasks?ids=... (execution.remote_qtask)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["qtask"]
+    # The other deployment's base URL, e.g. https://qtask.example.org
+    url: str = Field(pattern=r"^https?://")
+    # The name of the environment variable holding its API key (never the key itself).
+    api_key_env: str | None = None
+    # Which of its backends runs the tasks; None: its default.
+    remote_backend: str | None = None
+    # Provider queues take hours: a job still unfinished after this is cancelled there.
+    remote_timeout_s: float = Field(default=86400.0, gt=0)
+    poll_interval_s: float = Field(default=2.0, gt=0)
+
+
 class OffBackendSettings(BaseModel):
     """Removes the built-in backend of the same name."""
 
@@ -47,10 +65,10 @@ class OffBackendSettings(BaseModel):
 
 
 BackendSettings = Annotated[
-    AerBackendSettings | AerDeviceBackendSettings | OffBackendSettings,
+    AerBackendSettings | AerDeviceBackendSettings | QtaskBackendSettings | OffBackendSettings,
     Field(discriminator="type"),
 ]
-RunnableBackendSettings = AerBackendSettings | AerDeviceBackendSettings
+RunnableBackendSettings = AerBackendSettings | AerDeviceBackendSettings | QtaskBackendSettings
 
 # Three devices of the three processor families a newcomer is likely to meet: Eagle (127
 # qubits, ECR), Heron r1 (133, CZ) and Heron r2 (156, CZ). Each costs nothing until a task
@@ -64,7 +82,10 @@ BUILT_IN_BACKENDS: dict[str, RunnableBackendSettings] = {
 
 
 def effective_backends(
-    configured: dict[str, AerBackendSettings | AerDeviceBackendSettings | OffBackendSettings],
+    configured: dict[
+        str,
+        AerBackendSettings | AerDeviceBackendSettings | QtaskBackendSettings | OffBackendSettings,
+    ],
 ) -> dict[str, RunnableBackendSettings]:
     """The built-in backends overlaid with the configured ones, less those turned off."""
     merged: dict[str, RunnableBackendSettings] = dict(BUILT_IN_BACKENDS)

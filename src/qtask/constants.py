@@ -112,3 +112,24 @@ OUT_OF_MEMORY_SIGNAL = signal.SIGUSR2
 # seconds fails: /ready must answer an orchestrator's probe (typically a 5 s timeout) with 503,
 # not hang on a dependency that hangs.
 READY_CHECK_TIMEOUT_SECONDS = 3.0
+
+# A poller's claim on the remote jobs of one pass: they come due again this long after the claim
+# when the pass never finished (its process died), so another poller picks them up. A pass of
+# 10,000 jobs takes seconds (benchmarks/remote_poll.py); this leaves a wide margin.
+REMOTE_POLL_LEASE_SECONDS = 120.0
+
+# Most remote jobs one poller pass claims; 10,000 jobs on a qtask remote are 40 status calls.
+REMOTE_POLL_CLAIM_LIMIT = 10_000
+
+# Status calls one pass has in flight at once (per pass, all backends together): bounds what a
+# poller asks of a provider without a batch status call.
+REMOTE_POLL_CONCURRENCY = 8
+
+# How often the poller looks for due jobs at most; each backend's poll_interval_s decides when a
+# job is due.
+REMOTE_POLL_TICK_SECONDS = 0.5
+
+# Fault injection for the federation tests: when set, the worker's process SIGKILLs itself right
+# after a remote backend accepted a task and before its job is stored, the gap the idempotency
+# key exists to close (the redelivery must get the same remote job back).
+FAULT_EXIT_AFTER_REMOTE_SUBMIT_ENV = "QTASK_FAULT_EXIT_AFTER_REMOTE_SUBMIT"

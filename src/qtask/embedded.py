@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -22,6 +23,12 @@ from qtask.constants import DB_FILE, LOCK_FILE
 from qtask.errors import ConfigError
 from qtask.logs import get_logger
 from qtask.worker.runner import Worker
+
+if TYPE_CHECKING:
+    from qtask.adapters.sqlite_remote import SQLiteRemoteJobs
+    from qtask.domain.remote import RemoteBackend
+    from qtask.poller import RemotePoller
+    from qtask.worker.remote import RemoteSubmitter
 
 log = get_logger("embedded")
 
@@ -51,13 +58,21 @@ class EmbeddedService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._remotes: list[RemoteBackend] = []
+        self._remote_jobs: SQLiteRemoteJobs | None = None
         self.store = SQLiteTaskStore(settings.storage.data_dir / DB_FILE)
         self.parse_pool = wiring.parse_pool(settings)
         self.exec_pool = wiring.exec_pool(settings)
         self.objects = wiring.object_store(settings)
         self.retention = wiring.retention(settings, self.store, self.objects)
+        self.poller, remote = self._remote_parts()
         self.worker = Worker(
-            self.store, self.store, self.exec_pool, settings.worker, objects=self.objects
+            self.store,
+            self.store,
+            self.exec_pool,
+            settings.worker,
+            objects=self.objects,
+            remote=remote,
         )
         self.service, self.app = wiring.api_app(
             settings,
@@ -71,11 +86,32 @@ class EmbeddedService:
                 "parsers": wiring.pool_check(self.parse_pool, "parser"),
                 **wiring.optional_ping_check("objects", self.objects),
                 **wiring.loop_checks(
-                    *self.worker.loops, None if self.retention is None else self.retention.loop
+                    *self.worker.loops,
+                    None if self.retention is None else self.retention.loop,
+                    None if self.poller is None else self.poller.loop,
                 ),
             },
             lifespan=self._lifespan,
             notices=self.store,  # the worker ends tasks in this process, through this store
+        )
+
+    def _remote_parts(self) -> tuple[RemotePoller | None, RemoteSubmitter | None]:
+        """The poller and the worker's submitter, when remote backends are configured."""
+        from qtask.execution.catalog import build_catalog
+
+        remotes = build_catalog(self.settings).remotes()
+        if not remotes:
+            return None, None
+        from qtask.adapters.sqlite_remote import SQLiteRemoteJobs
+        from qtask.poller import RemotePoller
+        from qtask.worker.remote import RemoteSubmitter
+
+        self._remotes = list(remotes.values())
+        jobs = SQLiteRemoteJobs(self.store.db)
+        self._remote_jobs = jobs
+        return (
+            RemotePoller(self.store, jobs, remotes, self.objects),
+            RemoteSubmitter(remotes, jobs, self.objects),
         )
 
     @asynccontextmanager
@@ -88,6 +124,11 @@ class EmbeddedService:
         self.worker.start()
         if self.retention is not None:
             self.retention.start()
+        if self.poller is not None:
+            assert self._remote_jobs is not None
+            # Polled at once: a poller that died with the last process left its claims.
+            await self._remote_jobs.recover(time.time())
+            self.poller.start()
         counts = await self.store.counts()
         log.info("service_started", processes=self.exec_pool.size, tasks=counts)
         try:
@@ -97,6 +138,10 @@ class EmbeddedService:
             if self.retention is not None:
                 await self.retention.stop()
             await self.worker.stop(self.settings.worker.shutdown_grace_s)
+            if self.poller is not None:
+                await self.poller.stop()
+            for backend in self._remotes:
+                await backend.close()
             await self.exec_pool.close()
             await self.parse_pool.close()
             await self.store.close()

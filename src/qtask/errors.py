@@ -143,3 +143,13 @@ class ExecutionError(QTaskError):
 
 class ShuttingDownError(QTaskError):
     """Raised when work is refused because the process is shutting down."""
+
+
+class RemoteRejectedError(ExecutionError):
+    """Raised when a remote provider refuses a job for good (a 4xx answer); the task ends in
+    error with the provider's message."""
+
+
+class RemoteUnavailableError(QTaskError):
+    """Raised when a remote provider cannot be reached or answers with a server error; the
+    call is tried again later."""

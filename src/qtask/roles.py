@@ -17,16 +17,21 @@ from typing import TYPE_CHECKING
 from qtask import wiring
 from qtask.adapters.nats_queue import NatsTaskQueue
 from qtask.adapters.redis_notices import RedisEndNotices
+from qtask.adapters.redis_remote import RedisRemoteJobs
 from qtask.adapters.redis_store import RedisRateLimiter, RedisTaskStore
 from qtask.config import Settings
 from qtask.errors import ConfigError
 from qtask.logs import get_logger
+from qtask.poller import RemotePoller
 from qtask.reconciler import Reconciler
 from qtask.worker.health import Check, serve_health
+from qtask.worker.remote import RemoteSubmitter
 from qtask.worker.runner import Worker
 
 if TYPE_CHECKING:  # the API's modules (FastAPI, the circuit parser) load only in `qtask api`
     from fastapi import FastAPI
+
+    from qtask.domain.remote import RemoteBackend
 
 log = get_logger("roles")
 
@@ -129,6 +134,7 @@ async def run_worker(settings: Settings) -> None:
     objects = wiring.object_store(settings)
     # The child processes start (importing Qiskit) while the connections are made.
     await asyncio.gather(queue.connect(), pool.start())
+    remotes, jobs = _remote_parts(settings)
     worker = Worker(
         store,
         queue,
@@ -137,6 +143,7 @@ async def run_worker(settings: Settings) -> None:
         worker_id=me,
         heartbeat_s=settings.nats.ack_wait_s / 3,
         objects=objects,
+        remote=None if jobs is None else RemoteSubmitter(remotes, jobs, objects),
     )
     worker.start()
 
@@ -155,6 +162,7 @@ async def run_worker(settings: Settings) -> None:
     if health is not None:
         health.close()
     await worker.stop(settings.worker.shutdown_grace_s)
+    await _close_remote(remotes, jobs)
     await pool.close()
     await queue.close()
     await store.close()
@@ -166,7 +174,8 @@ async def run_worker(settings: Settings) -> None:
 
 
 async def run_poller(settings: Settings) -> None:
-    """Re-publish stored-but-unpublished tasks, and remove expired ones, until SIGTERM."""
+    """Re-publish stored-but-unpublished tasks, remove expired ones and poll remote jobs, until
+    SIGTERM."""
     _require_distributed(settings)
     store = _store(settings)
     queue = _queue(settings, store)
@@ -177,6 +186,10 @@ async def run_poller(settings: Settings) -> None:
     retention = wiring.retention(settings, store, objects)
     if retention is not None:
         retention.start()
+    remotes, jobs = _remote_parts(settings)
+    poller = None if jobs is None else RemotePoller(store, jobs, remotes, objects)
+    if poller is not None:
+        poller.start()
 
     health = await _health(
         settings,
@@ -184,7 +197,11 @@ async def run_poller(settings: Settings) -> None:
             "store": wiring.ping_check(store),
             "queue": wiring.ping_check(queue),
             **wiring.optional_ping_check("objects", objects),
-            **wiring.loop_checks(reconciler.loop, None if retention is None else retention.loop),
+            **wiring.loop_checks(
+                reconciler.loop,
+                None if retention is None else retention.loop,
+                None if poller is None else poller.loop,
+            ),
         },
     )
     log.info("poller_started", keep_finished_s=settings.retention.keep_finished_s or None)
@@ -194,6 +211,9 @@ async def run_poller(settings: Settings) -> None:
     await reconciler.stop()
     if retention is not None:
         await retention.stop()
+    if poller is not None:
+        await poller.stop()
+    await _close_remote(remotes, jobs)
     await queue.close()
     await store.close()
     if objects is not None:
@@ -203,6 +223,25 @@ async def run_poller(settings: Settings) -> None:
         republished=reconciler.republished,
         expired=0 if retention is None else retention.removed,
     )
+
+
+def _remote_parts(
+    settings: Settings,
+) -> tuple[dict[str, RemoteBackend], RedisRemoteJobs | None]:
+    """The remote backends and their job records, when any remote backend is configured."""
+    from qtask.execution.catalog import build_catalog
+
+    remotes = build_catalog(settings).remotes()
+    if not remotes:
+        return remotes, None
+    return remotes, RedisRemoteJobs(settings.redis.url, prefix=settings.redis.prefix)
+
+
+async def _close_remote(remotes: dict[str, RemoteBackend], jobs: RedisRemoteJobs | None) -> None:
+    for backend in remotes.values():
+        await backend.close()
+    if jobs is not None:
+        await jobs.close()
 
 
 async def _health(settings: Settings, checks: dict[str, Check]) -> asyncio.Server | None:

@@ -25,8 +25,9 @@ from qtask.domain.ports import (
     StreamState,
     TaskPage,
 )
+from qtask.domain.remote import RemoteBackend, RemoteJob, RemoteState, RemoteStatus
 from qtask.domain.task import Status, Task, TaskOutcome
-from qtask.errors import PendingCapError, TaskNotFoundError
+from qtask.errors import PendingCapError, RemoteUnavailableError, TaskNotFoundError
 
 
 class InMemoryTaskStore:
@@ -340,6 +341,10 @@ class InMemoryTaskStore:
             except TimeoutError:
                 return []
 
+    def pin(self, task_id: str) -> None:
+        """Take a running task out of the queue's reach (its remote job is the poller's)."""
+        self._leases[task_id] = float("inf")
+
     def expire_lease(self, task_id: str) -> None:
         """Make a running task's lease lapse now, as if its worker had died."""
         self._leases[task_id] = 0.0
@@ -381,8 +386,9 @@ class InMemoryDelivery:
         self.naked += 1
 
     async def in_progress(self) -> None:
-        """Renew the lease."""
-        self._store._leases[self._task.id] = time.time() + LEASE_SECONDS
+        """Renew the lease (not a pinned one: the poller holds that task)."""
+        if self._store._leases.get(self._task.id) != float("inf"):
+            self._store._leases[self._task.id] = time.time() + LEASE_SECONDS
 
 
 class InMemoryStream:
@@ -487,7 +493,109 @@ def fake_capabilities(name: str = "fake", **changes: object) -> BackendCapabilit
     return BackendCapabilities(**fields)  # type: ignore[arg-type]
 
 
+class InMemoryRemoteJobs:
+    """RemoteJobStore in a dict, pinning tasks in an InMemoryTaskStore as SQLite does."""
+
+    def __init__(self, store: InMemoryTaskStore) -> None:
+        self._store = store
+        self.jobs: dict[str, RemoteJob] = {}
+
+    async def record(self, job: RemoteJob) -> None:
+        """Store the record; the task leaves the queue's reach."""
+        self.jobs[job.task_id] = job
+        self._store.pin(job.task_id)
+
+    async def claim_due(self, now: float, limit: int, lease_s: float) -> list[RemoteJob]:
+        """Due jobs, the earliest first, each pushed a lease ahead."""
+        due = sorted(
+            (job for job in self.jobs.values() if job.next_poll_at <= now),
+            key=lambda job: job.next_poll_at,
+        )[:limit]
+        for job in due:
+            self.jobs[job.task_id] = replace(job, next_poll_at=now + lease_s)
+        return due
+
+    async def reschedule(self, jobs: Sequence[RemoteJob]) -> None:
+        """Store the new poll times."""
+        for job in jobs:
+            if job.task_id in self.jobs:
+                self.jobs[job.task_id] = job
+
+    async def forget(self, task_ids: Sequence[str]) -> None:
+        """Drop the records."""
+        for task_id in task_ids:
+            self.jobs.pop(task_id, None)
+
+
+class FakeRemoteBackend:
+    """A RemoteBackend whose jobs end when a test says so; it counts every call.
+
+    Submissions are idempotent by task id, as a real provider's with a client token; `down`
+    makes every call raise RemoteUnavailableError.
+    """
+
+    def __init__(
+        self,
+        name: str = "remote",
+        *,
+        status_batch: int = 256,
+        poll_interval_s: float = 1.0,
+        remote_timeout_s: float = 86400.0,
+    ) -> None:
+        self.capabilities = fake_capabilities(name, kind=BackendKind.REMOTE, type="fake_remote")
+        self.poll_interval_s = poll_interval_s
+        self.remote_timeout_s = remote_timeout_s
+        self.status_batch = status_batch
+        self.jobs: dict[str, RemoteStatus] = {}  # job id -> its state
+        self.by_task: dict[str, str] = {}  # idempotency key -> job id
+        self.submit_calls = 0
+        self.status_calls = 0
+        self.cancelled: list[str] = []
+        self.down = False
+
+    async def health(self) -> str:
+        """ "ok", or that the provider is down."""
+        return "the fake provider is down" if self.down else "ok"
+
+    async def submit(self, task: Task) -> str:
+        """A job for the task, the same one for a repeated submission."""
+        self.submit_calls += 1
+        self._check()
+        if task.id not in self.by_task:
+            job_id = f"job-{len(self.by_task)}"
+            self.by_task[task.id] = job_id
+            self.jobs[job_id] = RemoteStatus(RemoteState.QUEUED)
+        return self.by_task[task.id]
+
+    async def statuses(self, job_ids: Sequence[str]) -> dict[str, RemoteStatus]:
+        """The states tests set (refuses more ids than status_batch)."""
+        self.status_calls += 1
+        self._check()
+        assert len(job_ids) <= self.status_batch, "more ids than one status call takes"
+        return {job_id: self.jobs[job_id] for job_id in job_ids if job_id in self.jobs}
+
+    async def cancel(self, job_id: str) -> None:
+        """Record the cancellation; the job ends cancelled."""
+        self._check()
+        self.cancelled.append(job_id)
+        self.jobs[job_id] = RemoteStatus(RemoteState.CANCELLED, message="cancelled")
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def finish(self, job_id: str, counts: dict[str, int]) -> None:
+        """End a job with these counts."""
+        self.jobs[job_id] = RemoteStatus(RemoteState.DONE, counts=counts)
+
+    def _check(self) -> None:
+        if self.down:
+            raise RemoteUnavailableError("the fake provider is down")
+
+
 if TYPE_CHECKING:
 
     def _conforms(backend: FakeBackend) -> ExecutionBackend:
         return backend  # mypy checks that FakeBackend satisfies the port
+
+    def _remote_conforms(backend: FakeRemoteBackend) -> RemoteBackend:
+        return backend

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from qtask.config import load_settings
-from qtask.config_backends import AerDeviceBackendSettings
+from qtask.config_backends import AerDeviceBackendSettings, QtaskBackendSettings
 from qtask.errors import ConfigError
 
 
@@ -90,3 +90,25 @@ def test_backend_name_that_is_not_lower_case_fails(tmp_path: Path) -> None:
     path = toml(tmp_path, '[backends.My-Device]\ntype = "aer"\n')
     with pytest.raises(ConfigError, match=r"backends\.My-Device"):
         load_settings(path)
+
+
+def test_qtask_remote_backend_reads_its_options_with_defaults(tmp_path: Path) -> None:
+    settings = load_settings(
+        toml(
+            tmp_path,
+            '[backends.remote]\ntype = "qtask"\nurl = "https://b.example"\napi_key_env = "B_KEY"\n',
+        )
+    )
+    table = settings.backend_table["remote"]
+    assert table == QtaskBackendSettings(
+        type="qtask",
+        url="https://b.example",
+        api_key_env="B_KEY",
+        remote_timeout_s=86400.0,
+        poll_interval_s=2.0,
+    )
+
+
+def test_qtask_remote_backend_without_a_url_fails_start_up_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"backends\.remote\.url"):
+        load_settings(toml(tmp_path, '[backends.remote]\ntype = "qtask"\nurl = "ftp://b"\n'))

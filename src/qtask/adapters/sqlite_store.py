@@ -83,6 +83,16 @@ CREATE TABLE IF NOT EXISTS markers (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+-- Submitted remote tasks (domain.remote.RemoteJob; adapters.sqlite_remote), by next poll.
+CREATE TABLE IF NOT EXISTS remote_jobs (
+    task_id TEXT PRIMARY KEY,
+    backend TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    submitted_at REAL NOT NULL,
+    next_poll_at REAL NOT NULL,
+    polls INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS remote_jobs_due ON remote_jobs (next_poll_at);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     task_id TEXT NOT NULL,
@@ -136,6 +146,11 @@ class SQLiteTaskStore:
         # such claims wait in _handed for the next fetch (or are refunded by close()).
         self._handoff_limit = 0
         self._handed: list[Task] = []
+
+    @property
+    def db(self) -> SQLiteDatabase:
+        """The database, for adapters that keep their own tables in it (sqlite_remote)."""
+        return self._db
 
     # --- EndNotices ------------------------------------------------------------------------
 
@@ -483,7 +498,9 @@ class SQLiteTaskStore:
 
         def touch(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "UPDATE tasks SET lease_expires = ? WHERE id = ? AND status = 'running'",
+                # A NULL lease is a submitted remote task's (sqlite_remote): the poller's now.
+                "UPDATE tasks SET lease_expires = ? WHERE id = ? AND status = 'running'"
+                " AND lease_expires IS NOT NULL",
                 [(until, task_id) for task_id in ids],
             )
 
@@ -500,7 +517,8 @@ class SQLiteTaskStore:
             cursor = conn.execute(
                 "UPDATE tasks SET status = 'queued', lease_owner = NULL, lease_expires = NULL,"
                 " last_error = coalesce(last_error, 'the service stopped while the task ran')"
-                " WHERE status = 'running'"
+                # A submitted remote task is the poller's, not a lost run.
+                " WHERE status = 'running' AND id NOT IN (SELECT task_id FROM remote_jobs)"
             )
             return cursor.rowcount
 

@@ -34,6 +34,9 @@ class Status(enum.StrEnum):
 # QUEUED -> FAILED is a task given up on before it ran (its attempts were used up);
 # QUEUED -> COMPLETED is a result from a worker whose lease lapsed while it ran: the result is
 # still correct, and the first result stored wins.
+# A task on a remote backend uses the same states: it stays RUNNING while its provider works
+# (submitted: a domain.remote.RemoteJob is stored and the queue no longer hands it out), and the
+# poller moves it to COMPLETED or FAILED; it never goes back to QUEUED once submitted.
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.QUEUED: frozenset({Status.RUNNING, Status.COMPLETED, Status.FAILED}),
     Status.RUNNING: frozenset({Status.QUEUED, Status.COMPLETED, Status.FAILED}),

@@ -17,11 +17,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qtask.config import LimitsSettings, Settings
-from qtask.config_backends import AerDeviceBackendSettings, RunnableBackendSettings
+from qtask.config_backends import (
+    AerDeviceBackendSettings,
+    QtaskBackendSettings,
+    RunnableBackendSettings,
+)
 from qtask.domain.backends import BackendCapabilities, BackendKind, ExecutionBackend, GateError
+from qtask.domain.remote import RemoteBackend
 from qtask.domain.task import CircuitInfo
 from qtask.errors import ConfigError, UnknownBackendError
 from qtask.execution.methods import Method
+from qtask.execution.remote_qtask import QtaskRemoteBackend
 
 _NANOSECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
 
@@ -73,6 +79,14 @@ class BackendCatalog:
             if isinstance(backend, LocalBackend)
         }
 
+    def remotes(self) -> dict[str, RemoteBackend]:
+        """The remote backends by name (the worker submits to them, the poller polls them)."""
+        return {
+            name: backend
+            for name, backend in self._backends.items()
+            if isinstance(backend, QtaskRemoteBackend)
+        }
+
 
 def build_catalog(settings: Settings) -> BackendCatalog:
     """The backends of `settings`; ConfigError naming `backends.<name>.device` for a device that
@@ -89,7 +103,11 @@ def aer_only(limits: LimitsSettings) -> BackendCatalog:
     return BackendCatalog({"aer": _aer("aer", limits)}, "aer")
 
 
-def _backend(name: str, table: RunnableBackendSettings, limits: LimitsSettings) -> LocalBackend:
+def _backend(
+    name: str, table: RunnableBackendSettings, limits: LimitsSettings
+) -> LocalBackend | QtaskRemoteBackend:
+    if isinstance(table, QtaskBackendSettings):
+        return QtaskRemoteBackend(name, table, limits)
     if isinstance(table, AerDeviceBackendSettings):
         return _device(name, table.device, limits)
     return _aer(name, limits)
@@ -182,3 +200,6 @@ if TYPE_CHECKING:
 
     def _conforms(backend: LocalBackend) -> ExecutionBackend:
         return backend  # mypy checks that LocalBackend satisfies the port
+
+    def _remote_conforms(backend: QtaskRemoteBackend) -> RemoteBackend:
+        return backend

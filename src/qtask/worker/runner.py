@@ -36,7 +36,7 @@ from qtask.constants import (
 )
 from qtask.domain.ports import Completion, Delivery, ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import Status, Task
-from qtask.errors import TaskNotFoundError
+from qtask.errors import ExecutionError, ShuttingDownError, TaskNotFoundError
 from qtask.execution.items import RunItem, RunOutcome
 from qtask.logs import get_logger
 from qtask.supervision import SupervisedLoop
@@ -47,6 +47,7 @@ from qtask.worker.pool import (
     ChildPool,
     ChildTimeoutError,
 )
+from qtask.worker.remote import RemoteSubmitter
 
 log = get_logger("worker")
 
@@ -65,8 +66,12 @@ class Worker:
         heartbeat_s: float = LEASE_SECONDS / 3,
         fetch_wait_s: float = FETCH_WAIT_SECONDS,
         objects: ObjectStore | None = None,
+        remote: RemoteSubmitter | None = None,
     ) -> None:
         self._store = store
+        # Tasks on remote backends are submitted without a slot (worker.remote).
+        self._remote = remote
+        self._submissions: set[asyncio.Task[None]] = set()
         self._queue = queue
         self._pool = pool
         self._settings = settings
@@ -110,6 +115,10 @@ class Worker:
         self._stopping.set()
         try:
             await self._fetch_loop.stop()  # never raises: a loop's error was logged already
+            if self._submissions:
+                _, unsent = await asyncio.wait(self._submissions, timeout=grace)
+                for submission in unsent:  # their deliveries are released below
+                    submission.cancel()
             if self._running:
                 _, pending = await asyncio.wait(self._running, timeout=grace)
                 if pending:
@@ -131,7 +140,13 @@ class Worker:
         started: set[str] = set()
         try:
             deliveries = await self._fetch(free * batch_size)
-            for batch in _plan(await self._screen(deliveries), batch_size):
+            runnable = await self._screen(deliveries)
+            if self._remote is not None:
+                for delivery in [d for d in runnable if self._remote.handles(d.task)]:
+                    runnable.remove(delivery)
+                    self._spawn_submission(delivery)
+                    started.add(delivery.task.id)
+            for batch in _plan(runnable, batch_size):
                 if free:  # one slot per batch
                     free -= 1
                 else:  # more batches than slots: wait for one each
@@ -212,6 +227,39 @@ class Worker:
                 continue
             runnable.append(delivery)
         return runnable
+
+    def _spawn_submission(self, delivery: Delivery) -> None:
+        job = asyncio.create_task(self._submit_remote(delivery))
+        self._submissions.add(job)
+        job.add_done_callback(self._submissions.discard)
+
+    async def _submit_remote(self, delivery: Delivery) -> None:
+        """Submit a remote task; acknowledge once its job is stored (the poller ends it)."""
+        assert self._remote is not None
+        task = delivery.task
+        try:
+            job = await self._remote.submit(task, self._stopping)
+        except ExecutionError as exc:  # refused for good, or unreachable past remote_timeout_s
+            try:
+                await self._fail(delivery, str(exc), reason="remote_rejected")
+            except Exception:
+                log.exception("record_failed", task_id=task.id)
+                self._held.pop(task.id, None)
+            return
+        except ShuttingDownError:
+            await self._release(delivery, None, penalize=False)
+            return
+        except Exception as exc:
+            # Let go unacknowledged: the lease lapses and the redelivery submits again with
+            # the same idempotency key (the same job comes back).
+            log.warning("remote_submit_failed", task_id=task.id, reason=str(exc))
+            self._held.pop(task.id, None)
+            return
+        log.info("remote_submitted", task_id=task.id, backend=task.backend, job_id=job.job_id)
+        try:
+            await self._settle(delivery)
+        except Exception:  # redelivered: submitted again, the same job comes back
+            log.exception("ack_failed", task_id=task.id)
 
     def _spawn(self, batch: list[Delivery]) -> None:
         job = asyncio.create_task(self._execute(batch))

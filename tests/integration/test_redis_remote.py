@@ -1,0 +1,57 @@
+"""The remote job records on a real redis-server: atomic leased claims shared by pollers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from qtask.adapters.redis_remote import RedisRemoteJobs
+from qtask.domain.remote import RemoteJob
+from servers import RedisServer
+
+
+@pytest.fixture
+async def jobs(redis_server: RedisServer) -> AsyncIterator[RedisRemoteJobs]:
+    opened = RedisRemoteJobs(redis_server.url)
+    yield opened
+    await opened.close()
+
+
+async def test_concurrent_pollers_claim_each_due_job_once_and_lapsed_claims_come_back(
+    jobs: RedisRemoteJobs, redis_server: RedisServer
+) -> None:
+    for n in range(300):
+        await jobs.record(RemoteJob(f"t{n}", "remote", f"job-{n}", 100.0, 100.0 + n % 50))
+    other = RedisRemoteJobs(redis_server.url)
+    try:
+        claims = await asyncio.gather(
+            *(store.claim_due(now=200.0, limit=40, lease_s=60.0) for store in [jobs, other] * 5)
+        )
+    finally:
+        await other.close()
+    claimed = [job.task_id for claim in claims for job in claim]
+    assert len(claimed) == 300
+    assert len(set(claimed)) == 300  # no job in two claims
+    assert await jobs.claim_due(now=259.0, limit=1000, lease_s=60.0) == []
+    again = await jobs.claim_due(now=261.0, limit=1000, lease_s=60.0)  # the claims lapsed
+    assert len(again) == 300
+    assert again[0].job_id.startswith("job-")
+
+
+async def test_reschedule_keeps_the_poll_count_and_never_revives_a_forgotten_job(
+    jobs: RedisRemoteJobs,
+) -> None:
+    await jobs.record(RemoteJob("a", "remote", "job-a", 100.0, 100.0))
+    await jobs.record(RemoteJob("b", "remote", "job-b", 100.0, 100.0))
+    first = {job.task_id: job for job in await jobs.claim_due(100.0, 10, 60.0)}
+    await jobs.forget(["b"])
+    await jobs.reschedule(
+        [replace(first["a"], next_poll_at=105.0, polls=1), replace(first["b"], polls=1)]
+    )
+    [due] = await jobs.claim_due(now=106.0, limit=10, lease_s=60.0)
+    assert (due.task_id, due.polls, due.next_poll_at) == ("a", 1, 105.0)
+    later = await jobs.claim_due(now=1e12, limit=10, lease_s=60.0)
+    assert [job.task_id for job in later] == ["a"]  # b stays forgotten

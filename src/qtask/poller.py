@@ -21,10 +21,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-
-import orjson
 
 from qtask.constants import (
     REMOTE_POLL_CLAIM_LIMIT,
@@ -42,7 +40,7 @@ from qtask.domain.remote import (
     next_poll_delay,
     remote_job_key,
 )
-from qtask.domain.task import Status, Task
+from qtask.domain.task import Status, result_document
 from qtask.errors import QTaskError, TaskNotFoundError
 from qtask.logs import get_logger
 from qtask.supervision import SupervisedLoop
@@ -190,7 +188,13 @@ class RemotePoller:
             if self._objects is not None and task.result_object is not None:
                 # Written before the record says completed, so it exists once that is read.
                 await self._objects.put(
-                    task.result_object, _result_document(task, job, status.counts, memory)
+                    task.result_object,
+                    result_document(
+                        task,
+                        status.counts,
+                        memory=None if memory is None else list(memory),
+                        remote_job=job.job_id,
+                    ),
                 )
                 memory = None
             try:
@@ -245,26 +249,3 @@ class RemotePoller:
         if self._objects is not None:
             await self._objects.delete(remote_job_key(job.task_id))
         await self._jobs.forget([job.task_id])
-
-
-def _result_document(
-    task: Task, job: RemoteJob, counts: dict[str, int], memory: Sequence[str] | None
-) -> bytes:
-    """The result object, as the worker writes it for a local run, plus the provider's job."""
-    document: dict[str, object] = {
-        "task_id": task.id,
-        "status": "completed",
-        "result": counts,
-        "shots": task.shots,
-        "seed": task.seed,
-        "qubits": task.info.num_qubits,
-        "backend": task.backend,
-        "method": None,
-        "remote_job": job.job_id,
-        "attempts": task.attempts,
-        "circuit_object": task.circuit_object,
-        "completed_at": time.time(),
-    }
-    if memory is not None:
-        document["memory"] = list(memory)
-    return orjson.dumps(document)

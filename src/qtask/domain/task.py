@@ -169,3 +169,35 @@ class TaskOutcome:
     def visible_to(self, caller: str | None) -> bool:
         """Whether `caller` (an API key's name, None when keys are off) may see this task."""
         return caller is None or caller == self.owner
+
+
+def result_document(
+    task: Task,
+    counts: dict[str, int],
+    *,
+    method: str | None = None,
+    memory: list[str] | None = None,
+    remote_job: str | None = None,
+) -> bytes:
+    """The result object: the counts and what produced them. `method` when known (a result
+    written back from the record alone does not know it; a remote provider does not say),
+    `memory` when the task asked for per-shot results (the API reads them from here), and
+    `remote_job`, the provider's job id, for a task that ran remotely."""
+    document: dict[str, object] = {
+        "task_id": task.id,
+        "status": "completed",
+        "result": counts,
+        "shots": task.shots,
+        "seed": task.seed,
+        "qubits": task.info.num_qubits,
+        "backend": task.backend,
+        "method": method,
+        "attempts": task.completed_attempt or task.attempts,
+        "circuit_object": task.circuit_object,
+        "completed_at": task.finished_at or time.time(),
+    }
+    if remote_job is not None:
+        document["remote_job"] = remote_job
+    if memory is not None:
+        document["memory"] = memory
+    return orjson.dumps(document)

@@ -22,7 +22,6 @@ import contextlib
 import time
 from collections.abc import Sequence
 
-import orjson
 import structlog
 
 from qtask import metrics
@@ -35,7 +34,7 @@ from qtask.constants import (
     RUN_SETTLE_GRACE_SECONDS,
 )
 from qtask.domain.ports import Completion, Delivery, ObjectStore, TaskQueue, TaskStore
-from qtask.domain.task import Status, Task
+from qtask.domain.task import Status, Task, result_document
 from qtask.errors import ExecutionError, ShuttingDownError, TaskNotFoundError
 from qtask.execution.items import RunItem, RunOutcome
 from qtask.logs import get_logger
@@ -352,7 +351,9 @@ class Worker:
                         if not (task.memory and await self._ended(task.id)):
                             await self._objects.put(
                                 task.result_object,
-                                _result_document(task, outcome.counts, outcome.method, in_record),
+                                result_document(
+                                    task, outcome.counts, method=outcome.method, memory=in_record
+                                ),
                             )
                             wrote = True
                         in_record = None
@@ -409,7 +410,7 @@ class Worker:
         if self._objects is None or stored.result_object is None or stored.result is None:
             return
         try:
-            await self._objects.put(stored.result_object, _result_document(stored, stored.result))
+            await self._objects.put(stored.result_object, result_document(stored, stored.result))
         except Exception as exc:  # the record stays right; only its copy may differ
             log.warning("restore_result_failed", reason=str(exc))
 
@@ -533,30 +534,3 @@ def _canonical(
         batch_s=round(batch_s, 6),
         batch_size=batch_size,
     )
-
-
-def _result_document(
-    task: Task,
-    counts: dict[str, int],
-    method: str | None = None,
-    memory: list[str] | None = None,
-) -> bytes:
-    """The result object: the counts and what produced them (the method when known: a result
-    written back from the record alone does not know it), and the per-shot results when the
-    task asked for them (`memory`; the API reads them from here)."""
-    document: dict[str, object] = {
-        "task_id": task.id,
-        "status": "completed",
-        "result": counts,
-        "shots": task.shots,
-        "seed": task.seed,
-        "qubits": task.info.num_qubits,
-        "backend": task.backend,
-        "method": method,
-        "attempts": task.completed_attempt or task.attempts,
-        "circuit_object": task.circuit_object,
-        "completed_at": task.finished_at or time.time(),
-    }
-    if memory is not None:
-        document["memory"] = memory
-    return orjson.dumps(document)

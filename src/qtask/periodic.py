@@ -1,4 +1,5 @@
-"""A pass that runs in the background every few seconds until stopped (reconciler, retention).
+"""A pass that runs in the background every few seconds until stopped (reconciler, retention,
+the remote poller).
 
 The loop is a supervised one (qtask.supervision): a failing pass is logged with its traceback and
 retried after a backoff, and `loop.check()` is the readiness check that fails when no pass
@@ -19,8 +20,8 @@ class Periodic:
         self._interval = interval
         self.loop = SupervisedLoop(self.name, self._pass, interval=interval, pause=interval)
 
-    async def run_once(self) -> int:
-        """One pass; return how many things it changed."""
+    async def run_once(self) -> object:
+        """One pass; return what it did (how many things it changed, or a report)."""
         raise NotImplementedError
 
     def start(self) -> None:

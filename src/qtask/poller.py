@@ -43,7 +43,7 @@ from qtask.domain.remote import (
 from qtask.domain.task import Status, result_document
 from qtask.errors import QTaskError, TaskNotFoundError
 from qtask.logs import get_logger
-from qtask.supervision import SupervisedLoop
+from qtask.periodic import Periodic
 
 log = get_logger("poller")
 
@@ -61,8 +61,10 @@ class PassReport:
     rescheduled: int = 0
 
 
-class RemotePoller:
+class RemotePoller(Periodic):
     """Polls remote jobs in passes; `loop` runs them in the background."""
+
+    name = "remote_poller"
 
     def __init__(
         self,
@@ -85,18 +87,8 @@ class RemotePoller:
         self._limit = asyncio.Semaphore(concurrency)
         self._clock = clock
         self._rng = rng or random.Random()
-        self.loop = SupervisedLoop("remote_poller", self._pass, interval=tick_s, pause=tick_s)
-
-    def start(self) -> None:
-        """Run passes in the background until stop()."""
-        self.loop.start()
-
-    async def stop(self) -> None:
-        """Stop the passes (a claimed pass left unfinished comes due again after its lease)."""
-        await self.loop.stop()
-
-    async def _pass(self) -> None:
-        await self.run_once()
+        # A pass stopped midway leaves its claimed jobs to come due again after their lease.
+        super().__init__(tick_s)
 
     async def run_once(self) -> PassReport:
         """One pass over the jobs due now."""

@@ -225,3 +225,32 @@ def db_task_count(data_dir: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0])
     finally:
         conn.close()
+
+
+def run_readme_example(heading: str, url: str) -> subprocess.CompletedProcess[str]:
+    """Run the first ```python block after `heading` in README.md against the server at `url`
+    (as a reader would paste it) and return what it printed; it must exit 0."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split(heading, 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    done = subprocess.run(
+        [sys.executable, "-c", example],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "QTASK_URL": url},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def remote_env(url: str, **options: str) -> dict[str, str]:
+    """The environment that gives a `qtask serve` a backend `remote` pointing at `url`."""
+    env = {
+        "QTASK_BACKENDS__REMOTE__TYPE": "qtask",
+        "QTASK_BACKENDS__REMOTE__URL": url,
+        "QTASK_BACKENDS__REMOTE__POLL_INTERVAL_S": "0.2",
+    }
+    env.update({f"QTASK_BACKENDS__REMOTE__{k.upper()}": v for k, v in options.items()})
+    return env

@@ -13,21 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qtask_testkit import ServerProcess, slow_circuit, wait_done
+from qtask_testkit import ServerProcess, remote_env, slow_circuit, wait_done
 
 # ~20-50 ms on Aer here: 120 of them keep B's one worker busy for a few seconds.
 MEDIUM = slow_circuit(14, 10)
 TASKS = 120
-
-
-def remote_env(url: str, **options: str) -> dict[str, str]:
-    env = {
-        "QTASK_BACKENDS__REMOTE__TYPE": "qtask",
-        "QTASK_BACKENDS__REMOTE__URL": url,
-        "QTASK_BACKENDS__REMOTE__POLL_INTERVAL_S": "0.2",
-    }
-    env.update({f"QTASK_BACKENDS__REMOTE__{k.upper()}": v for k, v in options.items()})
-    return env
 
 
 def _stop(*servers: ServerProcess) -> None:

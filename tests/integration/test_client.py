@@ -31,7 +31,7 @@ from qtask.client import (
     TaskResult,
     UnauthorizedError,
 )
-from qtask_testkit import BELL, ServerProcess, ghz, slow_circuit
+from qtask_testkit import BELL, ServerProcess, ghz, run_readme_example, slow_circuit
 
 SYNTAX_ERROR = "OPENQASM 3.0;\nqubit[2] q;\nh q[0]\ncx q[0], q[1];\n"  # ';' missing on line 3
 
@@ -408,18 +408,7 @@ def test_cli_submit_on_a_backend_with_memory_in_both_output_modes(
 
 
 def test_the_readme_python_example_runs(server: ServerProcess) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("## Use it from Python and the command line", 1)[1]
-    example = section.split("```python\n", 1)[1].split("```", 1)[0]
-    done = subprocess.run(
-        [sys.executable, "-c", example],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "QTASK_URL": server.url},
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_readme_example("## Use it from Python and the command line", server.url)
     first, batch, names, noisy, error = done.stdout.splitlines()
     assert first.startswith("completed {")
     assert sum(ast.literal_eval(first.removeprefix("completed ")).values()) == 1000

@@ -9,20 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qtask_testkit import BELL, ServerProcess, slow_circuit, submit, wait_done
+from qtask_testkit import BELL, ServerProcess, remote_env, slow_circuit, submit, wait_done
 from servers import DistributedDeployment, started_deployment
-
-
-def remote_env(url: str, **options: str) -> dict[str, str]:
-    """The environment that gives a `qtask serve` a backend `remote` pointing at `url`."""
-    env = {
-        "QTASK_BACKENDS__REMOTE__TYPE": "qtask",
-        "QTASK_BACKENDS__REMOTE__URL": url,
-        "QTASK_BACKENDS__REMOTE__POLL_INTERVAL_S": "0.2",
-    }
-    env.update({f"QTASK_BACKENDS__REMOTE__{k.upper()}": v for k, v in options.items()})
-    return env
-
 
 Front = ServerProcess | DistributedDeployment
 

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import ast
 import math
-import os
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister, transpile
@@ -20,7 +16,7 @@ from qiskit.providers import JobStatus
 from qiskit.providers.exceptions import QiskitBackendNotFoundError
 
 from qtask.client.qiskit import QTaskBackend, QTaskProvider
-from qtask_testkit import ServerProcess
+from qtask_testkit import ServerProcess, run_readme_example
 
 
 @pytest.fixture(scope="module")
@@ -166,18 +162,7 @@ def test_fake_brisbane_target_comes_from_backends_and_a_transpiled_bell_runs_on_
 
 
 def test_the_readme_qiskit_example_runs(server: ServerProcess) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("### Use it from Qiskit", 1)[1]
-    example = section.split("```python\n", 1)[1].split("```", 1)[0]
-    done = subprocess.run(
-        [sys.executable, "-c", example],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "QTASK_URL": server.url},
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_readme_example("### Use it from Qiskit", server.url)
     counts_line, memory_line, sampled_line = done.stdout.splitlines()
     counts, status = counts_line.rsplit(" ", 1)
     assert status == "DONE"

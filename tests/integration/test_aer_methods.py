@@ -69,6 +69,27 @@ async def test_clifford_ghz_50_runs_with_the_stabilizer(pool: ChildPool) -> None
     assert set(counts) <= {"0" * 50, "1" * 50}
 
 
+def transpiled_ghz(width: int) -> str:
+    """A GHZ state written with the quarter turns transpilers emit: h as rz(pi/2) sx rz(pi/2),
+    then phases rz(-pi/2) and rz(pi) that leave the counts alone."""
+    lines = [f'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[{width}] q;\nbit[{width}] c;']
+    lines.append("rz(pi/2) q[0];\nsx q[0];\nrz(pi/2) q[0];")
+    for i in range(width - 1):
+        lines.append(f"cx q[{i}], q[{i + 1}];\nrz(-pi/2) q[{i}];\nrz(pi) q[{i + 1}];")
+    lines.append("c = measure q;")
+    return "\n".join(lines) + "\n"
+
+
+async def test_transpiled_clifford_circuit_with_rz_quarter_turns_runs_with_the_stabilizer(
+    pool: ChildPool,
+) -> None:
+    # 50 qubits: only the stabilizer method can run it; rz(k pi/2) is Clifford.
+    [outcome] = await pool.call([item("quarter-turns", transpiled_ghz(50), 200)], timeout=60)
+    assert outcome.method == "stabilizer"
+    counts = assert_counts(outcome, 200, 50)
+    assert set(counts) == {"0" * 50, "1" * 50}
+
+
 async def test_40_qubit_low_entanglement_circuit_runs_with_mps(pool: ChildPool) -> None:
     # Its statevector would take 16 TiB; Aer's automatic method answers "Insufficient memory".
     [outcome] = await pool.call([item("mps", chain(40, 3), 256)], timeout=60)

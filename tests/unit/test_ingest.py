@@ -390,6 +390,34 @@ def test_describe_non_clifford() -> None:
     assert info.needs_transpile is False
 
 
+@pytest.mark.parametrize(
+    ("angle", "clifford"),
+    [
+        *[("pi/2", True), ("-pi/2", True), ("pi", True), ("3*pi/2", True), ("0", True)],
+        *[("0.3", False), ("pi/4", False), ("1.5707963268", False)],
+    ],
+)
+def test_rz_is_clifford_only_at_exact_quarter_turns(angle: str, clifford: bool) -> None:
+    # Aer's stabilizer method takes rz at exact multiples of pi/2 and refuses any other angle.
+    source = (
+        'OPENQASM 3.0; include "stdgates.inc"; qubit[2] q; bit[2] c;'
+        f" h q[0]; rz({angle}) q[0]; cx q[0], q[1]; c = measure q;"
+    )
+    assert ingest(source, LIMITS).info.clifford is clifford
+
+
+def test_ecr_and_quarter_turn_rz_as_transpiled_for_ibm_devices_are_clifford() -> None:
+    circuit = QuantumCircuit(2, 2)
+    circuit.rz(math.pi / 2, 0)
+    circuit.sx(0)
+    circuit.ecr(0, 1)
+    circuit.rz(-math.pi / 2, 1)
+    circuit.measure([0, 1], [0, 1])
+    assert describe(circuit, Encoding.QPY).clifford is True
+    circuit.rz(0.1, 0)
+    assert describe(circuit, Encoding.QPY).clifford is False
+
+
 def test_describe_looks_inside_control_flow() -> None:
     circuit = QuantumCircuit(2, 1)
     circuit.h(0)

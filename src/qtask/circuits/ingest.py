@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 import sys
@@ -39,10 +40,15 @@ MAX_COUNTED_OPERATIONS = 10**9
 _INCLUDE_STMT = re.compile(r"""include\s*(?:"([^"\n]*)"|'([^'\n]*)')\s*;""")
 
 # Operations Aer's stabilizer method runs; a circuit of only these costs polynomial memory.
+# `ecr` is what IBM devices entangle with, so circuits transpiled for them use it.
 _CLIFFORD_OPS = frozenset(
-    {"h", "s", "sdg", "x", "y", "z", "cx", "cy", "cz", "swap", "id", "sx", "sxdg"}
+    {"h", "s", "sdg", "x", "y", "z", "cx", "cy", "cz", "swap", "id", "sx", "sxdg", "ecr"}
     | {"measure", "barrier", "reset", "delay"}
 )
+# Rotations the stabilizer method runs when their angle is a multiple of pi/2 (Aer 0.18 takes
+# rz so, not rx, ry or p): transpilers write S, Z and Sdg as rz(pi/2), rz(pi), rz(-pi/2). Aer
+# checks the multiple exactly (pi/2 + 1e-15 is refused), and so does _clifford_angles.
+_CLIFFORD_ROTATIONS = frozenset({"rz"})
 # Everything AerSimulator runs without transpiling (its target's operation names, Aer 0.18),
 # plus the directives every simulator accepts.
 _AER_OPS = frozenset(
@@ -213,7 +219,8 @@ def describe(circuit: QuantumCircuit, encoding: Encoding) -> CircuitInfo:
         num_qubits=circuit.num_qubits,
         num_clbits=circuit.num_clbits,
         num_operations=_expanded_size(circuit, MAX_COUNTED_OPERATIONS),
-        clifford=names <= _CLIFFORD_OPS,
+        clifford=names <= _CLIFFORD_OPS
+        or (names <= _CLIFFORD_OPS | _CLIFFORD_ROTATIONS and _clifford_angles(circuit)),
         needs_transpile=not names <= _AER_OPS,
         measured="measure" in names,
     )
@@ -466,6 +473,21 @@ def _iterations(indexset: object, cap: int) -> int:
         return len(indexset)  # type: ignore[arg-type]
     except (TypeError, OverflowError):  # a range past sys.maxsize
         return cap + 1
+
+
+def _clifford_angles(circuit: QuantumCircuit) -> bool:
+    """Whether every rotation in `circuit` (no control flow: see describe) turns by an exact
+    multiple of pi/2, as Aer's stabilizer method requires; an unbound parameter does not."""
+    for instruction in circuit.data:
+        operation = instruction.operation
+        if operation.name in _CLIFFORD_ROTATIONS:
+            try:
+                quarters = float(operation.params[0]) / (math.pi / 2)
+            except TypeError:  # a ParameterExpression with free parameters
+                return False
+            if quarters != round(quarters):
+                return False
+    return True
 
 
 def operation_names(circuit: QuantumCircuit) -> set[str]:

@@ -24,7 +24,7 @@ from qtask.errors import ConfigError
 from qtask.logs import get_logger
 from qtask.poller import RemotePoller
 from qtask.reconciler import Reconciler
-from qtask.worker.health import Check, serve_health
+from qtask.runtime.health import Check, serve_health
 from qtask.worker.remote import RemoteSubmitter
 from qtask.worker.runner import Worker
 

@@ -12,12 +12,10 @@ import orjson
 
 from qtask import metrics
 from qtask.adapters.objects import circuit_key, result_key
-from qtask.circuits.ingest import IngestedCircuit, Limits, NeedsSlowPathError, ingest
-from qtask.circuits.parse_child import ParseReply
+from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings
 from qtask.constants import (
     FAULT_EXIT_AFTER_STORE_ENV,
-    INLINE_PARSE_MAX_BYTES,
     LIST_LIMIT_MAX,
     MAX_IDS_PER_READ,
     MAX_WAIT_SECONDS,
@@ -26,7 +24,6 @@ from qtask.constants import (
 from qtask.domain.ports import ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import CircuitInfo, Status, Task, TaskOutcome, new_task_id
 from qtask.errors import (
-    CircuitError,
     CircuitTooLargeError,
     InvalidRequestError,
     PayloadTooLargeError,
@@ -39,7 +36,6 @@ from qtask.execution.catalog import BackendCatalog, aer_only
 from qtask.listing import LIST_STATUSES, Listing, decode_cursor, encode_cursor
 from qtask.logs import get_logger
 from qtask.waiters import BatchedReads, Waiters
-from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildPool, ChildTimeoutError
 
 log = get_logger("service")
 
@@ -72,48 +68,6 @@ def _owned(tasks: list[Task], owner: str | None) -> list[Task]:
             "belongs to no key; send another Idempotency-Key."
         )
     return tasks
-
-
-def limits_from(settings: LimitsSettings) -> Limits:
-    """The circuit limits named by the settings."""
-    return Limits(
-        max_circuit_bytes=settings.max_circuit_bytes,
-        max_qubits=settings.max_qubits,
-        max_operations=settings.max_operations,
-        max_statevector_bytes=settings.max_statevector_mb << 20,
-    )
-
-
-class CircuitIngestor:
-    """Parses small, natively readable circuits inline and everything else in a child process."""
-
-    def __init__(self, settings: LimitsSettings, pool: ChildPool | None) -> None:
-        self._limits = limits_from(settings)
-        self._pool = pool
-        self._timeout = settings.parse_timeout_s
-
-    async def ingest(self, source: str) -> IngestedCircuit:
-        """Check and parse a circuit; raise CircuitError with the reason when it is not valid."""
-        if len(source) <= INLINE_PARSE_MAX_BYTES:
-            try:
-                return ingest(source, self._limits, fast_only=True)
-            except NeedsSlowPathError:
-                pass
-        if self._pool is None:
-            return await asyncio.to_thread(ingest, source, self._limits)
-        try:
-            reply: ParseReply = await self._pool.call((source, self._limits), self._timeout)
-        except ChildTimeoutError:
-            raise CircuitTooLargeError(
-                f"The circuit could not be parsed within {self._timeout:g} s."
-            ) from None
-        except (ChildCrashedError, ChildFailedError) as exc:
-            raise CircuitError(f"The circuit could not be parsed: {exc}.") from None
-        kind, circuit, status, message = reply
-        if kind != "ok" or circuit is None:
-            error = CircuitTooLargeError(message) if status == 422 else CircuitError(message)
-            raise error
-        return circuit
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from qtask.config import Settings
 from qtask.domain.ports import EndNotices, ObjectStore, RateLimiter, TaskQueue, TaskStore
+from qtask.runtime.health import Check
+from qtask.runtime.pool import ChildPool
 from qtask.supervision import SupervisedLoop
-from qtask.worker.health import Check
-from qtask.worker.pool import ChildPool
 
 if TYPE_CHECKING:  # the worker role never imports FastAPI: these load only in api_app
     from fastapi import FastAPI
@@ -144,8 +144,9 @@ def api_app(
     """
     from qtask.api.app import create_app, streams_from
     from qtask.api.auth import Gate
+    from qtask.circuits.ingestor import CircuitIngestor
     from qtask.execution.catalog import build_catalog
-    from qtask.service import CircuitIngestor, TaskService
+    from qtask.service import TaskService
     from qtask.waiters import Waiters
 
     waiters = Waiters()

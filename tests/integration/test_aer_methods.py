@@ -19,7 +19,7 @@ import pytest
 from qtask.circuits.ingest import Limits
 from qtask.errors import QTaskError
 from qtask.execution.items import RunItem, RunOutcome
-from qtask.worker.pool import ChildOutOfMemoryError, ChildPool
+from qtask.runtime.pool import ChildOutOfMemoryError, ChildPool
 from qtask_testkit import ServerProcess, chain, ghz, run_item, submit, wait_done
 
 LIMITS = Limits(

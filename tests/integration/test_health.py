@@ -1,4 +1,4 @@
-"""The health listener of `qtask worker` and `qtask poller` (worker/health.py) on a real socket."""
+"""The health listener of `qtask worker` and `qtask poller` (runtime/health.py) on a real socket."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from qtask.worker.health import Check, serve_health
+from qtask.runtime.health import Check, serve_health
 
 
 async def _ok() -> str:

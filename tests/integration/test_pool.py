@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from qtask.errors import QTaskError, ShuttingDownError
-from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildPool, ChildTimeoutError
+from qtask.runtime.pool import ChildCrashedError, ChildFailedError, ChildPool, ChildTimeoutError
 
 HERE = str(Path(__file__).resolve().parent)
 

@@ -13,10 +13,11 @@ from starlette.websockets import WebSocketDisconnect
 from structlog.testing import capture_logs
 
 from qtask.api.app import create_app
+from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings
 from qtask.constants import MSG_CANCELLED, MSG_PENDING
 from qtask.live import Streams
-from qtask.service import CircuitIngestor, TaskService
+from qtask.service import TaskService
 from qtask.testing import InMemoryTaskStore
 from qtask.waiters import Waiters
 

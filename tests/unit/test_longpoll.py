@@ -10,12 +10,13 @@ import httpx
 import pytest
 
 from qtask.api.app import create_app
+from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings
 from qtask.constants import MSG_CANCELLED, MSG_NOT_FOUND, MSG_PENDING
 from qtask.domain.task import Status, TaskOutcome
 from qtask.errors import InvalidRequestError, TaskNotFoundError
 from qtask.listing import decode_cursor, encode_cursor
-from qtask.service import CircuitIngestor, Submission, TaskService
+from qtask.service import Submission, TaskService
 from qtask.testing import InMemoryTaskStore
 from qtask.waiters import BatchedReads, Waiters
 

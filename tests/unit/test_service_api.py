@@ -14,6 +14,7 @@ import structlog.testing
 from fastapi import FastAPI
 
 from qtask.api.app import create_app
+from qtask.circuits.ingestor import CircuitIngestor, limits_from
 from qtask.config import LimitsSettings
 from qtask.constants import (
     MAX_IDS_PER_READ,
@@ -24,7 +25,7 @@ from qtask.constants import (
 )
 from qtask.domain.task import Encoding, Status, Task
 from qtask.errors import InvalidRequestError, StoreUnavailableError, TaskNotFoundError
-from qtask.service import CircuitIngestor, Submission, TaskService, limits_from
+from qtask.service import Submission, TaskService
 from qtask.testing import InMemoryTaskStore
 
 MAX_BODY = 4096
@@ -805,8 +806,9 @@ async def test_single_quoted_include_is_accepted(
 async def test_client_disconnect_mid_body_is_not_an_internal_error() -> None:
 
     from qtask.api.app import create_app
+    from qtask.circuits.ingestor import CircuitIngestor
     from qtask.config import LimitsSettings
-    from qtask.service import CircuitIngestor, TaskService
+    from qtask.service import TaskService
     from qtask.testing import InMemoryTaskStore
 
     store = InMemoryTaskStore()
@@ -834,7 +836,7 @@ async def test_client_disconnect_mid_body_is_not_an_internal_error() -> None:
 
 
 async def test_ready_answers_503_when_a_check_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("qtask.worker.health.READY_CHECK_TIMEOUT_SECONDS", 0.1)
+    monkeypatch.setattr("qtask.runtime.health.READY_CHECK_TIMEOUT_SECONDS", 0.1)
 
     async def ok() -> str:
         return "ok"

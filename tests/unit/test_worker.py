@@ -17,8 +17,8 @@ from qtask.domain.ports import Delivery
 from qtask.domain.task import CircuitInfo, Status, Task, new_task_id
 from qtask.errors import QueueUnavailableError, StoreUnavailableError
 from qtask.execution.items import RunItem, RunOutcome
+from qtask.runtime.pool import ChildCrashedError, ChildFailedError, ChildTimeoutError
 from qtask.testing import InMemoryDelivery, InMemoryObjectStore, InMemoryTaskStore
-from qtask.worker.pool import ChildCrashedError, ChildFailedError, ChildTimeoutError
 from qtask.worker.runner import Worker, _plan
 from qtask_testkit import BELL, BELL_INFO
 

@@ -42,8 +42,8 @@ from qtask.errors import (
     QTaskError,
     RequestTimeoutError,
 )
+from qtask.runtime.health import evaluate
 from qtask.service import Submission, TaskService
-from qtask.worker.health import evaluate
 
 ReadyCheck = Callable[[], Awaitable[str]]
 _Model = TypeVar("_Model", bound=BaseModel)

@@ -38,14 +38,14 @@ from qtask.domain.task import Status, Task, result_document
 from qtask.errors import ExecutionError, ShuttingDownError, TaskNotFoundError
 from qtask.execution.items import RunItem, RunOutcome
 from qtask.logs import get_logger
-from qtask.supervision import SupervisedLoop
-from qtask.worker.pool import (
+from qtask.runtime.pool import (
     ChildCrashedError,
     ChildFailedError,
     ChildOutOfMemoryError,
     ChildPool,
     ChildTimeoutError,
 )
+from qtask.supervision import SupervisedLoop
 from qtask.worker.remote import RemoteSubmitter
 
 log = get_logger("worker")

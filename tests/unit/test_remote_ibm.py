@@ -161,3 +161,31 @@ def test_an_ibm_table_builds_a_remote_backend_without_credentials() -> None:
     table = settings.backend_table["quantum"]
     assert isinstance(table, IbmBackendSettings)
     assert (table.token_env, table.channel) == ("QISKIT_IBM_TOKEN", "ibm_quantum_platform")
+
+
+class Unreachable(Service):
+    def __init__(self, error: Exception) -> None:
+        super().__init__({})
+        self.error = error
+
+    def backend(self, name: str) -> object:
+        raise self.error
+
+
+async def test_submit_retries_network_trouble_and_gives_up_on_other_refusals() -> None:
+    settings = IbmBackendSettings(type="ibm", device="ibm_nowhere")
+    task = Task(id=new_task_id(), source=BELL, info=BELL_INFO, shots=10, backend="ibm")
+    offline = IbmRemoteBackend(
+        "ibm", settings, LimitsSettings(), service_factory=lambda: Unreachable(ConnectionError())
+    )
+    with pytest.raises(RemoteUnavailableError, match="could not reach the device"):
+        await offline.submit(task)
+    unknown = IbmRemoteBackend(
+        "ibm",
+        settings,
+        LimitsSettings(),
+        service_factory=lambda: Unreachable(ValueError("no backend ibm_nowhere")),
+    )
+    with pytest.raises(RemoteRejectedError, match="no backend ibm_nowhere"):
+        await unknown.submit(task)
+    assert "no backend ibm_nowhere" in await unknown.health()

@@ -46,6 +46,10 @@ _STATUS_BATCH = 32
 # poller shares the worker's process; local testing mode has no service.job()).
 _RECENT_JOBS = 1024
 
+# GET /backends waits this long for the service and device on first use; later calls reuse
+# them (the device's status is not re-read: health says whether it was reached once).
+_HEALTH_TIMEOUT_S = 5.0
+
 # A factory of the QiskitRuntimeService-like object: `.backend(name)` and `.job(id)`.
 ServiceFactory = Callable[[], Any]
 
@@ -126,10 +130,15 @@ class IbmRemoteBackend:
     async def health(self) -> str:
         """ "ok" (and the capabilities read from the device), or why not."""
         try:
-            device = await asyncio.to_thread(self._backend_sync)
+            device = await asyncio.wait_for(
+                asyncio.to_thread(self._backend_sync), _HEALTH_TIMEOUT_S
+            )
             self._capabilities = _device_capabilities(self._name, device, self._limits)
         except RemoteRejectedError as exc:
             return str(exc)
+        except TimeoutError:
+            # The thread goes on; a later call finds the device cached if it arrived.
+            return f"IBM Quantum did not answer within {_HEALTH_TIMEOUT_S:g} s"
         except Exception as exc:  # any provider failure is a health answer
             return f"IBM device {self._settings.device} unavailable: {type(exc).__name__}: {exc}"
         return "ok"
@@ -256,11 +265,16 @@ def _counts(result: Any) -> tuple[dict[str, int], list[str]]:
 
 def _classify(exc: Exception, doing: str) -> Exception:
     """Network trouble and IBM's 5xx/429 are worth another try; anything else is final."""
-    from requests import RequestException  # qiskit-ibm-runtime's client
-
+    network: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+    try:
+        from requests import RequestException  # qiskit-ibm-runtime's HTTP client
+    except ImportError:  # pragma: no cover (installed with qiskit-ibm-runtime)
+        pass
+    else:
+        network = (*network, RequestException)
     text = f"IBM Quantum: could not {doing}: {type(exc).__name__}: {exc}"
     status = getattr(exc, "status_code", None)
-    transient = isinstance(exc, RequestException | ConnectionError | TimeoutError) or (
+    transient = isinstance(exc, network) or (
         isinstance(status, int) and (status == 429 or status >= 500)
     )
     if transient:

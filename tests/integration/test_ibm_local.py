@@ -13,8 +13,11 @@ import pytest
 from qtask.config import LimitsSettings
 from qtask.config_backends import IbmBackendSettings
 from qtask.domain.remote import RemoteState, RemoteStatus
-from qtask.domain.task import Task, new_task_id
+from qtask.domain.task import Status, Task, new_task_id
 from qtask.execution.remote_ibm import IbmRemoteBackend
+from qtask.poller import RemotePoller
+from qtask.testing import InMemoryRemoteJobs, InMemoryTaskStore
+from qtask.worker.remote import RemoteSubmitter
 from qtask_testkit import BELL, BELL_INFO
 
 
@@ -52,6 +55,32 @@ async def test_a_bell_submitted_in_local_testing_mode_completes_with_all_its_sho
     assert status.counts.get("00", 0) + status.counts.get("11", 0) > 150
     assert status.memory is not None
     assert len(status.memory) == 200
+    await backend.close()
+
+
+async def test_the_worker_submits_and_the_poller_completes_an_ibm_task() -> None:
+    settings = IbmBackendSettings(type="ibm", device="fake_brisbane", poll_interval_s=0.1)
+    backend = IbmRemoteBackend("ibm", settings, LimitsSettings(), service_factory=LocalService)
+    store = InMemoryTaskStore()
+    jobs = InMemoryRemoteJobs(store)
+    task = await store.create(
+        Task(id=new_task_id(), source=BELL, info=BELL_INFO, shots=100, backend="ibm")
+    )
+    await store.fetch(1, timeout=0)
+    now = [time.time()]
+    job = await RemoteSubmitter({"ibm": backend}, jobs, clock=lambda: now[0]).submit(task)
+    assert job.job_id
+    poller = RemotePoller(store, jobs, {"ibm": backend}, clock=lambda: now[0])
+    deadline = time.monotonic() + 60
+    while store.tasks[task.id].status is not Status.COMPLETED and time.monotonic() < deadline:
+        now[0] += 400  # every pass finds the job due
+        await poller.run_once()
+        await asyncio.sleep(0.1)
+    done = store.tasks[task.id]
+    assert done.status is Status.COMPLETED
+    assert done.result is not None
+    assert sum(done.result.values()) == 100
+    assert jobs.jobs == {}
     await backend.close()
 
 

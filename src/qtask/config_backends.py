@@ -56,6 +56,26 @@ class QtaskBackendSettings(BaseModel):
     poll_interval_s: float = Field(default=2.0, gt=0)
 
 
+class IbmBackendSettings(BaseModel):
+    """An IBM Quantum device through qiskit-ibm-runtime (execution.remote_ibm): circuits are
+    transpiled for the device and run as Sampler jobs; the poller reads each job's status."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["ibm"]
+    # The device, e.g. ibm_brisbane (service.backend(device)).
+    device: str = Field(min_length=1)
+    # The IBM Cloud instance (CRN or name); None: the account's default.
+    instance: str | None = None
+    # The name of the environment variable holding the API token (never the token itself).
+    # Unset at start-up is allowed: the backend's health says so and its tasks fail.
+    token_env: str = "QISKIT_IBM_TOKEN"
+    # qiskit-ibm-runtime's channels (its ChannelType, less "local").
+    channel: Literal["ibm_quantum_platform", "ibm_cloud"] = "ibm_quantum_platform"
+    remote_timeout_s: float = Field(default=86400.0, gt=0)
+    poll_interval_s: float = Field(default=5.0, gt=0)
+
+
 class OffBackendSettings(BaseModel):
     """Removes the built-in backend of the same name."""
 
@@ -65,10 +85,16 @@ class OffBackendSettings(BaseModel):
 
 
 BackendSettings = Annotated[
-    AerBackendSettings | AerDeviceBackendSettings | QtaskBackendSettings | OffBackendSettings,
+    AerBackendSettings
+    | AerDeviceBackendSettings
+    | QtaskBackendSettings
+    | IbmBackendSettings
+    | OffBackendSettings,
     Field(discriminator="type"),
 ]
-RunnableBackendSettings = AerBackendSettings | AerDeviceBackendSettings | QtaskBackendSettings
+RunnableBackendSettings = (
+    AerBackendSettings | AerDeviceBackendSettings | QtaskBackendSettings | IbmBackendSettings
+)
 
 # Three devices of the three processor families a newcomer is likely to meet: Eagle (127
 # qubits, ECR), Heron r1 (133, CZ) and Heron r2 (156, CZ). Each costs nothing until a task
@@ -84,7 +110,11 @@ BUILT_IN_BACKENDS: dict[str, RunnableBackendSettings] = {
 def effective_backends(
     configured: dict[
         str,
-        AerBackendSettings | AerDeviceBackendSettings | QtaskBackendSettings | OffBackendSettings,
+        AerBackendSettings
+        | AerDeviceBackendSettings
+        | QtaskBackendSettings
+        | IbmBackendSettings
+        | OffBackendSettings,
     ],
 ) -> dict[str, RunnableBackendSettings]:
     """The built-in backends overlaid with the configured ones, less those turned off."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from qtask.config import LimitsSettings, Settings
 from qtask.config_backends import (
     AerDeviceBackendSettings,
+    IbmBackendSettings,
     QtaskBackendSettings,
     RunnableBackendSettings,
 )
@@ -27,6 +28,7 @@ from qtask.domain.remote import RemoteBackend
 from qtask.domain.task import CircuitInfo
 from qtask.errors import ConfigError, UnknownBackendError
 from qtask.execution.methods import Method
+from qtask.execution.remote_ibm import IbmRemoteBackend
 from qtask.execution.remote_qtask import QtaskRemoteBackend
 
 _NANOSECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -84,7 +86,7 @@ class BackendCatalog:
         return {
             name: backend
             for name, backend in self._backends.items()
-            if isinstance(backend, QtaskRemoteBackend)
+            if isinstance(backend, QtaskRemoteBackend | IbmRemoteBackend)
         }
 
 
@@ -105,9 +107,11 @@ def aer_only(limits: LimitsSettings) -> BackendCatalog:
 
 def _backend(
     name: str, table: RunnableBackendSettings, limits: LimitsSettings
-) -> LocalBackend | QtaskRemoteBackend:
+) -> LocalBackend | QtaskRemoteBackend | IbmRemoteBackend:
     if isinstance(table, QtaskBackendSettings):
         return QtaskRemoteBackend(name, table, limits)
+    if isinstance(table, IbmBackendSettings):
+        return IbmRemoteBackend(name, table, limits)
     if isinstance(table, AerDeviceBackendSettings):
         return _device(name, table.device, limits)
     return _aer(name, limits)
@@ -202,4 +206,7 @@ if TYPE_CHECKING:
         return backend  # mypy checks that LocalBackend satisfies the port
 
     def _remote_conforms(backend: QtaskRemoteBackend) -> RemoteBackend:
+        return backend
+
+    def _ibm_conforms(backend: IbmRemoteBackend) -> RemoteBackend:
         return backend

@@ -1,0 +1,303 @@
+"""The `ibm` remote backend: an IBM Quantum device through qiskit-ibm-runtime.
+
+submit = load the task's circuit, transpile it for the device (preset pass manager, level 1),
+run it as one Sampler pub (`qiskit_ibm_runtime.executor_sampler.Sampler`; SamplerV2 is
+deprecated) and return the job id. statuses = `service.job(id).status()` per job (IBM has no
+batch status call), at most _CONCURRENT_CALLS at once; DONE reads the counts (and per-shot
+memory) from the pub's classical registers, ERROR `error_message()`. cancel = `job.cancel()`.
+
+Every Qiskit and IBM call is blocking: it runs in a thread (`asyncio.to_thread`), never in the
+event loop, and qiskit / qiskit-ibm-runtime are imported there, on first use, so a worker that
+never meets an IBM task never imports them. (A thread, not a child process: the calls are
+network waits plus one transpile of a small circuit; the worker's child processes stay
+simulator slots.)
+
+IBM has no idempotency key: a worker killed between IBM's accept and the stored job id leaves
+the delivery unacknowledged, the redelivery submits again, and the first job is orphaned (it
+runs and is billed; nothing polls it). The token is read from the environment variable
+`token_env` when the service is first needed and is never logged; without it the backend's
+health says so and its submissions fail for good (start-up does not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from qtask.config import LimitsSettings
+from qtask.config_backends import IbmBackendSettings
+from qtask.domain.backends import BackendCapabilities, BackendKind
+from qtask.domain.remote import RemoteState, RemoteStatus, provider_state
+from qtask.domain.task import Task
+from qtask.errors import RemoteRejectedError, RemoteUnavailableError
+from qtask.logs import get_logger
+
+log = get_logger("remote_ibm")
+
+# Status calls in flight at once per backend (each is one HTTPS request to IBM).
+_CONCURRENT_CALLS = 8
+# Jobs one statuses() call names; the poller runs such calls side by side, the semaphore
+# above bounds them all together.
+_STATUS_BATCH = 32
+# Jobs submitted by this process kept to poll without a service.job() fetch (the embedded
+# poller shares the worker's process; local testing mode has no service.job()).
+_RECENT_JOBS = 1024
+
+# GET /backends waits this long for the service and device on first use; later calls reuse
+# them (the device's status is not re-read: health says whether it was reached once).
+_HEALTH_TIMEOUT_S = 5.0
+
+# A factory of the QiskitRuntimeService-like object: `.backend(name)` and `.job(id)`.
+ServiceFactory = Callable[[], Any]
+
+
+class IbmRemoteBackend:
+    """An IBM Quantum device as a RemoteBackend (domain.remote)."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: IbmBackendSettings,
+        limits: LimitsSettings,
+        *,
+        service_factory: ServiceFactory | None = None,
+    ) -> None:
+        self._name = name
+        self._settings = settings
+        self._factory = service_factory or self._runtime_service
+        self._service: Any = None
+        self._device: Any = None
+        self._limit = asyncio.Semaphore(_CONCURRENT_CALLS)
+        self._recent: OrderedDict[str, Any] = OrderedDict()
+        # Until the device is read (health): this deployment's own limits; IBM refuses what
+        # the device cannot run and the task ends with its message.
+        self._capabilities = BackendCapabilities(
+            name=name,
+            type="ibm",
+            kind=BackendKind.REMOTE,
+            max_qubits={"device": limits.max_qubits},
+            max_shots=limits.max_shots,
+            memory=True,
+            seeds=False,  # hardware samples; a seed is passed only to a fake device
+            cancel=True,
+        )
+        self._limits = limits
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        """The device's capabilities, as last read from IBM."""
+        return self._capabilities
+
+    @property
+    def poll_interval_s(self) -> float:
+        """Seconds between the first status calls of a job."""
+        return self._settings.poll_interval_s
+
+    @property
+    def remote_timeout_s(self) -> float:
+        """How long a job may stay unfinished at IBM."""
+        return self._settings.remote_timeout_s
+
+    @property
+    def status_batch(self) -> int:
+        """IBM has no batch status call: each statuses() call fans out, bounded."""
+        return _STATUS_BATCH
+
+    def _runtime_service(self) -> Any:
+        token = os.environ.get(self._settings.token_env, "")
+        if not token:
+            raise RemoteRejectedError(
+                f"The IBM backend {self._name} has no token: the environment variable "
+                f"{self._settings.token_env} is not set."
+            )
+        from qiskit_ibm_runtime import QiskitRuntimeService  # heavy, lazy
+
+        return QiskitRuntimeService(
+            channel=self._settings.channel, token=token, instance=self._settings.instance
+        )
+
+    def _backend_sync(self) -> Any:
+        """The device object (service created on first use); in a thread."""
+        if self._device is None:
+            if self._service is None:
+                self._service = self._factory()
+            self._device = self._service.backend(self._settings.device)
+        return self._device
+
+    async def health(self) -> str:
+        """ "ok" (and the capabilities read from the device), or why not."""
+        try:
+            device = await asyncio.wait_for(
+                asyncio.to_thread(self._backend_sync), _HEALTH_TIMEOUT_S
+            )
+            self._capabilities = _device_capabilities(self._name, device, self._limits)
+        except RemoteRejectedError as exc:
+            return str(exc)
+        except TimeoutError:
+            # The thread goes on; a later call finds the device cached if it arrived.
+            return f"IBM Quantum did not answer within {_HEALTH_TIMEOUT_S:g} s"
+        except Exception as exc:  # any provider failure is a health answer
+            return f"IBM device {self._settings.device} unavailable: {type(exc).__name__}: {exc}"
+        return "ok"
+
+    async def submit(self, task: Task) -> str:
+        """Transpile for the device and start a Sampler job; its id."""
+        try:
+            device = await asyncio.to_thread(self._backend_sync)
+        except RemoteRejectedError:
+            raise
+        except Exception as exc:
+            raise _classify(exc, "reach the device") from exc
+        try:
+            isa = await asyncio.to_thread(_transpile, task, device)
+        except Exception as exc:
+            raise RemoteRejectedError(
+                f"The circuit cannot run on IBM device {self._settings.device}: {exc}"
+            ) from exc
+        try:
+            job = await asyncio.to_thread(_run, isa, device, task)
+        except Exception as exc:
+            raise _classify(exc, "submit the job") from exc
+        job_id = str(job.job_id())
+        self._remember(job_id, job)
+        log.info("ibm_submitted", task_id=task.id, job_id=job_id)
+        return job_id
+
+    def _remember(self, job_id: str, job: Any) -> None:
+        self._recent[job_id] = job
+        while len(self._recent) > _RECENT_JOBS:
+            self._recent.popitem(last=False)
+
+    def _job_sync(self, job_id: str) -> Any:
+        job = self._recent.get(job_id)
+        if job is None:
+            self._backend_sync()
+            job = self._service.job(job_id)
+        return job
+
+    async def statuses(self, job_ids: Sequence[str]) -> dict[str, RemoteStatus]:
+        """Each job's status, _CONCURRENT_CALLS calls at once; a job IBM does not answer for
+        is left out (polled again); if none could be read, RemoteUnavailableError."""
+        if not job_ids:
+            return {}
+        answers = await asyncio.gather(*(self._one(job_id) for job_id in job_ids))
+        found = {job_id: status for job_id, status in answers if not isinstance(status, str)}
+        failures = [status for _, status in answers if isinstance(status, str)]
+        if failures and not found:
+            raise RemoteUnavailableError(
+                f"IBM answered no status call ({len(failures)} failed): {failures[0]}"
+            )
+        return found
+
+    async def _one(self, job_id: str) -> tuple[str, RemoteStatus | str]:
+        async with self._limit:
+            try:
+                return job_id, await asyncio.to_thread(self._status_sync, job_id)
+            except Exception as exc:  # one job's failure must not end the batch
+                log.warning("ibm_status_failed", job_id=job_id, reason=f"{type(exc).__name__}")
+                return job_id, f"{type(exc).__name__}: {exc}"
+
+    def _status_sync(self, job_id: str) -> RemoteStatus:
+        job = self._job_sync(job_id)
+        raw = job.status()
+        # Remote jobs answer strings; local testing mode's jobs qiskit's JobStatus enum.
+        state = provider_state("ibm", str(getattr(raw, "name", raw)))
+        if state is RemoteState.DONE:
+            counts, memory = _counts(job.result())
+            self._recent.pop(job_id, None)
+            return RemoteStatus(state, counts=counts, memory=memory)
+        if state is RemoteState.ERROR:
+            self._recent.pop(job_id, None)
+            return RemoteStatus(state, message=f"IBM Quantum: {job.error_message()}")
+        if state is RemoteState.CANCELLED:
+            self._recent.pop(job_id, None)
+            return RemoteStatus(state, message="The job was cancelled at IBM Quantum.")
+        return RemoteStatus(state)
+
+    async def cancel(self, job_id: str) -> None:
+        """job.cancel(); a job that already ended raises there, which is fine (best effort)."""
+
+        def _cancel() -> None:
+            self._job_sync(job_id).cancel()
+
+        try:
+            await asyncio.to_thread(_cancel)
+        except Exception as exc:
+            raise _classify(exc, "cancel the job") from exc
+
+    async def close(self) -> None:
+        """Drop the service (qiskit-ibm-runtime holds no connection to close)."""
+        self._service = None
+        self._device = None
+        self._recent.clear()
+
+
+def _transpile(task: Task, device: Any) -> Any:
+    from qiskit.transpiler import generate_preset_pass_manager
+
+    from qtask.execution.aer import load_circuit  # imports Qiskit
+    from qtask.execution.items import RunItem
+
+    circuit = load_circuit(RunItem.from_task(task))
+    return generate_preset_pass_manager(backend=device, optimization_level=1).run(circuit)
+
+
+def _run(circuit: Any, device: Any, task: Task) -> Any:
+    from qiskit_ibm_runtime.executor_sampler import Sampler
+
+    sampler = Sampler(mode=device)
+    if task.seed is not None and str(getattr(device, "name", "")).startswith("fake_"):
+        sampler.options.simulator.seed_simulator = task.seed
+    return sampler.run([circuit], shots=task.shots)
+
+
+def _counts(result: Any) -> tuple[dict[str, int], list[str]]:
+    """Counts and per-shot bitstrings from a one-pub Sampler result, keys as Aer writes them:
+    the classical registers' bits, the last register leftmost, registers spaced."""
+    data = result[0].data
+    registers = [data[name].get_bitstrings() for name in data]
+    memory = [" ".join(bits) for bits in zip(*reversed(registers), strict=True)]
+    return dict(Counter(memory)), memory
+
+
+def _classify(exc: Exception, doing: str) -> Exception:
+    """Network trouble and IBM's 5xx/429 are worth another try; anything else is final."""
+    network: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+    try:
+        from requests import RequestException  # qiskit-ibm-runtime's HTTP client
+    except ImportError:  # pragma: no cover (installed with qiskit-ibm-runtime)
+        pass
+    else:
+        network = (*network, RequestException)
+    text = f"IBM Quantum: could not {doing}: {type(exc).__name__}: {exc}"
+    status = getattr(exc, "status_code", None)
+    transient = isinstance(exc, network) or (
+        isinstance(status, int) and (status == 429 or status >= 500)
+    )
+    if transient:
+        return RemoteUnavailableError(text)
+    return RemoteRejectedError(text)
+
+
+def _device_capabilities(name: str, device: Any, limits: LimitsSettings) -> BackendCapabilities:
+    qubits = int(device.num_qubits)
+    coupling = getattr(device, "coupling_map", None)
+    pairs = tuple((int(a), int(b)) for a, b in coupling.get_edges()) if coupling else None
+    max_shots = getattr(getattr(device, "configuration", lambda: None)(), "max_shots", None)
+    return BackendCapabilities(
+        name=name,
+        type="ibm",
+        kind=BackendKind.REMOTE,
+        max_qubits={"device": min(qubits, limits.max_qubits)},
+        max_shots=min(limits.max_shots, int(max_shots or limits.max_shots)),
+        device_qubits=qubits,
+        basis_gates=tuple(sorted(str(op) for op in device.operation_names)),
+        coupling_map=pairs,
+        noise=None,
+        memory=True,
+        seeds=False,
+        cancel=True,
+    )

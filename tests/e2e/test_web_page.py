@@ -4,7 +4,8 @@ against a real `qtask serve` with API keys on.
 The page asks for the key when the server answers 401; then the Bell circuit shows two bars,
 `00` and `11`, and its row in the task list turns `completed` through the websocket; a syntax
 error shows its line and column; an error message that quotes `<script>` is shown as text and
-creates no script element. A screenshot is kept under the test's tmp dir (its path is printed).
+creates no script element. Its screenshots are kept in `test-output/` at the repository root
+(git ignores it), so a CI run leaves them to look at; the test prints their paths.
 
 Without chromium this skips, except under CI (CI=true), where a missing browser is a failed
 install step: scripts/bootstrap installs it.
@@ -98,6 +99,17 @@ def visible_text(driver: WebDriver, element_id: str, timeout: float = 30.0) -> s
     return str(element.text)
 
 
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-output"
+
+
+def keep_screenshot(browser: WebDriver, name: str) -> None:
+    """Save what the page shows now as test-output/<name> (a PNG) and print where."""
+    SCREENSHOTS.mkdir(exist_ok=True)
+    path = SCREENSHOTS / name
+    assert browser.save_screenshot(str(path))
+    print(f"screenshot: {path}")
+
+
 def test_the_page_runs_bell_shows_errors_with_line_and_column_and_never_runs_server_text(
     server: ServerProcess, browser: WebDriver, tmp_path: Path
 ) -> None:
@@ -130,9 +142,7 @@ def test_the_page_runs_bell_shows_errors_with_line_and_column_and_never_runs_ser
     task_id = browser.find_element(By.ID, "detail-id").text
     badge = f'#tasks tr[data-task-id="{task_id}"] .state'
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, badge).text == "completed")
-    screenshot = tmp_path / "ui-bell.png"
-    assert browser.save_screenshot(str(screenshot))
-    print(f"screenshot: {screenshot}")
+    keep_screenshot(browser, "ui-bell.png")
 
     # A syntax error: the message with its line and column, nothing submitted.
     submit(browser, SYNTAX_ERROR)
@@ -153,9 +163,7 @@ def test_the_page_runs_bell_shows_errors_with_line_and_column_and_never_runs_ser
     assert browser.find_elements(By.CSS_SELECTOR, "#submit-error script") == []
     assert browser.execute_script("return document.scripts.length") == scripts_before
     assert browser.execute_script("return window.pwned") is None
-    screenshot = tmp_path / "ui-error.png"
-    assert browser.save_screenshot(str(screenshot))
-    print(f"screenshot: {screenshot}")
+    keep_screenshot(browser, "ui-error.png")
 
     # No script error and no Content-Security-Policy violation; the refused requests (401,
     # 400) are the only complaints.

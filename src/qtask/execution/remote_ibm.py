@@ -33,6 +33,7 @@ from qtask.domain.backends import BackendCapabilities, BackendKind
 from qtask.domain.remote import RemoteState, RemoteStatus, provider_state
 from qtask.domain.task import Task
 from qtask.errors import RemoteRejectedError, RemoteUnavailableError
+from qtask.execution.remote_base import ConfiguredRemote
 from qtask.logs import get_logger
 
 log = get_logger("remote_ibm")
@@ -54,7 +55,7 @@ _HEALTH_TIMEOUT_S = 5.0
 ServiceFactory = Callable[[], Any]
 
 
-class IbmRemoteBackend:
+class IbmRemoteBackend(ConfiguredRemote[IbmBackendSettings]):
     """An IBM Quantum device as a RemoteBackend (domain.remote)."""
 
     def __init__(
@@ -85,21 +86,6 @@ class IbmRemoteBackend:
             cancel=True,
         )
         self._limits = limits
-
-    @property
-    def capabilities(self) -> BackendCapabilities:
-        """The device's capabilities, as last read from IBM."""
-        return self._capabilities
-
-    @property
-    def poll_interval_s(self) -> float:
-        """Seconds between the first status calls of a job."""
-        return self._settings.poll_interval_s
-
-    @property
-    def remote_timeout_s(self) -> float:
-        """How long a job may stay unfinished at IBM."""
-        return self._settings.remote_timeout_s
 
     @property
     def status_batch(self) -> int:

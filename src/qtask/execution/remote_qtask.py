@@ -22,6 +22,7 @@ from qtask.domain.backends import BackendCapabilities, BackendKind
 from qtask.domain.remote import RemoteState, RemoteStatus, provider_state
 from qtask.domain.task import Task
 from qtask.errors import RemoteRejectedError, RemoteUnavailableError
+from qtask.execution.remote_base import ConfiguredRemote
 from qtask.logs import get_logger
 
 log = get_logger("remote_qtask")
@@ -31,7 +32,7 @@ _CALL_TIMEOUT_S = 10.0
 _HEALTH_TIMEOUT_S = 2.0
 
 
-class QtaskRemoteBackend:
+class QtaskRemoteBackend(ConfiguredRemote[QtaskBackendSettings]):
     """Another qtask deployment as a RemoteBackend (domain.remote)."""
 
     def __init__(
@@ -56,21 +57,6 @@ class QtaskRemoteBackend:
             max_qubits={"remote": limits.max_qubits},
             max_shots=limits.max_shots,
         )
-
-    @property
-    def capabilities(self) -> BackendCapabilities:
-        """The remote backend's capabilities, as last read from it."""
-        return self._capabilities
-
-    @property
-    def poll_interval_s(self) -> float:
-        """Seconds between the first status calls of a job."""
-        return self._settings.poll_interval_s
-
-    @property
-    def remote_timeout_s(self) -> float:
-        """How long a job may stay unfinished at the remote."""
-        return self._settings.remote_timeout_s
 
     @property
     def status_batch(self) -> int:

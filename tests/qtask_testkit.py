@@ -3,6 +3,7 @@ a small HTTP client that submits and polls like a user would."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -254,3 +255,22 @@ def remote_env(url: str, **options: str) -> dict[str, str]:
     }
     env.update({f"QTASK_BACKENDS__REMOTE__{k.upper()}": v for k, v in options.items()})
     return env
+
+
+class OnceQueue:
+    """A queue for a Worker in unit tests: hands out the given deliveries once, then nothing."""
+
+    def __init__(self, deliveries: list[Any]) -> None:
+        self._pending = list(deliveries)
+
+    async def publish(self, tasks: Any) -> None:
+        return None
+
+    async def fetch(self, max_tasks: int, timeout: float) -> list[Any]:
+        taken, self._pending = self._pending[:max_tasks], self._pending[max_tasks:]
+        if not taken:
+            await asyncio.sleep(timeout)
+        return taken
+
+    async def close(self) -> None:
+        return None

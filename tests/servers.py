@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from qtask_testkit import ServerProcess, free_port
@@ -387,3 +388,20 @@ def started_deployment(
     deployment.start()
     yield deployment
     deployment.terminate()
+
+
+def started_api_replica(deployment: DistributedDeployment, log: Path) -> tuple[RoleProcess, str]:
+    """Start one more `qtask api` on the deployment's Redis, NATS and S3, wait until it is ready,
+    and return it with its URL (tests of what reaches a client on another replica)."""
+    port = free_port()
+    replica = RoleProcess("api", ["--port", str(port)], {**deployment.env}, log)
+    replica.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return replica, url
+        assert replica.alive(), replica.log()
+        assert time.monotonic() < deadline, replica.log()
+        time.sleep(0.1)

@@ -21,8 +21,8 @@ import pytest
 
 from qtask.api.auth import key_digest, new_key
 from qtask.constants import MSG_CANCELLED, MSG_NOT_FOUND, MSG_PENDING
-from qtask_testkit import BELL, ServerProcess, free_port, slow_circuit, wait_done
-from servers import DistributedDeployment, RoleProcess
+from qtask_testkit import BELL, ServerProcess, slow_circuit, wait_done
+from servers import DistributedDeployment, RoleProcess, started_api_replica
 
 PENDING = {"status": "pending", "message": MSG_PENDING}
 CANCELLED = {"status": "error", "message": MSG_CANCELLED}
@@ -170,20 +170,7 @@ def idle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idle]:
     directory = tmp_path_factory.mktemp("idle")
     deployment = DistributedDeployment(directory, workers=0, env=env)
     deployment.start()
-    port = free_port()
-    replica = RoleProcess("api", ["--port", str(port)], {**deployment.env}, directory / "api-b.log")
-    replica.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert replica.alive(), replica.log()
-        assert time.monotonic() < deadline, replica.log()
-        time.sleep(0.1)
+    replica, url = started_api_replica(deployment, directory / "api-b.log")
     yield Idle(deployment, replica, url)
     replica.terminate()
     deployment.terminate()

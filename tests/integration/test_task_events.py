@@ -21,8 +21,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from qtask.api.auth import key_digest, new_key
-from qtask_testkit import BELL, ServerProcess, free_port, slow_circuit, submit
-from servers import DistributedDeployment, RoleProcess
+from qtask_testkit import BELL, ServerProcess, slow_circuit, submit
+from servers import DistributedDeployment, started_api_replica
 
 KEYS = {name: new_key() for name in ("alice", "bob")}
 AUTH_ENV = {
@@ -187,20 +187,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
     env = {"QTASK_SERVER__STREAM_POLL_S": "60"}
     deployment = DistributedDeployment(directory, workers=0, env=env)
     deployment.start()
-    port = free_port()
-    replica = RoleProcess("api", ["--port", str(port)], deployment.env, directory / "api-b.log")
-    replica.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert replica.alive(), replica.log()
-        assert time.monotonic() < deadline, replica.log()
-        time.sleep(0.1)
+    replica, url = started_api_replica(deployment, directory / "api-b.log")
     yield Replicas(deployment, url)
     replica.terminate()
     deployment.terminate()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -16,13 +16,12 @@ from qtask.adapters.objects import result_key
 from qtask.api.app import create_app
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings, WorkerSettings
-from qtask.domain.ports import Delivery
 from qtask.domain.task import Task
 from qtask.execution.items import RunItem, RunOutcome
 from qtask.service import TaskService
 from qtask.testing import InMemoryObjectStore, InMemoryTaskStore
 from qtask.worker.runner import Worker
-from qtask_testkit import make_task
+from qtask_testkit import OnceQueue, make_task
 
 BELL = (
     'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\n'
@@ -179,23 +178,6 @@ async def test_memory_is_read_from_the_result_object() -> None:
 # --- the worker ---------------------------------------------------------------------------------
 
 
-class _Once:
-    def __init__(self, deliveries: list[Delivery]) -> None:
-        self._pending = list(deliveries)
-
-    async def publish(self, tasks: Sequence[Task]) -> None:
-        return None
-
-    async def fetch(self, max_tasks: int, timeout: float) -> list[Delivery]:
-        taken, self._pending = self._pending[:max_tasks], self._pending[max_tasks:]
-        if not taken:
-            await asyncio.sleep(timeout)
-        return taken
-
-    async def close(self) -> None:
-        return None
-
-
 class _MemoryPool:
     """Answers every item with all shots "01", and the shots too when the item asks."""
 
@@ -225,7 +207,7 @@ async def _run(store: InMemoryTaskStore, objects: InMemoryObjectStore | None, *t
     deliveries = await store.fetch(len(tasks), timeout=0)
     pool = _MemoryPool()
     settings = WorkerSettings(processes=1, max_attempts=3, task_timeout_s=5.0, batch_size=8)
-    worker = Worker(store, _Once(deliveries), pool, settings, objects=objects)  # type: ignore[arg-type]
+    worker = Worker(store, OnceQueue(deliveries), pool, settings, objects=objects)  # type: ignore[arg-type]
     worker.start()
     try:
         deadline = asyncio.get_running_loop().time() + 5
@@ -300,7 +282,7 @@ async def test_a_duplicate_run_keeps_the_first_runs_shots_in_the_result_object()
     [second] = await store.fetch(1, timeout=0)
     pool = _RunNumberPool()
     settings = WorkerSettings(processes=1, max_attempts=3, task_timeout_s=5.0, batch_size=8)
-    worker = Worker(store, _Once([first, second]), pool, settings, objects=objects)  # type: ignore[arg-type]
+    worker = Worker(store, OnceQueue([first, second]), pool, settings, objects=objects)  # type: ignore[arg-type]
     worker.start()
     try:
         deadline = asyncio.get_running_loop().time() + 5

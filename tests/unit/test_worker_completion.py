@@ -5,37 +5,17 @@ pool standing in for child processes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 import orjson
 import structlog.testing
 
 from qtask.config import WorkerSettings
 from qtask.domain.ports import Delivery
-from qtask.domain.task import Status, Task
+from qtask.domain.task import Status
 from qtask.execution.items import RunItem, RunOutcome
 from qtask.testing import InMemoryObjectStore, InMemoryTaskStore
 from qtask.worker.runner import Worker
-from qtask_testkit import make_task
-
-
-class _Deliveries:
-    """A queue that hands out the given deliveries once, then nothing."""
-
-    def __init__(self, deliveries: list[Delivery]) -> None:
-        self._pending = list(deliveries)
-
-    async def publish(self, tasks: Sequence[Task]) -> None:
-        return None
-
-    async def fetch(self, max_tasks: int, timeout: float) -> list[Delivery]:
-        taken, self._pending = self._pending[:max_tasks], self._pending[max_tasks:]
-        if not taken:
-            await asyncio.sleep(timeout)
-        return taken
-
-    async def close(self) -> None:
-        return None
+from qtask_testkit import OnceQueue, make_task
 
 
 class _Acks:
@@ -100,7 +80,7 @@ async def test_a_duplicate_run_that_finishes_second_is_logged_discarded() -> Non
     settings = WorkerSettings(processes=1, max_attempts=3, task_timeout_s=5.0, batch_size=8)
     worker = Worker(
         store,
-        _Deliveries([acks.wrap(first), acks.wrap(second)]),
+        OnceQueue([acks.wrap(first), acks.wrap(second)]),
         pool,  # type: ignore[arg-type]
         settings,
         worker_id="w-7",

@@ -38,6 +38,7 @@ from qtask.config_backends import (
     effective_backends,
 )
 from qtask.errors import ConfigError
+from qtask.mesh.config import MeshSettings
 
 _toml_path: ContextVar[Path | None] = ContextVar("qtask_toml_path", default=None)
 
@@ -254,6 +255,8 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     retention: RetentionSettings = RetentionSettings()
     log: LogSettings = LogSettings()
+    # [mesh.node] and [mesh.coordinator]: the 004 seed's roles (qtask.mesh.config).
+    mesh: MeshSettings = MeshSettings()
     # [backends.<name>] tables over the built-in backends (config_backends), and the one a
     # submission without "backend" runs on.
     backends: dict[

@@ -105,12 +105,12 @@ def _server_command(args: argparse.Namespace) -> int:
         if args.command == "api":
             return _api(settings)
         if args.command == "worker":
-            from qtask.roles import run_worker
+            from qtask.assembly.roles import run_worker
 
             asyncio.run(run_worker(settings))
             return 0
         if args.command == "poller":
-            from qtask.roles import run_poller
+            from qtask.assembly.roles import run_poller
 
             asyncio.run(run_poller(settings))
             return 0
@@ -164,7 +164,7 @@ def _configure_logging(settings: Settings) -> None:
 
 
 def _serve(settings: Settings) -> int:
-    from qtask.embedded import EmbeddedService, lock_data_dir
+    from qtask.assembly.embedded import EmbeddedService, lock_data_dir
 
     if settings.storage.store != "sqlite":
         raise ConfigError(
@@ -180,7 +180,7 @@ def _serve(settings: Settings) -> int:
 
 
 def _api(settings: Settings) -> int:
-    from qtask.roles import ApiRole
+    from qtask.assembly.roles import ApiRole
 
     _run_http(ApiRole(settings).app, settings)
     return 0

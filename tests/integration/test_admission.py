@@ -9,12 +9,12 @@ from collections.abc import Sequence
 
 import pytest
 
+from qtask.application.service import Submission, TaskService
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings
 from qtask.domain.ports import Delivery, TaskStore
 from qtask.domain.task import Task
 from qtask.errors import TooManyRequestsError
-from qtask.service import Submission, TaskService
 from qtask_testkit import BELL
 
 SUBMISSIONS, CAP = 40, 7

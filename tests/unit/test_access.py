@@ -14,11 +14,11 @@ import structlog.testing
 
 from qtask.api.app import create_app
 from qtask.api.auth import Gate, TokenBuckets, key_digest, new_key
+from qtask.application.service import Submission, TaskService
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import ApiKey, AuthSettings, LimitsSettings, load_settings
 from qtask.constants import MSG_CANCELLED, MSG_NOT_FOUND
 from qtask.errors import ConfigError, TooManyRequestsError, UnauthorizedError
-from qtask.service import Submission, TaskService
 from qtask.testing import InMemoryTaskStore
 from qtask_testkit import BELL, make_task
 

@@ -13,13 +13,13 @@ from starlette.websockets import WebSocketDisconnect
 from structlog.testing import capture_logs
 
 from qtask.api.app import create_app
+from qtask.application.live import Streams
+from qtask.application.service import TaskService
+from qtask.application.waiters import Waiters
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings
 from qtask.constants import MSG_CANCELLED, MSG_PENDING
-from qtask.live import Streams
-from qtask.service import TaskService
 from qtask.testing import InMemoryTaskStore
-from qtask.waiters import Waiters
 
 with warnings.catch_warnings():
     # Starlette would have its test client run on `httpx2`; the one here is plain httpx, which

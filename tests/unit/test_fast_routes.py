@@ -18,10 +18,10 @@ from fastapi import APIRouter
 from qtask.api import fast
 from qtask.api.app import create_app
 from qtask.api.auth import Gate, key_digest
+from qtask.application.service import TaskService
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import ApiKey, AuthSettings, LimitsSettings
 from qtask.domain.task import Status
-from qtask.service import TaskService
 from qtask.testing import InMemoryTaskStore
 
 BELL = (

@@ -14,11 +14,11 @@ import pytest
 
 from qtask.adapters.objects import result_key
 from qtask.api.app import create_app
+from qtask.application.service import TaskService
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings, WorkerSettings
 from qtask.domain.task import Task
 from qtask.execution.items import RunItem, RunOutcome
-from qtask.service import TaskService
 from qtask.testing import InMemoryObjectStore, InMemoryTaskStore
 from qtask.worker.runner import Worker
 from qtask_testkit import OnceQueue, make_task

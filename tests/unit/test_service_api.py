@@ -14,6 +14,7 @@ import structlog.testing
 from fastapi import FastAPI
 
 from qtask.api.app import create_app
+from qtask.application.service import Submission, TaskService
 from qtask.circuits.ingestor import CircuitIngestor, limits_from
 from qtask.config import LimitsSettings
 from qtask.constants import (
@@ -25,7 +26,6 @@ from qtask.constants import (
 )
 from qtask.domain.task import Encoding, Status, Task
 from qtask.errors import InvalidRequestError, StoreUnavailableError, TaskNotFoundError
-from qtask.service import Submission, TaskService
 from qtask.testing import InMemoryTaskStore
 
 MAX_BODY = 4096
@@ -806,9 +806,9 @@ async def test_single_quoted_include_is_accepted(
 async def test_client_disconnect_mid_body_is_not_an_internal_error() -> None:
 
     from qtask.api.app import create_app
+    from qtask.application.service import TaskService
     from qtask.circuits.ingestor import CircuitIngestor
     from qtask.config import LimitsSettings
-    from qtask.service import TaskService
     from qtask.testing import InMemoryTaskStore
 
     store = InMemoryTaskStore()

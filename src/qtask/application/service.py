@@ -12,6 +12,8 @@ import orjson
 
 from qtask import metrics
 from qtask.adapters.objects import circuit_key, result_key
+from qtask.application.listing import LIST_STATUSES, Listing, decode_cursor, encode_cursor
+from qtask.application.waiters import BatchedReads, Waiters
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings
 from qtask.constants import (
@@ -33,9 +35,7 @@ from qtask.errors import (
     TaskNotFoundError,
 )
 from qtask.execution.catalog import BackendCatalog, aer_only
-from qtask.listing import LIST_STATUSES, Listing, decode_cursor, encode_cursor
 from qtask.logs import get_logger
-from qtask.waiters import BatchedReads, Waiters
 
 log = get_logger("service")
 

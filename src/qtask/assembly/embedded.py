@@ -16,8 +16,8 @@ from typing import IO, TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from qtask import wiring
 from qtask.adapters.sqlite_store import SQLiteTaskStore
+from qtask.assembly import wiring
 from qtask.config import Settings
 from qtask.constants import DB_FILE, LOCK_FILE
 from qtask.errors import ConfigError
@@ -26,8 +26,8 @@ from qtask.worker.runner import Worker
 
 if TYPE_CHECKING:
     from qtask.adapters.sqlite_remote import SQLiteRemoteJobs
+    from qtask.application.poller import RemotePoller
     from qtask.domain.remote import RemoteBackend
-    from qtask.poller import RemotePoller
     from qtask.worker.remote import RemoteSubmitter
 
 log = get_logger("embedded")
@@ -103,7 +103,7 @@ class EmbeddedService:
         if not remotes:
             return None, None
         from qtask.adapters.sqlite_remote import SQLiteRemoteJobs
-        from qtask.poller import RemotePoller
+        from qtask.application.poller import RemotePoller
         from qtask.worker.remote import RemoteSubmitter
 
         self._remotes = list(remotes.values())

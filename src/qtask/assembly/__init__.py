@@ -1,0 +1,1 @@
+"""Process assembly: the one place that builds a qtask process from its settings."""

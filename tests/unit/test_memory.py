@@ -12,11 +12,11 @@ import httpx
 import orjson
 import pytest
 
-from qtask.adapters.objects import result_key
 from qtask.api.app import create_app
 from qtask.application.service import TaskService
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings, WorkerSettings
+from qtask.domain.object_keys import result_key
 from qtask.domain.task import Task
 from qtask.execution.items import RunItem, RunOutcome
 from qtask.testing import InMemoryObjectStore, InMemoryTaskStore

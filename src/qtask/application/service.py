@@ -11,7 +11,6 @@ from dataclasses import dataclass, replace
 import orjson
 
 from qtask import metrics
-from qtask.adapters.objects import circuit_key, result_key
 from qtask.application.listing import LIST_STATUSES, Listing, decode_cursor, encode_cursor
 from qtask.application.waiters import BatchedReads, Waiters
 from qtask.circuits.ingestor import CircuitIngestor
@@ -23,6 +22,7 @@ from qtask.constants import (
     MAX_WAIT_SECONDS,
     MSG_CANCELLED,
 )
+from qtask.domain.object_keys import circuit_key, result_key
 from qtask.domain.ports import ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import CircuitInfo, Status, Task, TaskOutcome, new_task_id
 from qtask.errors import (

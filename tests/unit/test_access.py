@@ -19,6 +19,7 @@ from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import ApiKey, AuthSettings, LimitsSettings, load_settings
 from qtask.constants import MSG_CANCELLED, MSG_NOT_FOUND
 from qtask.errors import ConfigError, TooManyRequestsError, UnauthorizedError
+from qtask.execution.catalog import aer_only
 from qtask.testing import InMemoryTaskStore
 from qtask_testkit import BELL, make_task
 
@@ -44,6 +45,7 @@ def guarded(max_pending: int = 0, **auth: object) -> tuple[InMemoryTaskStore, ht
         CircuitIngestor(limits, pool=None),
         limits,
         max_pending_per_owner=max_pending,
+        backends=aer_only(limits),
     )
     settings = AuthSettings(enabled=True, keys=KEYS, **auth)  # type: ignore[arg-type]
     app = create_app(service, max_body_bytes=1 << 20, gate=Gate(settings))
@@ -222,7 +224,9 @@ async def test_keys_off_idempotency_keys_never_meet_a_keys_own() -> None:
     # One store seen by a service with keys off, then on (an operator turned them on).
     limits = LimitsSettings()
     store = InMemoryTaskStore()
-    service = TaskService(store, store, CircuitIngestor(limits, pool=None), limits)
+    service = TaskService(
+        store, store, CircuitIngestor(limits, pool=None), limits, backends=aer_only(limits)
+    )
     circuit = Submission(BELL, 10)
     anonymous = await service.submit(circuit, "alice:k", owner=None)
     mine = await service.submit(circuit, "k", owner="alice")

@@ -19,6 +19,7 @@ from qtask.application.waiters import Waiters
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings
 from qtask.constants import MSG_CANCELLED, MSG_PENDING
+from qtask.execution.catalog import aer_only
 from qtask.testing import InMemoryTaskStore
 
 with warnings.catch_warnings():
@@ -39,7 +40,12 @@ def app_with(streams: Streams) -> TestClient:
     store.listen(waiters.ended, waiters.resync)
     settings = LimitsSettings()
     service = TaskService(
-        store, store, CircuitIngestor(settings, pool=None), settings, waiters=waiters
+        store,
+        store,
+        CircuitIngestor(settings, pool=None),
+        settings,
+        waiters=waiters,
+        backends=aer_only(settings),
     )
     return TestClient(create_app(service, max_body_bytes=1 << 16, streams=streams))
 

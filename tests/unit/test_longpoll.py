@@ -18,6 +18,7 @@ from qtask.config import LimitsSettings
 from qtask.constants import MSG_CANCELLED, MSG_NOT_FOUND, MSG_PENDING
 from qtask.domain.task import Status, TaskOutcome
 from qtask.errors import InvalidRequestError, TaskNotFoundError
+from qtask.execution.catalog import aer_only
 from qtask.testing import InMemoryTaskStore
 
 BELL = (
@@ -37,7 +38,12 @@ def service(store: InMemoryTaskStore) -> TaskService:
     waiters = Waiters()
     store.listen(waiters.ended, waiters.resync)
     return TaskService(
-        store, store, CircuitIngestor(settings, pool=None), settings, waiters=waiters
+        store,
+        store,
+        CircuitIngestor(settings, pool=None),
+        settings,
+        waiters=waiters,
+        backends=aer_only(settings),
     )
 
 

@@ -446,13 +446,13 @@ class RedisRateLimiter:
 
     def __init__(self, store: RedisTaskStore, rate: float, burst: int) -> None:
         self._store = store
-        self._take = store._redis.register_script(_TAKE_TOKEN_LUA)
+        self._take = store.client.register_script(_TAKE_TOKEN_LUA)
         self._args = [repr(rate), str(burst), str(int(1000 * burst / rate) + 1000)]
 
     async def take(self, name: str) -> float:
         """Spend one token of `name`: 0.0 when there was one, else the seconds until one."""
-        key = RATE_KEY.format(prefix=self._store._prefix, name=name)
-        with self._store._unavailable("check a request rate"):
+        key = RATE_KEY.format(prefix=self._store.prefix, name=name)
+        with self._store.unavailable("check a request rate"):
             wait = await self._take(keys=[key], args=self._args)
         return float(wait)
 
@@ -862,6 +862,22 @@ class RedisTaskStore:
         """Close the connection pool."""
         with self._unavailable("close its connections"):
             await self._redis.aclose()
+
+    # --- for adapters that keep their own keys in this store's Redis (the rate limiter) ----
+
+    @property
+    def client(self) -> redis.asyncio.Redis:
+        """The client of this store's connection pool, so a process shares one pool."""
+        return self._redis
+
+    @property
+    def prefix(self) -> str:
+        """The prefix every key of this deployment starts with."""
+        return self._prefix
+
+    def unavailable(self, action: str) -> contextlib.AbstractContextManager[None]:
+        """Raise a Redis failure inside as StoreUnavailableError naming this Redis and `action`."""
+        return self._unavailable(action)
 
     # --- extras ----------------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ from dataclasses import replace
 import pytest
 import redis.asyncio
 
-from qtask.adapters.redis_store import RedisRateLimiter, RedisTaskStore, _to_hash
+from qtask.adapters.redis_rate import RedisRateLimiter
+from qtask.adapters.redis_store import RedisTaskStore, _to_hash
 from qtask.domain.task import Status, Task, new_task_id
 from qtask.errors import StoreUnavailableError, TaskNotFoundError
 from qtask_testkit import BELL_INFO, make_task

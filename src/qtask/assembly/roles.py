@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 from qtask.adapters.nats_queue import NatsTaskQueue
 from qtask.adapters.redis_notices import RedisEndNotices
+from qtask.adapters.redis_rate import RedisRateLimiter
 from qtask.adapters.redis_remote import RedisRemoteJobs
-from qtask.adapters.redis_store import RedisRateLimiter, RedisTaskStore
+from qtask.adapters.redis_store import RedisTaskStore
 from qtask.application.poller import RemotePoller
 from qtask.application.reconciler import Reconciler
 from qtask.assembly import wiring

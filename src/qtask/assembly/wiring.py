@@ -140,8 +140,10 @@ def api_app(
     """The task service and the HTTP API around it, with the limits and keys of `settings`.
 
     `notices` tell this process when tasks end, which wakes its long polls. `limiter` holds
-    the per-key request buckets when they are shared between API processes.
+    the per-key request buckets when they are shared between API processes; without one, this
+    process holds them.
     """
+    from qtask.adapters.local_rate import TokenBuckets
     from qtask.api.app import create_app, streams_from
     from qtask.api.auth import Gate
     from qtask.application.service import TaskService
@@ -151,6 +153,8 @@ def api_app(
 
     waiters = Waiters()
     notices.listen(waiters.ended, waiters.resync)
+    if limiter is None and settings.auth.enabled and settings.auth.rate_per_s > 0:
+        limiter = TokenBuckets(settings.auth.rate_per_s, settings.auth.burst)
 
     service = TaskService(
         store,

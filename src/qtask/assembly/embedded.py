@@ -53,6 +53,23 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     return handle
 
 
+def serve(settings: Settings) -> None:
+    """Run `qtask serve` until it is stopped: the data directory is held for the process's
+    life; ConfigError unless the store is SQLite or while another process holds the directory."""
+    from qtask.api import server
+
+    if settings.storage.store != "sqlite":
+        raise ConfigError(
+            "qtask serve runs embedded mode (storage.store = 'sqlite'); "
+            "for Redis and NATS run qtask api and qtask worker"
+        )
+    lock = lock_data_dir(settings.storage.data_dir)
+    try:
+        server.run(EmbeddedService(settings).app, settings)
+    finally:
+        lock.close()
+
+
 class EmbeddedService:
     """Everything `qtask serve` runs, built from the settings."""
 

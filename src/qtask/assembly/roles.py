@@ -125,6 +125,13 @@ class ApiRole:
                 await self.objects.close()
 
 
+def serve_api(settings: Settings) -> None:
+    """Run `qtask api` until it is stopped."""
+    from qtask.api import server
+
+    server.run(ApiRole(settings).app, settings)
+
+
 async def run_worker(settings: Settings) -> None:
     """Run circuits from the queue until SIGTERM, then drain gracefully."""
     _require_distributed(settings)

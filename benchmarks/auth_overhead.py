@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from qtask.adapters.redis_store import RedisRateLimiter, RedisTaskStore
+from qtask.adapters.local_rate import TokenBuckets
+from qtask.adapters.redis_rate import RedisRateLimiter
+from qtask.adapters.redis_store import RedisTaskStore
 from qtask.api.auth import Gate, key_digest, new_key
 from qtask.config import ApiKey, AuthSettings
 from servers import RedisServer
@@ -45,7 +47,8 @@ async def main(calls: int) -> None:
     rows: list[tuple[str, list[float]]] = []
     rows.append(("keys off", await _time(Gate(AuthSettings()), calls)))
     rows.append(("keys on", await _time(Gate(AuthSettings(enabled=True, keys=KEYS)), calls)))
-    local = Gate(AuthSettings(enabled=True, keys=KEYS, **LIMIT))  # type: ignore[arg-type]
+    limited = AuthSettings(enabled=True, keys=KEYS, **LIMIT)  # type: ignore[arg-type]
+    local = Gate(limited, TokenBuckets(limited.rate_per_s, limited.burst))
     rows.append(("keys + rate, in process", await _time(local, calls)))
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp) / "redis")

@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from qtask.adapters import nats_queue
 from qtask.adapters.nats_queue import NatsTaskQueue
 from qtask.adapters.redis_store import RedisTaskStore
+from qtask.application.reconciler import Reconciler
 from qtask.logs import configure
-from qtask.reconciler import Reconciler
 from qtask_testkit import make_task
 from servers import NatsServer, RedisServer
 

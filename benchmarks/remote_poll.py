@@ -29,12 +29,12 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from qtask.adapters.sqlite_remote import SQLiteRemoteJobs
 from qtask.adapters.sqlite_store import SQLiteTaskStore
+from qtask.application.poller import RemotePoller
 from qtask.config import LimitsSettings
 from qtask.config_backends import QtaskBackendSettings
 from qtask.domain.remote import RemoteJob
 from qtask.domain.task import Status, Task, new_task_id
 from qtask.execution.remote_qtask import QtaskRemoteBackend
-from qtask.poller import RemotePoller
 from qtask_testkit import BELL, BELL_INFO, ServerProcess
 
 

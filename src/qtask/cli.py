@@ -9,6 +9,8 @@ Server (`pip install "qtask[server]"`):
 - `qtask serve`: everything in one process tree (embedded mode, the default).
 - `qtask api`, `qtask worker`, `qtask poller`: the roles of distributed mode (Redis + NATS).
 - `qtask keygen NAME`: a new API key, and the entry that makes the service accept it.
+
+Arguments and dispatch only: each server process is assembled in qtask.assembly.
 """
 
 # Light on purpose: a client-only install has no pydantic, FastAPI or Qiskit, so the server's
@@ -105,12 +107,12 @@ def _server_command(args: argparse.Namespace) -> int:
         if args.command == "api":
             return _api(settings)
         if args.command == "worker":
-            from qtask.roles import run_worker
+            from qtask.assembly.roles import run_worker
 
             asyncio.run(run_worker(settings))
             return 0
         if args.command == "poller":
-            from qtask.roles import run_poller
+            from qtask.assembly.roles import run_poller
 
             asyncio.run(run_poller(settings))
             return 0
@@ -164,32 +166,17 @@ def _configure_logging(settings: Settings) -> None:
 
 
 def _serve(settings: Settings) -> int:
-    from qtask.embedded import EmbeddedService, lock_data_dir
+    from qtask.assembly.embedded import serve
 
-    if settings.storage.store != "sqlite":
-        raise ConfigError(
-            "qtask serve runs embedded mode (storage.store = 'sqlite'); "
-            "for Redis and NATS run qtask api and qtask worker"
-        )
-    lock = lock_data_dir(settings.storage.data_dir)
-    try:
-        _run_http(EmbeddedService(settings).app, settings)
-    finally:
-        lock.close()
+    serve(settings)
     return 0
 
 
 def _api(settings: Settings) -> int:
-    from qtask.roles import ApiRole
+    from qtask.assembly.roles import serve_api
 
-    _run_http(ApiRole(settings).app, settings)
+    serve_api(settings)
     return 0
-
-
-def _run_http(app: Any, settings: Settings) -> None:
-    from qtask.api import server
-
-    server.run(app, settings)
 
 
 if __name__ == "__main__":

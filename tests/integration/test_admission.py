@@ -9,12 +9,13 @@ from collections.abc import Sequence
 
 import pytest
 
+from qtask.application.service import Submission, TaskService
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings
 from qtask.domain.ports import Delivery, TaskStore
 from qtask.domain.task import Task
 from qtask.errors import TooManyRequestsError
-from qtask.service import Submission, TaskService
+from qtask.execution.catalog import aer_only
 from qtask_testkit import BELL
 
 SUBMISSIONS, CAP = 40, 7
@@ -36,7 +37,14 @@ class _NoQueue:
 def service_over(store: TaskStore, cap: int) -> TaskService:
     limits = LimitsSettings()
     ingestor = CircuitIngestor(limits, pool=None)
-    return TaskService(store, _NoQueue(), ingestor, limits, max_pending_per_owner=cap)
+    return TaskService(
+        store,
+        _NoQueue(),
+        ingestor,
+        limits,
+        max_pending_per_owner=cap,
+        backends=aer_only(limits),
+    )
 
 
 def bell(count: int = 1) -> list[Submission]:

@@ -10,12 +10,12 @@ import time
 
 import pytest
 
+from qtask.application.poller import RemotePoller
 from qtask.config import LimitsSettings
 from qtask.config_backends import IbmBackendSettings
 from qtask.domain.remote import RemoteState, RemoteStatus
 from qtask.domain.task import Status, Task, new_task_id
 from qtask.execution.remote_ibm import IbmRemoteBackend
-from qtask.poller import RemotePoller
 from qtask.testing import InMemoryRemoteJobs, InMemoryTaskStore
 from qtask.worker.remote import RemoteSubmitter
 from qtask_testkit import BELL, BELL_INFO

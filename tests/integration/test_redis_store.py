@@ -12,7 +12,8 @@ from dataclasses import replace
 import pytest
 import redis.asyncio
 
-from qtask.adapters.redis_store import RedisRateLimiter, RedisTaskStore, _to_hash
+from qtask.adapters.redis_rate import RedisRateLimiter
+from qtask.adapters.redis_store import RedisTaskStore, _to_hash
 from qtask.domain.task import Status, Task, new_task_id
 from qtask.errors import StoreUnavailableError, TaskNotFoundError
 from qtask_testkit import BELL_INFO, make_task
@@ -79,7 +80,7 @@ async def test_idempotency_key_whose_task_vanished_is_taken_over(
     store: RedisTaskStore, redis_server: RedisServer
 ) -> None:
     first = await store.create(make_task(idempotency_key="k"))
-    await store._redis.delete(f"qtask:task:{first.id}")
+    await store.client.delete(f"qtask:task:{first.id}")
     second = make_task(idempotency_key="k")
     assert await store.create(second) == second
     assert await store.create(make_task(idempotency_key="k")) == second
@@ -510,7 +511,7 @@ async def test_rate_buckets_are_shared_by_every_api_process(redis_server: RedisS
         await asyncio.sleep(wait + 0.05)
         assert await b.take("alice") == 0.0
         # An idle bucket expires once it would be full again (3 tokens at 2/s, plus 1 s).
-        ttl_ms = await first._redis.pttl("qtask:rate:alice")
+        ttl_ms = await first.client.pttl("qtask:rate:alice")
         assert 0 < ttl_ms <= 2500
     finally:
         await first.close()

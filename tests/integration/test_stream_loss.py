@@ -17,9 +17,9 @@ from nats.js import JetStreamContext
 
 from qtask.adapters.nats_queue import NatsTaskQueue
 from qtask.adapters.redis_store import RedisTaskStore
+from qtask.application.reconciler import Reconciler
 from qtask.domain.task import Status, Task
 from qtask.errors import QueueUnavailableError
-from qtask.reconciler import Reconciler
 from qtask_testkit import make_task
 from servers import NatsServer, RedisServer
 

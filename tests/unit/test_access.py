@@ -12,13 +12,15 @@ import httpx
 import pytest
 import structlog.testing
 
+from qtask.adapters.local_rate import TokenBuckets
 from qtask.api.app import create_app
-from qtask.api.auth import Gate, TokenBuckets, key_digest, new_key
+from qtask.api.auth import Gate, key_digest, new_key
+from qtask.application.service import Submission, TaskService
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import ApiKey, AuthSettings, LimitsSettings, load_settings
 from qtask.constants import MSG_CANCELLED, MSG_NOT_FOUND
 from qtask.errors import ConfigError, TooManyRequestsError, UnauthorizedError
-from qtask.service import Submission, TaskService
+from qtask.execution.catalog import aer_only
 from qtask.testing import InMemoryTaskStore
 from qtask_testkit import BELL, make_task
 
@@ -44,9 +46,11 @@ def guarded(max_pending: int = 0, **auth: object) -> tuple[InMemoryTaskStore, ht
         CircuitIngestor(limits, pool=None),
         limits,
         max_pending_per_owner=max_pending,
+        backends=aer_only(limits),
     )
     settings = AuthSettings(enabled=True, keys=KEYS, **auth)  # type: ignore[arg-type]
-    app = create_app(service, max_body_bytes=1 << 20, gate=Gate(settings))
+    buckets = TokenBuckets(settings.rate_per_s, settings.burst) if settings.rate_per_s else None
+    app = create_app(service, max_body_bytes=1 << 20, gate=Gate(settings, buckets))
     return store, httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
 
 
@@ -222,7 +226,9 @@ async def test_keys_off_idempotency_keys_never_meet_a_keys_own() -> None:
     # One store seen by a service with keys off, then on (an operator turned them on).
     limits = LimitsSettings()
     store = InMemoryTaskStore()
-    service = TaskService(store, store, CircuitIngestor(limits, pool=None), limits)
+    service = TaskService(
+        store, store, CircuitIngestor(limits, pool=None), limits, backends=aer_only(limits)
+    )
     circuit = Submission(BELL, 10)
     anonymous = await service.submit(circuit, "alice:k", owner=None)
     mine = await service.submit(circuit, "k", owner="alice")
@@ -269,13 +275,20 @@ async def test_the_gate_when_keys_are_off_lets_everyone_in_anonymously() -> None
 
 
 async def test_the_gate_refuses_and_limits() -> None:
-    gate = Gate(AuthSettings(enabled=True, keys=KEYS, rate_per_s=1, burst=1))
+    gate = Gate(
+        AuthSettings(enabled=True, keys=KEYS, rate_per_s=1, burst=1), TokenBuckets(1, burst=1)
+    )
     assert await gate.caller({"x-api-key": BOB}) == "bob"
     with pytest.raises(TooManyRequestsError) as limited:
         await gate.caller({"x-api-key": BOB})
     assert limited.value.headers == {"Retry-After": "1"}
     with pytest.raises(UnauthorizedError):
         await gate.caller({"x-api-key": "qtk_guess"})
+
+
+def test_a_gate_with_a_rate_but_no_limiter_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="needs a RateLimiter"):
+        Gate(AuthSettings(enabled=True, keys=KEYS, rate_per_s=1, burst=1))
 
 
 def test_new_keys_are_long_and_distinct() -> None:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from qtask.api.app import create_app
+from qtask.application.service import TaskService
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings
 from qtask.domain.backends import BackendCapabilities
@@ -17,7 +18,6 @@ from qtask.domain.task import LEGACY_BACKEND, CircuitInfo, Encoding, Task
 from qtask.errors import BackendLimitError, UnknownBackendError
 from qtask.execution.catalog import BackendCatalog, LocalBackend, aer_only
 from qtask.execution.items import RunItem
-from qtask.service import TaskService
 from qtask.testing import FakeBackend, InMemoryTaskStore, fake_capabilities
 
 BELL = (

@@ -90,8 +90,8 @@ def test_client_commands_run_where_the_server_modules_cannot_be_imported() -> No
         from importlib.abc import MetaPathFinder
 
         FORBIDDEN = {SERVER_MODULES!r}
-        SERVER_PARTS = ("qtask.config", "qtask.api", "qtask.service", "qtask.embedded",
-                        "qtask.roles", "qtask.worker", "qtask.adapters", "qtask.circuits")
+        SERVER_PARTS = ("qtask.config", "qtask.api", "qtask.application", "qtask.assembly",
+                        "qtask.worker", "qtask.adapters", "qtask.circuits")
 
         class NoServer(MetaPathFinder):
             def find_spec(self, name, path=None, target=None):

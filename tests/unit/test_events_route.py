@@ -13,13 +13,14 @@ from starlette.websockets import WebSocketDisconnect
 from structlog.testing import capture_logs
 
 from qtask.api.app import create_app
+from qtask.application.live import Streams
+from qtask.application.service import TaskService
+from qtask.application.waiters import Waiters
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings
 from qtask.constants import MSG_CANCELLED, MSG_PENDING
-from qtask.live import Streams
-from qtask.service import TaskService
+from qtask.execution.catalog import aer_only
 from qtask.testing import InMemoryTaskStore
-from qtask.waiters import Waiters
 
 with warnings.catch_warnings():
     # Starlette would have its test client run on `httpx2`; the one here is plain httpx, which
@@ -39,7 +40,12 @@ def app_with(streams: Streams) -> TestClient:
     store.listen(waiters.ended, waiters.resync)
     settings = LimitsSettings()
     service = TaskService(
-        store, store, CircuitIngestor(settings, pool=None), settings, waiters=waiters
+        store,
+        store,
+        CircuitIngestor(settings, pool=None),
+        settings,
+        waiters=waiters,
+        backends=aer_only(settings),
     )
     return TestClient(create_app(service, max_body_bytes=1 << 16, streams=streams))
 

@@ -18,10 +18,11 @@ from fastapi import APIRouter
 from qtask.api import fast
 from qtask.api.app import create_app
 from qtask.api.auth import Gate, key_digest
+from qtask.application.service import TaskService
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import ApiKey, AuthSettings, LimitsSettings
 from qtask.domain.task import Status
-from qtask.service import TaskService
+from qtask.execution.catalog import aer_only
 from qtask.testing import InMemoryTaskStore
 
 BELL = (
@@ -39,7 +40,11 @@ class Pair:
         settings = LimitsSettings(max_shots=10_000)
         self.store = InMemoryTaskStore()
         service = TaskService(
-            self.store, self.store, CircuitIngestor(settings, pool=None), settings
+            self.store,
+            self.store,
+            CircuitIngestor(settings, pool=None),
+            settings,
+            backends=aer_only(settings),
         )
         auth = AuthSettings(
             enabled=keys, keys=(ApiKey(name="alice", sha256=key_digest(KEY)),) if keys else ()

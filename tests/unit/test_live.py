@@ -1,10 +1,10 @@
-"""qtask.live: a followed state is sent once per change, ends the stream, and is bounded."""
+"""qtask.application.live: a followed state is sent once per change, ends the stream, bounded."""
 
 from __future__ import annotations
 
 import pytest
 
-from qtask.live import StreamIdleError, Streams, TooManyStreamsError, follow
+from qtask.application.live import StreamIdleError, Streams, TooManyStreamsError, follow
 
 
 class Script:

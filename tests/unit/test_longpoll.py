@@ -10,15 +10,16 @@ import httpx
 import pytest
 
 from qtask.api.app import create_app
+from qtask.application.listing import decode_cursor, encode_cursor
+from qtask.application.service import Submission, TaskService
+from qtask.application.waiters import BatchedReads, Waiters
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings
 from qtask.constants import MSG_CANCELLED, MSG_NOT_FOUND, MSG_PENDING
 from qtask.domain.task import Status, TaskOutcome
 from qtask.errors import InvalidRequestError, TaskNotFoundError
-from qtask.listing import decode_cursor, encode_cursor
-from qtask.service import Submission, TaskService
+from qtask.execution.catalog import aer_only
 from qtask.testing import InMemoryTaskStore
-from qtask.waiters import BatchedReads, Waiters
 
 BELL = (
     'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\n'
@@ -37,7 +38,12 @@ def service(store: InMemoryTaskStore) -> TaskService:
     waiters = Waiters()
     store.listen(waiters.ended, waiters.resync)
     return TaskService(
-        store, store, CircuitIngestor(settings, pool=None), settings, waiters=waiters
+        store,
+        store,
+        CircuitIngestor(settings, pool=None),
+        settings,
+        waiters=waiters,
+        backends=aer_only(settings),
     )
 
 

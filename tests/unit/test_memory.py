@@ -12,13 +12,14 @@ import httpx
 import orjson
 import pytest
 
-from qtask.adapters.objects import result_key
 from qtask.api.app import create_app
+from qtask.application.service import TaskService
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings, WorkerSettings
+from qtask.domain.object_keys import result_key
 from qtask.domain.task import Task
+from qtask.execution.catalog import aer_only
 from qtask.execution.items import RunItem, RunOutcome
-from qtask.service import TaskService
 from qtask.testing import InMemoryObjectStore, InMemoryTaskStore
 from qtask.worker.runner import Worker
 from qtask_testkit import OnceQueue, make_task
@@ -38,7 +39,12 @@ class Api:
         self.store = InMemoryTaskStore()
         self.objects = objects
         self.service = TaskService(
-            self.store, self.store, CircuitIngestor(settings, pool=None), settings, objects
+            self.store,
+            self.store,
+            CircuitIngestor(settings, pool=None),
+            settings,
+            objects,
+            backends=aer_only(settings),
         )
         self.app = create_app(self.service, max_body_bytes=1 << 16)
 

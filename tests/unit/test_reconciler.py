@@ -9,11 +9,11 @@ from collections import Counter
 
 import pytest
 
-from qtask import reconciler as reconciler_module
+from qtask.application import reconciler as reconciler_module
+from qtask.application.reconciler import STREAM_MARKER, Reconciler, StreamMark, stream_lost
 from qtask.domain.ports import StreamState
 from qtask.domain.task import Status, Task
 from qtask.errors import QueueUnavailableError, StoreUnavailableError
-from qtask.reconciler import STREAM_MARKER, Reconciler, StreamMark, stream_lost
 from qtask.testing import InMemoryStream, InMemoryTaskStore
 from qtask_testkit import make_task
 

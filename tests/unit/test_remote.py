@@ -12,6 +12,7 @@ import orjson
 import pytest
 import structlog.testing
 
+from qtask.application.poller import RemotePoller
 from qtask.config import WorkerSettings
 from qtask.domain.remote import (
     MAX_POLL_INTERVAL_S,
@@ -24,7 +25,6 @@ from qtask.domain.remote import (
 )
 from qtask.domain.task import Status, Task, new_task_id
 from qtask.errors import RemoteRejectedError, RemoteUnavailableError
-from qtask.poller import RemotePoller
 from qtask.testing import (
     FakeRemoteBackend,
     InMemoryObjectStore,

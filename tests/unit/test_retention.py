@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
+from qtask.application.retention import Retention
 from qtask.domain.task import Status
-from qtask.retention import Retention
 from qtask.testing import InMemoryObjectStore, InMemoryTaskStore
 from qtask_testkit import make_task
 

@@ -14,6 +14,7 @@ import structlog.testing
 from fastapi import FastAPI
 
 from qtask.api.app import create_app
+from qtask.application.service import Submission, TaskService
 from qtask.circuits.ingestor import CircuitIngestor, limits_from
 from qtask.config import LimitsSettings
 from qtask.constants import (
@@ -25,7 +26,7 @@ from qtask.constants import (
 )
 from qtask.domain.task import Encoding, Status, Task
 from qtask.errors import InvalidRequestError, StoreUnavailableError, TaskNotFoundError
-from qtask.service import Submission, TaskService
+from qtask.execution.catalog import aer_only
 from qtask.testing import InMemoryTaskStore
 
 MAX_BODY = 4096
@@ -54,7 +55,9 @@ class Harness:
 def build(store: Any | None = None, **limits: Any) -> Harness:
     settings = LimitsSettings(max_shots=MAX_SHOTS, **limits)
     memory = store if store is not None else InMemoryTaskStore()
-    service = TaskService(memory, memory, CircuitIngestor(settings, pool=None), settings)
+    service = TaskService(
+        memory, memory, CircuitIngestor(settings, pool=None), settings, backends=aer_only(settings)
+    )
     return Harness(memory, service, create_app(service, max_body_bytes=MAX_BODY))
 
 
@@ -518,7 +521,9 @@ async def test_batch_over_the_task_limit_is_413() -> None:
 async def test_batch_body_limit_is_its_own() -> None:
     settings = LimitsSettings(max_shots=MAX_SHOTS)
     memory = InMemoryTaskStore()
-    service = TaskService(memory, memory, CircuitIngestor(settings, pool=None), settings)
+    service = TaskService(
+        memory, memory, CircuitIngestor(settings, pool=None), settings, backends=aer_only(settings)
+    )
     app = create_app(service, max_body_bytes=MAX_BODY, max_batch_body_bytes=4 * MAX_BODY)
     transport = httpx.ASGITransport(app=app)
     per_item = len(orjson.dumps({"qc": BELL})) + 1
@@ -806,13 +811,19 @@ async def test_single_quoted_include_is_accepted(
 async def test_client_disconnect_mid_body_is_not_an_internal_error() -> None:
 
     from qtask.api.app import create_app
+    from qtask.application.service import TaskService
     from qtask.circuits.ingestor import CircuitIngestor
     from qtask.config import LimitsSettings
-    from qtask.service import TaskService
     from qtask.testing import InMemoryTaskStore
 
     store = InMemoryTaskStore()
-    service = TaskService(store, store, CircuitIngestor(LimitsSettings(), None), LimitsSettings())
+    service = TaskService(
+        store,
+        store,
+        CircuitIngestor(LimitsSettings(), None),
+        LimitsSettings(),
+        backends=aer_only(LimitsSettings()),
+    )
     app = create_app(service, max_body_bytes=1 << 20)
     sent: list[dict[str, object]] = []
 

@@ -1,4 +1,4 @@
-"""Supervised loops (qtask.supervision) and Periodic on top of them: no I/O, real event loop."""
+"""Supervised loops (qtask.runtime.supervision) and Periodic on them: no I/O, real event loop."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pytest
 import structlog.testing
 
-from qtask.periodic import Periodic
-from qtask.supervision import SupervisedLoop, backoff_s
+from qtask.runtime.periodic import Periodic
+from qtask.runtime.supervision import SupervisedLoop, backoff_s
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

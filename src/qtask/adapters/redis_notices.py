@@ -19,7 +19,7 @@ import redis.asyncio
 
 from qtask.domain.ports import EndListener
 from qtask.logs import get_logger
-from qtask.supervision import SupervisedLoop
+from qtask.runtime.supervision import SupervisedLoop
 
 log = get_logger("redis_notices")
 

@@ -29,7 +29,8 @@ Layout, every key under one prefix (default "qtask"):
 - `{prefix}:marker:{name}`: small records set by compare-and-set (`swap_marker`), shared by
   every process: `queue_stream` is the NATS stream last seen, `active_index` and
   `listing_index` say the active index and the listings were backfilled.
-- `{prefix}:rate:{name}`: an API key's request token bucket (RedisRateLimiter), while in use.
+- `{prefix}:rate:{name}`: an API key's request token bucket, while in use (its own adapter,
+  adapters/redis_rate.py, through the store's public `client`).
 - `{prefix}:dead`: list of dead-letter records (JSON), newest first, capped at 10,000.
 
 Every change of a task is one Lua script, so it is atomic: the task hash, the counters, the ledger
@@ -97,7 +98,6 @@ COUNTS_KEY = "{prefix}:counts"
 DEAD_KEY = "{prefix}:dead"
 FINISHED_KEY = "{prefix}:finished"
 PENDING_FIELD = "pending:{owner}"
-RATE_KEY = "{prefix}:rate:{name}"
 _STATUSES = frozenset(status.value for status in Status)
 PING_KEY = "{prefix}:ping"
 DEFAULT_PREFIX = "qtask"
@@ -412,49 +412,6 @@ if (ARGV[1] == '0' and not current) or (ARGV[1] == '1' and current == ARGV[2]) t
 end
 return 0
 """
-
-
-_TAKE_TOKEN_LUA = """
--- KEYS[1] the bucket's hash. ARGV: rate (tokens per second), burst, expiry in ms.
--- A token bucket on Redis's clock, so every API process shares it. Returns 0 when a token was
--- taken, else the seconds until one is back (as a string: Lua numbers lose their fraction).
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(state[1]) or burst
-local at = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
-local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-else
-  wait = (1 - tokens) / rate
-end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'at',
-  string.format('%.6f', now))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return string.format('%.6f', wait)
-"""
-
-
-class RedisRateLimiter:
-    """RateLimiter on Redis: one token bucket per key name, shared by every API process.
-
-    A bucket idle long enough to be full again expires, so Redis keeps only active keys'.
-    """
-
-    def __init__(self, store: RedisTaskStore, rate: float, burst: int) -> None:
-        self._store = store
-        self._take = store._redis.register_script(_TAKE_TOKEN_LUA)
-        self._args = [repr(rate), str(burst), str(int(1000 * burst / rate) + 1000)]
-
-    async def take(self, name: str) -> float:
-        """Spend one token of `name`: 0.0 when there was one, else the seconds until one."""
-        key = RATE_KEY.format(prefix=self._store._prefix, name=name)
-        with self._store._unavailable("check a request rate"):
-            wait = await self._take(keys=[key], args=self._args)
-        return float(wait)
 
 
 class RedisTaskStore:
@@ -862,6 +819,22 @@ class RedisTaskStore:
         """Close the connection pool."""
         with self._unavailable("close its connections"):
             await self._redis.aclose()
+
+    # --- for adapters that keep their own keys in this store's Redis (the rate limiter) ----
+
+    @property
+    def client(self) -> redis.asyncio.Redis:
+        """The client of this store's connection pool, so a process shares one pool."""
+        return self._redis
+
+    @property
+    def prefix(self) -> str:
+        """The prefix every key of this deployment starts with."""
+        return self._prefix
+
+    def unavailable(self, action: str) -> contextlib.AbstractContextManager[None]:
+        """Raise a Redis failure inside as StoreUnavailableError naming this Redis and `action`."""
+        return self._unavailable(action)
 
     # --- extras ----------------------------------------------------------------------------
 

@@ -13,9 +13,9 @@ from qtask.api.auth import Gate
 from qtask.api.fast import FastRoutes
 from qtask.api.middleware import RequestLogMiddleware
 from qtask.api.routes import ReadyCheck, router
+from qtask.application.live import Streams
+from qtask.application.service import TaskService
 from qtask.config import AuthSettings, ServerSettings
-from qtask.live import Streams
-from qtask.service import TaskService
 
 
 def create_app(

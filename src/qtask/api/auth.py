@@ -3,16 +3,16 @@
 Keys are configured as SHA-256 digests, never in clear, and are never logged; a request names
 its key with `Authorization: Bearer <key>` or `X-API-Key: <key>`. A key is 32 random bytes
 (`qtask keygen`), so one fast hash is enough: there is no password to guess offline.
-Each key's requests to the /tasks routes pass a token bucket: in this process (embedded mode),
-or in Redis, shared by every API process (distributed mode).
+Each key's requests to the /tasks routes pass a token bucket, behind the RateLimiter port:
+in this process (embedded mode, adapters/local_rate.py) or in Redis, shared by every API
+process (distributed mode, adapters/redis_rate.py); process assembly picks one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from qtask import metrics
 from qtask.config import AuthSettings
@@ -32,42 +32,20 @@ def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-class TokenBuckets:
-    """RateLimiter in this process: one token bucket per key name, `rate` tokens a second,
-    at most `burst` saved up."""
-
-    def __init__(
-        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, when)
-
-    async def take(self, name: str) -> float:
-        """Spend one token of `name`: 0.0 when there was one, else the seconds until one."""
-        now = self._clock()
-        tokens, then = self._buckets.get(name, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - then) * self._rate)
-        if tokens >= 1.0:
-            self._buckets[name] = (tokens - 1.0, now)
-            return 0.0
-        self._buckets[name] = (tokens, now)
-        return (1.0 - tokens) / self._rate
-
-
 class Gate:
     """Turns a request's headers into the caller's key name, or refuses the request."""
 
     def __init__(self, settings: AuthSettings, limiter: RateLimiter | None = None) -> None:
-        """`limiter` holds the buckets when they are shared (Redis); by default this process
-        holds them. Neither is used when `settings.rate_per_s` is 0."""
+        """`limiter` holds the buckets; it is needed when keys are on and `settings.rate_per_s`
+        is above 0 (ValueError otherwise), and not used when either is off."""
         self.enabled = settings.enabled
         self._names = {key.sha256: key.name for key in settings.keys}
         self._rate = settings.rate_per_s
         self._buckets: RateLimiter | None = None
-        if settings.rate_per_s > 0:
-            self._buckets = limiter or TokenBuckets(settings.rate_per_s, settings.burst)
+        if settings.enabled and settings.rate_per_s > 0:
+            if limiter is None:
+                raise ValueError("auth.rate_per_s is set: the gate needs a RateLimiter")
+            self._buckets = limiter
 
     async def caller(self, headers: Mapping[str, str]) -> str | None:
         """The name of the calling key (None when keys are off); raise 401 or 429 otherwise."""

@@ -8,6 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from qtask.application.live import TooManyStreamsError
 from qtask.constants import MSG_NOT_FOUND
 from qtask.errors import (
     InvalidRequestError,
@@ -17,7 +18,6 @@ from qtask.errors import (
     StoreUnavailableError,
     TaskNotFoundError,
 )
-from qtask.live import TooManyStreamsError
 from qtask.logs import get_logger
 
 log = get_logger("api")

@@ -4,7 +4,7 @@ The same messages are served as Server-Sent Events on that path over plain HTTP 
 Messages are JSON text frames: the body GET /tasks/{id} answers plus `task_id` and `state`
 (queued, running, completed, error, cancelled); the last one is the task's end, after which the
 server closes with 1000 (normal closure). How changes are learnt, and the bounds (streams per
-process, re-read period, idle limit), are qtask.live's; this module only carries them.
+process, re-read period, idle limit), are qtask.application.live's; this module only carries them.
 
 Authentication, when API keys are on: an `Authorization: Bearer` or `X-API-Key` header, as for
 GET, or (browsers cannot set headers on a websocket) a first text message `{"api_key": "..."}`
@@ -31,6 +31,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from qtask import metrics
 from qtask.api.auth import Gate
+from qtask.application.live import StreamIdleError, Streams, TooManyStreamsError
+from qtask.application.service import TaskService
 from qtask.constants import MSG_CANCELLED, MSG_NOT_FOUND
 from qtask.domain.task import Status, TaskOutcome
 from qtask.errors import (
@@ -42,9 +44,7 @@ from qtask.errors import (
     TaskNotFoundError,
     UnauthorizedError,
 )
-from qtask.live import StreamIdleError, Streams, TooManyStreamsError
 from qtask.logs import get_logger
-from qtask.service import TaskService
 
 log = get_logger("events")
 

@@ -25,6 +25,7 @@ from qtask.api.schemas import (
     SubmitResponse,
     TaskListResponse,
 )
+from qtask.application.service import Submission, TaskService
 from qtask.constants import (
     LIST_LIMIT_DEFAULT,
     LIST_LIMIT_MAX,
@@ -43,7 +44,6 @@ from qtask.errors import (
     RequestTimeoutError,
 )
 from qtask.runtime.health import evaluate
-from qtask.service import Submission, TaskService
 
 ReadyCheck = Callable[[], Awaitable[str]]
 _Model = TypeVar("_Model", bound=BaseModel)

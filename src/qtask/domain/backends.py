@@ -16,7 +16,14 @@ from typing import Protocol
 from qtask.domain.task import LEGACY_BACKEND, CircuitInfo
 from qtask.errors import BackendLimitError
 
-__all__ = ["LEGACY_BACKEND", "BackendCapabilities", "BackendKind", "ExecutionBackend", "GateError"]
+__all__ = [
+    "LEGACY_BACKEND",
+    "BackendCapabilities",
+    "BackendKind",
+    "Backends",
+    "ExecutionBackend",
+    "GateError",
+]
 
 
 class BackendKind(enum.StrEnum):
@@ -109,4 +116,28 @@ class ExecutionBackend(Protocol):
 
     async def health(self) -> str:
         """ "ok", or why the backend cannot take work now."""
+        ...
+
+
+class Backends(Protocol):
+    """Every configured backend by name, and the default one: what the service admits
+    submissions to and what GET /backends lists (built from the settings by
+    qtask.execution.catalog)."""
+
+    @property
+    def default(self) -> str:
+        """The name of the backend a submission that names none runs on."""
+        ...
+
+    def get(self, name: str | None) -> ExecutionBackend:
+        """The backend called `name` (the default for None); UnknownBackendError otherwise."""
+        ...
+
+    def admit(self, name: str | None, info: CircuitInfo, shots: int) -> str:
+        """Check the circuit against the backend's limits (BackendLimitError, 422); return the
+        backend's name."""
+        ...
+
+    def all(self) -> list[ExecutionBackend]:
+        """Every backend, the default first."""
         ...

@@ -23,7 +23,13 @@ from qtask.config_backends import (
     QtaskBackendSettings,
     RunnableBackendSettings,
 )
-from qtask.domain.backends import BackendCapabilities, BackendKind, ExecutionBackend, GateError
+from qtask.domain.backends import (
+    BackendCapabilities,
+    BackendKind,
+    Backends,
+    ExecutionBackend,
+    GateError,
+)
 from qtask.domain.remote import RemoteBackend
 from qtask.domain.task import CircuitInfo
 from qtask.errors import ConfigError, UnknownBackendError
@@ -204,6 +210,9 @@ if TYPE_CHECKING:
 
     def _conforms(backend: LocalBackend) -> ExecutionBackend:
         return backend  # mypy checks that LocalBackend satisfies the port
+
+    def _catalog_conforms(catalog: BackendCatalog) -> Backends:
+        return catalog
 
     def _remote_conforms(backend: QtaskRemoteBackend) -> RemoteBackend:
         return backend

@@ -11,8 +11,8 @@ Rules it keeps:
   rest go back to the queue with their attempt refunded;
 - no error leaves a delivery held: one that could not be settled is let go unacknowledged, so
   its lease (or NATS ack wait) lapses and the queue hands it out again;
-- the fetch loop and the heartbeat are supervised loops (qtask.supervision): an error is logged
-  and the loop goes on, and a wedged loop makes /ready fail.
+- the fetch loop and the heartbeat are supervised loops (qtask.runtime.supervision): an error is
+  logged and the loop goes on, and a wedged loop makes /ready fail.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from qtask.runtime.pool import (
     ChildPool,
     ChildTimeoutError,
 )
-from qtask.supervision import SupervisedLoop
+from qtask.runtime.supervision import SupervisedLoop
 from qtask.worker.remote import RemoteSubmitter
 
 log = get_logger("worker")

@@ -14,16 +14,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from qtask import wiring
 from qtask.adapters.nats_queue import NatsTaskQueue
 from qtask.adapters.redis_notices import RedisEndNotices
+from qtask.adapters.redis_rate import RedisRateLimiter
 from qtask.adapters.redis_remote import RedisRemoteJobs
-from qtask.adapters.redis_store import RedisRateLimiter, RedisTaskStore
+from qtask.adapters.redis_store import RedisTaskStore
+from qtask.application.poller import RemotePoller
+from qtask.application.reconciler import Reconciler
+from qtask.assembly import wiring
 from qtask.config import Settings
 from qtask.errors import ConfigError
 from qtask.logs import get_logger
-from qtask.poller import RemotePoller
-from qtask.reconciler import Reconciler
 from qtask.runtime.health import Check, serve_health
 from qtask.worker.remote import RemoteSubmitter
 from qtask.worker.runner import Worker
@@ -122,6 +123,13 @@ class ApiRole:
             await self.store.close()
             if self.objects is not None:
                 await self.objects.close()
+
+
+def serve_api(settings: Settings) -> None:
+    """Run `qtask api` until it is stopped."""
+    from qtask.api import server
+
+    server.run(ApiRole(settings).app, settings)
 
 
 async def run_worker(settings: Settings) -> None:

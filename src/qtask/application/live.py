@@ -6,10 +6,11 @@ bounds how many run at once in a process. The task websocket (`GET /tasks/{id}/e
 qtask.api.events) is one user; the mesh's job websocket is meant to be the next.
 
 How changes arrive: the end of a task wakes the wait at once, through the long-poll waiters
-(qtask.waiters), which the process's EndNotices feed, so it works across API replicas in
-distributed mode. Other changes (queued -> running) are not announced: each wait that reaches
-its `poll_s` deadline re-reads the store, so they are seen within `poll_s` (a bounded periodic
-read: about two store reads per stream per `poll_s`). No I/O here beyond the functions given.
+(qtask.application.waiters), which the process's EndNotices feed, so it works across API
+replicas in distributed mode. Other changes (queued -> running) are not announced: each wait
+that reaches its `poll_s` deadline re-reads the store, so they are seen within `poll_s` (a
+bounded periodic read: about two store reads per stream per `poll_s`). No I/O here beyond the
+functions given.
 """
 
 from __future__ import annotations

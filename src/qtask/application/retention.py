@@ -14,7 +14,7 @@ import time
 from qtask import metrics
 from qtask.domain.ports import ObjectStore, TaskStore
 from qtask.logs import get_logger
-from qtask.periodic import Periodic
+from qtask.runtime.periodic import Periodic
 
 log = get_logger("retention")
 

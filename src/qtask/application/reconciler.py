@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from qtask.constants import RECONCILE_GRACE_SECONDS
 from qtask.domain.ports import StreamQueue, StreamState, TaskStore
 from qtask.logs import get_logger
-from qtask.periodic import Periodic
+from qtask.runtime.periodic import Periodic
 
 log = get_logger("reconciler")
 

@@ -1,7 +1,7 @@
 """Builds the parts every process role is made of, from the settings.
 
-`embedded.py` (qtask serve) and `roles.py` (qtask api / worker / poller) assemble these; this is
-the only module that knows which class implements which port for which setting.
+`assembly.embedded` (qtask serve) and `assembly.roles` (qtask api / worker / poller) assemble
+these; this is the only module that knows which class implements which port for which setting.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from qtask.config import Settings
 from qtask.domain.ports import EndNotices, ObjectStore, RateLimiter, TaskQueue, TaskStore
 from qtask.runtime.health import Check
 from qtask.runtime.pool import ChildPool
-from qtask.supervision import SupervisedLoop
+from qtask.runtime.supervision import SupervisedLoop
 
 if TYPE_CHECKING:  # the worker role never imports FastAPI: these load only in api_app
     from fastapi import FastAPI
 
-    from qtask.retention import Retention
-    from qtask.service import TaskService
+    from qtask.application.retention import Retention
+    from qtask.application.service import TaskService
 
 
 class _Pingable(Protocol):
@@ -120,7 +120,7 @@ def retention(
     keep = settings.retention.keep_finished_s
     if keep <= 0:
         return None
-    from qtask.retention import Retention
+    from qtask.application.retention import Retention
 
     return Retention(store, objects, keep, settings.retention.interval_s)
 
@@ -140,17 +140,21 @@ def api_app(
     """The task service and the HTTP API around it, with the limits and keys of `settings`.
 
     `notices` tell this process when tasks end, which wakes its long polls. `limiter` holds
-    the per-key request buckets when they are shared between API processes.
+    the per-key request buckets when they are shared between API processes; without one, this
+    process holds them.
     """
+    from qtask.adapters.local_rate import TokenBuckets
     from qtask.api.app import create_app, streams_from
     from qtask.api.auth import Gate
+    from qtask.application.service import TaskService
+    from qtask.application.waiters import Waiters
     from qtask.circuits.ingestor import CircuitIngestor
     from qtask.execution.catalog import build_catalog
-    from qtask.service import TaskService
-    from qtask.waiters import Waiters
 
     waiters = Waiters()
     notices.listen(waiters.ended, waiters.resync)
+    if limiter is None and settings.auth.enabled and settings.auth.rate_per_s > 0:
+        limiter = TokenBuckets(settings.auth.rate_per_s, settings.auth.burst)
 
     service = TaskService(
         store,

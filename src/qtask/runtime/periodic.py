@@ -1,14 +1,14 @@
 """A pass that runs in the background every few seconds until stopped (reconciler, retention,
 the remote poller).
 
-The loop is a supervised one (qtask.supervision): a failing pass is logged with its traceback and
-retried after a backoff, and `loop.check()` is the readiness check that fails when no pass
-completed in three intervals. Subclasses write `run_once` only.
+The loop is a supervised one (qtask.runtime.supervision): a failing pass is logged with its
+traceback and retried after a backoff, and `loop.check()` is the readiness check that fails
+when no pass completed in three intervals. Subclasses write `run_once` only.
 """
 
 from __future__ import annotations
 
-from qtask.supervision import SupervisedLoop
+from qtask.runtime.supervision import SupervisedLoop
 
 
 class Periodic:

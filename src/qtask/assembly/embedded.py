@@ -16,8 +16,8 @@ from typing import IO, TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from qtask import wiring
 from qtask.adapters.sqlite_store import SQLiteTaskStore
+from qtask.assembly import wiring
 from qtask.config import Settings
 from qtask.constants import DB_FILE, LOCK_FILE
 from qtask.errors import ConfigError
@@ -26,8 +26,8 @@ from qtask.worker.runner import Worker
 
 if TYPE_CHECKING:
     from qtask.adapters.sqlite_remote import SQLiteRemoteJobs
+    from qtask.application.poller import RemotePoller
     from qtask.domain.remote import RemoteBackend
-    from qtask.poller import RemotePoller
     from qtask.worker.remote import RemoteSubmitter
 
 log = get_logger("embedded")
@@ -51,6 +51,23 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     handle.write(f"qtask serve (pid {os.getpid()})\n")
     handle.flush()
     return handle
+
+
+def serve(settings: Settings) -> None:
+    """Run `qtask serve` until it is stopped: the data directory is held for the process's
+    life; ConfigError unless the store is SQLite or while another process holds the directory."""
+    from qtask.api import server
+
+    if settings.storage.store != "sqlite":
+        raise ConfigError(
+            "qtask serve runs embedded mode (storage.store = 'sqlite'); "
+            "for Redis and NATS run qtask api and qtask worker"
+        )
+    lock = lock_data_dir(settings.storage.data_dir)
+    try:
+        server.run(EmbeddedService(settings).app, settings)
+    finally:
+        lock.close()
 
 
 class EmbeddedService:
@@ -103,7 +120,7 @@ class EmbeddedService:
         if not remotes:
             return None, None
         from qtask.adapters.sqlite_remote import SQLiteRemoteJobs
-        from qtask.poller import RemotePoller
+        from qtask.application.poller import RemotePoller
         from qtask.worker.remote import RemoteSubmitter
 
         self._remotes = list(remotes.values())

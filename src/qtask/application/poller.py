@@ -43,7 +43,7 @@ from qtask.domain.remote import (
 from qtask.domain.task import Status, result_document
 from qtask.errors import QTaskError, TaskNotFoundError
 from qtask.logs import get_logger
-from qtask.periodic import Periodic
+from qtask.runtime.periodic import Periodic
 
 log = get_logger("poller")
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 import orjson
 
 from qtask import metrics
-from qtask.adapters.objects import circuit_key, result_key
+from qtask.application.listing import LIST_STATUSES, Listing, decode_cursor, encode_cursor
+from qtask.application.waiters import BatchedReads, Waiters
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings
 from qtask.constants import (
@@ -21,6 +22,8 @@ from qtask.constants import (
     MAX_WAIT_SECONDS,
     MSG_CANCELLED,
 )
+from qtask.domain.backends import Backends
+from qtask.domain.object_keys import circuit_key, result_key
 from qtask.domain.ports import ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import CircuitInfo, Status, Task, TaskOutcome, new_task_id
 from qtask.errors import (
@@ -32,10 +35,7 @@ from qtask.errors import (
     TaskConflictError,
     TaskNotFoundError,
 )
-from qtask.execution.catalog import BackendCatalog, aer_only
-from qtask.listing import LIST_STATUSES, Listing, decode_cursor, encode_cursor
 from qtask.logs import get_logger
-from qtask.waiters import BatchedReads, Waiters
 
 log = get_logger("service")
 
@@ -96,12 +96,12 @@ class TaskService:
         *,
         max_pending_per_owner: int = 0,
         waiters: Waiters | None = None,
-        backends: BackendCatalog | None = None,
+        backends: Backends,
     ) -> None:
         """`max_pending_per_owner`: tasks one API key may have queued or running (0: no cap).
         `waiters`: the registry that the process's end notices wake (long polls); without
         one, a wait lasts until its deadline unless the task has already ended.
-        `backends`: the configured backends (ideal Aer alone when None)."""
+        `backends`: the configured backends (injected: the service knows none by itself)."""
         self._waiters = Waiters() if waiters is None else waiters
         self._reads = BatchedReads(store.outcomes)
         self._store = store
@@ -112,7 +112,7 @@ class TaskService:
         self._max_memory_bits = limits.max_memory_bits
         self._max_batch = limits.max_batch_tasks
         self._max_pending = max_pending_per_owner
-        self._backends = aer_only(limits) if backends is None else backends
+        self._backends = backends
 
     async def submit(
         self,
@@ -312,7 +312,7 @@ class TaskService:
         page = await self._store.page(caller, wanted, after, limit)
         return Listing(page.tasks, None if page.next is None else encode_cursor(page.next))
 
-    def backends(self) -> BackendCatalog:
+    def backends(self) -> Backends:
         """The backends tasks may name."""
         return self._backends
 

@@ -70,8 +70,10 @@ class IbmBackendSettings(BaseModel):
     # The name of the environment variable holding the API token (never the token itself).
     # Unset at start-up is allowed: the backend's health says so and its tasks fail.
     token_env: str = "QISKIT_IBM_TOKEN"
-    # qiskit-ibm-runtime's channels (its ChannelType, less "local").
-    channel: Literal["ibm_quantum_platform", "ibm_cloud"] = "ibm_quantum_platform"
+    # qiskit-ibm-runtime's channels; "local" is its local testing mode: `device` is then one
+    # of its fake devices (fake_brisbane, ...), simulated offline with no token. Its jobs live
+    # in the submitting process only: for `qtask serve`, not for a separate `qtask poller`.
+    channel: Literal["ibm_quantum_platform", "ibm_cloud", "local"] = "ibm_quantum_platform"
     remote_timeout_s: float = Field(default=86400.0, gt=0)
     poll_interval_s: float = Field(default=5.0, gt=0)
 

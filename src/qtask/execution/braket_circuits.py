@@ -57,17 +57,42 @@ class UnsupportedOnBraketError(ValueError):
     measurement, reset, classical control)."""
 
 
+# Separates the parts of an encoded Readback (and, in remote_braket, the ARN before it).
+SEPARATOR = ";"
+
+
+@dataclass(frozen=True, slots=True)
+class Readback:
+    """How Braket's per-qubit measurements of a circuit become Aer's keys."""
+
+    # For each classical bit of the Qiskit circuit (in order), the qubit measured into it last;
+    # None for a bit nothing is measured into (it reads 0, as in Aer).
+    clbit_qubits: tuple[int | None, ...]
+    # The classical registers' sizes, first register first (Aer's key layout).
+    register_sizes: tuple[int, ...]
+
+    def encode(self) -> str:
+        """`0,1,-;2`: the qubit of each classical bit ('-': none), then the register sizes."""
+        bits = ",".join("-" if q is None else str(q) for q in self.clbit_qubits)
+        return f"{bits}{SEPARATOR}{','.join(map(str, self.register_sizes))}"
+
+    @classmethod
+    def decode(cls, text: str) -> Readback:
+        """The inverse of encode."""
+        bits, _, sizes = text.partition(SEPARATOR)
+        return cls(
+            tuple(None if b == "-" else int(b) for b in bits.split(",") if b),
+            tuple(int(s) for s in sizes.split(",") if s),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class BraketCircuit:
     """A circuit ready for Braket, and what reading its measurements back needs."""
 
     circuit: Any  # braket.circuits.Circuit
     num_qubits: int
-    # For each classical bit of the Qiskit circuit (in order), the qubit measured into it last;
-    # None for a bit nothing is measured into (it reads 0, as in Aer).
-    clbit_qubits: tuple[int | None, ...]
-    # The classical registers' sizes, first register first (Aer's key layout).
-    register_sizes: tuple[int, ...]
+    readback: Readback
 
     def openqasm(self) -> str:
         """The circuit as the OpenQASM 3 program Braket's CreateQuantumTask takes."""
@@ -111,21 +136,21 @@ def to_braket(qc: Any) -> BraketCircuit:
     sizes = tuple(register.size for register in lowered.cregs)
     if sum(sizes) != lowered.num_clbits:  # loose bits: one group of all of them, as Qiskit does
         sizes = (lowered.num_clbits,)
-    return BraketCircuit(circuit, lowered.num_qubits, tuple(clbit_qubits), sizes)
+    return BraketCircuit(circuit, lowered.num_qubits, Readback(tuple(clbit_qubits), sizes))
 
 
 def shots_like_aer(
-    prepared: BraketCircuit, measured_qubits: Sequence[int], measurements: Any
+    readback: Readback, measured_qubits: Sequence[int], measurements: Any
 ) -> list[str]:
     """Each shot's bitstring, keyed as Aer keys its counts for the same circuit."""
     column = {int(qubit): index for index, qubit in enumerate(measured_qubits)}
-    picks = [None if q is None else column.get(q) for q in prepared.clbit_qubits]
+    picks = [None if q is None else column.get(q) for q in readback.clbit_qubits]
     shots = []
     for row in measurements:
         bits = ["0" if pick is None else str(int(row[pick])) for pick in picks]
         groups = []
         start = 0
-        for size in prepared.register_sizes:
+        for size in readback.register_sizes:
             groups.append("".join(reversed(bits[start : start + size])))
             start += size
         shots.append(" ".join(reversed(groups)))

@@ -50,7 +50,7 @@ def _run(item: RunItem) -> RunOutcome:
         result = _device().run(prepared.circuit, shots=item.shots).result()
     except Exception as exc:  # the simulator's own refusal (qubits, memory)
         return RunOutcome(item.task_id, error=f"Braket's local simulator failed: {exc}")
-    shots = shots_like_aer(prepared, result.measured_qubits, result.measurements)
+    shots = shots_like_aer(prepared.readback, result.measured_qubits, result.measurements)
     return RunOutcome(
         item.task_id,
         counts=counts_like_aer(shots),

@@ -106,7 +106,8 @@ class IbmRemoteBackend(ConfiguredRemote[IbmBackendSettings]):
         """The child process the session lives in (started by its first call)."""
         if self._host is None:
             token = os.environ.get(self._settings.token_env, "")
-            if not token and self._factory_path is None:
+            needs_token = self._factory_path is None and self._settings.channel != "local"
+            if not token and needs_token:
                 raise RemoteRejectedError(
                     f"The IBM backend {self._name} has no token: the environment variable "
                     f"{self._settings.token_env} is not set."
@@ -201,6 +202,8 @@ class IbmSession:
         self._recent: OrderedDict[str, Any] = OrderedDict()
 
     def _runtime_service(self) -> Any:
+        if self._settings.channel == "local":
+            return _LocalTestingService()
         if not self._token:
             raise RemoteRejectedError(
                 f"The IBM backend has no token: the environment variable "
@@ -293,6 +296,22 @@ class IbmSession:
             self._job(job_id).cancel()
         except Exception as exc:
             raise _classify(exc, "cancel the job") from exc
+
+
+class _LocalTestingService:
+    """qiskit-ibm-runtime's local testing mode: its fake devices, offline. (Its own
+    QiskitRuntimeService(channel="local") builds every fake device to find one, ~70 of them.)"""
+
+    def backend(self, name: str) -> Any:
+        from qtask.execution.devices import fake_backend
+
+        return fake_backend(name)
+
+    def job(self, job_id: str) -> Any:
+        raise RemoteRejectedError(
+            f"IBM's local testing mode keeps no job {job_id} (it lives in the process that "
+            "submitted it, which has stopped)"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,7 @@ class BraketRemoteBackend(ConfiguredRemote[BraketBackendSettings]):
         limits: LimitsSettings,
         *,
         clients: ClientsFactory | None = None,
+        clients_path: str | None = None,
     ) -> None:
         self._name = name
         self._settings = settings
@@ -107,6 +108,8 @@ class BraketRemoteBackend(ConfiguredRemote[BraketBackendSettings]):
         self._host: ProviderHost | None = None
         if clients is not None:  # tests: fake AWS clients, in this process
             self._host = ThreadHost(BraketSession(settings, clients=clients))
+        # Tests: fake AWS clients built by name in the session's child process.
+        self._clients_path = clients_path
         self._limit = asyncio.Semaphore(_CONCURRENT_CALLS)
         # Until the device is read (health): this deployment's own limits; Braket refuses what
         # the device cannot run and the task ends with its message.
@@ -128,14 +131,14 @@ class BraketRemoteBackend(ConfiguredRemote[BraketBackendSettings]):
 
     def _session_host(self) -> ProviderHost:
         if self._host is None:
-            if _credentials() is None:
+            if _credentials() is None and self._clients_path is None:
                 raise RemoteRejectedError(
                     f"The Braket backend {self._name} has no AWS credentials: "
                     f"{_KEY_ENV} and {_SECRET_ENV} are not both set."
                 )
             self._host = ChildHost(
                 "qtask.execution.remote_braket:BraketSession",
-                (self._settings,),
+                (self._settings, self._clients_path),
                 preload=("qiskit", "braket.circuits", "boto3"),
                 threads=_CONCURRENT_CALLS,
             )
@@ -220,9 +223,17 @@ class BraketSession:
     provider child (ChildHost) from the settings, or in-process by tests with fake clients."""
 
     def __init__(
-        self, settings: BraketBackendSettings, *, clients: ClientsFactory | None = None
+        self,
+        settings: BraketBackendSettings,
+        clients_path: str | None = None,
+        *,
+        clients: ClientsFactory | None = None,
     ) -> None:
         self._settings = settings
+        if clients is None and clients_path is not None:
+            from qtask.runtime.pool import _resolve
+
+            clients = _resolve(clients_path)
         self._make_clients = clients or self._boto3_clients
         self._clients: BraketClients | None = None
 

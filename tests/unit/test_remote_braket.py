@@ -5,6 +5,7 @@ idempotent, results read as Aer keys them, cancel, and which errors are retried.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import io
 import json
 import uuid
@@ -17,7 +18,7 @@ from qtask.config_backends import BraketBackendSettings
 from qtask.domain.backends import BackendKind
 from qtask.domain.remote import PROVIDER_STATES, RemoteState
 from qtask.domain.task import Task, new_task_id
-from qtask.errors import RemoteRejectedError, RemoteUnavailableError
+from qtask.errors import ConfigError, RemoteRejectedError, RemoteUnavailableError
 from qtask.execution.braket_circuits import Readback
 from qtask.execution.catalog import build_catalog
 from qtask.execution.remote_braket import (
@@ -266,3 +267,15 @@ def test_braket_tables_build_a_remote_and_a_local_backend() -> None:
     local = catalog.get("braket_local").capabilities
     assert (local.kind, local.type, local.seeds) == (BackendKind.LOCAL, "braket_local", False)
     assert catalog.devices()["braket_local"] == "braket_sv"
+
+
+def test_a_braket_table_without_the_sdk_fails_start_up_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "braket" else real(name, *a)
+    )
+    settings = Settings.model_validate({"backends": {"sim": {"type": "braket_local"}}})
+    with pytest.raises(ConfigError, match=r"backends\.sim\.type .*qtask\[braket\]"):
+        build_catalog(settings)

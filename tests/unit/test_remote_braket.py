@@ -50,6 +50,7 @@ class FakeBraket:
         self.requests: list[dict[str, Any]] = []
         self.cancelled: list[str] = []
         self.fail_with: Exception | None = None
+        self.device_reads = 0
 
     def create_quantum_task(self, **request: Any) -> dict[str, str]:
         self.requests.append(request)
@@ -78,6 +79,7 @@ class FakeBraket:
         return {"cancellationStatus": "CANCELLING"}
 
     def get_device(self, deviceArn: str) -> dict[str, Any]:  # noqa: N803
+        self.device_reads += 1
         capabilities = {"paradigm": {"qubitCount": 34}, "service": {"shotsRange": [0, 100000]}}
         return {"deviceStatus": "ONLINE", "deviceCapabilities": json.dumps(capabilities)}
 
@@ -228,9 +230,13 @@ async def test_one_unreadable_task_is_left_out_and_all_unreadable_is_unavailable
         await backend.statuses([lost])
 
 
-async def test_health_reads_the_device_s_qubits_and_shot_limit(aws: BraketClients) -> None:
+async def test_health_reads_the_device_s_qubits_and_shot_limit_once_a_minute(
+    aws: BraketClients,
+) -> None:
     backend = braket(aws)
     assert await backend.health() == "ok"
+    assert await backend.health() == "ok"
+    assert aws.braket.device_reads == 1
     assert backend.capabilities.device_qubits == 34
     assert backend.capabilities.max_qubits == {"device": min(34, LimitsSettings().max_qubits)}
 

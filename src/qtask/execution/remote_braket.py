@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,9 @@ _CONCURRENT_CALLS = 8
 # Jobs one statuses() call names; the semaphore above bounds them all together.
 _STATUS_BATCH = 32
 _HEALTH_TIMEOUT_S = 10.0
+# GET /backends reads the device's status through health(); GetDevice is asked at most this
+# often (an unauthenticated page must not turn into a stream of AWS calls).
+_DEVICE_FRESH_S = 60.0
 _SUBMIT_TIMEOUT_S = 120.0
 _STATUS_TIMEOUT_S = 120.0
 # The credentials boto3 is given, read from the environment and nothing else.
@@ -236,6 +240,7 @@ class BraketSession:
             clients = _resolve(clients_path)
         self._make_clients = clients or self._boto3_clients
         self._clients: BraketClients | None = None
+        self._device: tuple[float, DeviceFacts] | None = None
 
     def _boto3_clients(self) -> BraketClients:
         import boto3
@@ -264,7 +269,16 @@ class BraketSession:
         return self._clients
 
     def device(self) -> DeviceFacts:
-        """The device's status, qubits and shot limit (GetDevice)."""
+        """The device's status, qubits and shot limit (GetDevice, at most once a minute: every
+        GET /backends asks)."""
+        now = time.monotonic()
+        if self._device is not None and now - self._device[0] < _DEVICE_FRESH_S:
+            return self._device[1]
+        facts = self._read_device()
+        self._device = (now, facts)
+        return facts
+
+    def _read_device(self) -> DeviceFacts:
         try:
             answer = self._aws().braket.get_device(deviceArn=self._settings.device_arn)
         except QTaskError:

@@ -196,10 +196,10 @@ class BraketRemoteBackend(ConfiguredRemote[BraketBackendSettings]):
 
     async def close(self) -> None:
         """Stop the session's process."""
+        # The closed host stays: a call racing the shutdown fails as unavailable instead of
+        # starting a new child.
         if self._host is not None:
             await self._host.close()
-            if isinstance(self._host, ChildHost):
-                self._host = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,10 +171,10 @@ class IbmRemoteBackend(ConfiguredRemote[IbmBackendSettings]):
 
     async def close(self) -> None:
         """Stop the session's process (qiskit-ibm-runtime holds no connection to close)."""
+        # The closed host stays: a call racing the shutdown fails as unavailable instead of
+        # starting a new child.
         if self._host is not None:
             await self._host.close()
-            if isinstance(self._host, ChildHost):
-                self._host = None
 
 
 class IbmSession:

@@ -74,7 +74,6 @@ class IbmRemoteBackend(ConfiguredRemote[IbmBackendSettings]):
         limits: LimitsSettings,
         *,
         service_factory: ServiceFactory | None = None,
-        service_factory_path: str | None = None,
     ) -> None:
         self._name = name
         self._settings = settings
@@ -82,7 +81,6 @@ class IbmRemoteBackend(ConfiguredRemote[IbmBackendSettings]):
         self._host: ProviderHost | None = None
         if service_factory is not None:  # tests: a fake service, in this process
             self._host = ThreadHost(IbmSession(settings, service_factory=service_factory))
-        self._factory_path = service_factory_path
         self._limit = asyncio.Semaphore(_CONCURRENT_CALLS)
         # Until the device is read (health): this deployment's own limits; IBM refuses what
         # the device cannot run and the task ends with its message.
@@ -106,15 +104,14 @@ class IbmRemoteBackend(ConfiguredRemote[IbmBackendSettings]):
         """The child process the session lives in (started by its first call)."""
         if self._host is None:
             token = os.environ.get(self._settings.token_env, "")
-            needs_token = self._factory_path is None and self._settings.channel != "local"
-            if not token and needs_token:
+            if not token and self._settings.channel != "local":
                 raise RemoteRejectedError(
                     f"The IBM backend {self._name} has no token: the environment variable "
                     f"{self._settings.token_env} is not set."
                 )
             self._host = ChildHost(
                 "qtask.execution.remote_ibm:IbmSession",
-                (self._settings, token, self._factory_path),
+                (self._settings, token),
                 preload=("qiskit", "qiskit_ibm_runtime"),
                 threads=_CONCURRENT_CALLS,
             )
@@ -185,16 +182,11 @@ class IbmSession:
         self,
         settings: IbmBackendSettings,
         token: str = "",
-        factory_path: str | None = None,
         *,
         service_factory: ServiceFactory | None = None,
     ) -> None:
         self._settings = settings
         self._token = token
-        if service_factory is None and factory_path is not None:
-            from qtask.runtime.pool import _resolve
-
-            service_factory = _resolve(factory_path)
         self._factory = service_factory or self._runtime_service
         self._service: Any = None
         self._device: Any = None

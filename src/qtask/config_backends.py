@@ -70,8 +70,38 @@ class IbmBackendSettings(BaseModel):
     # The name of the environment variable holding the API token (never the token itself).
     # Unset at start-up is allowed: the backend's health says so and its tasks fail.
     token_env: str = "QISKIT_IBM_TOKEN"
-    # qiskit-ibm-runtime's channels (its ChannelType, less "local").
-    channel: Literal["ibm_quantum_platform", "ibm_cloud"] = "ibm_quantum_platform"
+    # qiskit-ibm-runtime's channels; "local" is its local testing mode: `device` is then one
+    # of its fake devices (fake_brisbane, ...), simulated offline with no token. Its jobs live
+    # in the submitting process only: for `qtask serve`, not for a separate `qtask poller`.
+    channel: Literal["ibm_quantum_platform", "ibm_cloud", "local"] = "ibm_quantum_platform"
+    remote_timeout_s: float = Field(default=86400.0, gt=0)
+    poll_interval_s: float = Field(default=5.0, gt=0)
+
+
+class BraketLocalBackendSettings(BaseModel):
+    """Amazon Braket's local state-vector simulator in the worker's child processes
+    (execution.braket_local); needs the `braket` extra."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["braket_local"]
+
+
+class BraketBackendSettings(BaseModel):
+    """An Amazon Braket device (execution.remote_braket): tasks are created with the qtask task
+    id as client token, results land in the S3 bucket/prefix below. AWS credentials and region
+    come from the environment (AWS_*), as boto3 reads them; never from this file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["braket"]
+    # e.g. arn:aws:braket:::device/quantum-simulator/amazon/sv1
+    device_arn: str = Field(pattern=r"^arn:aws[a-z-]*:braket:")
+    # The AWS region of the device; None: the environment's (AWS_REGION / AWS_DEFAULT_REGION).
+    region: str | None = None
+    # Where Braket writes each task's results (the account must be allowed to write there).
+    s3_bucket: str = Field(min_length=3)
+    s3_prefix: str = "qtask"
     remote_timeout_s: float = Field(default=86400.0, gt=0)
     poll_interval_s: float = Field(default=5.0, gt=0)
 
@@ -89,11 +119,18 @@ BackendSettings = Annotated[
     | AerDeviceBackendSettings
     | QtaskBackendSettings
     | IbmBackendSettings
+    | BraketLocalBackendSettings
+    | BraketBackendSettings
     | OffBackendSettings,
     Field(discriminator="type"),
 ]
 RunnableBackendSettings = (
-    AerBackendSettings | AerDeviceBackendSettings | QtaskBackendSettings | IbmBackendSettings
+    AerBackendSettings
+    | AerDeviceBackendSettings
+    | QtaskBackendSettings
+    | IbmBackendSettings
+    | BraketLocalBackendSettings
+    | BraketBackendSettings
 )
 
 # Three devices of the three processor families a newcomer is likely to meet: Eagle (127
@@ -114,6 +151,8 @@ def effective_backends(
         | AerDeviceBackendSettings
         | QtaskBackendSettings
         | IbmBackendSettings
+        | BraketLocalBackendSettings
+        | BraketBackendSettings
         | OffBackendSettings,
     ],
 ) -> dict[str, RunnableBackendSettings]:

@@ -1,13 +1,15 @@
 """The `ibm` backend's submit/result path in qiskit-ibm-runtime's local testing mode (a fake
-device as the Sampler's mode: no network), and against a real account only when
-QISKIT_IBM_TOKEN is set."""
+device as the Sampler's mode: no network), in-process and through a real `qtask serve` (its
+provider child process), and against a real account only when QISKIT_IBM_TOKEN is set."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import time
+from pathlib import Path
 
+import httpx
 import pytest
 
 from qtask.application.poller import RemotePoller
@@ -18,7 +20,7 @@ from qtask.domain.task import Status, Task, new_task_id
 from qtask.execution.remote_ibm import IbmRemoteBackend
 from qtask.testing import InMemoryRemoteJobs, InMemoryTaskStore
 from qtask.worker.remote import RemoteSubmitter
-from qtask_testkit import BELL, BELL_INFO
+from qtask_testkit import BELL, BELL_INFO, ServerProcess, submit, wait_done
 
 
 class LocalService:
@@ -102,3 +104,27 @@ async def test_a_real_account_reaches_the_device_and_takes_a_job() -> None:
     assert status.state in {RemoteState.QUEUED, RemoteState.RUNNING, RemoteState.DONE}
     await backend.cancel(job_id)  # do not spend the account's time on a test
     await backend.close()
+
+
+def test_qtask_serve_runs_an_ibm_task_in_local_testing_mode_through_its_provider_child(
+    tmp_path: Path,
+) -> None:
+    env = {
+        "QTASK_BACKENDS__IBM_LOCAL__TYPE": "ibm",
+        "QTASK_BACKENDS__IBM_LOCAL__CHANNEL": "local",
+        "QTASK_BACKENDS__IBM_LOCAL__DEVICE": "fake_brisbane",
+        "QTASK_BACKENDS__IBM_LOCAL__POLL_INTERVAL_S": "0.2",
+    }
+    server = ServerProcess(tmp_path / "data", workers=1, env=env)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            by_name = {b["name"]: b for b in client.get("/backends").json()["backends"]}
+            assert by_name["ibm_local"]["health"] == "ok"
+            assert by_name["ibm_local"]["num_qubits"] == 127
+            body = wait_done(client, submit(client, BELL, backend="ibm_local", shots=300), 120)
+        assert body["status"] == "completed", body
+        assert sum(body["result"].values()) == 300
+        assert body["result"].get("00", 0) + body["result"].get("11", 0) > 240
+    finally:
+        assert server.terminate() == 0

@@ -59,8 +59,10 @@ def test_environment_form_adds_a_backend(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_unknown_type_fails_naming_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QTASK_BACKENDS__MINE__TYPE", "braket")
-    with pytest.raises(ConfigError, match=r"backends\.mine \(env QTASK_BACKENDS__MINE\).*'braket'"):
+    monkeypatch.setenv("QTASK_BACKENDS__MINE__TYPE", "quantinuum")
+    with pytest.raises(
+        ConfigError, match=r"backends\.mine \(env QTASK_BACKENDS__MINE\).*'quantinuum'"
+    ):
         load_settings()
 
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from qtask.config import LimitsSettings, Settings
 from qtask.config_backends import (
     AerDeviceBackendSettings,
+    BraketBackendSettings,
+    BraketLocalBackendSettings,
     IbmBackendSettings,
     QtaskBackendSettings,
     RunnableBackendSettings,
@@ -33,7 +35,9 @@ from qtask.domain.backends import (
 from qtask.domain.remote import RemoteBackend
 from qtask.domain.task import CircuitInfo
 from qtask.errors import ConfigError, UnknownBackendError
+from qtask.execution import braket_local
 from qtask.execution.methods import Method
+from qtask.execution.remote_braket import BraketRemoteBackend
 from qtask.execution.remote_ibm import IbmRemoteBackend
 from qtask.execution.remote_qtask import QtaskRemoteBackend
 
@@ -45,7 +49,8 @@ class LocalBackend:
     """A backend that runs in the worker's child processes (ExecutionBackend)."""
 
     capabilities: BackendCapabilities
-    # The fake device whose noise it simulates; None for ideal Aer.
+    # The fake device whose noise it simulates, braket_local.SIMULATOR for Braket's local
+    # simulator; None for ideal Aer.
     device: str | None = None
 
     async def health(self) -> str:
@@ -80,7 +85,8 @@ class BackendCatalog:
         return sorted(self._backends.values(), key=lambda b: b.capabilities.name != self.default)
 
     def devices(self) -> dict[str, str | None]:
-        """Backend name -> its fake device (None: ideal Aer), what a worker's children need."""
+        """Backend name -> its fake device (None: ideal Aer; braket_sv: Braket's local
+        simulator), what a worker's children need."""
         return {
             name: backend.device
             for name, backend in self._backends.items()
@@ -92,7 +98,7 @@ class BackendCatalog:
         return {
             name: backend
             for name, backend in self._backends.items()
-            if isinstance(backend, QtaskRemoteBackend | IbmRemoteBackend)
+            if isinstance(backend, QtaskRemoteBackend | IbmRemoteBackend | BraketRemoteBackend)
         }
 
 
@@ -113,11 +119,16 @@ def aer_only(limits: LimitsSettings) -> BackendCatalog:
 
 def _backend(
     name: str, table: RunnableBackendSettings, limits: LimitsSettings
-) -> LocalBackend | QtaskRemoteBackend | IbmRemoteBackend:
+) -> LocalBackend | QtaskRemoteBackend | IbmRemoteBackend | BraketRemoteBackend:
     if isinstance(table, QtaskBackendSettings):
         return QtaskRemoteBackend(name, table, limits)
     if isinstance(table, IbmBackendSettings):
         return IbmRemoteBackend(name, table, limits)
+    if isinstance(table, BraketBackendSettings):
+        _needs_braket(name)
+        return BraketRemoteBackend(name, table, limits)
+    if isinstance(table, BraketLocalBackendSettings):
+        return _braket_local(name, limits)
     if isinstance(table, AerDeviceBackendSettings):
         return _device(name, table.device, limits)
     return _aer(name, limits)
@@ -143,6 +154,30 @@ def _aer(name: str, limits: LimitsSettings) -> LocalBackend:
         max_shots=limits.max_shots,
     )
     return LocalBackend(capabilities)
+
+
+def _needs_braket(name: str) -> None:
+    if importlib.util.find_spec("braket") is None:  # finds it without importing it
+        raise ConfigError(
+            f"backends.{name}.type needs the Amazon Braket SDK: pip install 'qtask[braket]'"
+        )
+
+
+def _braket_local(name: str, limits: LimitsSettings) -> LocalBackend:
+    _needs_braket(name)
+    capabilities = BackendCapabilities(
+        name=name,
+        type="braket_local",
+        kind=BackendKind.LOCAL,
+        # A state vector, in the child's memory like Aer's: the smaller of braket_sv's own
+        # limit and the worker's statevector bound.
+        max_qubits={
+            Method.STATEVECTOR.value: min(braket_local.MAX_QUBITS, _statevector_qubits(limits))
+        },
+        max_shots=limits.max_shots,
+        seeds=False,  # Braket's local simulator takes no seed
+    )
+    return LocalBackend(capabilities, braket_local.SIMULATOR)
 
 
 def _device(name: str, device: str, limits: LimitsSettings) -> LocalBackend:
@@ -218,4 +253,7 @@ if TYPE_CHECKING:
         return backend
 
     def _ibm_conforms(backend: IbmRemoteBackend) -> RemoteBackend:
+        return backend
+
+    def _braket_conforms(backend: BraketRemoteBackend) -> RemoteBackend:
         return backend

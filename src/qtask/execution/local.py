@@ -1,6 +1,7 @@
 """The entry points of a worker's child processes for local backends: each item runs on the
-backend its task names, ideal Aer (execution.aer) or Aer with a device's noise
-(execution.devices), batches included.
+backend its task names, ideal Aer (execution.aer), Aer with a device's noise
+(execution.devices) or Amazon Braket's local simulator (execution.braket_local), batches
+included.
 
 Which configured backend is which comes from the worker's settings at child start
 (`init_process`), so a child never reads the configuration itself.
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from qtask.execution import aer, devices
+from qtask.execution import aer, braket_local, devices
 from qtask.execution.items import RunItem, RunOutcome
 
-# Backend name -> its fake device, None for ideal Aer; set when the child starts.
+# Backend name -> its fake device, braket_local.SIMULATOR for Braket's, None for ideal Aer;
+# set when the child starts.
 _backends: dict[str, str | None] = {"aer": None}
 
 
@@ -36,6 +38,7 @@ def run_items(items: list[RunItem]) -> list[RunOutcome]:
     """Run every item on its backend; a failure of one item is reported on that item alone."""
     ideal: list[RunItem] = []
     by_device: dict[str, list[RunItem]] = defaultdict(list)
+    braket: list[RunItem] = []
     outcomes: dict[str, RunOutcome] = {}
     for item in items:
         if item.backend not in _backends:  # configured at the API, not at this worker
@@ -44,10 +47,14 @@ def run_items(items: list[RunItem]) -> list[RunOutcome]:
             outcomes[item.task_id] = RunOutcome(item.task_id, error=error)
         elif (noisy := _backends[item.backend]) is None:
             ideal.append(item)
+        elif noisy == braket_local.SIMULATOR:
+            braket.append(item)
         else:
             by_device[noisy].append(item)
     if ideal:
         outcomes.update((o.task_id, o) for o in aer.run_items(ideal))
     for device, group in by_device.items():
         outcomes.update((o.task_id, o) for o in devices.run_items(group, device))
+    if braket:
+        outcomes.update((o.task_id, o) for o in braket_local.run_items(braket))
     return [outcomes[item.task_id] for item in items]

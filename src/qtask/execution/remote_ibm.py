@@ -6,25 +6,28 @@ deprecated) and return the job id. statuses = `service.job(id).status()` per job
 batch status call), at most _CONCURRENT_CALLS at once; DONE reads the counts (and per-shot
 memory) from the pub's classical registers, ERROR `error_message()`. cancel = `job.cancel()`.
 
-Every Qiskit and IBM call is blocking: it runs in a thread (`asyncio.to_thread`), never in the
-event loop, and qiskit / qiskit-ibm-runtime are imported there, on first use, so a worker that
-never meets an IBM task never imports them. (A thread, not a child process: the calls are
-network waits plus one transpile of a small circuit; the worker's child processes stay
-simulator slots.)
+Every Qiskit and IBM call is blocking and lives in IbmSession, which runs in a child process of
+its own (runtime.provider_host.ChildHost), started on first use: the worker's and the poller's
+main process never import Qiskit or qiskit-ibm-runtime, and the session (service, device, jobs
+submitted from this process) lives as long as that child. Tests hand the backend a fake service
+through `service_factory`; the session then runs in threads of the test's process.
 
 IBM has no idempotency key: a worker killed between IBM's accept and the stored job id leaves
 the delivery unacknowledged, the redelivery submits again, and the first job is orphaned (it
 runs and is billed; nothing polls it). The token is read from the environment variable
-`token_env` when the service is first needed and is never logged; without it the backend's
-health says so and its submissions fail for good (start-up does not).
+`token_env` by the main process when the backend is first used, handed to the child, and never
+logged; without it the backend's health says so and its submissions fail for good (start-up
+does not).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from qtask.config import LimitsSettings
@@ -32,9 +35,11 @@ from qtask.config_backends import IbmBackendSettings
 from qtask.domain.backends import BackendCapabilities, BackendKind
 from qtask.domain.remote import RemoteState, RemoteStatus, provider_state
 from qtask.domain.task import Task
-from qtask.errors import RemoteRejectedError, RemoteUnavailableError
+from qtask.errors import QTaskError, RemoteRejectedError, RemoteUnavailableError
 from qtask.execution.remote_base import ConfiguredRemote
 from qtask.logs import get_logger
+from qtask.runtime.pool import ChildFailedError
+from qtask.runtime.provider_host import ChildHost, ProviderHost, ThreadHost
 
 log = get_logger("remote_ibm")
 
@@ -47,9 +52,13 @@ _STATUS_BATCH = 32
 # poller shares the worker's process; local testing mode has no service.job()).
 _RECENT_JOBS = 1024
 
-# GET /backends waits this long for the service and device on first use; later calls reuse
-# them (the device's status is not re-read: health says whether it was reached once).
+# GET /backends waits this long for the service and device on first use (once the session's
+# process has started); later calls reuse them.
 _HEALTH_TIMEOUT_S = 5.0
+# A submission transpiles for a 100+ qubit device (seconds) and uploads the job.
+_SUBMIT_TIMEOUT_S = 300.0
+# One status or cancel call: one HTTPS request (a DONE job's result download included).
+_STATUS_TIMEOUT_S = 120.0
 
 # A factory of the QiskitRuntimeService-like object: `.backend(name)` and `.job(id)`.
 ServiceFactory = Callable[[], Any]
@@ -68,11 +77,11 @@ class IbmRemoteBackend(ConfiguredRemote[IbmBackendSettings]):
     ) -> None:
         self._name = name
         self._settings = settings
-        self._factory = service_factory or self._runtime_service
-        self._service: Any = None
-        self._device: Any = None
+        self._limits = limits
+        self._host: ProviderHost | None = None
+        if service_factory is not None:  # tests: a fake service, in this process
+            self._host = ThreadHost(IbmSession(settings, service_factory=service_factory))
         self._limit = asyncio.Semaphore(_CONCURRENT_CALLS)
-        self._recent: OrderedDict[str, Any] = OrderedDict()
         # Until the device is read (health): this deployment's own limits; IBM refuses what
         # the device cannot run and the task ends with its message.
         self._capabilities = BackendCapabilities(
@@ -85,84 +94,48 @@ class IbmRemoteBackend(ConfiguredRemote[IbmBackendSettings]):
             seeds=False,  # hardware samples; a seed is passed only to a fake device
             cancel=True,
         )
-        self._limits = limits
 
     @property
     def status_batch(self) -> int:
         """IBM has no batch status call: each statuses() call fans out, bounded."""
         return _STATUS_BATCH
 
-    def _runtime_service(self) -> Any:
-        token = os.environ.get(self._settings.token_env, "")
-        if not token:
-            raise RemoteRejectedError(
-                f"The IBM backend {self._name} has no token: the environment variable "
-                f"{self._settings.token_env} is not set."
+    def _session_host(self) -> ProviderHost:
+        """The child process the session lives in (started by its first call)."""
+        if self._host is None:
+            token = os.environ.get(self._settings.token_env, "")
+            if not token and self._settings.channel != "local":
+                raise RemoteRejectedError(
+                    f"The IBM backend {self._name} has no token: the environment variable "
+                    f"{self._settings.token_env} is not set."
+                )
+            self._host = ChildHost(
+                "qtask.execution.remote_ibm:IbmSession",
+                (self._settings, token),
+                preload=("qiskit", "qiskit_ibm_runtime"),
+                threads=_CONCURRENT_CALLS,
             )
-        from qiskit_ibm_runtime import QiskitRuntimeService  # heavy, lazy
-
-        return QiskitRuntimeService(
-            channel=self._settings.channel, token=token, instance=self._settings.instance
-        )
-
-    def _backend_sync(self) -> Any:
-        """The device object (service created on first use); in a thread."""
-        if self._device is None:
-            if self._service is None:
-                self._service = self._factory()
-            self._device = self._service.backend(self._settings.device)
-        return self._device
+        return self._host
 
     async def health(self) -> str:
         """ "ok" (and the capabilities read from the device), or why not."""
         try:
-            device = await asyncio.wait_for(
-                asyncio.to_thread(self._backend_sync), _HEALTH_TIMEOUT_S
+            self._capabilities = _device_capabilities(
+                self._name,
+                await self._session_host().call("device", timeout=_HEALTH_TIMEOUT_S),
+                self._limits,
             )
-            self._capabilities = _device_capabilities(self._name, device, self._limits)
         except RemoteRejectedError as exc:
             return str(exc)
-        except TimeoutError:
-            # The thread goes on; a later call finds the device cached if it arrived.
-            return f"IBM Quantum did not answer within {_HEALTH_TIMEOUT_S:g} s"
-        except Exception as exc:  # any provider failure is a health answer
-            return f"IBM device {self._settings.device} unavailable: {type(exc).__name__}: {exc}"
+        except (RemoteUnavailableError, ChildFailedError) as exc:
+            return f"IBM device {self._settings.device} unavailable: {exc}"
         return "ok"
 
     async def submit(self, task: Task) -> str:
-        """Transpile for the device and start a Sampler job; its id."""
-        try:
-            device = await asyncio.to_thread(self._backend_sync)
-        except RemoteRejectedError:
-            raise
-        except Exception as exc:
-            raise _classify(exc, "reach the device") from exc
-        try:
-            isa = await asyncio.to_thread(_transpile, task, device)
-        except Exception as exc:
-            raise RemoteRejectedError(
-                f"The circuit cannot run on IBM device {self._settings.device}: {exc}"
-            ) from exc
-        try:
-            job = await asyncio.to_thread(_run, isa, device, task)
-        except Exception as exc:
-            raise _classify(exc, "submit the job") from exc
-        job_id = str(job.job_id())
-        self._remember(job_id, job)
+        """Transpile for the device and start a Sampler job (in the session's process); its id."""
+        job_id = str(await self._session_host().call("submit", task, timeout=_SUBMIT_TIMEOUT_S))
         log.info("ibm_submitted", task_id=task.id, job_id=job_id)
         return job_id
-
-    def _remember(self, job_id: str, job: Any) -> None:
-        self._recent[job_id] = job
-        while len(self._recent) > _RECENT_JOBS:
-            self._recent.popitem(last=False)
-
-    def _job_sync(self, job_id: str) -> Any:
-        job = self._recent.get(job_id)
-        if job is None:
-            self._backend_sync()
-            job = self._service.job(job_id)
-        return job
 
     async def statuses(self, job_ids: Sequence[str]) -> dict[str, RemoteStatus]:
         """Each job's status, _CONCURRENT_CALLS calls at once; a job IBM does not answer for
@@ -181,13 +154,119 @@ class IbmRemoteBackend(ConfiguredRemote[IbmBackendSettings]):
     async def _one(self, job_id: str) -> tuple[str, RemoteStatus | str]:
         async with self._limit:
             try:
-                return job_id, await asyncio.to_thread(self._status_sync, job_id)
-            except Exception as exc:  # one job's failure must not end the batch
+                status = await self._session_host().call(
+                    "status", job_id, timeout=_STATUS_TIMEOUT_S
+                )
+            except QTaskError as exc:  # one job's failure must not end the batch
                 log.warning("ibm_status_failed", job_id=job_id, reason=f"{type(exc).__name__}")
-                return job_id, f"{type(exc).__name__}: {exc}"
+                return job_id, str(exc)
+            return job_id, status
 
-    def _status_sync(self, job_id: str) -> RemoteStatus:
-        job = self._job_sync(job_id)
+    async def cancel(self, job_id: str) -> None:
+        """job.cancel(); a job that already ended raises there, which is fine (best effort)."""
+        await self._session_host().call("cancel", job_id, timeout=_STATUS_TIMEOUT_S)
+
+    async def close(self) -> None:
+        """Stop the session's process (qiskit-ibm-runtime holds no connection to close)."""
+        # The closed host stays: a call racing the shutdown fails as unavailable instead of
+        # starting a new child.
+        if self._host is not None:
+            await self._host.close()
+
+
+class IbmSession:
+    """The blocking side: service, device, Qiskit and the jobs this process submitted. Built
+    in the provider child (ChildHost) from picklable arguments, or in-process by tests."""
+
+    def __init__(
+        self,
+        settings: IbmBackendSettings,
+        token: str = "",
+        *,
+        service_factory: ServiceFactory | None = None,
+    ) -> None:
+        self._settings = settings
+        self._token = token
+        self._factory = service_factory or self._runtime_service
+        self._service: Any = None
+        self._device: Any = None
+        self._lock = threading.Lock()
+        self._recent: OrderedDict[str, Any] = OrderedDict()
+
+    def _runtime_service(self) -> Any:
+        if self._settings.channel == "local":
+            return _LocalTestingService()
+        if not self._token:
+            raise RemoteRejectedError(
+                f"The IBM backend has no token: the environment variable "
+                f"{self._settings.token_env} is not set."
+            )
+        from qiskit_ibm_runtime import QiskitRuntimeService  # heavy, lazy
+
+        return QiskitRuntimeService(
+            channel=self._settings.channel, token=self._token, instance=self._settings.instance
+        )
+
+    def _backend(self) -> Any:
+        with self._lock:  # one service and device, however many calls arrive at once
+            if self._device is None:
+                if self._service is None:
+                    self._service = self._factory()
+                self._device = self._service.backend(self._settings.device)
+            return self._device
+
+    def device(self) -> DeviceFacts:
+        """What the backend's capabilities need of the device."""
+        try:
+            return _device_facts(self._backend())
+        except RemoteRejectedError:
+            raise
+        except Exception as exc:
+            raise _classify(exc, "reach the device") from exc
+
+    def submit(self, task: Task) -> str:
+        """Transpile for the device and start a Sampler job; its id."""
+        try:
+            device = self._backend()
+        except RemoteRejectedError:
+            raise
+        except Exception as exc:
+            raise _classify(exc, "reach the device") from exc
+        try:
+            isa = _transpile(task, device)
+        except Exception as exc:
+            raise RemoteRejectedError(
+                f"The circuit cannot run on IBM device {self._settings.device}: {exc}"
+            ) from exc
+        try:
+            job = _run(isa, device, task)
+        except Exception as exc:
+            raise _classify(exc, "submit the job") from exc
+        job_id = str(job.job_id())
+        with self._lock:
+            self._recent[job_id] = job
+            while len(self._recent) > _RECENT_JOBS:
+                self._recent.popitem(last=False)
+        return job_id
+
+    def _job(self, job_id: str) -> Any:
+        job = self._recent.get(job_id)
+        if job is None:
+            self._backend()
+            job = self._service.job(job_id)
+        return job
+
+    def status(self, job_id: str) -> RemoteStatus:
+        """The job's state and, once ended, its outcome."""
+        try:
+            return self._status(job_id)
+        except QTaskError:
+            raise
+        except Exception as exc:
+            raise RemoteUnavailableError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _status(self, job_id: str) -> RemoteStatus:
+        job = self._job(job_id)
         raw = job.status()
         # Remote jobs answer strings; local testing mode's jobs qiskit's JobStatus enum.
         state = provider_state("ibm", str(getattr(raw, "name", raw)))
@@ -203,22 +282,49 @@ class IbmRemoteBackend(ConfiguredRemote[IbmBackendSettings]):
             return RemoteStatus(state, message="The job was cancelled at IBM Quantum.")
         return RemoteStatus(state)
 
-    async def cancel(self, job_id: str) -> None:
-        """job.cancel(); a job that already ended raises there, which is fine (best effort)."""
-
-        def _cancel() -> None:
-            self._job_sync(job_id).cancel()
-
+    def cancel(self, job_id: str) -> None:
+        """job.cancel()."""
         try:
-            await asyncio.to_thread(_cancel)
+            self._job(job_id).cancel()
         except Exception as exc:
             raise _classify(exc, "cancel the job") from exc
 
-    async def close(self) -> None:
-        """Drop the service (qiskit-ibm-runtime holds no connection to close)."""
-        self._service = None
-        self._device = None
-        self._recent.clear()
+
+class _LocalTestingService:
+    """qiskit-ibm-runtime's local testing mode: its fake devices, offline. (Its own
+    QiskitRuntimeService(channel="local") builds every fake device to find one, ~70 of them.)"""
+
+    def backend(self, name: str) -> Any:
+        from qtask.execution.devices import fake_backend
+
+        return fake_backend(name)
+
+    def job(self, job_id: str) -> Any:
+        raise RemoteRejectedError(
+            f"IBM's local testing mode keeps no job {job_id} (it lives in the process that "
+            "submitted it, which has stopped)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFacts:
+    """A device's shape, read in the session's process and sent back (picklable)."""
+
+    num_qubits: int
+    coupling: tuple[tuple[int, int], ...] | None
+    max_shots: int | None
+    operations: tuple[str, ...]
+
+
+def _device_facts(device: Any) -> DeviceFacts:
+    coupling = getattr(device, "coupling_map", None)
+    config = getattr(device, "configuration", lambda: None)()
+    return DeviceFacts(
+        num_qubits=int(device.num_qubits),
+        coupling=tuple((int(a), int(b)) for a, b in coupling.get_edges()) if coupling else None,
+        max_shots=getattr(config, "max_shots", None),
+        operations=tuple(sorted(str(op) for op in device.operation_names)),
+    )
 
 
 def _transpile(task: Task, device: Any) -> Any:
@@ -268,20 +374,19 @@ def _classify(exc: Exception, doing: str) -> Exception:
     return RemoteRejectedError(text)
 
 
-def _device_capabilities(name: str, device: Any, limits: LimitsSettings) -> BackendCapabilities:
-    qubits = int(device.num_qubits)
-    coupling = getattr(device, "coupling_map", None)
-    pairs = tuple((int(a), int(b)) for a, b in coupling.get_edges()) if coupling else None
-    max_shots = getattr(getattr(device, "configuration", lambda: None)(), "max_shots", None)
+def _device_capabilities(
+    name: str, device: DeviceFacts, limits: LimitsSettings
+) -> BackendCapabilities:
+    qubits = device.num_qubits
     return BackendCapabilities(
         name=name,
         type="ibm",
         kind=BackendKind.REMOTE,
         max_qubits={"device": min(qubits, limits.max_qubits)},
-        max_shots=min(limits.max_shots, int(max_shots or limits.max_shots)),
+        max_shots=min(limits.max_shots, int(device.max_shots or limits.max_shots)),
         device_qubits=qubits,
-        basis_gates=tuple(sorted(str(op) for op in device.operation_names)),
-        coupling_map=pairs,
+        basis_gates=device.operations,
+        coupling_map=device.coupling,
         noise=None,
         memory=True,
         seeds=False,

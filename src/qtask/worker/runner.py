@@ -1,6 +1,7 @@
 """The worker loop: take tasks from the queue, run them in child processes, store the outcome.
 
-Rules it keeps:
+What a delivery does (run, discard, dead letter) and whether a requeue keeps the attempt
+counted are domain.lifecycle's rules; the worker applies them. Rules it keeps:
 - an outcome is stored durably before the delivery is acknowledged;
 - a task already ended (a redelivery after a crash) is acknowledged without running again;
 - a task whose attempts are used up ends in error with the reason of its last failure;
@@ -33,6 +34,7 @@ from qtask.constants import (
     LEASE_SECONDS,
     RUN_SETTLE_GRACE_SECONDS,
 )
+from qtask.domain.lifecycle import Redelivery, Requeue, given_up_message, on_delivery
 from qtask.domain.ports import Completion, Delivery, ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import Status, Task, result_document
 from qtask.errors import ExecutionError, ShuttingDownError, TaskNotFoundError
@@ -126,7 +128,7 @@ class Worker:
                     await self._pool.close()
                     await asyncio.wait(pending)
             for delivery in list(self._held.values()):  # taken from the queue, never started
-                await self._release(delivery, None, penalize=False)
+                await self._release(delivery, None, Requeue.SHUTDOWN)
         finally:
             await self._heartbeat_loop.stop()
 
@@ -196,7 +198,7 @@ class Worker:
             self._held[delivery.task.id] = delivery
         if self._stopping.is_set():
             for delivery in deliveries:
-                await self._release(delivery, None, penalize=False)
+                await self._release(delivery, None, Requeue.SHUTDOWN)
             return []
         return deliveries
 
@@ -206,15 +208,14 @@ class Worker:
         for delivery in deliveries:
             task = delivery.task
             try:
-                if task.status.terminal:  # a redelivery of a task that already ended
+                decision = on_delivery(task, self._settings.max_attempts)
+                if decision is Redelivery.DISCARD:
                     await self._settle(delivery)
                     continue
-                if task.attempts > self._settings.max_attempts:
-                    reason = task.last_error or "its worker was lost"
+                if decision is Redelivery.DEAD_LETTER:
                     await self._fail(
                         delivery,
-                        f"The task was given up after {self._settings.max_attempts} attempts; "
-                        f"the last one failed because {reason}.",
+                        given_up_message(self._settings.max_attempts, task.last_error),
                         reason="attempts",
                         dead_letter=True,
                     )
@@ -246,7 +247,7 @@ class Worker:
                 self._held.pop(task.id, None)
             return
         except ShuttingDownError:
-            await self._release(delivery, None, penalize=False)
+            await self._release(delivery, None, Requeue.SHUTDOWN)
             return
         except Exception as exc:
             # Let go unacknowledged: the lease lapses and the redelivery submits again with
@@ -289,7 +290,7 @@ class Worker:
         except ChildTimeoutError:
             if self._interrupted:
                 for delivery in batch:
-                    await self._release(delivery, None, penalize=False)
+                    await self._release(delivery, None, Requeue.SHUTDOWN)
                 return
             if len(batch) == 1:
                 limit = self._settings.task_timeout_s
@@ -300,12 +301,14 @@ class Worker:
                 )
             else:
                 for delivery in batch:
-                    await self._release(delivery, "its batch ran out of time", penalize=True)
+                    await self._release(
+                        delivery, "its batch ran out of time", Requeue.BATCH_TIMED_OUT
+                    )
             return
         except (ChildCrashedError, ChildFailedError) as exc:
             if self._interrupted:
                 for delivery in batch:
-                    await self._release(delivery, None, penalize=False)
+                    await self._release(delivery, None, Requeue.SHUTDOWN)
                 return
             if isinstance(exc, ChildOutOfMemoryError) and len(batch) == 1:
                 # Deterministic: a rerun would need the same memory again.
@@ -319,7 +322,7 @@ class Worker:
             reason = str(exc)
             log.warning("worker_process_lost", tasks=[d.task.id for d in batch], reason=reason)
             for delivery in batch:
-                await self._release(delivery, reason, penalize=True)
+                await self._release(delivery, reason, Requeue.CRASHED)
             return
         elapsed = time.perf_counter() - started
         # Concurrently: each task still stores its result object, then its record, then acks,
@@ -432,9 +435,9 @@ class Worker:
         metrics.TASKS_FINISHED.labels("failed", reason).inc()
         log.info("task_failed", task_id=delivery.task.id, reason=message)
 
-    async def _release(self, delivery: Delivery, reason: str | None, *, penalize: bool) -> None:
+    async def _release(self, delivery: Delivery, reason: str | None, cause: Requeue) -> None:
         try:
-            await self._store.release(delivery.task.id, reason, penalize=penalize)
+            await self._store.release(delivery.task.id, reason, penalize=cause.penalizes)
             await delivery.nak()
             self.retried += 1
             metrics.TASKS_REDELIVERED.inc()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import orjson
 
 from qtask import metrics
-from qtask.adapters.objects import circuit_key, result_key
+from qtask.adapters.objects import circuit_key, result_key, result_keys
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings
 from qtask.constants import (
@@ -247,7 +247,7 @@ class TaskService:
         shots = await self._store.memories(wanted)
         missing = [i for i in wanted if i not in shots]
         if missing and self._objects is not None:
-            documents = await asyncio.gather(*(self._objects.get(result_key(i)) for i in missing))
+            documents = await asyncio.gather(*(self._result_document(i) for i in missing))
             for task_id, document in zip(missing, documents, strict=True):
                 per_shot = None if document is None else orjson.loads(document).get("memory")
                 if per_shot is not None:
@@ -255,6 +255,16 @@ class TaskService:
         return {
             i: replace(task, per_shot=shots[i]) if i in shots else task for i, task in found.items()
         }
+
+    async def _result_document(self, task_id: str) -> bytes | None:
+        """The task's result object, under the completed area or where a version before the
+        areas wrote it (domain.bucket)."""
+        assert self._objects is not None
+        for key in result_keys(task_id):
+            document = await self._objects.get(key)
+            if document is not None:
+                return document
+        return None
 
     async def _wait_for(
         self, task_ids: Sequence[str], caller: str | None, wait_s: float

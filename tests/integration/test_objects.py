@@ -19,7 +19,9 @@ from qtask.adapters.objects import (
     open_object_store,
     program_key,
     result_key,
+    result_keys,
 )
+from qtask.domain.bucket import pending_keys, remote_job_key
 from qtask.errors import ConfigError, ObjectStoreUnavailableError, QTaskError
 from servers import S3_BUCKET, S3Server
 
@@ -129,7 +131,7 @@ async def test_objects_land_under_their_key(opened: Opened) -> None:
         pytest.skip("memory has no directory")
     task_id = "4f1d7c2e-0000-4000-8000-000000000001"
     await opened.store.put(circuit_key(task_id), b"OPENQASM 3.0;")
-    landed = opened.root / "circuits" / "4f" / f"{task_id}.qasm"
+    landed = opened.root / "pending" / "4f" / f"{task_id}.qasm"
     assert landed.read_bytes() == b"OPENQASM 3.0;"
 
 
@@ -395,15 +397,20 @@ def test_bad_allow_http_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_key_helpers_lay_out_keys() -> None:
     task_id = "0b7e5a52-3c1d-4e8f-9a0b-1c2d3e4f5a6b"
-    assert circuit_key(task_id) == f"circuits/0b/{task_id}.qasm"
-    assert result_key(task_id) == f"results/0b/{task_id}.json"
+    assert circuit_key(task_id) == f"pending/0b/{task_id}.qasm"
+    assert remote_job_key(task_id) == f"pending/0b/{task_id}.job.json"
+    assert result_key(task_id) == f"completed/0b/{task_id}.json"
     assert program_key(task_id) == f"programs/0b/{task_id}.qpy"
+    # Read back for a result whose record is gone from view: where versions before the
+    # pending and completed areas wrote it, too.
+    assert result_keys(task_id) == (result_key(task_id), f"results/0b/{task_id}.json")
+    assert pending_keys(task_id) == (circuit_key(task_id), remote_job_key(task_id))
 
 
 @pytest.mark.parametrize(
     "task_id", ["", "a/b", "/", "..", "a..b", "../etc", "a\\b", "a b", "a\nb", "x" * 201]
 )
 def test_key_helpers_reject_bad_ids(task_id: str) -> None:
-    for helper in (circuit_key, result_key, program_key):
+    for helper in (circuit_key, result_key, program_key, remote_job_key):
         with pytest.raises(ValueError, match="invalid task id"):
             helper(task_id)

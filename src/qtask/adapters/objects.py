@@ -22,8 +22,9 @@ that is gone fails the call in bounded time (about 8 s when the port refuses con
 Every failure other than "no such object" is raised as ObjectStoreUnavailableError, whose
 message names the operation and the key, never a credential.
 
-The key layout (`circuit_key`, `result_key`, `program_key`) lives here too, so every process
-agrees on where a task's objects are.
+The key layout (the pending and completed areas of the bucket) is domain.bucket's; `circuit_key`
+and `result_key` are re-exported here, beside `program_key`, for the processes that import them
+from the adapter.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ from urllib.parse import unquote, urlsplit
 from obstore.exceptions import BaseError as ObstoreError
 from obstore.store import LocalStore, MemoryStore, S3Store
 
+from qtask.domain.bucket import circuit_key as circuit_key
+from qtask.domain.bucket import result_key as result_key
+from qtask.domain.bucket import result_keys as result_keys
+from qtask.domain.bucket import sharded
 from qtask.errors import ConfigError, ObjectStoreUnavailableError
 
 if TYPE_CHECKING:
@@ -52,6 +57,7 @@ __all__ = [
     "open_object_store",
     "program_key",
     "result_key",
+    "result_keys",
 ]
 
 ACCEPTED_SCHEMES = ("file://", "s3://", "memory://", "a plain directory path")
@@ -62,7 +68,6 @@ _PING_PREFIX = "_qtask-ping"
 _SECRET_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_TOKEN")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
-_TASK_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 _BAD_KEY_CHARS = re.compile(r"[\x00-\x1f\x7f\\#]")
 _MAX_DETAIL = 300
 
@@ -72,44 +77,9 @@ _Store = S3Store | LocalStore | MemoryStore
 # --- key layout ------------------------------------------------------------------------------
 
 
-def _checked_task_id(task_id: str) -> str:
-    """Return `task_id` if it is safe as one segment of a key; raise ValueError otherwise.
-
-    Allowed: 1 to 200 of A-Z a-z 0-9 `_` `.` `-`, without `..` (so no `/`, no traversal, no
-    empty id). Task ids are UUIDs, which always pass.
-    """
-    if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id) or ".." in task_id:
-        raise ValueError(f"invalid task id for an object key: {task_id!r}")
-    return task_id
-
-
-def _sharded(kind: str, task_id: str, suffix: str) -> str:
-    """`{kind}/{first two characters of the id}/{id}{suffix}`.
-
-    The shard level keeps directories small where the store is a filesystem (a local
-    directory, or an S3 server over one such as rclone's): a million tasks make 256 folders
-    of about 4,000 files for random UUIDs, not one folder of a million. It also spreads
-    concurrent writes, which rclone's S3 server needs: its directory cache can mis-handle
-    simultaneous uploads into one folder (seen here with 100 parallel PUTs, about once in 150
-    rounds), after which a GET of that key fails until the cache refreshes.
-    """
-    checked = _checked_task_id(task_id)
-    return f"{kind}/{checked[:2]}/{checked}{suffix}"
-
-
-def circuit_key(task_id: str) -> str:
-    """Key of a task's submitted circuit source: `circuits/{id[:2]}/{id}.qasm`."""
-    return _sharded("circuits", task_id, ".qasm")
-
-
-def result_key(task_id: str) -> str:
-    """Key of a task's result document (JSON): `results/{id[:2]}/{id}.json`."""
-    return _sharded("results", task_id, ".json")
-
-
 def program_key(task_id: str) -> str:
     """Key of a task's compiled program (QPY): `programs/{id[:2]}/{id}.qpy`."""
-    return _sharded("programs", task_id, ".qpy")
+    return sharded("programs", task_id, ".qpy")
 
 
 def _check_key(key: str) -> None:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from qtask.domain.backends import ExecutionBackend
+
+# The job record's key is part of the bucket layout (domain.bucket); re-exported here.
+from qtask.domain.bucket import remote_job_key as remote_job_key
 from qtask.domain.task import Task
 
 
@@ -164,13 +167,6 @@ def next_poll_delay(interval: float, polls: int, rng: random.Random | None = Non
     at MAX_POLL_INTERVAL_S, with +-25 % jitter so jobs submitted together spread out."""
     base = min(interval * 2.0 ** min(polls, 30), max(interval, MAX_POLL_INTERVAL_S))
     return base * (0.75 + 0.5 * (rng or random).random())
-
-
-def remote_job_key(task_id: str) -> str:
-    """Object key of a submitted task's job record, the bucket's pending area:
-    `pending/{id[:2]}/{id}.job.json` (sharded as circuits/ and results/ are); deleted once the
-    task ended and its result is under results/."""
-    return f"pending/{task_id[:2]}/{task_id}.job.json"
 
 
 def job_document(job: RemoteJob) -> dict[str, object]:

@@ -163,6 +163,9 @@ def result_document(
         "attempts": task.completed_attempt or task.attempts,
         "circuit_object": task.circuit_object,
         "completed_at": task.finished_at or time.time(),
+        # The input itself: the completed area holds the whole job once its pending objects
+        # are deleted (domain.bucket).
+        "circuit": task.source,
     }
     if remote_job is not None:
         document["remote_job"] = remote_job

@@ -34,6 +34,7 @@ from qtask.constants import (
     LEASE_SECONDS,
     RUN_SETTLE_GRACE_SECONDS,
 )
+from qtask.domain.bucket import circuit_key
 from qtask.domain.lifecycle import Redelivery, Requeue, given_up_message, on_delivery
 from qtask.domain.ports import Completion, Delivery, ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import Status, Task, result_document
@@ -210,6 +211,8 @@ class Worker:
             try:
                 decision = on_delivery(task, self._settings.max_attempts)
                 if decision is Redelivery.DISCARD:
+                    if task.status is Status.COMPLETED:  # a crash may have cut its move short
+                        await self._leave_pending(task)
                     await self._settle(delivery)
                     continue
                 if decision is Redelivery.DEAD_LETTER:
@@ -370,6 +373,8 @@ class Worker:
                         )
                     except TaskNotFoundError:  # cancelled, then removed by retention meanwhile
                         done = None
+                    if done is not None and done.task.status is Status.COMPLETED:
+                        await self._leave_pending(task)
                     await self._settle(delivery)
                     if done is not None and done.transitioned:  # this run completed it
                         self.completed += 1
@@ -416,6 +421,18 @@ class Worker:
             await self._objects.put(stored.result_object, result_document(stored, stored.result))
         except Exception as exc:  # the record stays right; only its copy may differ
             log.warning("restore_result_failed", reason=str(exc))
+
+    async def _leave_pending(self, task: Task) -> None:
+        """The move's last step (domain.bucket): delete a completed task's circuit from the
+        pending area, its result document holding it now. Before the ack, so a worker killed
+        first leaves a redelivery that deletes it; a delete that fails is logged and the object
+        stays until retention removes it with the task."""
+        if self._objects is None or task.circuit_object != circuit_key(task.id):
+            return  # no object store, or a circuit a version before the areas stored
+        try:
+            await self._objects.delete(task.circuit_object)
+        except Exception as exc:
+            log.warning("pending_delete_failed", task_id=task.id, reason=str(exc))
 
     async def _discard_result(self, task: Task) -> None:
         """Delete the result object written for a task whose record refused the result."""

@@ -14,7 +14,9 @@ batches of its status_batch with bounded concurrency, and then per job:
   (best effort) and end the task in error saying so;
 - unfinished: poll again after the backend's interval, doubled per poll, with jitter.
 A task that ended here meanwhile (DELETE /tasks/{id}) is cancelled at the provider (best
-effort, logged) and forgotten.
+effort, logged) and forgotten. The cancel makes its job due now (RemoteJobStore.due_now), so
+this happens at the next pass, within a tick, not at the job's next scheduled poll; a pass whose
+status call was out at that moment looks again before it reschedules.
 """
 
 from __future__ import annotations
@@ -168,8 +170,20 @@ class RemotePoller(Periodic):
                 delay = next_poll_delay(backend.poll_interval_s, job.polls, self._rng)
                 later.append(replace(job, next_poll_at=now + delay, polls=job.polls + 1))
         if later:
-            await self._jobs.reschedule(later)
-            report.rescheduled += len(later)
+            # A task cancelled while its status call was out made its job due now
+            # (RemoteJobStore.due_now); rescheduling it would undo that, so look again.
+            now_ended = await self._store.outcomes([job.task_id for job in later])
+            still = []
+            for job in later:
+                outcome = now_ended.get(job.task_id)
+                if outcome is None or outcome.status.terminal:
+                    await self._settled_here(
+                        backend, job, None if outcome is None else outcome.status
+                    )
+                else:
+                    still.append(job)
+            await self._jobs.reschedule(still)
+            report.rescheduled += len(still)
 
     async def _finish(self, job: RemoteJob, status: RemoteStatus) -> bool:
         """End the task as the provider's job ended; True when it completed."""

@@ -530,6 +530,13 @@ class InMemoryRemoteJobs:
             if job.task_id in self.jobs:
                 self.jobs[job.task_id] = job
 
+    async def due_now(self, task_ids: Sequence[str], now: float) -> None:
+        """Bring these jobs' next poll forward to `now`."""
+        for task_id in task_ids:
+            job = self.jobs.get(task_id)
+            if job is not None and job.next_poll_at > now:
+                self.jobs[task_id] = replace(job, next_poll_at=now)
+
     async def forget(self, task_ids: Sequence[str]) -> None:
         """Drop the records."""
         for task_id in task_ids:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from qtask.config import Settings
 from qtask.domain.ports import EndNotices, ObjectStore, RateLimiter, TaskQueue, TaskStore
+from qtask.domain.remote import RemoteJobStore
 from qtask.runtime.health import Check
 from qtask.runtime.pool import ChildPool
 from qtask.supervision import SupervisedLoop
@@ -136,11 +137,13 @@ def api_app(
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
     notices: EndNotices,
     limiter: RateLimiter | None = None,
+    remote_jobs: RemoteJobStore | None = None,
 ) -> tuple[TaskService, FastAPI]:
     """The task service and the HTTP API around it, with the limits and keys of `settings`.
 
     `notices` tell this process when tasks end, which wakes its long polls. `limiter` holds
-    the per-key request buckets when they are shared between API processes.
+    the per-key request buckets when they are shared between API processes. `remote_jobs`:
+    the remote job records, so that a cancel reaches the provider at the next poller pass.
     """
     from qtask.api.app import create_app, streams_from
     from qtask.api.auth import Gate
@@ -161,6 +164,7 @@ def api_app(
         max_pending_per_owner=settings.auth.max_pending_tasks if settings.auth.enabled else 0,
         waiters=waiters,
         backends=build_catalog(settings),
+        remote_jobs=remote_jobs,
     )
     app = create_app(
         service,

@@ -98,6 +98,16 @@ class RedisRemoteJobs:
         except RedisError as exc:
             raise StoreUnavailableError(f"cannot reschedule remote jobs: {exc}") from exc
 
+    async def due_now(self, task_ids: Sequence[str], now: float) -> None:
+        """Bring these tasks' jobs forward to `now`: ZADD XX LT changes only scheduled jobs,
+        and only to an earlier time."""
+        if not task_ids:
+            return
+        try:
+            await self._redis.zadd(self._due, dict.fromkeys(task_ids, now), xx=True, lt=True)
+        except RedisError as exc:
+            raise StoreUnavailableError(f"cannot make remote jobs due: {exc}") from exc
+
     async def forget(self, task_ids: Sequence[str]) -> None:
         """Delete the records of ended tasks."""
         if not task_ids:

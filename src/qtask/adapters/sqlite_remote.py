@@ -94,6 +94,18 @@ class SQLiteRemoteJobs:
 
         await self._db.write(write)
 
+    async def due_now(self, task_ids: Sequence[str], now: float) -> None:
+        """Bring these tasks' jobs forward to `now` (a job due sooner is left as it is)."""
+        params = [(now, task_id, now) for task_id in task_ids]
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE remote_jobs SET next_poll_at = ? WHERE task_id = ? AND next_poll_at > ?",
+                params,
+            )
+
+        await self._db.write(write)
+
     async def forget(self, task_ids: Sequence[str]) -> None:
         """Delete the records of ended tasks."""
         params = [(task_id,) for task_id in task_ids]

@@ -156,6 +156,12 @@ class RemoteJobStore(Protocol):
         """Remove the records of tasks that ended."""
         ...
 
+    async def due_now(self, task_ids: Sequence[str], now: float) -> None:
+        """Make the jobs of these tasks (those that have one) due for a poll at `now`: a task
+        cancelled here gets its provider job cancelled by the next poller pass, not when its
+        backoff would have polled it (up to MAX_POLL_INTERVAL_S later)."""
+        ...
+
 
 # Backoff never waits longer than this between two status calls of one job: a provider queue
 # may take hours, but a result should not sit there for more than a few minutes unread.

@@ -7,13 +7,13 @@ the only module that knows which class implements which port for which setting.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Protocol
 
 from qtask.config import Settings
 from qtask.domain.ports import EndNotices, ObjectStore, RateLimiter, TaskQueue, TaskStore
-from qtask.domain.remote import RemoteJobStore
+from qtask.domain.remote import RemoteBackend, RemoteJobStore
 from qtask.runtime.health import Check
 from qtask.runtime.pool import ChildPool
 from qtask.supervision import SupervisedLoop
@@ -154,6 +154,10 @@ def api_app(
 
     waiters = Waiters()
     notices.listen(waiters.ended, waiters.resync)
+    catalog = build_catalog(settings)
+    remotes = list(catalog.remotes().values())
+    if remotes:  # their capabilities are re-read every minute, not only on GET /backends
+        lifespan = _refreshing(lifespan, remotes)
 
     service = TaskService(
         store,
@@ -163,7 +167,7 @@ def api_app(
         objects=objects,
         max_pending_per_owner=settings.auth.max_pending_tasks if settings.auth.enabled else 0,
         waiters=waiters,
-        backends=build_catalog(settings),
+        backends=catalog,
         remote_jobs=remote_jobs,
     )
     app = create_app(
@@ -177,3 +181,23 @@ def api_app(
         streams=streams_from(settings.server),
     )
     return service, app
+
+
+def _refreshing(
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+    remotes: list[RemoteBackend],
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """`lifespan`, with the remote backends' capabilities re-read periodically while it runs."""
+    from qtask.execution.refresh import CapabilityRefresher
+
+    @asynccontextmanager
+    async def refreshing(app: FastAPI) -> AsyncIterator[None]:
+        async with lifespan(app):
+            refresher = CapabilityRefresher(remotes)
+            refresher.start()
+            try:
+                yield
+            finally:
+                await refresher.stop()
+
+    return refreshing

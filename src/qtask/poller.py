@@ -16,7 +16,8 @@ batches of its status_batch with bounded concurrency, and then per job:
 A task that ended here meanwhile (DELETE /tasks/{id}) is cancelled at the provider (best
 effort, logged) and forgotten. The cancel makes its job due now (RemoteJobStore.due_now), so
 this happens at the next pass, within a tick, not at the job's next scheduled poll; a pass whose
-status call was out at that moment looks again before it reschedules.
+status call was out at that moment reschedules only jobs still claimed by it, so it cannot push
+the cancel back.
 """
 
 from __future__ import annotations
@@ -170,20 +171,10 @@ class RemotePoller(Periodic):
                 delay = next_poll_delay(backend.poll_interval_s, job.polls, self._rng)
                 later.append(replace(job, next_poll_at=now + delay, polls=job.polls + 1))
         if later:
-            # A task cancelled while its status call was out made its job due now
-            # (RemoteJobStore.due_now); rescheduling it would undo that, so look again.
-            now_ended = await self._store.outcomes([job.task_id for job in later])
-            still = []
-            for job in later:
-                outcome = now_ended.get(job.task_id)
-                if outcome is None or outcome.status.terminal:
-                    await self._settled_here(
-                        backend, job, None if outcome is None else outcome.status
-                    )
-                else:
-                    still.append(job)
-            await self._jobs.reschedule(still)
-            report.rescheduled += len(still)
+            # Only while still claimed by this pass: a task cancelled while its status call
+            # was out made its job due now (RemoteJobStore.due_now), which must stand.
+            await self._jobs.reschedule(later, claimed_until=now + REMOTE_POLL_LEASE_SECONDS)
+            report.rescheduled += len(later)
 
     async def _finish(self, job: RemoteJob, status: RemoteStatus) -> bool:
         """End the task as the provider's job ended; True when it completed."""

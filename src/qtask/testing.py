@@ -524,10 +524,13 @@ class InMemoryRemoteJobs:
             self.jobs[job.task_id] = replace(job, next_poll_at=now + lease_s)
         return due
 
-    async def reschedule(self, jobs: Sequence[RemoteJob]) -> None:
-        """Store the new poll times."""
+    async def reschedule(
+        self, jobs: Sequence[RemoteJob], *, claimed_until: float | None = None
+    ) -> None:
+        """Store the new poll times (of jobs still claimed until `claimed_until`, if given)."""
         for job in jobs:
-            if job.task_id in self.jobs:
+            stored = self.jobs.get(job.task_id)
+            if stored is not None and claimed_until in (None, stored.next_poll_at):
                 self.jobs[job.task_id] = job
 
     async def due_now(self, task_ids: Sequence[str], now: float) -> None:

@@ -83,14 +83,19 @@ class SQLiteRemoteJobs:
 
         return await self._db.write(write)
 
-    async def reschedule(self, jobs: Sequence[RemoteJob]) -> None:
-        """Store each job's next poll time and poll count."""
+    async def reschedule(
+        self, jobs: Sequence[RemoteJob], *, claimed_until: float | None = None
+    ) -> None:
+        """Store each job's next poll time and poll count (only while still claimed until
+        `claimed_until`, when given: the claim wrote that very float, so equality holds)."""
         params = [(job.next_poll_at, job.polls, job.task_id) for job in jobs]
+        query = "UPDATE remote_jobs SET next_poll_at = ?, polls = ? WHERE task_id = ?"
+        if claimed_until is not None:
+            query += " AND next_poll_at = ?"
+            params = [(*row, claimed_until) for row in params]
 
         def write(conn: sqlite3.Connection) -> None:  # returns no cursor out of the writer
-            conn.executemany(
-                "UPDATE remote_jobs SET next_poll_at = ?, polls = ? WHERE task_id = ?", params
-            )
+            conn.executemany(query, params)
 
         await self._db.write(write)
 

@@ -148,8 +148,12 @@ class RemoteJobStore(Protocol):
         again after the lease."""
         ...
 
-    async def reschedule(self, jobs: Sequence[RemoteJob]) -> None:
-        """Store these records' new next_poll_at and polls."""
+    async def reschedule(
+        self, jobs: Sequence[RemoteJob], *, claimed_until: float | None = None
+    ) -> None:
+        """Store these records' new next_poll_at and polls. With `claimed_until` (the time a
+        claim pushed them to), only jobs still claimed so are changed: one made due meanwhile
+        (due_now, after a cancel) or claimed again after the lease lapsed is left alone."""
         ...
 
     async def forget(self, task_ids: Sequence[str]) -> None:

@@ -88,8 +88,10 @@ class SQLiteRemoteJobs:
     ) -> None:
         """Store each job's next poll time and poll count (only while still claimed until
         `claimed_until`, when given: the claim wrote that very float, so equality holds)."""
-        params = [(job.next_poll_at, job.polls, job.task_id) for job in jobs]
         query = "UPDATE remote_jobs SET next_poll_at = ?, polls = ? WHERE task_id = ?"
+        params: list[tuple[object, ...]] = [
+            (job.next_poll_at, job.polls, job.task_id) for job in jobs
+        ]
         if claimed_until is not None:
             query += " AND next_poll_at = ?"
             params = [(*row, claimed_until) for row in params]

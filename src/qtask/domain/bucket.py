@@ -12,7 +12,8 @@ pending area, its result under a completed area. Pure names; the adapter is adap
 
 The poller's (and the worker's) "move" is: write the completed object, complete the record, then
 delete the pending ones. A crash between leaves pending objects of a completed task, which the
-next pass (a redelivery, for the worker) deletes, and nothing is fetched or run twice.
+poller's next pass deletes (for the worker: its NATS redelivery; embedded, retention), and
+nothing is fetched or run twice.
 
 Versions before the areas wrote `circuits/{id[:2]}/{id}.qasm` and `results/{id[:2]}/{id}.json`.
 Their records name those keys, so they keep being read and written there; only code that derives

@@ -425,8 +425,9 @@ class Worker:
     async def _leave_pending(self, task: Task) -> None:
         """The move's last step (domain.bucket): delete a completed task's circuit from the
         pending area, its result document holding it now. Before the ack, so a worker killed
-        first leaves a redelivery that deletes it; a delete that fails is logged and the object
-        stays until retention removes it with the task."""
+        first leaves a redelivery (NATS) that deletes it; a delete that fails, or a crash where
+        nothing is redelivered (embedded), leaves the object until retention removes it with
+        the task."""
         if self._objects is None or task.circuit_object != circuit_key(task.id):
             return  # no object store, or a circuit a version before the areas stored
         try:

@@ -3,7 +3,7 @@
 Each pass claims the jobs due for a status call (RemoteJobStore.claim_due: atomic, leased, so
 any number of pollers share the work and a dead poller's claim lapses), asks each provider in
 batches of its status_batch with bounded concurrency, and then per job:
-- ended at the provider: the bucket's "move" (domain.bucket): write the result object under
+- ended at the provider: the bucket's "move" (domain.object_keys): write the result object under
   the completed area (when an object store is configured), then complete the task (the
   store's first-result-wins rule refuses a second completion), then delete the pending
   objects (job record and circuit), then forget the job. A poller killed in between leaves the
@@ -34,7 +34,7 @@ from qtask.constants import (
     REMOTE_POLL_LEASE_SECONDS,
     REMOTE_POLL_TICK_SECONDS,
 )
-from qtask.domain.bucket import pending_keys
+from qtask.domain.object_keys import pending_keys
 from qtask.domain.ports import ObjectStore, TaskStore
 from qtask.domain.remote import (
     RemoteBackend,
@@ -245,7 +245,7 @@ class RemotePoller(Periodic):
             log.warning("remote_cancel_failed", task_id=job.task_id, reason=str(exc))
 
     async def _forget(self, job: RemoteJob, *, completed: bool = False) -> None:
-        """Delete the pending objects (domain.bucket), then the job itself: the job record,
+        """Delete the pending objects (domain.object_keys), then the job itself: the job record,
         and for a completed task its circuit too (its result document holds it now). Last, so
         a pass that dies before leaves the job to come due again and be cleaned up."""
         if self._objects is not None:

@@ -12,7 +12,6 @@ from dataclasses import dataclass, replace
 import orjson
 
 from qtask import metrics
-from qtask.adapters.objects import circuit_key, result_key, result_keys
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings
 from qtask.constants import (
@@ -22,6 +21,7 @@ from qtask.constants import (
     MAX_WAIT_SECONDS,
     MSG_CANCELLED,
 )
+from qtask.domain.object_keys import circuit_key, result_key, result_keys
 from qtask.domain.ports import ObjectStore, TaskQueue, TaskStore
 from qtask.domain.remote import RemoteJobStore
 from qtask.domain.task import CircuitInfo, Status, Task, TaskOutcome, new_task_id
@@ -277,7 +277,7 @@ class TaskService:
 
     async def _result_document(self, task_id: str) -> bytes | None:
         """The task's result object, under the completed area or where a version before the
-        areas wrote it (domain.bucket)."""
+        areas wrote it (domain.object_keys)."""
         assert self._objects is not None
         for key in result_keys(task_id):
             document = await self._objects.get(key)

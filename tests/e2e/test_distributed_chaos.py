@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qtask.adapters.objects import result_key
+from qtask.domain.object_keys import result_key
 from qtask_testkit import BELL, ghz, slow_circuit, submit, wait_done
 from servers import DistributedDeployment
 

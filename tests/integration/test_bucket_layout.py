@@ -1,6 +1,6 @@
-"""The bucket layout (qtask.domain.bucket) on a real SQLite store and a real local object store:
-new tasks move from the pending to the completed area; tasks and objects a version before the
-areas wrote (`circuits/`, `results/`) still run and read."""
+"""The bucket layout (qtask.domain.object_keys) on a real SQLite store and a real local object
+store: new tasks move from the pending to the completed area; tasks and objects a version
+before the areas wrote (`circuits/`, `results/`) still run and read."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from qtask.adapters.sqlite_store import SQLiteTaskStore
 from qtask.api.app import create_app
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings, WorkerSettings
-from qtask.domain.bucket import circuit_key, result_key
+from qtask.domain.object_keys import circuit_key, result_key
 from qtask.domain.task import Status, Task
 from qtask.execution.items import RunItem, RunOutcome
 from qtask.service import TaskService

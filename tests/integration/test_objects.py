@@ -13,15 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from qtask.adapters.objects import (
-    ObjectStoreAdapter,
-    circuit_key,
-    open_object_store,
-    program_key,
-    result_key,
-    result_keys,
-)
-from qtask.domain.bucket import pending_keys, remote_job_key
+from qtask.adapters.objects import ObjectStoreAdapter, open_object_store
+from qtask.domain.object_keys import circuit_key, program_key, result_key
 from qtask.errors import ConfigError, ObjectStoreUnavailableError, QTaskError
 from servers import S3_BUCKET, S3Server
 
@@ -393,24 +386,3 @@ def test_bad_allow_http_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("AWS_ALLOW_HTTP", "maybe")
     with pytest.raises(ConfigError, match="AWS_ALLOW_HTTP"):
         open_object_store("s3://bucket")
-
-
-def test_key_helpers_lay_out_keys() -> None:
-    task_id = "0b7e5a52-3c1d-4e8f-9a0b-1c2d3e4f5a6b"
-    assert circuit_key(task_id) == f"pending/0b/{task_id}.qasm"
-    assert remote_job_key(task_id) == f"pending/0b/{task_id}.job.json"
-    assert result_key(task_id) == f"completed/0b/{task_id}.json"
-    assert program_key(task_id) == f"programs/0b/{task_id}.qpy"
-    # Read back for a result whose record is gone from view: where versions before the
-    # pending and completed areas wrote it, too.
-    assert result_keys(task_id) == (result_key(task_id), f"results/0b/{task_id}.json")
-    assert pending_keys(task_id) == (circuit_key(task_id), remote_job_key(task_id))
-
-
-@pytest.mark.parametrize(
-    "task_id", ["", "a/b", "/", "..", "a..b", "../etc", "a\\b", "a b", "a\nb", "x" * 201]
-)
-def test_key_helpers_reject_bad_ids(task_id: str) -> None:
-    for helper in (circuit_key, result_key, program_key, remote_job_key):
-        with pytest.raises(ValueError, match="invalid task id"):
-            helper(task_id)

@@ -1,4 +1,4 @@
-"""The worker's side of the bucket's move (qtask.domain.bucket), over in-memory fakes: a crash
+"""The worker's side of the bucket's move (qtask.domain.object_keys), over in-memory fakes: a crash
 between the completed record and the delete of the pending circuit is cleaned up by the
 redelivery it causes, without running the task again."""
 
@@ -8,7 +8,7 @@ import asyncio
 import time
 
 from qtask.config import WorkerSettings
-from qtask.domain.bucket import circuit_key, result_key
+from qtask.domain.object_keys import circuit_key, result_key
 from qtask.domain.task import Status
 from qtask.execution.items import RunItem, RunOutcome
 from qtask.testing import InMemoryDelivery, InMemoryObjectStore, InMemoryTaskStore

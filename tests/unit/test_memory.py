@@ -12,10 +12,10 @@ import httpx
 import orjson
 import pytest
 
-from qtask.adapters.objects import result_key
 from qtask.api.app import create_app
 from qtask.circuits.ingestor import CircuitIngestor
 from qtask.config import LimitsSettings, WorkerSettings
+from qtask.domain.object_keys import result_key
 from qtask.domain.task import Task
 from qtask.execution.items import RunItem, RunOutcome
 from qtask.service import TaskService

@@ -13,7 +13,7 @@ import pytest
 import structlog.testing
 
 from qtask.config import WorkerSettings
-from qtask.domain.bucket import circuit_key, result_key
+from qtask.domain.object_keys import circuit_key, result_key
 from qtask.domain.remote import (
     MAX_POLL_INTERVAL_S,
     RemoteJob,

@@ -22,9 +22,9 @@ that is gone fails the call in bounded time (about 8 s when the port refuses con
 Every failure other than "no such object" is raised as ObjectStoreUnavailableError, whose
 message names the operation and the key, never a credential.
 
-The key layout (the pending and completed areas of the bucket) is domain.bucket's; `circuit_key`
-and `result_key` are re-exported here, beside `program_key`, for the processes that import them
-from the adapter.
+Where a task's objects go (the key layout: the pending and completed areas of the bucket) is the
+domain's, qtask.domain.object_keys; this adapter stores whatever keys it is given, refusing only
+keys no backend could hold.
 """
 
 from __future__ import annotations
@@ -41,10 +41,6 @@ from urllib.parse import unquote, urlsplit
 from obstore.exceptions import BaseError as ObstoreError
 from obstore.store import LocalStore, MemoryStore, S3Store
 
-from qtask.domain.bucket import circuit_key as circuit_key
-from qtask.domain.bucket import result_key as result_key
-from qtask.domain.bucket import result_keys as result_keys
-from qtask.domain.bucket import sharded
 from qtask.errors import ConfigError, ObjectStoreUnavailableError
 
 if TYPE_CHECKING:
@@ -53,11 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ObjectStoreAdapter",
     "ObjectStoreUnavailableError",
-    "circuit_key",
     "open_object_store",
-    "program_key",
-    "result_key",
-    "result_keys",
 ]
 
 ACCEPTED_SCHEMES = ("file://", "s3://", "memory://", "a plain directory path")
@@ -72,14 +64,6 @@ _BAD_KEY_CHARS = re.compile(r"[\x00-\x1f\x7f\\#]")
 _MAX_DETAIL = 300
 
 _Store = S3Store | LocalStore | MemoryStore
-
-
-# --- key layout ------------------------------------------------------------------------------
-
-
-def program_key(task_id: str) -> str:
-    """Key of a task's compiled program (QPY): `programs/{id[:2]}/{id}.qpy`."""
-    return sharded("programs", task_id, ".qpy")
 
 
 def _check_key(key: str) -> None:

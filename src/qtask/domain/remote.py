@@ -16,8 +16,8 @@ from typing import Protocol
 
 from qtask.domain.backends import ExecutionBackend
 
-# The job record's key is part of the bucket layout (domain.bucket); re-exported here.
-from qtask.domain.bucket import remote_job_key as remote_job_key
+# The job record's key is part of the bucket layout (domain.object_keys); re-exported here.
+from qtask.domain.object_keys import remote_job_key as remote_job_key
 from qtask.domain.task import Task
 
 

@@ -164,7 +164,7 @@ def result_document(
         "circuit_object": task.circuit_object,
         "completed_at": task.finished_at or time.time(),
         # The input itself: the completed area holds the whole job once its pending objects
-        # are deleted (domain.bucket).
+        # are deleted (domain.object_keys).
         "circuit": task.source,
     }
     if remote_job is not None:

@@ -34,8 +34,8 @@ from qtask.constants import (
     LEASE_SECONDS,
     RUN_SETTLE_GRACE_SECONDS,
 )
-from qtask.domain.bucket import circuit_key
 from qtask.domain.lifecycle import Redelivery, Requeue, given_up_message, on_delivery
+from qtask.domain.object_keys import circuit_key
 from qtask.domain.ports import Completion, Delivery, ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import Status, Task, result_document
 from qtask.errors import ExecutionError, ShuttingDownError, TaskNotFoundError
@@ -423,7 +423,7 @@ class Worker:
             log.warning("restore_result_failed", reason=str(exc))
 
     async def _leave_pending(self, task: Task) -> None:
-        """The move's last step (domain.bucket): delete a completed task's circuit from the
+        """The move's last step (domain.object_keys): delete a completed task's circuit from the
         pending area, its result document holding it now. Before the ack, so a worker killed
         first leaves a redelivery (NATS) that deletes it; a delete that fails, or a crash where
         nothing is redelivered (embedded), leaves the object until retention removes it with

@@ -1,5 +1,6 @@
 """The object store's key layout (the `002` seed's bucket): a job's input and record under a
-pending area, its result under a completed area. Pure names; the adapter is adapters.objects.
+pending area, its result under a completed area. Pure functions of a task id, no I/O (the
+adapter, qtask.adapters.objects, stores what it is given).
 
 - `pending/{id[:2]}/{id}.qasm`: the circuit source, written at submit before the record that
   points to it (Task.circuit_object); deleted once the task completed, whose result document
@@ -33,7 +34,7 @@ LEGACY_RESULTS = "results"
 _TASK_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 
 
-def checked_task_id(task_id: str) -> str:
+def _checked_task_id(task_id: str) -> str:
     """Return `task_id` if it is safe as one segment of a key; raise ValueError otherwise.
 
     Allowed: 1 to 200 of A-Z a-z 0-9 `_` `.` `-`, without `..` (so no `/`, no traversal, no
@@ -44,7 +45,7 @@ def checked_task_id(task_id: str) -> str:
     return task_id
 
 
-def sharded(area: str, task_id: str, suffix: str) -> str:
+def _sharded(area: str, task_id: str, suffix: str) -> str:
     """`{area}/{first two characters of the id}/{id}{suffix}`.
 
     The shard level keeps directories small where the store is a filesystem (a local
@@ -54,30 +55,35 @@ def sharded(area: str, task_id: str, suffix: str) -> str:
     simultaneous uploads into one folder (seen here with 100 parallel PUTs, about once in 150
     rounds), after which a GET of that key fails until the cache refreshes.
     """
-    checked = checked_task_id(task_id)
+    checked = _checked_task_id(task_id)
     return f"{area}/{checked[:2]}/{checked}{suffix}"
 
 
 def circuit_key(task_id: str) -> str:
     """Key of a task's submitted circuit while it has not completed:
     `pending/{id[:2]}/{id}.qasm`."""
-    return sharded(PENDING_AREA, task_id, ".qasm")
+    return _sharded(PENDING_AREA, task_id, ".qasm")
 
 
 def remote_job_key(task_id: str) -> str:
     """Key of a submitted remote task's job record: `pending/{id[:2]}/{id}.job.json`."""
-    return sharded(PENDING_AREA, task_id, ".job.json")
+    return _sharded(PENDING_AREA, task_id, ".job.json")
 
 
 def result_key(task_id: str) -> str:
     """Key of a completed task's result document (JSON): `completed/{id[:2]}/{id}.json`."""
-    return sharded(COMPLETED_AREA, task_id, ".json")
+    return _sharded(COMPLETED_AREA, task_id, ".json")
 
 
 def result_keys(task_id: str) -> tuple[str, str]:
     """Where a task's result document may be, newest layout first (for reads that know only
     the id): `completed/…json`, then the `results/…json` of versions before the areas."""
-    return result_key(task_id), sharded(LEGACY_RESULTS, task_id, ".json")
+    return result_key(task_id), _sharded(LEGACY_RESULTS, task_id, ".json")
+
+
+def program_key(task_id: str) -> str:
+    """Key of a task's compiled program (QPY): `programs/{id[:2]}/{id}.qpy`."""
+    return _sharded("programs", task_id, ".qpy")
 
 
 def pending_keys(task_id: str) -> tuple[str, str]:

@@ -97,7 +97,7 @@ async def measure(directory: Path, ended: int, active: int, passes: int, losses:
         tasks = await store.create_many([make_task() for _ in range(active)])
         await queue.publish(tasks)
         for task in tasks[: active // 10]:  # a tenth running
-            await store.start(task.id, 1, "w")
+            await store.start(task.id, "w")
         nc = await nats.connect(nats_server.url)
         js = nc.jetstream()
 

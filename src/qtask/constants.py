@@ -129,6 +129,11 @@ REMOTE_POLL_CONCURRENCY = 8
 # job is due.
 REMOTE_POLL_TICK_SECONDS = 0.5
 
+# How often each API process re-reads its remote backends' capabilities and health
+# (execution.refresh): a provider's limits change seldom, and one GET /backends a minute per
+# API process is nothing to a remote qtask.
+BACKEND_REFRESH_SECONDS = 60.0
+
 # Fault injection for the federation tests: when set, the worker's process SIGKILLs itself right
 # after a remote backend accepted a task and before its job is stored, the gap the idempotency
 # key exists to close (the redelivery must get the same remote job back).

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from qtask.constants import LEASE_SECONDS
 from qtask.domain.backends import BackendCapabilities, BackendKind, ExecutionBackend
+from qtask.domain.lifecycle import attempts_after_release, attempts_after_start, startable
 from qtask.domain.ports import (
     Completion,
     Delivery,
@@ -198,12 +199,17 @@ class InMemoryTaskStore:
         more = len(ordered) > limit and listed
         return TaskPage(listed, (listed[-1].created_at, listed[-1].outcome.id) if more else None)
 
-    async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
-        """Mark a task running as `attempt`, unless it already ended."""
+    async def start(self, task_id: str, worker_id: str) -> Task | None:
+        """Mark a task running and count its attempt, unless it already ended."""
         task = self.tasks.get(task_id)
-        if task is None or task.status.terminal:
+        if task is None or not startable(task.status):
             return task
-        started = replace(task, status=Status.RUNNING, attempts=attempt, started_at=time.time())
+        started = replace(
+            task,
+            status=Status.RUNNING,
+            attempts=attempts_after_start(task.attempts),
+            started_at=time.time(),
+        )
         self.tasks[task_id] = started
         return started
 
@@ -296,7 +302,7 @@ class InMemoryTaskStore:
         moved = task.moved(
             Status.QUEUED,
             last_error=reason if reason is not None else task.last_error,
-            attempts=task.attempts - (0 if penalize else 1),
+            attempts=attempts_after_release(task.attempts, penalize=penalize),
         )
         self.tasks[task_id] = moved
         self._leases.pop(task_id, None)
@@ -326,7 +332,10 @@ class InMemoryTaskStore:
                 lapsed = task.status is Status.RUNNING and self._leases.get(task.id, 0) < now
                 if task.status is Status.QUEUED or lapsed:
                     started = replace(
-                        task, status=Status.RUNNING, attempts=task.attempts + 1, started_at=now
+                        task,
+                        status=Status.RUNNING,
+                        attempts=attempts_after_start(task.attempts),
+                        started_at=now,
                     )
                     self.tasks[task.id] = started
                     self._leases[task.id] = now + LEASE_SECONDS
@@ -515,11 +524,21 @@ class InMemoryRemoteJobs:
             self.jobs[job.task_id] = replace(job, next_poll_at=now + lease_s)
         return due
 
-    async def reschedule(self, jobs: Sequence[RemoteJob]) -> None:
-        """Store the new poll times."""
+    async def reschedule(
+        self, jobs: Sequence[RemoteJob], *, claimed_until: float | None = None
+    ) -> None:
+        """Store the new poll times (of jobs still claimed until `claimed_until`, if given)."""
         for job in jobs:
-            if job.task_id in self.jobs:
+            stored = self.jobs.get(job.task_id)
+            if stored is not None and claimed_until in (None, stored.next_poll_at):
                 self.jobs[job.task_id] = job
+
+    async def due_now(self, task_ids: Sequence[str], now: float) -> None:
+        """Bring these jobs' next poll forward to `now`."""
+        for task_id in task_ids:
+            job = self.jobs.get(task_id)
+            if job is not None and job.next_poll_at > now:
+                self.jobs[task_id] = replace(job, next_poll_at=now)
 
     async def forget(self, task_ids: Sequence[str]) -> None:
         """Drop the records."""

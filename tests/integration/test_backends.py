@@ -239,7 +239,7 @@ async def test_redis_hash_from_before_backends_reads_as_aer(redis_server: RedisS
         key = f"qtask:task:{task.id}"
         assert await raw.hdel(key, "backend") == 1
         stored = await store.get(task.id)
-        started = await store.start(task.id, 1, "w1")
+        started = await store.start(task.id, "w1")
     finally:
         await raw.aclose()
         await store.close()

@@ -171,7 +171,8 @@ def test_ended_tasks_and_their_objects_expire(guarded: Deployment, alice: httpx.
     assert wait_done(alice, task_id)["status"] == "completed"
     objects = _object_files(guarded, task_id)
     if isinstance(guarded, DistributedDeployment):
-        assert len(objects) == 2  # the circuit and the result
+        # The result document, which holds the circuit: the move deleted pending/ (bucket).
+        assert [path.parts[-3] for path in objects] == ["completed"]
         assert all(path.exists() for path in objects)
     deadline = time.monotonic() + KEEP_S + 15
     while alice.get(f"/tasks/{task_id}").status_code == 200:

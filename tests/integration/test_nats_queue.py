@@ -200,6 +200,23 @@ async def test_nak_redelivers_at_once_as_the_next_attempt(
     assert store.tasks[task.id].attempts == 2
 
 
+async def test_a_refunded_release_is_not_counted_by_the_redelivery(
+    make_queue: QueueFactory, store: InMemoryTaskStore
+) -> None:
+    """JetStream counts deliveries, the store counts attempts: a shutdown's refund survives."""
+    queue = await make_queue()
+    [task] = await new_tasks(store, 1)
+    await queue.publish([task])
+    [first] = await queue.fetch(1, timeout=1.0)
+    await store.release(task.id, None, penalize=False)
+    await first.nak()
+    [second] = await queue.fetch(1, timeout=2.0)
+    assert isinstance(second, NatsDelivery)
+    assert second.message.metadata.num_delivered == 2
+    assert second.task.attempts == 1
+    assert store.tasks[task.id].attempts == 1
+
+
 async def test_unacknowledged_message_is_redelivered_after_ack_wait(
     make_queue: QueueFactory, store: InMemoryTaskStore
 ) -> None:
@@ -305,10 +322,10 @@ async def test_store_failure_leaves_the_message_for_redelivery(
     class FlakyStore(InMemoryTaskStore):
         fail = True
 
-        async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
+        async def start(self, task_id: str, worker_id: str) -> Task | None:
             if self.fail:
                 raise RuntimeError("store down")
-            return await super().start(task_id, attempt, worker_id)
+            return await super().start(task_id, worker_id)
 
     flaky = FlakyStore()
     flaky.tasks = store.tasks
@@ -321,7 +338,8 @@ async def test_store_failure_leaves_the_message_for_redelivery(
     assert await queue.fetch(1, timeout=0.3) == []  # not naked: it waits for ack_wait
     [delivery] = await queue.fetch(1, timeout=2.0)
     assert delivery.task.id == task.id
-    assert delivery.task.attempts == 2
+    # JetStream's second delivery, but the store never started the first: attempt 1.
+    assert delivery.task.attempts == 1
 
 
 async def test_close_hands_back_messages_that_arrived_after_a_fetch_gave_up(
@@ -342,7 +360,9 @@ async def test_close_hands_back_messages_that_arrived_after_a_fetch_gave_up(
     await quitter.close()
     [delivery] = await other.fetch(1, timeout=2.0)
     assert delivery.task.id == task.id
-    assert delivery.task.attempts == 2
+    assert isinstance(delivery, NatsDelivery)
+    assert delivery.message.metadata.num_delivered == 2
+    assert delivery.task.attempts == 1  # the buffered delivery never started the task
 
 
 # --- set-up ------------------------------------------------------------------------------------

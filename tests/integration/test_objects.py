@@ -124,7 +124,7 @@ async def test_objects_land_under_their_key(opened: Opened) -> None:
         pytest.skip("memory has no directory")
     task_id = "4f1d7c2e-0000-4000-8000-000000000001"
     await opened.store.put(circuit_key(task_id), b"OPENQASM 3.0;")
-    landed = opened.root / "circuits" / "4f" / f"{task_id}.qasm"
+    landed = opened.root / "pending" / "4f" / f"{task_id}.qasm"
     assert landed.read_bytes() == b"OPENQASM 3.0;"
 
 

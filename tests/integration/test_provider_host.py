@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from qtask.application.poller import RemotePoller
 from qtask.config import LimitsSettings
 from qtask.config_backends import BraketBackendSettings
 from qtask.domain.task import Status, Task, new_task_id
 from qtask.errors import RemoteRejectedError, RemoteUnavailableError
 from qtask.execution.remote_braket import BraketRemoteBackend
-from qtask.poller import RemotePoller
 from qtask.runtime.pool import ChildFailedError
 from qtask.runtime.provider_host import ChildHost
 from qtask.testing import InMemoryRemoteJobs, InMemoryTaskStore
@@ -73,7 +73,7 @@ import asyncio, json, sys, time
 from qtask.config import Settings
 from qtask.domain.task import Status, Task, new_task_id
 from qtask.execution.catalog import build_catalog
-from qtask.poller import RemotePoller
+from qtask.application.poller import RemotePoller
 from qtask.testing import InMemoryRemoteJobs, InMemoryTaskStore
 from qtask.worker.remote import RemoteSubmitter
 from qtask_testkit import BELL, BELL_INFO

@@ -55,3 +55,28 @@ async def test_reschedule_keeps_the_poll_count_and_never_revives_a_forgotten_job
     assert (due.task_id, due.polls, due.next_poll_at) == ("a", 1, 105.0)
     later = await jobs.claim_due(now=1e12, limit=10, lease_s=60.0)
     assert [job.task_id for job in later] == ["a"]  # b stays forgotten
+
+
+async def test_due_now_brings_a_job_forward_and_never_back(jobs: RedisRemoteJobs) -> None:
+    await jobs.record(RemoteJob("a", "remote", "job-a", 100.0, 400.0))  # deep in its backoff
+    await jobs.record(RemoteJob("b", "remote", "job-b", 100.0, 120.0))
+    await jobs.due_now(["a", "b", "never-recorded"], now=150.0)
+    assert [job.task_id for job in await jobs.claim_due(130.0, 10, 60.0)] == ["b"]  # still 120
+    assert [job.task_id for job in await jobs.claim_due(150.0, 10, 60.0)] == ["a"]  # was 400
+    await jobs.due_now(["a"], now=300.0)  # claimed until 210: a later time changes nothing
+    assert await jobs.claim_due(now=189.0, limit=10, lease_s=60.0) == []
+    await jobs.forget(["a"])
+    await jobs.due_now(["a"], now=0.0)  # a forgotten job is not revived
+    assert [job.task_id for job in await jobs.claim_due(1e12, 10, 60.0)] == ["b"]
+
+
+async def test_a_reschedule_after_due_now_leaves_the_job_due(jobs: RedisRemoteJobs) -> None:
+    """A pass reschedules only the jobs still claimed by it: a cancel's due_now stands."""
+    await jobs.record(RemoteJob("a", "remote", "job-a", 100.0, 100.0))
+    await jobs.record(RemoteJob("b", "remote", "job-b", 100.0, 100.0))
+    claimed = {job.task_id: job for job in await jobs.claim_due(100.5, 10, 60.0)}
+    await jobs.due_now(["a"], now=101.0)  # cancelled while the pass asked the provider
+    later = [replace(job, next_poll_at=500.0, polls=1) for job in claimed.values()]
+    await jobs.reschedule(later, claimed_until=100.5 + 60.0)
+    assert [job.task_id for job in await jobs.claim_due(102.0, 10, 1000.0)] == ["a"]
+    assert [job.task_id for job in await jobs.claim_due(500.0, 10, 60.0)] == ["b"]

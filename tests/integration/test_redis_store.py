@@ -71,7 +71,7 @@ async def test_creating_the_same_task_twice_stores_it_once(store: RedisTaskStore
     """A create retried after a lost reply must not count or overwrite the task again."""
     task = make_task()
     await store.create(task)
-    await store.start(task.id, 1, "w1")
+    await store.start(task.id, "w1")
     assert (await store.create(task)).status is Status.RUNNING
     assert await store.counts() == {"running": 1}
 
@@ -115,14 +115,15 @@ async def test_prefixes_keep_stores_apart(redis_server: RedisServer) -> None:
 async def test_start_marks_running_and_counts_the_attempt(store: RedisTaskStore) -> None:
     task = await store.create(make_task())
     before = time.time()
-    started = await store.start(task.id, 1, "worker-a")
+    started = await store.start(task.id, "worker-a")
     assert started is not None
     assert started.status is Status.RUNNING
     assert started.attempts == 1
     assert started.started_at is not None
     assert started.started_at >= before
     assert await store.get(task.id) == started
-    again = await store.start(task.id, 2, "worker-b")  # a redelivery to another worker
+    # A redelivery to another worker (the first was lost): the attempt is counted on top.
+    again = await store.start(task.id, "worker-b")
     assert again is not None
     assert again.attempts == 2
     assert await store.counts() == {"running": 1}
@@ -131,12 +132,12 @@ async def test_start_marks_running_and_counts_the_attempt(store: RedisTaskStore)
 async def test_start_on_an_ended_task_returns_it_unchanged(store: RedisTaskStore) -> None:
     task = await store.create(make_task())
     done = (await store.complete(task.id, {"00": 100})).task
-    assert await store.start(task.id, 5, "w") == done
+    assert await store.start(task.id, "w") == done
     assert await store.get(task.id) == done
 
 
 async def test_start_on_unknown_task_is_none(store: RedisTaskStore) -> None:
-    assert await store.start("no-such-task", 1, "w") is None
+    assert await store.start("no-such-task", "w") is None
 
 
 # --- complete and fail -----------------------------------------------------------------------
@@ -144,7 +145,7 @@ async def test_start_on_unknown_task_is_none(store: RedisTaskStore) -> None:
 
 async def test_first_result_wins(store: RedisTaskStore) -> None:
     task = await store.create(make_task())
-    await store.start(task.id, 1, "w")
+    await store.start(task.id, "w")
     done = (await store.complete(task.id, {"00": 60, "11": 40})).task
     assert done.status is Status.COMPLETED
     assert done.result == {"00": 60, "11": 40}
@@ -178,8 +179,8 @@ async def test_fail_with_dead_letter(store: RedisTaskStore) -> None:
     assert failed.status is Status.FAILED
     assert failed.error == "The circuit is invalid."
     assert failed.result is None
-    given_up = await store.create(make_task())
-    await store.start(given_up.id, 3, "w")
+    given_up = await store.create(make_task(attempts=2))
+    await store.start(given_up.id, "w")  # the third attempt
     message = 'Given up after 3 attempts; "quotes", ünïcödé and a \\ backslash.'
     before = time.time()
     await store.fail(given_up.id, message, dead_letter=True)
@@ -200,8 +201,8 @@ async def test_fail_with_dead_letter(store: RedisTaskStore) -> None:
 
 
 async def test_release_penalized_keeps_the_attempt(store: RedisTaskStore) -> None:
-    task = await store.create(make_task(last_error="old"))
-    await store.start(task.id, 2, "w")
+    task = await store.create(make_task(last_error="old", attempts=1))
+    await store.start(task.id, "w")  # the second attempt
     released = await store.release(task.id, "the worker crashed", penalize=True)
     assert released is not None
     assert released.status is Status.QUEUED
@@ -212,8 +213,8 @@ async def test_release_penalized_keeps_the_attempt(store: RedisTaskStore) -> Non
 
 
 async def test_release_unpenalized_refunds_the_attempt(store: RedisTaskStore) -> None:
-    task = await store.create(make_task(last_error="old"))
-    await store.start(task.id, 2, "w")
+    task = await store.create(make_task(last_error="old", attempts=1))
+    await store.start(task.id, "w")  # the second attempt
     released = await store.release(task.id, None, penalize=False)
     assert released is not None
     assert released.attempts == 1
@@ -248,7 +249,7 @@ async def test_unpublished_lists_old_queued_tasks_until_published(store: RedisTa
 async def test_unpublished_skips_tasks_that_moved_on(store: RedisTaskStore) -> None:
     tasks = [await store.create(make_task(created_at=100.0 + n)) for n in range(6)]
     await store.complete(tasks[0].id, {})
-    await store.start(tasks[1].id, 1, "w")
+    await store.start(tasks[1].id, "w")
     await store.fail(tasks[2].id, "x")
     assert await store.unpublished(500.0, 2) == tasks[3:5]
     # The tasks that moved on were dropped from the ledger, even after a release.
@@ -265,12 +266,12 @@ async def test_unpublished_skips_tasks_that_moved_on(store: RedisTaskStore) -> N
 async def test_counts_follow_every_transition(store: RedisTaskStore) -> None:
     assert await store.counts() == {}
     ids = [(await store.create(make_task())).id for _ in range(5)]
-    await store.start(ids[0], 1, "w")
-    await store.start(ids[1], 1, "w")
-    await store.start(ids[1], 2, "w")
+    await store.start(ids[0], "w")
+    await store.start(ids[1], "w")
+    await store.start(ids[1], "w")
     await store.complete(ids[1], {})
     await store.fail(ids[2], "x")
-    await store.start(ids[3], 1, "w")
+    await store.start(ids[3], "w")
     await store.release(ids[3], None, penalize=True)
     assert await store.counts() == {"queued": 2, "running": 1, "completed": 1, "failed": 1}
 
@@ -291,8 +292,8 @@ async def test_the_active_index_follows_every_transition(
 ) -> None:
     ids = [t.id for t in await store.create_many([make_task() for _ in range(6)])]
     assert await active_index(store, redis_server) == set(ids)
-    await store.start(ids[0], 1, "w")
-    await store.start(ids[1], 1, "w")
+    await store.start(ids[0], "w")
+    await store.start(ids[1], "w")
     await store.release(ids[1], None, penalize=True)
     await store.complete(ids[2], {})
     await store.fail(ids[3], "x", dead_letter=True)
@@ -311,7 +312,7 @@ async def test_index_active_adds_tasks_stored_before_the_index_once(
     store: RedisTaskStore, redis_server: RedisServer
 ) -> None:
     tasks = await store.create_many([make_task() for _ in range(2500)])
-    await store.start(tasks[0].id, 1, "w")
+    await store.start(tasks[0].id, "w")
     await store.complete(tasks[1].id, {})
     client = redis.asyncio.Redis.from_url(redis_server.url)
     await client.delete("qtask:active")  # as an older qtask left it
@@ -403,7 +404,7 @@ async def test_acknowledged_writes_survive_redis_being_killed(redis_server: Redi
         await first.create_many(tasks[:10])
         for task in tasks[10:]:
             await first.create(task)
-        await first.start(tasks[0].id, 1, "w")
+        await first.start(tasks[0].id, "w")
         await first.complete(tasks[0].id, {"00": 100})
         await first.fail(tasks[1].id, "dead", dead_letter=True)
         await first.mark_published([t.id for t in tasks[2:5]])
@@ -434,7 +435,7 @@ async def test_a_restart_is_ridden_out_by_the_same_store(
     redis_server.restart(signal.SIGTERM)  # every pooled connection is now dead
     assert await store.get(task.id) == task
     other = await store.create(make_task())
-    assert (await store.start(other.id, 1, "w")) is not None
+    assert (await store.start(other.id, "w")) is not None
 
 
 async def test_calls_made_while_redis_is_restarting_wait_for_it(

@@ -64,3 +64,38 @@ async def test_recover_makes_every_claimed_job_due_at_once(tmp_path: Path) -> No
         assert len(await jobs.claim_due(now=201.0, limit=10, lease_s=120.0)) == 3
     finally:
         await store.close()
+
+
+async def test_due_now_brings_a_job_forward_and_never_back(tmp_path: Path) -> None:
+    store = SQLiteTaskStore(tmp_path / "qtask.db")
+    jobs = SQLiteRemoteJobs(store.db)
+    try:
+        tasks = await _submitted(store, jobs, 3)  # due at 100, 101, 102
+        await jobs.reschedule(
+            [RemoteJob(tasks[0].id, "remote", "job-0", 100.0, 400.0, polls=5)]
+        )  # deep in its backoff
+        await jobs.due_now([tasks[0].id, tasks[1].id, "no-such-task"], now=150.0)
+        due = await jobs.claim_due(now=150.0, limit=10, lease_s=60.0)
+        assert sorted(job.job_id for job in due) == ["job-0", "job-1", "job-2"]
+        await jobs.due_now([tasks[2].id], now=300.0)  # claimed until 210: a later time changes
+        assert await jobs.claim_due(now=209.0, limit=10, lease_s=60.0) == []  # nothing
+    finally:
+        await store.close()
+
+
+async def test_a_reschedule_after_due_now_leaves_the_job_due(tmp_path: Path) -> None:
+    """A pass reschedules only the jobs still claimed by it: a cancel's due_now stands."""
+    store = SQLiteTaskStore(tmp_path / "qtask.db")
+    jobs = SQLiteRemoteJobs(store.db)
+    try:
+        tasks = await _submitted(store, jobs, 2)  # due at 100, 101
+        claimed = await jobs.claim_due(now=101.5, limit=10, lease_s=60.0)
+        await jobs.due_now([tasks[0].id], now=102.0)  # cancelled while the pass asked
+        later = [replace(job, next_poll_at=500.0, polls=1) for job in claimed]
+        await jobs.reschedule(later, claimed_until=101.5 + 60.0)
+        [due] = await jobs.claim_due(now=103.0, limit=10, lease_s=1000.0)
+        assert due.task_id == tasks[0].id
+        [rescheduled] = await jobs.claim_due(now=500.0, limit=10, lease_s=60.0)
+        assert (rescheduled.task_id, rescheduled.polls) == (tasks[1].id, 1)
+    finally:
+        await store.close()

@@ -114,7 +114,7 @@ async def test_roundtrip_of_finished_records_and_empty_values(store: TaskStore) 
 async def test_task_backend_is_stored_and_survives_start_and_complete(store: TaskStore) -> None:
     task = await store.create(make_task(backend="fake_fez"))
     assert (await stored(store, task.id)).backend == "fake_fez"
-    started = await store.start(task.id, 1, "w1")
+    started = await store.start(task.id, "w1")
     assert started is not None
     assert started.backend == "fake_fez"
     done = await store.complete(task.id, {"00": 100}, worker_id="w1", attempt=1)
@@ -131,9 +131,9 @@ async def test_create_many_stores_every_task(store: TaskStore) -> None:
 async def test_outcomes_of_the_tasks_that_exist(store: TaskStore) -> None:
     tasks = await store.create_many([make_task(shots=n) for n in range(1, 6)])
     await store.complete(tasks[1].id, {"0": 2, "1": 9})
-    await store.start(tasks[2].id, 1, "w")
+    await store.start(tasks[2].id, "w")
     await store.fail(tasks[2].id, "it broke")
-    await store.start(tasks[3].id, 1, "w")
+    await store.start(tasks[3].id, "w")
     wanted = [tasks[4].id, "no-such-task", tasks[1].id, tasks[4].id, tasks[2].id, tasks[3].id]
     assert await store.outcomes(wanted) == {
         tasks[4].id: TaskOutcome(tasks[4].id, Status.QUEUED),
@@ -160,15 +160,15 @@ async def test_an_idempotency_key_stores_one_task(store: TaskStore) -> None:
 # --- start -----------------------------------------------------------------------------------
 
 
-async def test_start_marks_the_task_running_as_that_attempt(store: TaskStore) -> None:
+async def test_start_marks_the_task_running_and_counts_the_attempt(store: TaskStore) -> None:
     task = await store.create(make_task())
-    started = await store.start(task.id, 1, "worker-1")
+    started = await store.start(task.id, "worker-1")
     assert started is not None
     assert started.status is Status.RUNNING
     assert started.attempts == 1
     assert started.started_at is not None
     assert await store.get(task.id) == started
-    redelivered = await store.start(task.id, 2, "worker-2")
+    redelivered = await store.start(task.id, "worker-2")  # the first worker was lost
     assert redelivered is not None
     assert redelivered.attempts == 2
 
@@ -176,12 +176,12 @@ async def test_start_marks_the_task_running_as_that_attempt(store: TaskStore) ->
 async def test_start_returns_an_ended_task_unchanged(store: TaskStore) -> None:
     task = await store.create(make_task())
     done = (await store.complete(task.id, {"00": 100})).task
-    assert await store.start(task.id, 3, "w") == done
+    assert await store.start(task.id, "w") == done
     assert await store.get(task.id) == done
 
 
 async def test_start_of_an_unknown_task_is_none(store: TaskStore) -> None:
-    assert await store.start("no-such-task", 1, "w") is None
+    assert await store.start("no-such-task", "w") is None
 
 
 # --- complete and fail -----------------------------------------------------------------------
@@ -189,7 +189,7 @@ async def test_start_of_an_unknown_task_is_none(store: TaskStore) -> None:
 
 async def test_the_first_result_wins(store: TaskStore) -> None:
     task = await store.create(make_task())
-    await store.start(task.id, 1, "w")
+    await store.start(task.id, "w")
     first = await store.complete(task.id, {"00": 55, "11": 45}, worker_id="w", attempt=1)
     assert first.transitioned
     done = first.task
@@ -239,7 +239,7 @@ async def test_the_first_failure_wins(store: TaskStore) -> None:
 
 async def test_of_concurrent_completes_exactly_one_makes_the_transition(store: TaskStore) -> None:
     task = await store.create(make_task())
-    await store.start(task.id, 2, "w0")
+    await store.start(task.id, "w0")
     runs = [(f"w{n}", n) for n in range(12)]  # a run and its duplicates, finishing together
     answers = await asyncio.gather(
         *(store.complete(task.id, {"0": n}, worker_id=w, attempt=n) for w, n in runs)
@@ -275,8 +275,8 @@ async def test_fail_with_dead_letter_files_a_record(store: TaskStore) -> None:
     quiet = await store.create(make_task())
     await store.fail(quiet.id, "not a dead letter")
     assert await store.dead_letters(10) == []
-    task = await store.create(make_task())
-    await store.start(task.id, 4, "w")
+    task = await store.create(make_task(attempts=3))
+    await store.start(task.id, "w")  # the fourth attempt
     before = time.time()
     await store.fail(task.id, "given up after 4 attempts", dead_letter=True)
     later = await store.create(make_task())
@@ -296,8 +296,8 @@ async def test_fail_with_dead_letter_files_a_record(store: TaskStore) -> None:
 
 
 async def test_a_penalized_release_keeps_the_attempt(store: TaskStore) -> None:
-    task = await store.create(make_task())
-    await store.start(task.id, 2, "w")
+    task = await store.create(make_task(attempts=1))
+    await store.start(task.id, "w")  # the second attempt
     released = await store.release(task.id, "the worker died", penalize=True)
     assert released is not None
     assert released.status is Status.QUEUED
@@ -307,13 +307,27 @@ async def test_a_penalized_release_keeps_the_attempt(store: TaskStore) -> None:
 
 
 async def test_an_unpenalized_release_refunds_the_attempt(store: TaskStore) -> None:
-    task = await store.create(make_task(last_error="earlier"))
-    await store.start(task.id, 2, "w")
+    task = await store.create(make_task(last_error="earlier", attempts=1))
+    await store.start(task.id, "w")  # the second attempt
     released = await store.release(task.id, None, penalize=False)
     assert released is not None
     assert released.status is Status.QUEUED
     assert released.attempts == 1
     assert released.last_error == "earlier"
+
+
+async def test_the_start_after_a_refund_counts_the_same_attempt_again(store: TaskStore) -> None:
+    """A shutdown's refund holds whatever the queue's own delivery count says (NATS)."""
+    task = await store.create(make_task())
+    await store.start(task.id, "w1")
+    await store.release(task.id, None, penalize=False)
+    again = await store.start(task.id, "w2")
+    assert again is not None
+    assert again.attempts == 1
+    await store.release(task.id, "the worker died", penalize=True)
+    third = await store.start(task.id, "w3")
+    assert third is not None
+    assert third.attempts == 2
 
 
 async def test_only_a_running_task_is_released(store: TaskStore) -> None:
@@ -345,7 +359,7 @@ async def test_unpublished_lists_queued_tasks_until_published(tracking_store: Ta
     await store.mark_published([old[0].id])
     assert await store.unpublished(100.0, 10) == old[1:]
     await store.complete(old[1].id, {})
-    await store.start(old[2].id, 1, "w")
+    await store.start(old[2].id, "w")
     assert await store.unpublished(100.0, 10) == []
 
 
@@ -355,11 +369,11 @@ async def test_unpublished_lists_queued_tasks_until_published(tracking_store: Ta
 async def test_active_lists_queued_and_running_tasks_in_id_order(store: TaskStore) -> None:
     tasks = await store.create_many([make_task() for _ in range(8)])
     ids = sorted(task.id for task in tasks)
-    await store.start(ids[0], 1, "w")  # running: listed
+    await store.start(ids[0], "w")  # running: listed
     await store.complete(ids[1], {"0": 1})
     await store.fail(ids[2], "broke")
     await store.cancel(ids[3], "Task was cancelled.")
-    await store.start(ids[4], 1, "w")
+    await store.start(ids[4], "w")
     await store.release(ids[4], "worker stopped", penalize=False)  # queued again: listed
     listed = [ids[0], *ids[4:]]
 
@@ -434,7 +448,7 @@ async def test_cancel_ends_a_queued_task_in_error(store: TaskStore) -> None:
 
 
 async def test_cancel_ends_a_running_task_and_refuses_its_late_result(store: TaskStore) -> None:
-    running = await store.start((await store.create(make_task())).id, 1, "w")
+    running = await store.start((await store.create(make_task())).id, "w")
     assert running is not None
     cancelled = await store.cancel(running.id, "Task was cancelled.")
     assert cancelled is not None
@@ -489,9 +503,9 @@ async def test_pending_count_follows_each_owners_unfinished_tasks(store: TaskSto
     assert await store.pending_count("alice") == 5
     assert await store.pending_count("bob") == 1
     assert await store.pending_count("nobody") == 0
-    await store.start(alice[0].id, 1, "w")  # running still counts
+    await store.start(alice[0].id, "w")  # running still counts
     await store.release(alice[0].id, "lost", penalize=True)  # and so does queued again
-    await store.start(alice[1].id, 1, "w")
+    await store.start(alice[1].id, "w")
     assert await store.pending_count("alice") == 5
     await store.complete(alice[1].id, {"0": 1})
     await store.fail(alice[2].id, "broke")
@@ -569,7 +583,7 @@ async def test_expired_lists_ended_tasks_oldest_first(store: TaskStore) -> None:
     await store.complete(ids[2], {"0": 1})
     await store.fail(ids[0], "broke")
     await store.cancel(ids[1], "Task was cancelled.")
-    await store.start(ids[3], 1, "w")  # running and queued tasks never expire
+    await store.start(ids[3], "w")  # running and queued tasks never expire
     cutoff = time.time() + 1
     found = await store.expired(cutoff, 10)
     assert [task.id for task in found] == [ids[2], ids[0], ids[1]]
@@ -582,7 +596,7 @@ async def test_remove_deletes_ended_tasks_and_their_idempotency_keys(store: Task
     running, queued = make_task(), make_task()
     await store.create_many([done, running, queued])
     await store.complete(done.id, {"1": 3})
-    await store.start(running.id, 1, "w")
+    await store.start(running.id, "w")
     assert await store.remove([done, running, queued]) == 1
     assert await store.get(done.id) is None
     assert await store.outcomes([done.id]) == {}

@@ -179,7 +179,7 @@ async def test_over_the_pending_cap_is_429_and_stores_nothing() -> None:
         assert len(store.tasks) == 3
         await submit(api, BOB)  # Bob's cap is his own
         # A running task is not cancelled under a cap: its run would go on outside the cap.
-        await store.start(ids[1], 1, "w")
+        await store.start(ids[1], "w")
         running = await api.delete(f"/tasks/{ids[1]}", headers=bearer(ALICE))
         assert running.status_code == 409
         assert "outside the cap" in running.json()["message"]

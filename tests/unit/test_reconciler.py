@@ -78,7 +78,7 @@ async def test_a_healthy_old_backlog_is_never_published_again() -> None:
     reconciler = Reconciler(store, stream, interval=1.0)
     await reconciler.run_once()
     tasks = await backlog(store, stream, 20)
-    await store.start(tasks[0].id, 1, "w-1")
+    await store.start(tasks[0].id, "w-1")
 
     for _ in range(5):
         assert await reconciler.run_once() == 0
@@ -93,7 +93,7 @@ async def test_after_a_loss_every_queued_and_running_task_is_published_once() ->
     reconciler = Reconciler(store, stream, interval=1.0)
     await reconciler.run_once()
     tasks = await backlog(store, stream, 6)
-    await store.start(tasks[0].id, 1, "w-dead")  # running, its worker gone with the stream
+    await store.start(tasks[0].id, "w-dead")  # running, its worker gone with the stream
     await store.complete(tasks[1].id, {"00": 1})
     await store.fail(tasks[2].id, "bad")
 
@@ -229,7 +229,7 @@ async def test_the_queue_noticing_a_loss_triggers_a_check_at_once(
     reconciler = Reconciler(store, stream, interval=3600.0)
     await reconciler.run_once()
     tasks = await backlog(store, stream, 4)
-    await store.start(tasks[0].id, 1, "w-1")
+    await store.start(tasks[0].id, "w-1")
     publish, published = stream.publish, asyncio.Event()
 
     async def publish_and_tell(batch: list[Task]) -> None:

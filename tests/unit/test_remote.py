@@ -14,6 +14,7 @@ import structlog.testing
 
 from qtask.application.poller import RemotePoller
 from qtask.config import WorkerSettings
+from qtask.domain.object_keys import circuit_key, result_key
 from qtask.domain.remote import (
     MAX_POLL_INTERVAL_S,
     RemoteJob,
@@ -281,18 +282,56 @@ async def test_done_job_completes_the_task_once_and_moves_it_from_pending_to_res
     assert [e["task_id"] for e in logs if e["event"] == "task_finished"] == [task.id]
 
 
+async def test_a_done_job_moves_from_the_pending_to_the_completed_area() -> None:
+    """The seed's move: the result document (with the circuit) under completed/, then the
+    pending circuit and job record deleted."""
+    store, clock, provider = InMemoryTaskStore(), Clock(), FakeRemoteBackend()
+    jobs, objects = InMemoryRemoteJobs(store), InMemoryObjectStore()
+    task_id = new_task_id()
+    [task] = await submitted(
+        store,
+        jobs,
+        provider,
+        clock,
+        id=task_id,
+        circuit_object=circuit_key(task_id),
+        result_object=result_key(task_id),
+    )
+    await objects.put(circuit_key(task.id), BELL.encode())
+    await objects.put(remote_job_key(task.id), b"{}")
+    assert sorted(objects.objects) == [
+        f"pending/{task_id[:2]}/{task_id}.job.json",
+        f"pending/{task_id[:2]}/{task_id}.qasm",
+    ]
+    provider.finish(provider.by_task[task.id], {"00": 6, "11": 4})
+    assert (await poller_for(store, jobs, provider, clock, objects).run_once()).completed == 1
+    assert list(objects.objects) == [f"completed/{task_id[:2]}/{task_id}.json"]
+    document = orjson.loads(objects.objects[result_key(task_id)])
+    assert document["result"] == {"00": 6, "11": 4}
+    assert document["circuit"] == BELL
+    assert store.tasks[task.id].status is Status.COMPLETED
+
+
 async def test_pass_killed_after_completing_cleans_up_without_fetching_again() -> None:
     store, clock, provider = InMemoryTaskStore(), Clock(), FakeRemoteBackend()
     jobs, objects = InMemoryRemoteJobs(store), InMemoryObjectStore()
-    [task] = await submitted(store, jobs, provider, clock)
+    task_id = new_task_id()
+    [task] = await submitted(
+        store, jobs, provider, clock, id=task_id, circuit_object=circuit_key(task_id)
+    )
+    await objects.put(circuit_key(task.id), BELL.encode())
     await objects.put(remote_job_key(task.id), b"{}")
-    # The task completed, then the poller died before it deleted the pending record.
+    await objects.put(result_key(task.id), b'{"result": {"00": 10}}')
+    # The result was written and the task completed, then the poller died before it deleted
+    # the pending objects (the move's last step).
     await store.complete(task.id, {"00": 10})
     report = await poller_for(store, jobs, provider, clock, objects).run_once()
     assert report.claimed == 1
     assert provider.status_calls == 0
     assert provider.cancelled == []
     assert await objects.get(remote_job_key(task.id)) is None
+    assert await objects.get(circuit_key(task.id)) is None
+    assert list(objects.objects) == [result_key(task.id)]
     assert jobs.jobs == {}
 
 

@@ -619,7 +619,7 @@ async def test_delete_of_a_running_task_cancels_it_and_of_an_ended_one_is_409(
 ) -> None:
     running = (await submit(client, qc=BELL)).json()["task_id"]
     done = (await submit(client, qc=BELL)).json()["task_id"]
-    await store.start(running, 1, "w")
+    await store.start(running, "w")
     await store.complete(done, {"00": 1})
     first = await client.delete(f"/tasks/{running}")
     assert first.status_code == 200

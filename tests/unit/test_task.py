@@ -7,15 +7,8 @@ import uuid
 
 import pytest
 
-from qtask.domain.task import (
-    TRANSITIONS,
-    CircuitInfo,
-    Encoding,
-    Status,
-    Task,
-    check_transition,
-    new_task_id,
-)
+from qtask.domain.lifecycle import TRANSITIONS, check_transition
+from qtask.domain.task import CircuitInfo, Encoding, Status, Task, new_task_id
 from qtask.errors import InvalidTransitionError, QTaskError
 
 INFO = CircuitInfo(

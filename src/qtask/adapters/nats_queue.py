@@ -4,8 +4,10 @@ A message is a task id. The stream keeps messages on disk with work-queue retent
 acknowledged message is deleted and a nats-server restart loses nothing that was acknowledged to
 a publisher. Every worker pulls from one shared durable consumer, so N workers split the load and
 a message is held by one worker at a time: it comes back to the queue when that worker naks it or
-does not acknowledge it within `ack_wait` (at least once). JetStream's own delivery count is the
-attempt number the store records, and `max_deliver` bounds how often a message is handed out.
+does not acknowledge it within `ack_wait` (at least once). Each delivery starts its task in the
+store, which counts the attempt as domain.lifecycle says; JetStream's own delivery count is only
+logged (it cannot know that a shutdown refunded an attempt). `max_deliver` bounds how often a
+message is handed out.
 
 Publishing is idempotent: the task id is also the message id, so JetStream drops a second
 publish of the same task within `duplicate_window`. A task is marked published in the store only
@@ -96,8 +98,9 @@ class NatsTaskQueue:
     ) -> None:
         """Configure the queue; `connect()` opens the connection.
 
-        `max_deliver` is one more than the worker's attempt limit: the worker must see the
-        delivery after the last attempt to record that the task was given up on. `timeout`
+        `max_deliver` bounds JetStream's deliveries of one message; processes run it unbounded
+        (-1): refunded attempts let deliveries outnumber attempts, and the bound that ends a
+        task is the lifecycle's (the delivery past max_attempts files a dead letter). `timeout`
         bounds connecting, each publish acknowledgement, ack_sync and ping. A fetch that finds
         nothing checks, at most every `consumer_check_s`, that the consumer still exists: a
         pull from a deleted consumer just times out.
@@ -319,7 +322,7 @@ class NatsTaskQueue:
     async def fetch(self, max_tasks: int, timeout: float) -> list[Delivery]:
         """Pull up to `max_tasks` messages, waiting up to `timeout`, and start their tasks.
 
-        The attempt recorded is JetStream's delivery count. A message naming no stored task is
+        The store counts each start's attempt (domain.lifecycle). A message naming no stored task is
         terminated. When the store fails part-way, the tasks started so far are returned and the
         rest are left unacknowledged, so they come back after ack_wait (as when a worker dies);
         the error is raised only when none was started.
@@ -396,10 +399,13 @@ class NatsTaskQueue:
             task_id = msg.data.decode()
         except UnicodeDecodeError:
             task_id = ""
-        attempt = msg.metadata.num_delivered
-        task = await self._store.start(task_id, attempt, self.worker_id) if task_id else None
+        task = await self._store.start(task_id, self.worker_id) if task_id else None
         if task is None:
-            log.warning("nats_unknown_task_terminated", task_id=task_id, attempt=attempt)
+            log.warning(
+                "nats_unknown_task_terminated",
+                task_id=task_id,
+                delivery=msg.metadata.num_delivered,
+            )
             with contextlib.suppress(*_NATS_FAILURES):
                 await msg.term()
             return None
@@ -579,7 +585,7 @@ class NatsDelivery:
 
     @property
     def task(self) -> Task:
-        """The task as started for this delivery (attempts = JetStream's delivery count)."""
+        """The task as started for this delivery (its attempt counted by the store)."""
         return self._task
 
     @property

@@ -22,8 +22,9 @@ that is gone fails the call in bounded time (about 8 s when the port refuses con
 Every failure other than "no such object" is raised as ObjectStoreUnavailableError, whose
 message names the operation and the key, never a credential.
 
-Where a task's objects go (the key layout) is the domain's, qtask.domain.object_keys; this
-adapter stores whatever keys it is given, refusing only keys no backend could hold.
+Where a task's objects go (the key layout: the pending and completed areas of the bucket) is the
+domain's, qtask.domain.object_keys; this adapter stores whatever keys it is given, refusing only
+keys no backend could hold.
 """
 
 from __future__ import annotations

@@ -43,11 +43,15 @@ end
 return out
 """
 
-# KEYS: due, jobs. ARGV: id, score, job json, ... Only jobs still scheduled (not forgotten by
-# another poller meanwhile) are updated, so no record outlives its forget.
+# KEYS: due, jobs. ARGV: the claimed-until score ('' for any), then id, score, job json, ...
+# Only jobs still scheduled (not forgotten by another poller meanwhile) are updated, so no record
+# outlives its forget; with a claimed-until score, only those still claimed so (not made due by
+# a cancel, not claimed again by another poller).
 _RESCHEDULE_LUA = """
-for i = 1, #ARGV, 3 do
-    if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+local claimed = tonumber(ARGV[1])
+for i = 2, #ARGV, 3 do
+    local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+    if score and (claimed == nil or tonumber(score) == claimed) then
         redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
         redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
     end
@@ -86,17 +90,30 @@ class RedisRemoteJobs:
             raise StoreUnavailableError(f"cannot claim remote jobs: {exc}") from exc
         return [RemoteJob(**json.loads(reply[i + 1])) for i in range(0, len(reply), 2)]
 
-    async def reschedule(self, jobs: Sequence[RemoteJob]) -> None:
-        """Store each job's next poll time and poll count (jobs forgotten meanwhile stay so)."""
+    async def reschedule(
+        self, jobs: Sequence[RemoteJob], *, claimed_until: float | None = None
+    ) -> None:
+        """Store each job's next poll time and poll count (jobs forgotten meanwhile stay so;
+        with `claimed_until`, only jobs still claimed until then)."""
         if not jobs:
             return
-        args: list[str] = []
+        args: list[str] = ["" if claimed_until is None else repr(claimed_until)]
         for job in jobs:
             args += [job.task_id, repr(job.next_poll_at), json.dumps(asdict(job))]
         try:
             await self._reschedule(keys=[self._due, self._jobs], args=args)
         except RedisError as exc:
             raise StoreUnavailableError(f"cannot reschedule remote jobs: {exc}") from exc
+
+    async def due_now(self, task_ids: Sequence[str], now: float) -> None:
+        """Bring these tasks' jobs forward to `now`: ZADD XX LT changes only scheduled jobs,
+        and only to an earlier time."""
+        if not task_ids:
+            return
+        try:
+            await self._redis.zadd(self._due, dict.fromkeys(task_ids, now), xx=True, lt=True)
+        except RedisError as exc:
+            raise StoreUnavailableError(f"cannot make remote jobs due: {exc}") from exc
 
     async def forget(self, task_ids: Sequence[str]) -> None:
         """Delete the records of ended tasks."""

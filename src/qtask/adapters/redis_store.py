@@ -65,6 +65,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from qtask.domain.lifecycle import ATTEMPT_PER_START, attempts_refunded
 from qtask.domain.ports import Completion, ListedTask, ListPosition, TaskPage
 from qtask.domain.task import (
     LEGACY_BACKEND,
@@ -226,15 +227,16 @@ return out
 """
 
 _START_LUA = """
--- KEYS[1] task hash, KEYS[2] counts, KEYS[3] active zset. ARGV: attempt, now, worker id, task id.
+-- KEYS[1] task hash, KEYS[2] counts, KEYS[3] active zset. ARGV: attempts a start counts
+-- (domain.lifecycle), now, worker id, task id.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   return false
 end
 if status == 'queued' or status == 'running' then
   redis.call('ZADD', KEYS[3], 0, ARGV[4])
-  redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', ARGV[1], 'started_at', ARGV[2],
-    'worker', ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'attempts', tonumber(ARGV[1]))
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3])
   if status == 'queued' then
     redis.call('HINCRBY', KEYS[2], 'queued', -1)
     redis.call('HINCRBY', KEYS[2], 'running', 1)
@@ -624,12 +626,13 @@ class RedisTaskStore:
             deleted: int = await self._remove(keys=keys, args=args)
         return deleted
 
-    async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
-        """Mark a queued or running task running as `attempt`; an ended task is returned as is."""
+    async def start(self, task_id: str, worker_id: str) -> Task | None:
+        """Mark a queued or running task running and count its attempt; an ended task is
+        returned as is."""
         with self._unavailable(f"start task {task_id}"):
             reply = await self._start(
                 keys=[self._task_key(task_id), self._counts_key, self._active_key],
-                args=[attempt, repr(time.time()), worker_id, task_id],
+                args=[ATTEMPT_PER_START, repr(time.time()), worker_id, task_id],
             )
         return None if reply is None else _from_hash(_pairs(reply))
 
@@ -797,7 +800,7 @@ class RedisTaskStore:
                 args=[
                     "0" if reason is None else "1",
                     reason or "",
-                    "0" if penalize else "1",
+                    str(attempts_refunded(penalize=penalize)),
                     task_id,
                 ],
             )

@@ -83,13 +83,32 @@ class SQLiteRemoteJobs:
 
         return await self._db.write(write)
 
-    async def reschedule(self, jobs: Sequence[RemoteJob]) -> None:
-        """Store each job's next poll time and poll count."""
-        params = [(job.next_poll_at, job.polls, job.task_id) for job in jobs]
+    async def reschedule(
+        self, jobs: Sequence[RemoteJob], *, claimed_until: float | None = None
+    ) -> None:
+        """Store each job's next poll time and poll count (only while still claimed until
+        `claimed_until`, when given: the claim wrote that very float, so equality holds)."""
+        query = "UPDATE remote_jobs SET next_poll_at = ?, polls = ? WHERE task_id = ?"
+        params: list[tuple[object, ...]] = [
+            (job.next_poll_at, job.polls, job.task_id) for job in jobs
+        ]
+        if claimed_until is not None:
+            query += " AND next_poll_at = ?"
+            params = [(*row, claimed_until) for row in params]
 
         def write(conn: sqlite3.Connection) -> None:  # returns no cursor out of the writer
+            conn.executemany(query, params)
+
+        await self._db.write(write)
+
+    async def due_now(self, task_ids: Sequence[str], now: float) -> None:
+        """Bring these tasks' jobs forward to `now` (a job due sooner is left as it is)."""
+        params = [(now, task_id, now) for task_id in task_ids]
+
+        def write(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "UPDATE remote_jobs SET next_poll_at = ?, polls = ? WHERE task_id = ?", params
+                "UPDATE remote_jobs SET next_poll_at = ? WHERE task_id = ? AND next_poll_at > ?",
+                params,
             )
 
         await self._db.write(write)

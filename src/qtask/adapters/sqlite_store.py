@@ -22,6 +22,11 @@ import orjson
 
 from qtask.adapters.sqlite_db import SQLiteDatabase
 from qtask.constants import LEASE_SECONDS
+from qtask.domain.lifecycle import (
+    ATTEMPT_PER_START,
+    attempts_refunded,
+    check_transition,
+)
 from qtask.domain.ports import (
     Completion,
     Delivery,
@@ -35,7 +40,6 @@ from qtask.domain.task import (
     Status,
     Task,
     TaskOutcome,
-    check_transition,
     info_from_json,
     info_to_json,
 )
@@ -317,15 +321,16 @@ class SQLiteTaskStore:
             self._ended(ids)
         return deleted
 
-    async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
-        """Mark a task running as `attempt` (a claim already did; this is for other queues)."""
+    async def start(self, task_id: str, worker_id: str) -> Task | None:
+        """Mark a task running and count its attempt (a claim already did; this is for other
+        queues)."""
 
         def mark(conn: sqlite3.Connection) -> Task | None:
             row = conn.execute(
-                "UPDATE tasks SET status = 'running', attempts = ?, started_at = ?,"
+                "UPDATE tasks SET status = 'running', attempts = attempts + ?, started_at = ?,"
                 " lease_owner = ?, lease_expires = ?"
                 " WHERE id = ? AND status IN ('queued', 'running') RETURNING *",
-                (attempt, time.time(), worker_id, time.time() + LEASE_SECONDS, task_id),
+                (ATTEMPT_PER_START, time.time(), worker_id, time.time() + LEASE_SECONDS, task_id),
             ).fetchone()
             if row is None:
                 row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -438,7 +443,7 @@ class SQLiteTaskStore:
                 "UPDATE tasks SET status = 'queued', lease_owner = NULL, lease_expires = NULL,"
                 " last_error = coalesce(?, last_error), attempts = attempts - ?"
                 " WHERE id = ? AND status = 'running' RETURNING *",
-                (reason, 0 if penalize else 1, task_id),
+                (reason, attempts_refunded(penalize=penalize), task_id),
             ).fetchone()
             return None if row is None else _from_row(row)
 
@@ -657,8 +662,9 @@ _COLUMNS = (
 )
 _INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 22)})"
 
-_CLAIM = """
-UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?,
+# A claim is a start: it counts the attempt as domain.lifecycle says (a constant, not input).
+_CLAIM = f"""
+UPDATE tasks SET status = 'running', attempts = attempts + {ATTEMPT_PER_START}, started_at = ?,
     lease_owner = ?, lease_expires = ?
 WHERE seq IN (
     SELECT seq FROM tasks

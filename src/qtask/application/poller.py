@@ -3,9 +3,10 @@
 Each pass claims the jobs due for a status call (RemoteJobStore.claim_due: atomic, leased, so
 any number of pollers share the work and a dead poller's claim lapses), asks each provider in
 batches of its status_batch with bounded concurrency, and then per job:
-- ended at the provider: write the result object (when an object store is configured), then
-  complete the task (the store's first-result-wins rule refuses a second completion), then
-  delete the pending job record, then forget the job. A poller killed in between leaves the
+- ended at the provider: the bucket's "move" (domain.object_keys): write the result object under
+  the completed area (when an object store is configured), then complete the task (the
+  store's first-result-wins rule refuses a second completion), then delete the pending
+  objects (job record and circuit), then forget the job. A poller killed in between leaves the
   job claimed; it comes due again, and finds the task ended (nothing fetched twice) or not
   (fetched again, nothing lost);
 - error or cancelled at the provider: the task ends in error with the provider's message;
@@ -13,7 +14,10 @@ batches of its status_batch with bounded concurrency, and then per job:
   (best effort) and end the task in error saying so;
 - unfinished: poll again after the backend's interval, doubled per poll, with jitter.
 A task that ended here meanwhile (DELETE /tasks/{id}) is cancelled at the provider (best
-effort, logged) and forgotten.
+effort, logged) and forgotten. The cancel makes its job due now (RemoteJobStore.due_now), so
+this happens at the next pass, within a tick, not at the job's next scheduled poll; a pass whose
+status call was out at that moment reschedules only jobs still claimed by it, so it cannot push
+the cancel back.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from qtask.constants import (
     REMOTE_POLL_LEASE_SECONDS,
     REMOTE_POLL_TICK_SECONDS,
 )
+from qtask.domain.object_keys import pending_keys
 from qtask.domain.ports import ObjectStore, TaskStore
 from qtask.domain.remote import (
     RemoteBackend,
@@ -166,7 +171,9 @@ class RemotePoller(Periodic):
                 delay = next_poll_delay(backend.poll_interval_s, job.polls, self._rng)
                 later.append(replace(job, next_poll_at=now + delay, polls=job.polls + 1))
         if later:
-            await self._jobs.reschedule(later)
+            # Only while still claimed by this pass: a task cancelled while its status call
+            # was out made its job due now (RemoteJobStore.due_now), which must stand.
+            await self._jobs.reschedule(later, claimed_until=now + REMOTE_POLL_LEASE_SECONDS)
             report.rescheduled += len(later)
 
     async def _finish(self, job: RemoteJob, status: RemoteStatus) -> bool:
@@ -202,7 +209,7 @@ class RemotePoller(Periodic):
                 backend=job.backend,
                 job_id=job.job_id,
             )
-            await self._forget(job)
+            await self._forget(job, completed=True)
             return True
         if status.state is RemoteState.CANCELLED:
             message = f"The task was cancelled at the remote backend {job.backend}."
@@ -223,10 +230,11 @@ class RemotePoller(Periodic):
         self, backend: RemoteBackend, job: RemoteJob, status: Status | None
     ) -> None:
         """The task ended here (cancelled, or completed by a pass that died before forgetting
-        the job) or is gone: cancel an unfinished job at the provider, then forget it."""
+        the job: its move is finished now) or is gone: cancel an unfinished job at the
+        provider, then forget it."""
         if status is Status.FAILED:
             await self._cancel(backend, job)
-        await self._forget(job)
+        await self._forget(job, completed=status is Status.COMPLETED)
 
     async def _cancel(self, backend: RemoteBackend, job: RemoteJob) -> None:
         try:
@@ -236,8 +244,12 @@ class RemotePoller(Periodic):
         except QTaskError as exc:  # best effort: the provider's job ends on its own
             log.warning("remote_cancel_failed", task_id=job.task_id, reason=str(exc))
 
-    async def _forget(self, job: RemoteJob) -> None:
-        """Delete the pending job record (object store), then the job itself."""
+    async def _forget(self, job: RemoteJob, *, completed: bool = False) -> None:
+        """Delete the pending objects (domain.object_keys), then the job itself: the job record,
+        and for a completed task its circuit too (its result document holds it now). Last, so
+        a pass that dies before leaves the job to come due again and be cleaned up."""
         if self._objects is not None:
-            await self._objects.delete(remote_job_key(job.task_id))
+            keys = pending_keys(job.task_id) if completed else (remote_job_key(job.task_id),)
+            for key in keys:
+                await self._objects.delete(key)
         await self._jobs.forget([job.task_id])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -23,14 +24,16 @@ from qtask.constants import (
     MSG_CANCELLED,
 )
 from qtask.domain.backends import Backends
-from qtask.domain.object_keys import circuit_key, result_key
+from qtask.domain.object_keys import circuit_key, result_key, result_keys
 from qtask.domain.ports import ObjectStore, TaskQueue, TaskStore
+from qtask.domain.remote import RemoteJobStore
 from qtask.domain.task import CircuitInfo, Status, Task, TaskOutcome, new_task_id
 from qtask.errors import (
     CircuitTooLargeError,
     InvalidRequestError,
     PayloadTooLargeError,
     PendingCapError,
+    QTaskError,
     QueueUnavailableError,
     TaskConflictError,
     TaskNotFoundError,
@@ -97,11 +100,15 @@ class TaskService:
         max_pending_per_owner: int = 0,
         waiters: Waiters | None = None,
         backends: Backends,
+        remote_jobs: RemoteJobStore | None = None,
     ) -> None:
         """`max_pending_per_owner`: tasks one API key may have queued or running (0: no cap).
         `waiters`: the registry that the process's end notices wake (long polls); without
         one, a wait lasts until its deadline unless the task has already ended.
-        `backends`: the configured backends (injected: the service knows none by itself)."""
+        `backends`: the configured backends (injected: the service knows none by itself).
+        `remote_jobs`: the remote job records, when remote backends are configured: a cancel
+        makes its job due now, so the poller cancels it at the provider at once."""
+        self._remote_jobs = remote_jobs
         self._waiters = Waiters() if waiters is None else waiters
         self._reads = BatchedReads(store.outcomes)
         self._store = store
@@ -204,8 +211,20 @@ class TaskService:
         if task.status is Status.FAILED and task.error == MSG_CANCELLED:
             log.info("task_cancelled", task_id=task_id)
             metrics.TASKS_CANCELLED.inc()
+            await self._cancel_remote(task)
             return TaskOutcome(task.id, task.status, task.result, task.error, task.owner)
         raise TaskConflictError(f"The task already ended ({task.status.value}).")
+
+    async def _cancel_remote(self, task: Task) -> None:
+        """Bring a cancelled remote task's job due now: the next poller pass (within its tick)
+        finds the task ended and cancels the job at the provider. Best effort: without it the
+        job's next scheduled poll does the same."""
+        if self._remote_jobs is None or task.started_at is None:
+            return  # never started: no provider job
+        try:
+            await self._remote_jobs.due_now([task.id], time.time())
+        except QTaskError as exc:
+            log.warning("remote_cancel_not_scheduled", task_id=task.id, reason=str(exc))
 
     async def active_counts(self) -> dict[str, int]:
         """How many tasks are queued and running."""
@@ -247,7 +266,7 @@ class TaskService:
         shots = await self._store.memories(wanted)
         missing = [i for i in wanted if i not in shots]
         if missing and self._objects is not None:
-            documents = await asyncio.gather(*(self._objects.get(result_key(i)) for i in missing))
+            documents = await asyncio.gather(*(self._result_document(i) for i in missing))
             for task_id, document in zip(missing, documents, strict=True):
                 per_shot = None if document is None else orjson.loads(document).get("memory")
                 if per_shot is not None:
@@ -255,6 +274,16 @@ class TaskService:
         return {
             i: replace(task, per_shot=shots[i]) if i in shots else task for i, task in found.items()
         }
+
+    async def _result_document(self, task_id: str) -> bytes | None:
+        """The task's result object, under the completed area or where a version before the
+        areas wrote it (domain.object_keys)."""
+        assert self._objects is not None
+        for key in result_keys(task_id):
+            document = await self._objects.get(key)
+            if document is not None:
+                return document
+        return None
 
     async def _wait_for(
         self, task_ids: Sequence[str], caller: str | None, wait_s: float

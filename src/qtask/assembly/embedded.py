@@ -110,6 +110,7 @@ class EmbeddedService:
             },
             lifespan=self._lifespan,
             notices=self.store,  # the worker ends tasks in this process, through this store
+            remote_jobs=self._remote_jobs,
         )
 
     def _remote_parts(self) -> tuple[RemotePoller | None, RemoteSubmitter | None]:

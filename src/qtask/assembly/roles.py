@@ -88,6 +88,8 @@ class ApiRole:
         self.reconciler = Reconciler(self.store, self.queue, settings.nats.reconcile_interval_s)
         # One subscription per API process to the ends every worker and replica publishes.
         self.notices = RedisEndNotices(settings.redis.url, self.store.ended_channel)
+        # A cancel makes its remote job due now, so a poller cancels it at the provider.
+        self.remote_jobs = _remote_parts(settings)[1]
         self.service, self.app = wiring.api_app(
             settings,
             self.store,
@@ -104,6 +106,7 @@ class ApiRole:
             lifespan=self._lifespan,
             notices=self.notices,
             limiter=_rate_limiter(settings, self.store),
+            remote_jobs=self.remote_jobs,
         )
 
     @asynccontextmanager
@@ -118,6 +121,8 @@ class ApiRole:
         finally:
             await self.reconciler.stop()
             await self.notices.close()
+            if self.remote_jobs is not None:
+                await self.remote_jobs.close()
             await self.parse_pool.close()
             await self.queue.close()
             await self.store.close()

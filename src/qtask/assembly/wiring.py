@@ -7,12 +7,13 @@ these; this is the only module that knows which class implements which port for 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Protocol
 
 from qtask.config import Settings
 from qtask.domain.ports import EndNotices, ObjectStore, RateLimiter, TaskQueue, TaskStore
+from qtask.domain.remote import RemoteBackend, RemoteJobStore
 from qtask.runtime.health import Check
 from qtask.runtime.pool import ChildPool
 from qtask.runtime.supervision import SupervisedLoop
@@ -136,12 +137,14 @@ def api_app(
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
     notices: EndNotices,
     limiter: RateLimiter | None = None,
+    remote_jobs: RemoteJobStore | None = None,
 ) -> tuple[TaskService, FastAPI]:
     """The task service and the HTTP API around it, with the limits and keys of `settings`.
 
     `notices` tell this process when tasks end, which wakes its long polls. `limiter` holds
     the per-key request buckets when they are shared between API processes; without one, this
-    process holds them.
+    process holds them. `remote_jobs`: the remote job records, so that a cancel reaches the
+    provider at the next poller pass.
     """
     from qtask.adapters.local_rate import TokenBuckets
     from qtask.api.app import create_app, streams_from
@@ -155,6 +158,10 @@ def api_app(
     notices.listen(waiters.ended, waiters.resync)
     if limiter is None and settings.auth.enabled and settings.auth.rate_per_s > 0:
         limiter = TokenBuckets(settings.auth.rate_per_s, settings.auth.burst)
+    catalog = build_catalog(settings)
+    remotes = list(catalog.remotes().values())
+    if remotes:  # their capabilities are re-read every minute, not only on GET /backends
+        lifespan = _refreshing(lifespan, remotes)
 
     service = TaskService(
         store,
@@ -164,7 +171,8 @@ def api_app(
         objects=objects,
         max_pending_per_owner=settings.auth.max_pending_tasks if settings.auth.enabled else 0,
         waiters=waiters,
-        backends=build_catalog(settings),
+        backends=catalog,
+        remote_jobs=remote_jobs,
     )
     app = create_app(
         service,
@@ -177,3 +185,23 @@ def api_app(
         streams=streams_from(settings.server),
     )
     return service, app
+
+
+def _refreshing(
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
+    remotes: list[RemoteBackend],
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """`lifespan`, with the remote backends' capabilities re-read periodically while it runs."""
+    from qtask.execution.refresh import CapabilityRefresher
+
+    @asynccontextmanager
+    async def refreshing(app: FastAPI) -> AsyncIterator[None]:
+        async with lifespan(app):
+            refresher = CapabilityRefresher(remotes)
+            refresher.start()
+            try:
+                yield
+            finally:
+                await refresher.stop()
+
+    return refreshing

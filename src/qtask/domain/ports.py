@@ -136,8 +136,9 @@ class TaskStore(Protocol):
         many were deleted."""
         ...
 
-    async def start(self, task_id: str, attempt: int, worker_id: str) -> Task | None:
-        """Mark a delivered task running as attempt `attempt`; return it as stored.
+    async def start(self, task_id: str, worker_id: str) -> Task | None:
+        """Mark a delivered task running and count its attempt on top of the stored ones
+        (domain.lifecycle.attempts_after_start), atomically; return it as stored.
 
         Returns the task unchanged when it already ended (the caller acknowledges it without
         running it again) and None when there is no such task.
@@ -209,7 +210,8 @@ class TaskStore(Protocol):
         ...
 
     async def release(self, task_id: str, reason: str | None, *, penalize: bool) -> Task | None:
-        """Put a running task back in the queue (a retry); `penalize=False` refunds the attempt."""
+        """Put a running task back in the queue (a retry); `penalize=False` refunds the attempt
+        (domain.lifecycle.attempts_after_release)."""
         ...
 
     async def ping(self) -> None:

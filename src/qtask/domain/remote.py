@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from qtask.domain.backends import ExecutionBackend
+
+# The job record's key is part of the bucket layout (domain.object_keys); re-exported here.
+from qtask.domain.object_keys import remote_job_key as remote_job_key
 from qtask.domain.task import Task
 
 
@@ -145,12 +148,22 @@ class RemoteJobStore(Protocol):
         again after the lease."""
         ...
 
-    async def reschedule(self, jobs: Sequence[RemoteJob]) -> None:
-        """Store these records' new next_poll_at and polls."""
+    async def reschedule(
+        self, jobs: Sequence[RemoteJob], *, claimed_until: float | None = None
+    ) -> None:
+        """Store these records' new next_poll_at and polls. With `claimed_until` (the time a
+        claim pushed them to), only jobs still claimed so are changed: one made due meanwhile
+        (due_now, after a cancel) or claimed again after the lease lapsed is left alone."""
         ...
 
     async def forget(self, task_ids: Sequence[str]) -> None:
         """Remove the records of tasks that ended."""
+        ...
+
+    async def due_now(self, task_ids: Sequence[str], now: float) -> None:
+        """Make the jobs of these tasks (those that have one) due for a poll at `now`: a task
+        cancelled here gets its provider job cancelled by the next poller pass, not when its
+        backoff would have polled it (up to MAX_POLL_INTERVAL_S later)."""
         ...
 
 
@@ -164,13 +177,6 @@ def next_poll_delay(interval: float, polls: int, rng: random.Random | None = Non
     at MAX_POLL_INTERVAL_S, with +-25 % jitter so jobs submitted together spread out."""
     base = min(interval * 2.0 ** min(polls, 30), max(interval, MAX_POLL_INTERVAL_S))
     return base * (0.75 + 0.5 * (rng or random).random())
-
-
-def remote_job_key(task_id: str) -> str:
-    """Object key of a submitted task's job record, the bucket's pending area:
-    `pending/{id[:2]}/{id}.job.json` (sharded as circuits/ and results/ are); deleted once the
-    task ended and its result is under results/."""
-    return f"pending/{task_id[:2]}/{task_id}.job.json"
 
 
 def job_document(job: RemoteJob) -> dict[str, object]:

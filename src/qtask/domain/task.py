@@ -1,4 +1,4 @@
-"""The task: an immutable record, its states and the transitions allowed between them.
+"""The task: an immutable record of one submitted circuit and what became of it.
 
 Storage adapters persist these; nothing in this module performs I/O.
 """
@@ -13,42 +13,10 @@ from dataclasses import dataclass, field, replace
 
 import orjson
 
-from qtask.errors import InvalidTransitionError
-
-
-class Status(enum.StrEnum):
-    """Where a task is in its life; see docs/architecture.md for the diagram."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-    @property
-    def terminal(self) -> bool:
-        """True once the task can never change again."""
-        return self in (Status.COMPLETED, Status.FAILED)
-
-
-# Every allowed move. RUNNING -> QUEUED is a retry (worker crash, lease lost, shutdown);
-# QUEUED -> FAILED is a task given up on before it ran (its attempts were used up);
-# QUEUED -> COMPLETED is a result from a worker whose lease lapsed while it ran: the result is
-# still correct, and the first result stored wins.
-# A task on a remote backend uses the same states: it stays RUNNING while its provider works
-# (submitted: a domain.remote.RemoteJob is stored and the queue no longer hands it out), and the
-# poller moves it to COMPLETED or FAILED; it never goes back to QUEUED once submitted.
-TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.QUEUED: frozenset({Status.RUNNING, Status.COMPLETED, Status.FAILED}),
-    Status.RUNNING: frozenset({Status.QUEUED, Status.COMPLETED, Status.FAILED}),
-    Status.COMPLETED: frozenset(),
-    Status.FAILED: frozenset(),
-}
-
-
-def check_transition(current: Status, new: Status) -> None:
-    """Raise InvalidTransitionError unless the state machine allows current -> new."""
-    if new not in TRANSITIONS[current]:
-        raise InvalidTransitionError(f"a {current} task cannot become {new}")
+# The states and the rules of moving between them live in domain.lifecycle (re-exported here,
+# where most code looks for Status).
+from qtask.domain.lifecycle import Status as Status
+from qtask.domain.lifecycle import check_transition
 
 
 class Encoding(enum.StrEnum):
@@ -195,6 +163,9 @@ def result_document(
         "attempts": task.completed_attempt or task.attempts,
         "circuit_object": task.circuit_object,
         "completed_at": task.finished_at or time.time(),
+        # The input itself: the completed area holds the whole job once its pending objects
+        # are deleted (domain.object_keys).
+        "circuit": task.source,
     }
     if remote_job is not None:
         document["remote_job"] = remote_job

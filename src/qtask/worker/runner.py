@@ -1,6 +1,7 @@
 """The worker loop: take tasks from the queue, run them in child processes, store the outcome.
 
-Rules it keeps:
+What a delivery does (run, discard, dead letter) and whether a requeue keeps the attempt
+counted are domain.lifecycle's rules; the worker applies them. Rules it keeps:
 - an outcome is stored durably before the delivery is acknowledged;
 - a task already ended (a redelivery after a crash) is acknowledged without running again;
 - a task whose attempts are used up ends in error with the reason of its last failure;
@@ -33,6 +34,8 @@ from qtask.constants import (
     LEASE_SECONDS,
     RUN_SETTLE_GRACE_SECONDS,
 )
+from qtask.domain.lifecycle import Redelivery, Requeue, given_up_message, on_delivery
+from qtask.domain.object_keys import circuit_key
 from qtask.domain.ports import Completion, Delivery, ObjectStore, TaskQueue, TaskStore
 from qtask.domain.task import Status, Task, result_document
 from qtask.errors import ExecutionError, ShuttingDownError, TaskNotFoundError
@@ -126,7 +129,7 @@ class Worker:
                     await self._pool.close()
                     await asyncio.wait(pending)
             for delivery in list(self._held.values()):  # taken from the queue, never started
-                await self._release(delivery, None, penalize=False)
+                await self._release(delivery, None, Requeue.SHUTDOWN)
         finally:
             await self._heartbeat_loop.stop()
 
@@ -196,7 +199,7 @@ class Worker:
             self._held[delivery.task.id] = delivery
         if self._stopping.is_set():
             for delivery in deliveries:
-                await self._release(delivery, None, penalize=False)
+                await self._release(delivery, None, Requeue.SHUTDOWN)
             return []
         return deliveries
 
@@ -206,15 +209,16 @@ class Worker:
         for delivery in deliveries:
             task = delivery.task
             try:
-                if task.status.terminal:  # a redelivery of a task that already ended
+                decision = on_delivery(task, self._settings.max_attempts)
+                if decision is Redelivery.DISCARD:
+                    if task.status is Status.COMPLETED:  # a crash may have cut its move short
+                        await self._leave_pending(task)
                     await self._settle(delivery)
                     continue
-                if task.attempts > self._settings.max_attempts:
-                    reason = task.last_error or "its worker was lost"
+                if decision is Redelivery.DEAD_LETTER:
                     await self._fail(
                         delivery,
-                        f"The task was given up after {self._settings.max_attempts} attempts; "
-                        f"the last one failed because {reason}.",
+                        given_up_message(self._settings.max_attempts, task.last_error),
                         reason="attempts",
                         dead_letter=True,
                     )
@@ -246,7 +250,7 @@ class Worker:
                 self._held.pop(task.id, None)
             return
         except ShuttingDownError:
-            await self._release(delivery, None, penalize=False)
+            await self._release(delivery, None, Requeue.SHUTDOWN)
             return
         except Exception as exc:
             # Let go unacknowledged: the lease lapses and the redelivery submits again with
@@ -289,7 +293,7 @@ class Worker:
         except ChildTimeoutError:
             if self._interrupted:
                 for delivery in batch:
-                    await self._release(delivery, None, penalize=False)
+                    await self._release(delivery, None, Requeue.SHUTDOWN)
                 return
             if len(batch) == 1:
                 limit = self._settings.task_timeout_s
@@ -300,12 +304,14 @@ class Worker:
                 )
             else:
                 for delivery in batch:
-                    await self._release(delivery, "its batch ran out of time", penalize=True)
+                    await self._release(
+                        delivery, "its batch ran out of time", Requeue.BATCH_TIMED_OUT
+                    )
             return
         except (ChildCrashedError, ChildFailedError) as exc:
             if self._interrupted:
                 for delivery in batch:
-                    await self._release(delivery, None, penalize=False)
+                    await self._release(delivery, None, Requeue.SHUTDOWN)
                 return
             if isinstance(exc, ChildOutOfMemoryError) and len(batch) == 1:
                 # Deterministic: a rerun would need the same memory again.
@@ -319,7 +325,7 @@ class Worker:
             reason = str(exc)
             log.warning("worker_process_lost", tasks=[d.task.id for d in batch], reason=reason)
             for delivery in batch:
-                await self._release(delivery, reason, penalize=True)
+                await self._release(delivery, reason, Requeue.CRASHED)
             return
         elapsed = time.perf_counter() - started
         # Concurrently: each task still stores its result object, then its record, then acks,
@@ -367,6 +373,8 @@ class Worker:
                         )
                     except TaskNotFoundError:  # cancelled, then removed by retention meanwhile
                         done = None
+                    if done is not None and done.task.status is Status.COMPLETED:
+                        await self._leave_pending(task)
                     await self._settle(delivery)
                     if done is not None and done.transitioned:  # this run completed it
                         self.completed += 1
@@ -414,6 +422,19 @@ class Worker:
         except Exception as exc:  # the record stays right; only its copy may differ
             log.warning("restore_result_failed", reason=str(exc))
 
+    async def _leave_pending(self, task: Task) -> None:
+        """The move's last step (domain.object_keys): delete a completed task's circuit from the
+        pending area, its result document holding it now. Before the ack, so a worker killed
+        first leaves a redelivery (NATS) that deletes it; a delete that fails, or a crash where
+        nothing is redelivered (embedded), leaves the object until retention removes it with
+        the task."""
+        if self._objects is None or task.circuit_object != circuit_key(task.id):
+            return  # no object store, or a circuit a version before the areas stored
+        try:
+            await self._objects.delete(task.circuit_object)
+        except Exception as exc:
+            log.warning("pending_delete_failed", task_id=task.id, reason=str(exc))
+
     async def _discard_result(self, task: Task) -> None:
         """Delete the result object written for a task whose record refused the result."""
         if self._objects is None or task.result_object is None:
@@ -432,9 +453,9 @@ class Worker:
         metrics.TASKS_FINISHED.labels("failed", reason).inc()
         log.info("task_failed", task_id=delivery.task.id, reason=message)
 
-    async def _release(self, delivery: Delivery, reason: str | None, *, penalize: bool) -> None:
+    async def _release(self, delivery: Delivery, reason: str | None, cause: Requeue) -> None:
         try:
-            await self._store.release(delivery.task.id, reason, penalize=penalize)
+            await self._store.release(delivery.task.id, reason, penalize=cause.penalizes)
             await delivery.nak()
             self.retried += 1
             metrics.TASKS_REDELIVERED.inc()

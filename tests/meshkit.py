@@ -1,0 +1,144 @@
+"""Helpers for mesh tests: start `qtask node` (or tests/mesh_peer.py) processes on free ports
+and read back their peer id and multiaddrs; an in-test `MeshHost` client.
+
+A process is ready when it logs `mesh_host_started` (JSON, with `peer_id` and `addrs`); each
+runs in its own process group so a SIGKILL takes it whole. The coordinator's tests reuse this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from qtask.mesh.host import MeshHost
+
+TESTS = Path(__file__).resolve().parent
+LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+
+
+class MeshProcess:
+    """One mesh process (a node, or the bare test peer) whose log is a file of JSON lines."""
+
+    def __init__(self, command: Sequence[str], log: Path, env: dict[str, str] | None = None):
+        self.command = list(command)
+        self.log_path = log
+        self.env = env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.peer_id = ""
+        self.addrs: tuple[str, ...] = ()
+
+    @property
+    def addr(self) -> str:
+        """The first full multiaddr (/p2p/<peer id> included)."""
+        return self.addrs[0]
+
+    def start(self, timeout: float = 60.0) -> MeshProcess:
+        """Start it and wait for its `mesh_host_started` line."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env}, start_new_session=True,
+            )  # fmt: skip
+        started = self.wait_for("mesh_host_started", timeout=timeout)
+        self.peer_id, self.addrs = started["peer_id"], tuple(started["addrs"])
+        return self
+
+    def lines(self) -> list[dict[str, Any]]:
+        """The JSON log lines so far (other lines skipped)."""
+        out = []
+        for line in self.log().splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict):
+                    out.append(entry)
+        return out
+
+    def wait_for(
+        self,
+        event: str,
+        *,
+        timeout: float = 30.0,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
+        """The first log line with this event (and `where` true), polled until `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for entry in self.lines():
+                if entry.get("event") == event and (where is None or where(entry)):
+                    return entry
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.command} exited before {event}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {event} in {timeout} s:\n{self.log()[-4000:]}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM and wait; SIGKILL what is left."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            self.kill()
+
+    def log(self) -> str:
+        """What the process printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def peer_process(log: Path, *args: str) -> MeshProcess:
+    """The bare MeshHost of tests/mesh_peer.py (echo, hang, fake adverts), not yet started."""
+    return MeshProcess([sys.executable, str(TESTS / "mesh_peer.py"), *args], log)
+
+
+@contextlib.asynccontextmanager
+async def mesh_client(
+    *,
+    topics: dict[str, Callable[[str, bytes], Any]] | None = None,
+    on_peer: Callable[[str, bool], None] | None = None,
+    bootstrap: Sequence[str] = (),
+) -> AsyncIterator[MeshHost]:
+    """An in-test MeshHost subscribed to `topics`, started, and stopped at the end."""
+    host = MeshHost(listen=LOOPBACK, bootstrap=bootstrap)
+    for topic, handler in (topics or {}).items():
+        host.subscribe(topic, handler)
+    if on_peer is not None:
+        host.on_peer(on_peer)
+    await host.start()
+    try:
+        yield host
+    finally:
+        await host.stop()
+
+
+async def poll(check: Callable[[], Any], *, timeout: float, interval: float = 0.02) -> Any:
+    """`check()`'s first truthy value, polled until `timeout` (then AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {check}")
+        await asyncio.sleep(interval)

@@ -8,6 +8,7 @@ Client (`pip install qtask`):
 Server (`pip install "qtask[server]"`):
 - `qtask serve`: everything in one process tree (embedded mode, the default).
 - `qtask api`, `qtask worker`, `qtask poller`: the roles of distributed mode (Redis + NATS).
+- `qtask coordinator`: the mesh's coordinator (qtask.mesh.coordinator).
 - `qtask keygen NAME`: a new API key, and the entry that makes the service accept it.
 """
 
@@ -73,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         "poller", help="distributed mode: publish tasks the API could not; poll remote jobs"
     )
     poller.add_argument("--config", type=Path, help="a TOML settings file (or $QTASK_CONFIG)")
+    coordinator = commands.add_parser(
+        "coordinator", help="the mesh's coordinator: libp2p host, registry, job API (FR-009)"
+    )
+    _http_options(coordinator)
+    coordinator.add_argument(
+        "--migrate-to", type=int, metavar="N", help="move the database to schema version N, exit"
+    )
     keygen = commands.add_parser("keygen", help="make an API key and its configuration entry")
     keygen.add_argument("name", help="whose key: the name its tasks belong to")
     add_commands(commands)
@@ -109,6 +117,8 @@ def _server_command(args: argparse.Namespace) -> int:
 
             asyncio.run(run_worker(settings))
             return 0
+        if args.command == "coordinator":
+            return _coordinator(settings, args.migrate_to)
         if args.command == "poller":
             from qtask.roles import run_poller
 
@@ -183,6 +193,17 @@ def _api(settings: Settings) -> int:
     from qtask.roles import ApiRole
 
     _run_http(ApiRole(settings).app, settings)
+    return 0
+
+
+def _coordinator(settings: Settings, migrate_to: int | None) -> int:
+    from qtask.mesh import coordinator
+
+    if migrate_to is not None:
+        for step in coordinator.migrate_only(settings, migrate_to):
+            print(step)
+        return 0
+    coordinator.run(settings)
     return 0
 
 

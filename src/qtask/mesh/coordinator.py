@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from qtask import __version__
-from qtask.circuits.ingest import Limits, ingest, load_program
+from qtask.circuits.ingest import Limits
 from qtask.circuits.ingestor import limits_from
 from qtask.config import Settings
 from qtask.errors import MeshPeerError, QTaskError
@@ -48,9 +48,7 @@ def qasm_compiler(limits: Limits) -> Compile:
 
     def compile_qasm(qasm: str) -> CircuitIR:
         ir = importlib.import_module("qtask.mesh.ir")  # TODO(mesh-node merge): direct import
-        ingested = ingest(qasm, limits)
-        circuit = load_program(ingested.info.encoding, qasm, ingested.program)
-        result: CircuitIR = ir.to_ir(circuit)
+        result: CircuitIR = ir.ir_from_qasm(qasm, limits)
         return result
 
     return compile_qasm

@@ -93,3 +93,16 @@ async def test_jobs_fragments_and_records_survive_a_reopen(tmp_path: Path) -> No
     assert again.decisions("j1")[0]["snapshot"] == {"nodes": []}
     assert again.job_counts() == {"COMPILING": 1}
     await again.close()
+
+
+async def test_a_second_job_under_one_idempotency_key_returns_the_first(tmp_path: Path) -> None:
+    store = MeshStore(tmp_path / "mesh.db")
+    first = Job("j1", JobState.QUEUED, "q", 1, None, 0.0, 1.0, 1.0, idempotency_key="task-7")
+    assert await store.create_job(first) == first
+    again = Job("j2", JobState.QUEUED, "q", 1, None, 0.0, 2.0, 2.0, idempotency_key="task-7")
+    assert (await store.create_job(again)).id == "j1"
+    other_owner = Job("j3", JobState.QUEUED, "q", 1, None, 0.0, 2.0, 2.0, owner="bob",
+                      idempotency_key="task-7")  # fmt: skip
+    assert (await store.create_job(other_owner)).id == "j3"
+    assert store.job("j2") is None
+    await store.close()

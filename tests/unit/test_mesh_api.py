@@ -168,3 +168,13 @@ def test_health_reports_the_coordinator_and_its_nodes(client: TestClient) -> Non
     response = client.get("/health")
     assert response.status_code == 200
     assert response.json()["nodes"] == {"known": 2}
+
+
+def test_a_retried_submission_with_the_same_idempotency_key_gets_the_same_job(
+    client: TestClient,
+) -> None:
+    headers = {"Idempotency-Key": "task-1"}
+    first = client.post("/api/v1/circuits/submit", json={"qasm": BELL}, headers=headers)
+    second = client.post("/api/v1/circuits/submit", json={"qasm": BELL}, headers=headers)
+    assert second.status_code == 202
+    assert second.json()["job_id"] == first.json()["job_id"]

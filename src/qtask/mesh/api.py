@@ -34,7 +34,7 @@ from qtask.api.errors import error_response
 from qtask.api.events import CLOSE_IDLE, CLOSE_NORMAL, CLOSE_TRY_LATER, _authenticate, _close
 from qtask.api.events import _until_left as until_left
 from qtask.api.middleware import RequestLogMiddleware
-from qtask.api.routes import CallerDep, _read_model, _UnprocessableError
+from qtask.api.routes import CallerDep, IdempotencyKey, _read_model, _UnprocessableError
 from qtask.circuits.ingest import Limits, ingest
 from qtask.config import Settings
 from qtask.errors import CircuitError, CircuitTooLargeError, InvalidRequestError, QTaskError
@@ -96,9 +96,12 @@ def _visible(job: Job, caller: str | None) -> Job:
 
 
 @router.post("/circuits/submit", status_code=202, summary="Submit a circuit to the mesh")
-async def submit(request: Request, caller: CallerDep) -> Response:
+async def submit(
+    request: Request, caller: CallerDep, idempotency_key: IdempotencyKey = None
+) -> Response:
     """Check the circuit (OpenQASM 2 or 3; a syntax error answers 422 with line and column),
-    store the job QUEUED and answer its id at once."""
+    store the job QUEUED and answer its id at once. A retry with the same `Idempotency-Key`
+    answers the job the first one created."""
     body = await _read_model(request, SubmitJob, request.app.state.max_body_bytes)
     coordinator = _coordinator(request)
     try:
@@ -109,7 +112,7 @@ async def submit(request: Request, caller: CallerDep) -> Response:
     except CircuitError as exc:
         raise _UnprocessableError(str(exc)) from None
     job = await coordinator.runtime.submit(
-        body.qasm, body.shots, body.seed, body.constraints.min_fidelity, caller
+        body.qasm, body.shots, body.seed, body.constraints.min_fidelity, caller, idempotency_key
     )
     return _json({"job_id": job.id, "state": job.state.value}, 202)
 

@@ -110,6 +110,7 @@ class Job:
     created_at: float
     updated_at: float
     owner: str | None = None
+    idempotency_key: str | None = None
     counts: dict[str, int] | None = None
     error: str | None = None
     fragments: tuple[Fragment, ...] = field(default=())

@@ -115,6 +115,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
         ("DROP TABLE decisions",),
     ),
+    Migration(
+        3,
+        "jobs.idempotency_key: a retried submission (the mesh backend's) gets the same job",
+        (
+            "ALTER TABLE jobs ADD COLUMN idempotency_key TEXT",
+            # coalesce: SQLite's unique indexes count NULLs as distinct, and keys off is NULL.
+            "CREATE UNIQUE INDEX jobs_idempotency ON jobs (coalesce(owner, ''), idempotency_key) "
+            "WHERE idempotency_key IS NOT NULL",
+        ),
+        ("DROP INDEX jobs_idempotency", "ALTER TABLE jobs DROP COLUMN idempotency_key"),
+    ),
 )
 HEAD = MIGRATIONS[-1].version
 

@@ -74,6 +74,8 @@ class JobRecords(Protocol):
 
     async def save_job(self, job: Job) -> None: ...
 
+    async def create_job(self, job: Job) -> Job: ...
+
     async def save_fragment(self, job_id: str, fragment: Fragment) -> None: ...
 
     def job(self, job_id: str) -> Job | None: ...
@@ -167,13 +169,25 @@ class Runtime:
     # Submission, recovery, shutdown.
 
     async def submit(
-        self, qasm: str, shots: int, seed: int | None, min_fidelity: float, owner: str | None
+        self,
+        qasm: str,
+        shots: int,
+        seed: int | None,
+        min_fidelity: float,
+        owner: str | None,
+        idempotency_key: str | None = None,
     ) -> Job:
-        """Store a checked circuit as a QUEUED job and start driving it; return at once."""
+        """Store a checked circuit as a QUEUED job and start driving it; return at once.
+
+        With an `idempotency_key` the owner used before, the job stored then is returned (and
+        nothing new is started)."""
         now = self._clock()
-        job = Job(uuid.uuid4().hex, JobState.QUEUED, qasm, shots, seed, min_fidelity, now, now,
-                  owner=owner)  # fmt: skip
-        await self._store.save_job(job)
+        new = Job(uuid.uuid4().hex, JobState.QUEUED, qasm, shots, seed, min_fidelity, now, now,
+                  owner=owner, idempotency_key=idempotency_key)  # fmt: skip
+        job = await self._store.create_job(new)
+        if job.id != new.id:
+            log.info("mesh_job_resubmitted", job_id=job.id)
+            return job
         metrics.JOBS_SUBMITTED.inc()
         log.info("mesh_job_submitted", job_id=job.id, shots=shots, min_fidelity=min_fidelity)
         self._spawn(job)

@@ -53,30 +53,27 @@ class MeshStore:
 
     async def save_job(self, job: Job) -> None:
         """Insert or update the job's own row (its fragments are saved one by one)."""
-        row = (
-            job.id,
-            job.state.value,
-            job.qasm,
-            job.shots,
-            job.seed,
-            job.min_fidelity,
-            job.owner,
-            None if job.counts is None else orjson.dumps(job.counts).decode(),
-            job.error,
-            job.created_at,
-            job.updated_at,
-        )
+        await self.db.write(lambda conn: _insert(conn, job))
 
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO jobs (id, state, qasm, shots, seed, min_fidelity, owner, counts, "
-                "error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET state = excluded.state, counts = "
-                "excluded.counts, error = excluded.error, updated_at = excluded.updated_at",
-                row,
-            )
+    async def create_job(self, job: Job) -> Job:
+        """Insert a new job; with an idempotency key the caller's job already stored under it
+        is returned instead (checked and inserted in one transaction)."""
 
-        await self.db.write(write)
+        def write(conn: sqlite3.Connection) -> Job | None:
+            if job.idempotency_key is not None:
+                row = conn.execute(
+                    "SELECT id FROM jobs WHERE coalesce(owner, '') = ? AND idempotency_key = ?",
+                    (job.owner or "", job.idempotency_key),
+                ).fetchone()
+                if row is not None:
+                    return _job(
+                        conn, conn.execute("SELECT * FROM jobs WHERE id = ?", (row[0],)).fetchone()
+                    )
+            _insert(conn, job)
+            return None
+
+        found = await self.db.write(write)
+        return job if found is None else found
 
     async def save_fragment(self, job_id: str, fragment: Fragment) -> None:
         """Insert or update one fragment attempt."""
@@ -241,6 +238,30 @@ class MeshStore:
         return [{**dict(row), "snapshot": orjson.loads(row["snapshot"])} for row in rows]
 
 
+def _insert(conn: sqlite3.Connection, job: Job) -> None:
+    row = (
+        job.id,
+        job.state.value,
+        job.qasm,
+        job.shots,
+        job.seed,
+        job.min_fidelity,
+        job.owner,
+        job.idempotency_key,
+        None if job.counts is None else orjson.dumps(job.counts).decode(),
+        job.error,
+        job.created_at,
+        job.updated_at,
+    )
+    conn.execute(
+        "INSERT INTO jobs (id, state, qasm, shots, seed, min_fidelity, owner, idempotency_key, "
+        "counts, error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET state = excluded.state, counts = excluded.counts, "
+        "error = excluded.error, updated_at = excluded.updated_at",
+        row,
+    )
+
+
 def _job(conn: sqlite3.Connection, row: sqlite3.Row) -> Job:
     fragments = conn.execute(
         "SELECT * FROM fragments WHERE job_id = ? ORDER BY fragment_id, attempt", (row["id"],)
@@ -253,6 +274,7 @@ def _job(conn: sqlite3.Connection, row: sqlite3.Row) -> Job:
         seed=row["seed"],
         min_fidelity=row["min_fidelity"],
         owner=row["owner"],
+        idempotency_key=row["idempotency_key"],
         counts=None if row["counts"] is None else orjson.loads(row["counts"]),
         error=row["error"],
         created_at=row["created_at"],

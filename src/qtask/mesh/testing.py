@@ -144,6 +144,15 @@ class InMemoryMeshStore:
         """Keep the job (without its fragments, as the database does)."""
         self.jobs[job.id] = job
 
+    async def create_job(self, job: Job) -> Job:
+        """Insert, or the job already stored under the owner's idempotency key."""
+        if job.idempotency_key is not None:
+            for found in self.jobs.values():
+                if (found.owner, found.idempotency_key) == (job.owner, job.idempotency_key):
+                    return self.job(found.id) or found
+        self.jobs[job.id] = job
+        return job
+
     async def save_fragment(self, job_id: str, fragment: Fragment) -> None:
         """Keep one attempt."""
         self.fragments.setdefault(job_id, {})[(fragment.fragment_id, fragment.attempt)] = fragment

@@ -7,12 +7,13 @@ hands its result back with `loop.call_soon_threadsafe`; a request arriving on a 
 gossip message, is handed to the asyncio loop the same way, so handlers (and any CPU work they
 start) never run on the trio loop, which only moves bytes.
 
-Bridge or one `trio.run` with Hypercorn (#12 asks which): the bridge. Measured here on loopback
-between two processes (benchmarks/mesh_transport.py, 2 shared cores), a request on a new
-stream through the bridge at both ends is p50 ~2.0 ms / p99 ~3.5 ms against FACTS' bare
-~1.4 ms for a new stream; the bridge costs ~0.3 ms per crossing (four crossings per request).
-That keeps uvicorn, the asyncio stores and every asyncio test helper as they are, which
-Hypercorn's trio worker would not.
+Bridge or one `trio.run` with Hypercorn (#12 asks which): the bridge. Measured between two
+processes on loopback (benchmarks/mesh_transport.py, 500 requests of 200 B, 2 shared cores):
+bare py-libp2p on a new stream p50 1.75 ms / p99 3.7 ms; `MeshHost.request` (a new stream,
+crossing the bridge at both ends) p50 2.31 ms / p99 4.8 ms, so the bridge costs ~0.55 ms per
+request (one crossing asyncio -> trio -> asyncio alone is 0.08 ms). Against the coordinator's
+300 ms per-fragment budget (NFR) that is nothing, and it keeps uvicorn, the asyncio stores and
+every asyncio test helper as they are, which Hypercorn's trio worker would not.
 
 Transport details that matter (measured, ../shared/FACTS.md):
 - `ConnectionConfig(max_connections_per_peer=1)`: otherwise every dial waits out a 250 ms window.
@@ -308,7 +309,7 @@ class MeshHost:
                         stream = await self._host.new_stream(target, [TProtocol(protocol_id)])
                         try:
                             await stream.write(frame)
-                            return await _read_frame(stream)
+                            return await read_frame(stream)
                         finally:
                             with trio.move_on_after(1):
                                 await stream.close()
@@ -476,7 +477,7 @@ class MeshHost:
         handler = self._protocols[protocol_id]
         try:
             with trio.fail_after(SERVE_READ_TIMEOUT_S):
-                request = await _read_frame(stream)
+                request = await read_frame(stream)
 
             async def answer() -> bytes:
                 return await handler(peer, request)
@@ -560,7 +561,8 @@ async def _read_exactly(stream: Any, n: int) -> bytes:
     return b"".join(parts)
 
 
-async def _read_frame(stream: Any) -> bytes:
+async def read_frame(stream: Any) -> bytes:
+    """(trio side) One frame from a libp2p stream; MeshProtocolError if it is over the limit."""
     (length,) = _LEN.unpack(await _read_exactly(stream, _LEN.size))
     if length > MAX_FRAME_BYTES:
         raise MeshProtocolError(f"frame of {length} bytes is over {MAX_FRAME_BYTES}")

@@ -14,7 +14,6 @@ This is the only module that knows which classes make a coordinator.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +31,7 @@ from qtask.logs import get_logger
 from qtask.mesh.adverts import AdvertInbox
 from qtask.mesh.api import Coordinator, create_app
 from qtask.mesh.host import MeshHost
+from qtask.mesh.ir import ir_from_qasm
 from qtask.mesh.pinger import Pinger
 from qtask.mesh.protocol import ADVERT_TOPIC, QUALITY_TOPIC, Advert, CircuitIR, QualityReport
 from qtask.mesh.registry import Registry, Thresholds
@@ -47,9 +47,7 @@ def qasm_compiler(limits: Limits) -> Compile:
     """OpenQASM -> the IR, through qtask's own ingestion (the parse the API already checked)."""
 
     def compile_qasm(qasm: str) -> CircuitIR:
-        ir = importlib.import_module("qtask.mesh.ir")  # TODO(mesh-node merge): direct import
-        result: CircuitIR = ir.ir_from_qasm(qasm, limits)
-        return result
+        return ir_from_qasm(qasm, limits)
 
     return compile_qasm
 

@@ -76,6 +76,23 @@ class IbmBackendSettings(BaseModel):
     poll_interval_s: float = Field(default=5.0, gt=0)
 
 
+class MeshBackendSettings(BaseModel):
+    """The mesh of the 004 seed: tasks are sent to a `qtask coordinator` with POST
+    /api/v1/circuits/submit and polled with GET /api/v1/jobs/{id} (execution.remote_mesh)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["mesh"]
+    # The coordinator's base URL, e.g. http://127.0.0.1:8100
+    url: str = Field(pattern=r"^https?://")
+    # The name of the environment variable holding its API key (never the key itself).
+    api_key_env: str | None = None
+    # FR-009's constraint sent with every job: the node that runs it must measure at least this.
+    min_fidelity: float = Field(default=0.0, ge=0.0, le=1.0)
+    remote_timeout_s: float = Field(default=3600.0, gt=0)
+    poll_interval_s: float = Field(default=0.5, gt=0)
+
+
 class OffBackendSettings(BaseModel):
     """Removes the built-in backend of the same name."""
 
@@ -89,11 +106,16 @@ BackendSettings = Annotated[
     | AerDeviceBackendSettings
     | QtaskBackendSettings
     | IbmBackendSettings
+    | MeshBackendSettings
     | OffBackendSettings,
     Field(discriminator="type"),
 ]
 RunnableBackendSettings = (
-    AerBackendSettings | AerDeviceBackendSettings | QtaskBackendSettings | IbmBackendSettings
+    AerBackendSettings
+    | AerDeviceBackendSettings
+    | QtaskBackendSettings
+    | IbmBackendSettings
+    | MeshBackendSettings
 )
 
 # Three devices of the three processor families a newcomer is likely to meet: Eagle (127
@@ -114,6 +136,7 @@ def effective_backends(
         | AerDeviceBackendSettings
         | QtaskBackendSettings
         | IbmBackendSettings
+        | MeshBackendSettings
         | OffBackendSettings,
     ],
 ) -> dict[str, RunnableBackendSettings]:

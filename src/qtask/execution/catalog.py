@@ -20,6 +20,7 @@ from qtask.config import LimitsSettings, Settings
 from qtask.config_backends import (
     AerDeviceBackendSettings,
     IbmBackendSettings,
+    MeshBackendSettings,
     QtaskBackendSettings,
     RunnableBackendSettings,
 )
@@ -29,6 +30,7 @@ from qtask.domain.task import CircuitInfo
 from qtask.errors import ConfigError, UnknownBackendError
 from qtask.execution.methods import Method
 from qtask.execution.remote_ibm import IbmRemoteBackend
+from qtask.execution.remote_mesh import MeshRemoteBackend
 from qtask.execution.remote_qtask import QtaskRemoteBackend
 
 _NANOSECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -86,7 +88,7 @@ class BackendCatalog:
         return {
             name: backend
             for name, backend in self._backends.items()
-            if isinstance(backend, QtaskRemoteBackend | IbmRemoteBackend)
+            if isinstance(backend, QtaskRemoteBackend | IbmRemoteBackend | MeshRemoteBackend)
         }
 
 
@@ -107,11 +109,13 @@ def aer_only(limits: LimitsSettings) -> BackendCatalog:
 
 def _backend(
     name: str, table: RunnableBackendSettings, limits: LimitsSettings
-) -> LocalBackend | QtaskRemoteBackend | IbmRemoteBackend:
+) -> LocalBackend | QtaskRemoteBackend | IbmRemoteBackend | MeshRemoteBackend:
     if isinstance(table, QtaskBackendSettings):
         return QtaskRemoteBackend(name, table, limits)
     if isinstance(table, IbmBackendSettings):
         return IbmRemoteBackend(name, table, limits)
+    if isinstance(table, MeshBackendSettings):
+        return MeshRemoteBackend(name, table, limits)
     if isinstance(table, AerDeviceBackendSettings):
         return _device(name, table.device, limits)
     return _aer(name, limits)
@@ -209,4 +213,7 @@ if TYPE_CHECKING:
         return backend
 
     def _ibm_conforms(backend: IbmRemoteBackend) -> RemoteBackend:
+        return backend
+
+    def _mesh_conforms(backend: MeshRemoteBackend) -> RemoteBackend:
         return backend

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from qtask.mesh.protocol import CircuitIR
 from qtask.mesh.registry import NodeEntry, Registry
 
-# Directives every node runs and no advert needs to list.
-_DIRECTIVES = frozenset({"barrier"})
+# Directives every Aer node runs and no advert needs to list (qtask.mesh.ir.DIRECTIVES).
+_DIRECTIVES = frozenset({"barrier", "measure", "reset"})
 
 
 @dataclass(frozen=True, slots=True)

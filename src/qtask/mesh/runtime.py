@@ -107,10 +107,16 @@ class JobRecords(Protocol):
 Compile = Callable[[str], CircuitIR]
 
 
+# Node error codes that no other node would answer differently: the job fails at once (a
+# deterministic failure retried with backoff only delays its answer).
+FINAL_CODES = frozenset({"invalid_circuit", "bad_request"})
+
+
 class _AttemptFailedError(Exception):
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, *, final: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
+        self.final = final
 
 
 class Runtime:
@@ -303,6 +309,9 @@ class Runtime:
                     failures.append(f"attempt {attempt} on {node}: {exc}")
                     failed_nodes.add(node)
                     log.warning("mesh_fragment_failed", reason=exc.reason, error=str(exc))
+                    if exc.final:
+                        await self._fail(self.job(job.id), "invalid_circuit", failures[-1])
+                        return
                     job = self.job(job.id)
                     if job.state is JobState.EXECUTING:
                         job = await self._set(job, JobState.RESERVING)
@@ -422,12 +431,14 @@ class Runtime:
                                 error=f"{code}: {error}"),
             )  # fmt: skip
             self._background(self._release(job.id, started))
-            raise _AttemptFailedError("node_error", f"{code}: {error}")
+            raise _AttemptFailedError("node_error", f"{code}: {error}", final=code in FINAL_CODES)
         await self._store.save_fragment(
             job.id, replace(started, status=FragmentStatus.COMPLETED, end=now)
         )
         await self._store.add_reservation_event(reservation_id, record.node_id, job.id,
                                                 "used", now, {"run_s": reply.run_s})  # fmt: skip
+        # The node keeps the window until its end unless told: give the slot back now.
+        self._background(self._release(job.id, started))
         log.info("mesh_fragment_completed", node=record.node_id, run_s=reply.run_s)
         return reply.counts
 

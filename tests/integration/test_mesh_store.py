@@ -106,3 +106,22 @@ async def test_a_second_job_under_one_idempotency_key_returns_the_first(tmp_path
     assert (await store.create_job(other_owner)).id == "j3"
     assert store.job("j2") is None
     await store.close()
+
+
+def test_the_cli_moves_the_database_to_the_version_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qtask.cli import main
+
+    db = tmp_path / "mesh.db"
+    monkeypatch.setenv("QTASK_MESH__COORDINATOR__DATABASE", str(db))
+    assert main(["coordinator", "--migrate-to", str(HEAD)]) == 0
+    assert "decisions" in tables(db)
+    assert main(["coordinator", "--migrate-to", "0"]) == 0
+    assert tables(db) == {"schema_version"}
+    printed = capsys.readouterr().out.splitlines()
+    assert (
+        printed[0]
+        == "upgrade 0 -> 1: jobs, fragments, reservation events, adverts, quality reports"
+    )
+    assert printed[-1].startswith("downgrade 1 -> 0")

@@ -209,10 +209,7 @@ class CoordinatorProcess:
 
 def migrate_only(settings: Settings, to: int) -> list[str]:
     """`qtask coordinator --migrate-to N`: move the database to version N and stop."""
-    steps = open_migrated(settings.mesh.coordinator.database, to)
-    for step in steps:
-        log.info("coordinator_migrated", step=step)
-    return steps
+    return open_migrated(settings.mesh.coordinator.database, to)
 
 
 def run(settings: Settings) -> None:

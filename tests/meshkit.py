@@ -28,13 +28,21 @@ LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 class MeshProcess:
     """One mesh process (a node, or the bare test peer) whose log is a file of JSON lines."""
 
-    def __init__(self, command: Sequence[str], log: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        command: Sequence[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        ready_event: str = "mesh_host_started",
+    ):
         self.command = list(command)
+        self.ready_event = ready_event
         self.log_path = log
         self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.peer_id = ""
         self.addrs: tuple[str, ...] = ()
+        self.ready: dict[str, Any] = {}
 
     @property
     def addr(self) -> str:
@@ -42,13 +50,14 @@ class MeshProcess:
         return self.addrs[0]
 
     def start(self, timeout: float = 60.0) -> MeshProcess:
-        """Start it and wait for its `mesh_host_started` line."""
+        """Start it; wait for its ready line (`mesh_host_started`; a node: `mesh_node_ready`)."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.command, stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env}, start_new_session=True,
             )  # fmt: skip
-        started = self.wait_for("mesh_host_started", timeout=timeout)
+        started = self.wait_for(self.ready_event, timeout=timeout)
+        self.ready = started
         self.peer_id, self.addrs = started["peer_id"], tuple(started["addrs"])
         return self
 
@@ -105,6 +114,45 @@ class MeshProcess:
     def log(self) -> str:
         """What the process printed so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    raise TypeError(value)
+
+
+def node_process(directory: Path, name: str = "node", **node: Any) -> MeshProcess:
+    """A `qtask node` with these [mesh.node] settings (noise as a dict), not yet started.
+
+    Defaults for tests: loopback on a free port, adverts every 0.5 s, 400 calibration shots,
+    its identity in `directory`. Its log is `directory/<name>.log`.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    settings: dict[str, Any] = {
+        "listen": LOOPBACK,
+        "advert_interval_s": 0.5,
+        "calibration_shots": 400,
+        "identity_file": str(directory / f"{name}.key"),
+        **node,
+    }
+    config = directory / f"{name}.toml"
+    lines = ["[log]", 'level = "INFO"', "json_output = true", "", "[mesh.node]"]
+    lines += [f"{key} = {_toml(value)}" for key, value in settings.items()]
+    config.write_text("\n".join(lines) + "\n")
+    return MeshProcess(
+        [sys.executable, "-m", "qtask", "node", "--config", str(config)],
+        directory / f"{name}.log",
+        ready_event="mesh_node_ready",
+    )
 
 
 def peer_process(log: Path, *args: str) -> MeshProcess:

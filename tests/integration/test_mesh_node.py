@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import structlog.testing
 from qiskit import QuantumCircuit
@@ -72,7 +73,12 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshProces
     directory = tmp_path_factory.mktemp("mesh")
     # Calibration every second, so quality reports flow while a test listens.
     noisy = node_process(
-        directory, "noisy", noise=NOISY.model_dump(), capacity=1, calibration_interval_s=1.0
+        directory,
+        "noisy",
+        noise=NOISY.model_dump(),
+        capacity=1,
+        calibration_interval_s=1.0,
+        health_port=0,
     ).start()
     mild = node_process(
         directory, "mild", noise=MILD.model_dump(), capacity=2, bootstrap=[noisy.addr],
@@ -396,3 +402,19 @@ async def test_node_answers_pings_while_a_fragment_runs(
             pongs += 1
         assert not fragment.done(), "the fragment ended before the node answered 20 pings"
         assert (await fragment).ok
+
+
+async def test_node_health_port_serves_ready_and_mesh_metrics(
+    nodes: tuple[MeshProcess, MeshProcess],
+) -> None:
+    noisy, _ = nodes
+    port = noisy.ready["health_port"]
+    async with mesh_client(bootstrap=[noisy.addr]) as client:
+        await call(client, noisy.peer_id, PING_PROTOCOL, Ping(nonce="m"), Pong, 5)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        ready = await http.get("/ready")
+        metrics_text = (await http.get("/metrics")).text
+    assert ready.status_code == 200
+    assert noisy.peer_id in ready.json()["checks"]["mesh"]
+    assert 'qtask_mesh_requests_served_total{outcome="ok",protocol="ping"}' in metrics_text
+    assert "qtask_mesh_adverts_published_total" in metrics_text

@@ -432,7 +432,9 @@ class MeshHost:
         host = new_host(
             key_pair=key_pair,
             listen_addrs=listen,
-            connection_config=ConnectionConfig(max_connections_per_peer=1),
+            # min_connections=0: libp2p's auto-connector otherwise counts a 3-10 peer mesh as
+            # "critically" under its floor of 50 and redials the peerstore every 10 s.
+            connection_config=ConnectionConfig(max_connections_per_peer=1, min_connections=0),
         )
         degree, low, high = GOSSIP_DEGREE
         gossipsub = GossipSub(

@@ -447,8 +447,10 @@ def _field(data: bytes, name: str) -> str:
 
 async def run_node(settings: NodeSettings, *, health_host: str = "127.0.0.1") -> None:
     """Run a node until SIGTERM or SIGINT, then drain and stop."""
-    # Aer's noise runs log every transpiler pass at INFO through qiskit's loggers.
+    # Aer's noise runs log every transpiler pass at INFO through qiskit's loggers, and
+    # py-libp2p logs its connection manager's every cycle at INFO.
     logging.getLogger("qiskit").setLevel(logging.WARNING)
+    logging.getLogger("libp2p").setLevel(logging.WARNING)
     node = ServiceNode(settings, health_host=health_host)
     await node.start()
     stop = asyncio.Event()

@@ -43,6 +43,7 @@ class MeshProcess:
         self.peer_id = ""
         self.addrs: tuple[str, ...] = ()
         self.ready: dict[str, Any] = {}
+        self._offset = 0
 
     @property
     def addr(self) -> str:
@@ -51,11 +52,21 @@ class MeshProcess:
 
     def start(self, timeout: float = 60.0) -> MeshProcess:
         """Start it; wait for its ready line (`mesh_host_started`; a node: `mesh_node_ready`)."""
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting (see `start_all`)."""
+        # A restarted process appends to the same log: read only what this run writes.
+        self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.command, stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env}, start_new_session=True,
             )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 60.0) -> MeshProcess:
+        """Wait for the ready line; read the peer id and addresses from it."""
         started = self.wait_for(self.ready_event, timeout=timeout)
         self.ready = started
         self.peer_id, self.addrs = started["peer_id"], tuple(started["addrs"])
@@ -112,8 +123,12 @@ class MeshProcess:
             self.kill()
 
     def log(self) -> str:
-        """What the process printed so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """What this run of the process printed so far."""
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as file:
+            file.seek(self._offset)
+            return file.read().decode(errors="replace")
 
 
 def _toml(value: Any) -> str:
@@ -153,6 +168,23 @@ def node_process(directory: Path, name: str = "node", **node: Any) -> MeshProces
         directory / f"{name}.log",
         ready_event="mesh_node_ready",
     )
+
+
+def start_all(processes: Sequence[MeshProcess], timeout: float = 120.0) -> list[MeshProcess]:
+    """Launch every process at once (their imports overlap), then wait for each to be ready.
+
+    E.g. three nodes joined through the first:
+        first = node_process(d, "n0").start()
+        rest = start_all([node_process(d, f"n{i}", bootstrap=[first.addr]) for i in (1, 2)])
+    """
+    for process in processes:
+        process.launch()
+    try:
+        return [process.wait_ready(timeout) for process in processes]
+    except BaseException:
+        for process in processes:
+            process.terminate(timeout=5)
+        raise
 
 
 def peer_process(log: Path, *args: str) -> MeshProcess:

@@ -11,6 +11,8 @@ Prints a markdown table. Rows:
 - bridge crossing: an asyncio call into the trio thread and back, no network.
 - advert propagation: advert timestamp (set just before publish) to the AdvertInbox callback.
 - SIGKILL: the request in flight failing, and on_peer(False), after the kill.
+- EXECUTE Bell (1024 shots) on a `qtask node` (fragment in its child process) against the
+  same `simulate` in this process: the mesh's per-fragment overhead (NFR: <= 300 ms).
 Never asserts on time.
 """
 
@@ -35,10 +37,19 @@ from multiaddr import Multiaddr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from mesh_peer import ECHO_PROTOCOL, HANG_PROTOCOL
-from meshkit import mesh_client, peer_process
+from meshkit import mesh_client, node_process, peer_process
 from qtask.mesh.adverts import AdvertInbox
-from qtask.mesh.host import encode_frame, read_frame
-from qtask.mesh.protocol import ADVERT_TOPIC, Advert
+from qtask.mesh.host import call, encode_frame, read_frame
+from qtask.mesh.ir import circuit_to_ir
+from qtask.mesh.noise import bell, simulate
+from qtask.mesh.protocol import (
+    ADVERT_TOPIC,
+    EXECUTE_PROTOCOL,
+    Advert,
+    ExecuteReply,
+    ExecuteRequest,
+    NoiseSpec,
+)
 
 BARE_PROTOCOL = TProtocol("/qtask/bench/echo/1.0.0")
 PAYLOAD = b"x" * 200  # about an ExecuteReply of a Bell circuit's counts
@@ -191,6 +202,31 @@ async def measure_host(n: int, log_dir: Path) -> dict[str, list[float]]:
     return out
 
 
+async def measure_node(n: int, log_dir: Path) -> dict[str, list[float]]:
+    noise = NoiseSpec(depolarizing_1q=0.001, depolarizing_2q=0.01, readout=0.01)
+    node = node_process(log_dir / "node", noise=noise.model_dump(), capacity=1).start()
+    ir = circuit_to_ir(bell())
+    out: dict[str, list[float]] = {"execute": [], "local": [], "node_run": []}
+    try:
+        async with mesh_client(bootstrap=[node.addr]) as client:
+            for i in range(n + 20):
+                request = ExecuteRequest(correlation_id=f"b{i}", circuit=ir, shots=1024, seed=i)
+                started = time.perf_counter()
+                reply = await call(
+                    client, node.peer_id, EXECUTE_PROTOCOL, request, ExecuteReply, 30
+                )
+                if i >= 20:  # warm-up
+                    out["execute"].append((time.perf_counter() - started) * 1000)
+                    out["node_run"].append(reply.run_s * 1000)
+    finally:
+        node.terminate()
+    for i in range(n):
+        started = time.perf_counter()
+        simulate(ir, noise, 1024, i)
+        out["local"].append((time.perf_counter() - started) * 1000)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=1000, help="requests per row")
@@ -204,6 +240,8 @@ def main() -> None:
     print("MeshHost...", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         host = asyncio.run(measure_host(args.n, Path(tmp)))
+        print("qtask node...", file=sys.stderr)
+        node = asyncio.run(measure_node(min(args.n, 300), Path(tmp)))
     print(f"\n{args.n} requests of {len(PAYLOAD)} B each, two processes on loopback\n")
     print("| what | n | p50 ms | p99 ms | mean ms |")
     print("|---|---|---|---|---|")
@@ -214,6 +252,9 @@ def main() -> None:
     print(row("advert propagation (publish -> AdvertInbox callback)", host["advert"]))
     print(row("SIGKILLed peer: request in flight fails", host["kill_req"]))
     print(row("SIGKILLed peer: on_peer(False)", host["kill_gone"]))
+    print(row("EXECUTE Bell 1024 shots on a qtask node, round trip", node["execute"]))
+    print(row("  of which the node's child ran Aer", node["node_run"]))
+    print(row("the same simulate() in this process", node["local"]))
 
 
 if __name__ == "__main__":

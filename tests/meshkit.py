@@ -28,13 +28,22 @@ LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 class MeshProcess:
     """One mesh process (a node, or the bare test peer) whose log is a file of JSON lines."""
 
-    def __init__(self, command: Sequence[str], log: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        command: Sequence[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        ready_event: str = "mesh_host_started",
+    ):
         self.command = list(command)
+        self.ready_event = ready_event
         self.log_path = log
         self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.peer_id = ""
         self.addrs: tuple[str, ...] = ()
+        self.ready: dict[str, Any] = {}
+        self._offset = 0
 
     @property
     def addr(self) -> str:
@@ -42,13 +51,24 @@ class MeshProcess:
         return self.addrs[0]
 
     def start(self, timeout: float = 60.0) -> MeshProcess:
-        """Start it and wait for its `mesh_host_started` line."""
+        """Start it; wait for its ready line (`mesh_host_started`; a node: `mesh_node_ready`)."""
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting (see `start_all`)."""
+        # A restarted process appends to the same log: read only what this run writes.
+        self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.command, stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env}, start_new_session=True,
             )  # fmt: skip
-        started = self.wait_for("mesh_host_started", timeout=timeout)
+
+    def wait_ready(self, timeout: float = 60.0) -> MeshProcess:
+        """Wait for the ready line; read the peer id and addresses from it."""
+        started = self.wait_for(self.ready_event, timeout=timeout)
+        self.ready = started
         self.peer_id, self.addrs = started["peer_id"], tuple(started["addrs"])
         return self
 
@@ -103,8 +123,68 @@ class MeshProcess:
             self.kill()
 
     def log(self) -> str:
-        """What the process printed so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """What this run of the process printed so far."""
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as file:
+            file.seek(self._offset)
+            return file.read().decode(errors="replace")
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    raise TypeError(value)
+
+
+def node_process(directory: Path, name: str = "node", **node: Any) -> MeshProcess:
+    """A `qtask node` with these [mesh.node] settings (noise as a dict), not yet started.
+
+    Defaults for tests: loopback on a free port, adverts every 0.5 s, 400 calibration shots,
+    its identity in `directory`. Its log is `directory/<name>.log`.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    settings: dict[str, Any] = {
+        "listen": LOOPBACK,
+        "advert_interval_s": 0.5,
+        "calibration_shots": 400,
+        "identity_file": str(directory / f"{name}.key"),
+        **node,
+    }
+    config = directory / f"{name}.toml"
+    lines = ["[log]", 'level = "INFO"', "json_output = true", "", "[mesh.node]"]
+    lines += [f"{key} = {_toml(value)}" for key, value in settings.items()]
+    config.write_text("\n".join(lines) + "\n")
+    return MeshProcess(
+        [sys.executable, "-m", "qtask", "node", "--config", str(config)],
+        directory / f"{name}.log",
+        ready_event="mesh_node_ready",
+    )
+
+
+def start_all(processes: Sequence[MeshProcess], timeout: float = 120.0) -> list[MeshProcess]:
+    """Launch every process at once (their imports overlap), then wait for each to be ready.
+
+    E.g. three nodes joined through the first:
+        first = node_process(d, "n0").start()
+        rest = start_all([node_process(d, f"n{i}", bootstrap=[first.addr]) for i in (1, 2)])
+    """
+    for process in processes:
+        process.launch()
+    try:
+        return [process.wait_ready(timeout) for process in processes]
+    except BaseException:
+        for process in processes:
+            process.terminate(timeout=5)
+        raise
 
 
 def peer_process(log: Path, *args: str) -> MeshProcess:

@@ -8,8 +8,11 @@ Client (`pip install qtask`):
 Server (`pip install "qtask[server]"`):
 - `qtask serve`: everything in one process tree (embedded mode, the default).
 - `qtask api`, `qtask worker`, `qtask poller`: the roles of distributed mode (Redis + NATS).
-- `qtask coordinator`: the mesh's coordinator (qtask.mesh.coordinator).
 - `qtask keygen NAME`: a new API key, and the entry that makes the service accept it.
+
+Mesh (`pip install "qtask[server,mesh]"`, docs/mesh.md):
+- `qtask node`: a service node of the mesh ([mesh.node] settings).
+- `qtask coordinator [--migrate-to N]`: the mesh's coordinator: registry, job API, database.
 """
 
 # Light on purpose: a client-only install has no pydantic, FastAPI or Qiskit, so the server's
@@ -50,6 +53,9 @@ SERVER_MODULES = frozenset(
     }
 )
 INSTALL_SERVER = "pip install 'qtask[server]'"
+# Top-level modules of the `mesh` extra (py-libp2p on trio).
+MESH_MODULES = frozenset({"libp2p", "trio", "multiaddr"})
+INSTALL_MESH = "pip install 'qtask[server,mesh]'"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         "poller", help="distributed mode: publish tasks the API could not; poll remote jobs"
     )
     poller.add_argument("--config", type=Path, help="a TOML settings file (or $QTASK_CONFIG)")
+    node = commands.add_parser("node", help="mesh: a service node ([mesh.node] settings)")
+    node.add_argument("--config", type=Path, help="a TOML settings file (or $QTASK_CONFIG)")
     coordinator = commands.add_parser(
         "coordinator", help="the mesh's coordinator: libp2p host, registry, job API (FR-009)"
     )
@@ -90,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _server_command(args)
     except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in MESH_MODULES:
+            print(
+                f"qtask: `qtask {args.command}` needs the mesh extra: {INSTALL_MESH}",
+                file=sys.stderr,
+            )
+            return 2
         if (exc.name or "").split(".")[0] not in SERVER_MODULES:
             raise
         print(
@@ -116,6 +130,11 @@ def _server_command(args: argparse.Namespace) -> int:
             from qtask.roles import run_worker
 
             asyncio.run(run_worker(settings))
+            return 0
+        if args.command == "node":
+            from qtask.mesh.node import run_node
+
+            asyncio.run(run_node(settings.mesh.node, health_host=settings.server.host))
             return 0
         if args.command == "coordinator":
             return _coordinator(settings, args.migrate_to)

@@ -18,6 +18,7 @@ from qtask.errors import MeshProtocolError, PeerTimeoutError, PeerUnreachableErr
 from qtask.mesh.adverts import AdvertInbox
 from qtask.mesh.host import MeshHost
 from qtask.mesh.protocol import ADVERT_TOPIC, MAX_FRAME_BYTES, Advert
+from qtask_testkit import free_port
 
 FORGED_ID = "12D3KooWForgedForgedForgedForgedForgedForgedForged1"
 
@@ -114,3 +115,29 @@ async def test_identity_file_keeps_the_peer_id_and_stop_leaves_no_thread(tmp_pat
     # asyncio's executor thread (asyncio_N) belongs to the test's loop, not to the host.
     left = [t.name for t in threading.enumerate() if t not in before]
     assert [name for name in left if not name.startswith("asyncio_")] == []
+
+
+async def test_bootstrap_peer_restarted_on_its_address_is_rejoined(tmp_path: Path) -> None:
+    # A coordinator restarted with its identity on its port: nodes that bootstrap from it
+    # come back by themselves (MeshHost redials bootstrap peers while disconnected).
+    key, port = tmp_path / "hub.key", free_port()
+    listen = f"/ip4/127.0.0.1/tcp/{port}"
+    hub = MeshHost(listen=listen, identity_file=key)
+    await hub.start()
+    process = peer_process(tmp_path / "peer.log", "--bootstrap", hub.addrs[0]).start()
+    try:
+        await poll(lambda: process.peer_id in hub.connected_peers(), timeout=10)
+        await hub.stop()
+        again = MeshHost(listen=listen, identity_file=key)
+        await again.start()
+        try:
+            assert again.peer_id == hub.peer_id
+            await poll(lambda: process.peer_id in again.connected_peers(), timeout=15)
+            assert (
+                await again.request(process.peer_id, ECHO_PROTOCOL, b"back", timeout=5) == b"back"
+            )
+        finally:
+            await again.stop()
+    finally:
+        process.terminate()
+    assert process.wait_for("mesh_bootstrap_rejoined", timeout=1)["peer"] == hub.peer_id

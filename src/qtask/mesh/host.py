@@ -99,6 +99,9 @@ GOSSIP_HEARTBEAT_S = 1
 # Dial and stream-open budget when the caller gives none: loopback dials take ~7 ms, a dead
 # address fails in ~0.7 s.
 DEFAULT_DIAL_TIMEOUT_S = 5.0
+# Bootstrap peers are dialled again this often while not connected (a restarted coordinator
+# is rejoined within this; a failed dial to a dead address costs ~0.7 s of one trio task).
+DEFAULT_REDIAL_S = 2.0
 # How long a peer may take to send its request frame on a stream it opened.
 SERVE_READ_TIMEOUT_S = 30.0
 # Start-up and shutdown bounds of the libp2p thread.
@@ -164,12 +167,14 @@ class MeshHost:
         identity_file: Path | None = None,
         gossip_rate: float = DEFAULT_GOSSIP_RATE,
         dial_timeout: float = DEFAULT_DIAL_TIMEOUT_S,
+        redial_s: float = DEFAULT_REDIAL_S,
     ) -> None:
         self._listen = listen
         self._bootstrap = tuple(bootstrap)
         self._identity_file = identity_file
         self._gossip_rate = gossip_rate
         self._dial_timeout = dial_timeout
+        self._redial_s = redial_s
         self._topics: dict[str, list[GossipHandler]] = {}
         self._protocols: dict[str, RequestHandler] = {}
         self._peer_handlers: list[PeerHandler] = []
@@ -231,12 +236,14 @@ class MeshHost:
         except BaseException:
             await self.stop()
             raise
-        log.info("mesh_host_started", peer_id=self.peer_id, addrs=list(self.addrs))
         for addr in self._bootstrap:
             try:
                 await self.connect(addr)
             except MeshPeerError as exc:
                 log.warning("mesh_bootstrap_failed", addr=addr, error=str(exc))
+        if self._bootstrap:
+            self._tasks.append(asyncio.create_task(self._keep_bootstrap()))
+        log.info("mesh_host_started", peer_id=self.peer_id, addrs=list(self.addrs))
 
     async def stop(self) -> None:
         """Stop the host: fail calls in flight, close connections, join the thread. Idempotent."""
@@ -319,6 +326,20 @@ class MeshHost:
                 ) from None
 
         return await self._call(exchange)
+
+    async def _keep_bootstrap(self) -> None:
+        """Dial each bootstrap peer again whenever it is not connected."""
+        wanted = {info_from_p2p_addr(Multiaddr(a)).peer_id.to_base58(): a for a in self._bootstrap}
+        while True:
+            await asyncio.sleep(self._redial_s)
+            for peer, addr in wanted.items():
+                if peer in self._peers:
+                    continue
+                try:
+                    await self.connect(addr)
+                    log.info("mesh_bootstrap_rejoined", peer=peer)
+                except MeshPeerError as exc:
+                    log.debug("mesh_bootstrap_failed", addr=addr, error=str(exc))
 
     def connected_peers(self) -> set[str]:
         """Peer ids with an open connection now."""
@@ -411,7 +432,9 @@ class MeshHost:
         host = new_host(
             key_pair=key_pair,
             listen_addrs=listen,
-            connection_config=ConnectionConfig(max_connections_per_peer=1),
+            # min_connections=0: libp2p's auto-connector otherwise counts a 3-10 peer mesh as
+            # "critically" under its floor of 50 and redials the peerstore every 10 s.
+            connection_config=ConnectionConfig(max_connections_per_peer=1, min_connections=0),
         )
         degree, low, high = GOSSIP_DEGREE
         gossipsub = GossipSub(

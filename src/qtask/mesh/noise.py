@@ -1,10 +1,10 @@
 """A node's noise as a real Aer noise model, the one simulation every node runs, and
 calibration: the fidelity a node advertises is measured here, never configured.
 
-`simulate(ir, noise, shots, seed)` is what a node runs for EXECUTE, and what a test runs to
-prove counts came from that node: same IR, noise, shots and seed give exactly the same counts
-(Aer seeded, one thread per run, so the node's `capacity` runs in parallel neither
-oversubscribe the cores nor change the random streams).
+`simulate(ir, noise, shots, seed)` is what a node runs for EXECUTE (in a child process, see
+`child_handle`), and what a test runs to prove counts came from that node: same IR, noise,
+shots and seed give exactly the same counts (Aer seeded, one thread per run, so the node's
+`capacity` runs in parallel neither oversubscribe the cores nor change the random streams).
 
 Calibration runs Bell and GHZ-3 under the node's noise and compares their counts with the ideal
 distributions (Hellinger fidelity); the node's fidelity is the mean of the two.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from qiskit.circuit import QuantumCircuit
 from qiskit.circuit.library import get_standard_gate_name_mapping
@@ -26,7 +27,7 @@ from qiskit.quantum_info import hellinger_fidelity
 from qiskit_aer import AerSimulator
 from qiskit_aer.noise import NoiseModel, ReadoutError, depolarizing_error
 
-from qtask.errors import ExecutionError
+from qtask.errors import CircuitError, ExecutionError
 from qtask.mesh.ir import circuit_to_ir, ir_to_circuit
 from qtask.mesh.protocol import CircuitIR, NoiseSpec
 
@@ -111,3 +112,38 @@ def calibrate(noise: NoiseSpec, shots: int, seed: int | None = None) -> Calibrat
 
 def _width(name: str) -> int:
     return int(_STANDARD[name].num_qubits)
+
+
+# -- the node's child processes (qtask.runtime.pool) -------------------------------------------
+# Aer holds the GIL for a whole run (measured: a 1.1 s run let another thread tick once), so a
+# node runs fragments and calibrations in child processes, never in its own threads: there they
+# would freeze the libp2p thread (no pings, no gossip) and the asyncio loop (no SIGTERM).
+
+ChildRequest = tuple[str, Any]
+ChildReply = tuple[str, Any]
+
+
+def child_handle(request: ChildRequest) -> ChildReply:
+    """A node's child: ("simulate", (ir, noise, shots, seed)) or ("calibrate", (noise, shots)).
+
+    Replies ("ok", (counts, run seconds) | Calibration), or ("circuit_error", message) or
+    ("execution_error", message).
+    """
+    kind, args = request
+    try:
+        if kind == "simulate":
+            started = time.perf_counter()
+            counts = simulate(*args)
+            return "ok", (counts, time.perf_counter() - started)
+        if kind == "calibrate":
+            return "ok", calibrate(*args)
+    except CircuitError as exc:
+        return "circuit_error", str(exc)
+    except ExecutionError as exc:
+        return "execution_error", str(exc)
+    raise ValueError(f"unknown request {kind!r}")
+
+
+def child_warm_up() -> None:
+    """Load Aer's native code before the first fragment (a tiny noisy run)."""
+    simulate(circuit_to_ir(bell()), NoiseSpec(readout=0.01), 1, 1)

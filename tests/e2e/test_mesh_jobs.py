@@ -21,7 +21,7 @@ import pytest
 from websockets.sync.client import connect
 
 from meshcoord import CoordinatorProcess
-from meshkit import MeshProcess, node_process
+from meshkit import MeshProcess, node_process, start_all
 from qtask.circuits.ingest import Limits
 from qtask.circuits.ingestor import limits_from
 from qtask.config import LimitsSettings
@@ -61,15 +61,18 @@ class Mesh:
             {"QTASK_MESH__COORDINATOR__PLAN_WAIT_S": "20",
              "QTASK_MESH__COORDINATOR__PING_TIMEOUT_S": "0.5"},
         ).start()  # fmt: skip
-        self.nodes: dict[str, MeshProcess] = {}
-        for name, options in {
+        options: dict[str, dict[str, Any]] = {
             "clean": {"gates": list(CLEAN_GATES), "max_qubits": 24},
             "distinct": {"noise": DISTINCT},
             "noisy": {"noise": NOISY},
-        }.items():
-            self.nodes[name] = node_process(
-                root / "nodes", name, bootstrap=[self.coordinator.addr], **options
-            ).start()
+        }
+        started = start_all(
+            [
+                node_process(root / "nodes", name, bootstrap=[self.coordinator.addr], **extra)
+                for name, extra in options.items()
+            ]
+        )
+        self.nodes: dict[str, MeshProcess] = dict(zip(options, started, strict=True))
         self.names = {node.peer_id: name for name, node in self.nodes.items()}
 
     def nodes_listed(self, **params: Any) -> dict[str, dict[str, Any]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,6 +175,20 @@ def test_a_hung_node_turns_degraded_by_pings_and_is_avoided(mesh: Mesh) -> None:
         body = mesh.until(mesh.submit(BELL, shots=100, seed=5), {"COMPLETED", "FAILED"})
         assert body["state"] == "COMPLETED"
         assert mesh.names[body["fragments"][0]["node"]] == "distinct"
+        # FR-008: the link reports that showed it, and the nodes' own fidelity reports, are
+        # in the coordinator's database with their timestamps.
+        with sqlite3.connect(mesh.coordinator.directory / "mesh.db") as db:
+            kinds = dict(db.execute(
+                "SELECT kind, COUNT(*) FROM quality_reports WHERE node_id = ? GROUP BY kind",
+                (clean.peer_id,),
+            ).fetchall())  # fmt: skip
+            slow = db.execute(
+                "SELECT COUNT(*) FROM quality_reports WHERE node_id = ? AND latency_ms >= 500",
+                (clean.peer_id,),
+            ).fetchone()[0]
+        assert kinds["fidelity"] >= 1
+        assert kinds["link"] >= 2
+        assert slow >= 1
     finally:
         os.kill(clean.process.pid, signal.SIGCONT)
 

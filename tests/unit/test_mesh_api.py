@@ -6,14 +6,16 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
+from qtask.api.auth import key_digest, new_key
 from qtask.circuits.ingest import Limits
 from qtask.circuits.ingestor import limits_from
-from qtask.config import Settings
+from qtask.config import ApiKey, AuthSettings, LimitsSettings, Settings
 from qtask.mesh.api import Coordinator, create_app
 from qtask.mesh.config import CoordinatorSettings
 from qtask.mesh.protocol import Advert, Availability, CircuitIR, Instruction, NoiseSpec
@@ -52,7 +54,12 @@ def advert(node: str, fidelity: float, gates: tuple[str, ...]) -> Advert:
 
 @pytest.fixture
 def client() -> Iterator[TestClient]:
-    settings = Settings()
+    with client_for(Settings()) as test_client:
+        yield test_client
+
+
+@contextmanager
+def client_for(settings: Settings) -> Iterator[TestClient]:
     store = InMemoryMeshStore()
     registry = Registry(Thresholds(ttl_s=600))
     mesh = FakeMesh()
@@ -178,3 +185,41 @@ def test_a_retried_submission_with_the_same_idempotency_key_gets_the_same_job(
     second = client.post("/api/v1/circuits/submit", json={"qasm": BELL}, headers=headers)
     assert second.status_code == 202
     assert second.json()["job_id"] == first.json()["job_id"]
+
+
+def test_with_api_keys_on_a_key_is_required_and_sees_only_its_own_jobs() -> None:
+    keys = {"alice": new_key(), "bob": new_key()}
+    auth = AuthSettings(
+        enabled=True, keys=tuple(ApiKey(name=n, sha256=key_digest(k)) for n, k in keys.items())
+    )
+    with client_for(Settings(auth=auth)) as http:
+        refused = http.post("/api/v1/circuits/submit", json={"qasm": BELL})
+        assert refused.status_code == 401
+        assert http.get("/api/v1/nodes").status_code == 401
+        alice = {"Authorization": f"Bearer {keys['alice']}"}
+        job_id = http.post("/api/v1/circuits/submit", json={"qasm": BELL}, headers=alice).json()[
+            "job_id"
+        ]
+        assert http.get(f"/api/v1/jobs/{job_id}", headers=alice).status_code == 200
+        bob = {"X-API-Key": keys["bob"]}
+        assert http.get(f"/api/v1/jobs/{job_id}", headers=bob).status_code == 404
+
+
+def test_a_body_over_the_size_limit_answers_413_before_any_parse() -> None:
+    with client_for(Settings(limits=LimitsSettings(max_body_bytes=1024))) as http:
+        response = http.post("/api/v1/circuits/submit", json={"qasm": BELL + "//" + "x" * 2000})
+    assert response.status_code == 413
+    assert response.json()["message"] == "The request body is over the limit of 1024 bytes."
+
+
+def test_over_the_keys_rate_the_api_answers_429_with_retry_after() -> None:
+    key = new_key()
+    auth = AuthSettings(
+        enabled=True, keys=(ApiKey(name="k", sha256=key_digest(key)),), rate_per_s=0.1, burst=1
+    )
+    with client_for(Settings(auth=auth)) as http:
+        headers = {"X-API-Key": key}
+        assert http.get("/api/v1/nodes", headers=headers).status_code == 200
+        limited = http.get("/api/v1/nodes", headers=headers)
+    assert limited.status_code == 429
+    assert int(limited.headers["Retry-After"]) >= 1

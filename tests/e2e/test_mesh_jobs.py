@@ -187,7 +187,7 @@ def test_a_hung_node_turns_degraded_by_pings_and_is_avoided(mesh: Mesh) -> None:
                 (clean.peer_id,),
             ).fetchone()[0]
         assert kinds["fidelity"] >= 1
-        assert kinds["link"] >= 2
+        assert kinds["link"] >= 1
         assert slow >= 1
     finally:
         os.kill(clean.process.pid, signal.SIGCONT)

@@ -11,6 +11,10 @@ Server (`pip install "qtask[server]"`):
 - `qtask keygen NAME`: a new API key, and the entry that makes the service accept it.
 
 Arguments and dispatch only: each server process is assembled in qtask.assembly.
+
+Mesh (`pip install "qtask[server,mesh]"`, docs/mesh.md):
+- `qtask node`: a service node of the mesh ([mesh.node] settings).
+- `qtask coordinator [--migrate-to N]`: the mesh's coordinator: registry, job API, database.
 """
 
 # Light on purpose: a client-only install has no pydantic, FastAPI or Qiskit, so the server's
@@ -51,6 +55,9 @@ SERVER_MODULES = frozenset(
     }
 )
 INSTALL_SERVER = "pip install 'qtask[server]'"
+# Top-level modules of the `mesh` extra (py-libp2p on trio).
+MESH_MODULES = frozenset({"libp2p", "trio", "multiaddr"})
+INSTALL_MESH = "pip install 'qtask[server,mesh]'"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         "poller", help="distributed mode: publish tasks the API could not; poll remote jobs"
     )
     poller.add_argument("--config", type=Path, help="a TOML settings file (or $QTASK_CONFIG)")
+    node = commands.add_parser("node", help="mesh: a service node ([mesh.node] settings)")
+    node.add_argument("--config", type=Path, help="a TOML settings file (or $QTASK_CONFIG)")
+    coordinator = commands.add_parser(
+        "coordinator", help="the mesh's coordinator: libp2p host, registry, job API (FR-009)"
+    )
+    _http_options(coordinator)
+    coordinator.add_argument(
+        "--migrate-to", type=int, metavar="N", help="move the database to schema version N, exit"
+    )
     keygen = commands.add_parser("keygen", help="make an API key and its configuration entry")
     keygen.add_argument("name", help="whose key: the name its tasks belong to")
     add_commands(commands)
@@ -84,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _server_command(args)
     except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in MESH_MODULES:
+            print(
+                f"qtask: `qtask {args.command}` needs the mesh extra: {INSTALL_MESH}",
+                file=sys.stderr,
+            )
+            return 2
         if (exc.name or "").split(".")[0] not in SERVER_MODULES:
             raise
         print(
@@ -111,6 +133,13 @@ def _server_command(args: argparse.Namespace) -> int:
 
             asyncio.run(run_worker(settings))
             return 0
+        if args.command == "node":
+            from qtask.mesh.node import run_node
+
+            asyncio.run(run_node(settings.mesh.node, health_host=settings.server.host))
+            return 0
+        if args.command == "coordinator":
+            return _coordinator(settings, args.migrate_to)
         if args.command == "poller":
             from qtask.assembly.roles import run_poller
 
@@ -176,6 +205,17 @@ def _api(settings: Settings) -> int:
     from qtask.assembly.roles import serve_api
 
     serve_api(settings)
+    return 0
+
+
+def _coordinator(settings: Settings, migrate_to: int | None) -> int:
+    from qtask.mesh import coordinator
+
+    if migrate_to is not None:
+        for step in coordinator.migrate_only(settings, migrate_to):
+            print(step)
+        return 0
+    coordinator.run(settings)
     return 0
 
 

@@ -106,6 +106,23 @@ class BraketBackendSettings(BaseModel):
     poll_interval_s: float = Field(default=5.0, gt=0)
 
 
+class MeshBackendSettings(BaseModel):
+    """The mesh of the 004 seed: tasks are sent to a `qtask coordinator` with POST
+    /api/v1/circuits/submit and polled with GET /api/v1/jobs/{id} (execution.remote_mesh)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["mesh"]
+    # The coordinator's base URL, e.g. http://127.0.0.1:8100
+    url: str = Field(pattern=r"^https?://")
+    # The name of the environment variable holding its API key (never the key itself).
+    api_key_env: str | None = None
+    # FR-009's constraint sent with every job: the node that runs it must measure at least this.
+    min_fidelity: float = Field(default=0.0, ge=0.0, le=1.0)
+    remote_timeout_s: float = Field(default=3600.0, gt=0)
+    poll_interval_s: float = Field(default=0.5, gt=0)
+
+
 class OffBackendSettings(BaseModel):
     """Removes the built-in backend of the same name."""
 
@@ -121,6 +138,7 @@ BackendSettings = Annotated[
     | IbmBackendSettings
     | BraketLocalBackendSettings
     | BraketBackendSettings
+    | MeshBackendSettings
     | OffBackendSettings,
     Field(discriminator="type"),
 ]
@@ -131,6 +149,7 @@ RunnableBackendSettings = (
     | IbmBackendSettings
     | BraketLocalBackendSettings
     | BraketBackendSettings
+    | MeshBackendSettings
 )
 
 # Three devices of the three processor families a newcomer is likely to meet: Eagle (127
@@ -153,6 +172,7 @@ def effective_backends(
         | IbmBackendSettings
         | BraketLocalBackendSettings
         | BraketBackendSettings
+        | MeshBackendSettings
         | OffBackendSettings,
     ],
 ) -> dict[str, RunnableBackendSettings]:

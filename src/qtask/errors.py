@@ -153,3 +153,21 @@ class RemoteRejectedError(ExecutionError):
 class RemoteUnavailableError(QTaskError):
     """Raised when a remote provider cannot be reached or answers with a server error; the
     call is tried again later."""
+
+
+class MeshPeerError(QTaskError):
+    """Raised when a mesh call to a peer fails; the subclasses say how."""
+
+
+class PeerUnreachableError(MeshPeerError):
+    """Raised when a peer cannot be dialled, or its connection or stream breaks mid-request (a
+    killed peer)."""
+
+
+class PeerTimeoutError(MeshPeerError):
+    """Raised when a peer does not answer a request within its timeout (a hung peer)."""
+
+
+class MeshProtocolError(MeshPeerError):
+    """Raised when a peer does not speak a protocol, or a frame or reply breaks the wire
+    contract (too large, not the expected message)."""

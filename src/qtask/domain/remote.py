@@ -54,6 +54,15 @@ PROVIDER_STATES: Mapping[str, Mapping[str, RemoteState]] = {
         "ERROR": RemoteState.ERROR,
         "CANCELLED": RemoteState.CANCELLED,
     },
+    # FR-009's job states of a `qtask coordinator` (qtask.mesh.jobs.JobState).
+    "mesh": {
+        "QUEUED": RemoteState.QUEUED,
+        "COMPILING": RemoteState.QUEUED,
+        "RESERVING": RemoteState.QUEUED,
+        "EXECUTING": RemoteState.RUNNING,
+        "COMPLETED": RemoteState.DONE,
+        "FAILED": RemoteState.ERROR,
+    },
     "braket": {
         "CREATED": RemoteState.QUEUED,
         "QUEUED": RemoteState.QUEUED,

@@ -22,6 +22,7 @@ from qtask.config_backends import (
     BraketBackendSettings,
     BraketLocalBackendSettings,
     IbmBackendSettings,
+    MeshBackendSettings,
     QtaskBackendSettings,
     RunnableBackendSettings,
 )
@@ -39,6 +40,7 @@ from qtask.execution import braket_local
 from qtask.execution.methods import Method
 from qtask.execution.remote_braket import BraketRemoteBackend
 from qtask.execution.remote_ibm import IbmRemoteBackend
+from qtask.execution.remote_mesh import MeshRemoteBackend
 from qtask.execution.remote_qtask import QtaskRemoteBackend
 
 _NANOSECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -98,7 +100,10 @@ class BackendCatalog:
         return {
             name: backend
             for name, backend in self._backends.items()
-            if isinstance(backend, QtaskRemoteBackend | IbmRemoteBackend | BraketRemoteBackend)
+            if isinstance(
+                backend,
+                QtaskRemoteBackend | IbmRemoteBackend | BraketRemoteBackend | MeshRemoteBackend,
+            )
         }
 
 
@@ -119,7 +124,7 @@ def aer_only(limits: LimitsSettings) -> BackendCatalog:
 
 def _backend(
     name: str, table: RunnableBackendSettings, limits: LimitsSettings
-) -> LocalBackend | QtaskRemoteBackend | IbmRemoteBackend | BraketRemoteBackend:
+) -> LocalBackend | QtaskRemoteBackend | IbmRemoteBackend | BraketRemoteBackend | MeshRemoteBackend:
     if isinstance(table, QtaskBackendSettings):
         return QtaskRemoteBackend(name, table, limits)
     if isinstance(table, IbmBackendSettings):
@@ -129,6 +134,8 @@ def _backend(
         return BraketRemoteBackend(name, table, limits)
     if isinstance(table, BraketLocalBackendSettings):
         return _braket_local(name, limits)
+    if isinstance(table, MeshBackendSettings):
+        return MeshRemoteBackend(name, table, limits)
     if isinstance(table, AerDeviceBackendSettings):
         return _device(name, table.device, limits)
     return _aer(name, limits)
@@ -256,4 +263,7 @@ if TYPE_CHECKING:
         return backend
 
     def _braket_conforms(backend: BraketRemoteBackend) -> RemoteBackend:
+        return backend
+
+    def _mesh_conforms(backend: MeshRemoteBackend) -> RemoteBackend:
         return backend

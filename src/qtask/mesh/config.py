@@ -68,6 +68,9 @@ class CoordinatorSettings(BaseModel):
     reserve_timeout_s: float = Field(default=2.0, gt=0)
     execute_timeout_s: float = Field(default=60.0, gt=0)
     reservation_hold_s: float = Field(default=30.0, gt=0)
+    # A job no node can run yet waits this long for one to advertise (a coordinator that just
+    # started or restarted has heard from nobody) before it fails with the reason.
+    plan_wait_s: float = Field(default=10.0, ge=0)
     max_attempts: int = Field(default=3, ge=1, le=20)
     backoff_base_s: float = Field(default=0.1, gt=0)
     backoff_max_s: float = Field(default=2.0, gt=0)

@@ -1,0 +1,171 @@
+"""The `mesh` remote backend: a `qtask coordinator` (the 004 seed's mesh), over its FR-009 API.
+
+submit = POST /api/v1/circuits/submit with `Idempotency-Key: <task id>` (a retried submission
+gets the same job back) and the configured `min_fidelity` constraint; statuses = GET
+/api/v1/jobs/{id}, one job per call (the coordinator has no batch read); cancel: the
+coordinator of mesh part 1 has no cancel, so a job past `remote_timeout_s` is left to end there
+and only forgotten here. Capabilities are the widest fragment an available node takes, read
+from GET /api/v1/nodes at each health check. The circuit travels as the OpenQASM the user sent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from qtask.config import LimitsSettings
+from qtask.config_backends import MeshBackendSettings
+from qtask.domain.backends import BackendCapabilities, BackendKind
+from qtask.domain.remote import RemoteState, RemoteStatus, provider_state
+from qtask.domain.task import Task
+from qtask.errors import RemoteRejectedError, RemoteUnavailableError
+from qtask.execution.remote_base import ConfiguredRemote
+from qtask.logs import get_logger
+
+log = get_logger("remote_mesh")
+
+# Seconds one HTTP call may take; the coordinator answers reads from SQLite in milliseconds.
+_CALL_TIMEOUT_S = 10.0
+_HEALTH_TIMEOUT_S = 2.0
+
+
+class MeshRemoteBackend(ConfiguredRemote[MeshBackendSettings]):
+    """A `qtask coordinator` as a RemoteBackend (domain.remote)."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: MeshBackendSettings,
+        limits: LimitsSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._name = name
+        self._settings = settings
+        self._transport = transport  # tests answer with httpx.MockTransport
+        self._url = settings.url.rstrip("/")
+        self._client: httpx.AsyncClient | None = None
+        self._limits = limits
+        self._capabilities = self._with_qubits(limits.max_qubits)
+
+    def _with_qubits(self, qubits: int) -> BackendCapabilities:
+        return BackendCapabilities(
+            name=self._name,
+            type="mesh",
+            kind=BackendKind.REMOTE,
+            max_qubits={"mesh": qubits},
+            max_shots=min(self._limits.max_shots, 1_000_000),
+            memory=False,
+            seeds=True,
+            cancel=False,
+        )
+
+    @property
+    def status_batch(self) -> int:
+        """GET /api/v1/jobs/{id} reads one job."""
+        return 1
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            headers = {}
+            if self._settings.api_key_env:
+                key = os.environ.get(self._settings.api_key_env, "")
+                if key:
+                    headers["Authorization"] = f"Bearer {key}"
+            self._client = httpx.AsyncClient(
+                base_url=self._url, headers=headers, timeout=_CALL_TIMEOUT_S,
+                transport=self._transport,
+            )  # fmt: skip
+        return self._client
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http().request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise RemoteUnavailableError(
+                f"the mesh coordinator {self._url} cannot be reached: {type(exc).__name__} {exc}"
+            ) from exc
+        if response.status_code == 429 or response.status_code >= 500:
+            raise RemoteUnavailableError(
+                f"the mesh coordinator {self._url} answered {response.status_code}"
+            )
+        return response
+
+    async def health(self) -> str:
+        """ "ok" (capabilities refreshed from the available nodes), or why not."""
+        try:
+            response = await self._call(
+                "GET", "/api/v1/nodes", params={"available": "true"}, timeout=_HEALTH_TIMEOUT_S
+            )
+            if response.status_code != 200:
+                return f"the mesh coordinator {self._url} answered {response.status_code}"
+            nodes = response.json()["nodes"]
+        except RemoteUnavailableError as exc:
+            return str(exc)
+        except (ValueError, KeyError, TypeError) as exc:
+            return f"the mesh coordinator {self._url} sent an unreadable node list: {exc}"
+        usable = [int(n["qubit_range"][1]) for n in nodes if not n.get("degraded")]
+        if not usable:
+            return f"the mesh coordinator {self._url} has no available node"
+        self._capabilities = self._with_qubits(min(max(usable), self._limits.max_qubits))
+        return "ok"
+
+    async def submit(self, task: Task) -> str:
+        """POST /api/v1/circuits/submit with the task id as Idempotency-Key; the job's id."""
+        body: dict[str, object] = {
+            "qasm": task.source,
+            "shots": task.shots,
+            "constraints": {"min_fidelity": self._settings.min_fidelity},
+        }
+        if task.seed is not None:
+            body["seed"] = task.seed
+        response = await self._call(
+            "POST", "/api/v1/circuits/submit", json=body, headers={"Idempotency-Key": task.id}
+        )
+        if response.status_code >= 400:
+            raise RemoteRejectedError(f"The mesh refused the task: {_message(response)}")
+        return str(response.json()["job_id"])
+
+    async def statuses(self, job_ids: Sequence[str]) -> dict[str, RemoteStatus]:
+        """GET /api/v1/jobs/{id} of each job; an unknown job is left out."""
+        found: dict[str, RemoteStatus] = {}
+        for job_id in job_ids:
+            response = await self._call("GET", f"/api/v1/jobs/{job_id}")
+            if response.status_code == 404:
+                continue
+            if response.status_code != 200:
+                raise RemoteUnavailableError(
+                    f"the mesh coordinator {self._url} answered {response.status_code}: "
+                    f"{_message(response)}"
+                )
+            found[job_id] = _status(response.json())
+        return found
+
+    async def cancel(self, job_id: str) -> None:
+        """Nothing to call: the coordinator of mesh part 1 cannot cancel a job."""
+        log.info("mesh_cancel_unsupported", job_id=job_id)
+
+    async def close(self) -> None:
+        """Close the HTTP client."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+def _status(body: dict[str, Any]) -> RemoteStatus:
+    state = provider_state("mesh", str(body.get("state")))
+    if state is RemoteState.DONE:
+        return RemoteStatus(state, counts=body["counts"])
+    if state is RemoteState.ERROR:
+        return RemoteStatus(state, message=f"The mesh: {body.get('error')}")
+    return RemoteStatus(state)
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("message"))
+    except ValueError:
+        return response.text[:200]

@@ -1,0 +1,462 @@
+"""`qtask node`: a service node of the mesh (FR-001, FR-005, FR-008 and execution).
+
+A node is a MeshHost that
+- advertises itself on ADVERT_TOPIC every `advert_interval_s` and at once when its fidelity,
+  availability or slots in use change (adverts.AdvertPublisher);
+- measures its fidelity with Bell and GHZ-3 runs under its own noise model at start and every
+  `calibration_interval_s`, and publishes each measurement as a QualityReport(kind=fidelity);
+- answers RESERVE from its event-sourced book (reservations.py), EXECUTE by running the
+  fragment on Aer under its noise model in one of `capacity` child processes
+  (qtask.runtime.pool: Aer holds the GIL for a whole run, so in a thread it would freeze the
+  libp2p thread and the event loop), and PING with a Pong.
+
+Every failure travels in the reply as an ErrorInfo with a stable code (ERROR_CODES), never as
+a bare stream reset. SIGTERM: the node advertises DRAINING, refuses new work, lets running
+fragments finish (up to `DRAIN_GRACE_S`), then stops. A SIGKILLed node takes its children
+with it (they die with their parent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from qtask.errors import ExecutionError, MeshPeerError, QTaskError
+from qtask.logs import get_logger
+from qtask.mesh import metrics
+from qtask.mesh.adverts import AdvertPublisher
+from qtask.mesh.config import NodeSettings
+from qtask.mesh.host import MeshHost
+from qtask.mesh.ir import operation_names
+from qtask.mesh.noise import Calibration, ChildRequest
+from qtask.mesh.protocol import (
+    ADVERT_TOPIC,
+    EXECUTE_PROTOCOL,
+    PING_PROTOCOL,
+    QUALITY_TOPIC,
+    RESERVE_PROTOCOL,
+    Advert,
+    Availability,
+    ErrorInfo,
+    ExecuteReply,
+    ExecuteRequest,
+    Ping,
+    Pong,
+    QualityReport,
+    ReserveReply,
+    ReserveRequest,
+)
+from qtask.mesh.reservations import ReservationBook
+from qtask.runtime.health import serve_health
+from qtask.runtime.pool import ChildPool, ChildTimeoutError
+
+log = get_logger("mesh.node")
+
+# How long SIGTERM waits for running fragments before the node stops anyway.
+DRAIN_GRACE_S = 30.0
+# A fragment running longer than this is killed (its child replaced) and answered
+# execution_failed; the coordinator's own execute_timeout_s is normally shorter.
+FRAGMENT_TIMEOUT_S = 600.0
+# Calibration runs Bell and GHZ-3 with a few thousand shots: well under a second.
+CALIBRATION_TIMEOUT_S = 60.0
+# Reservations whose window ended are released this often (FR-005: they release themselves).
+EXPIRY_INTERVAL_S = 0.5
+# The stable codes of a node's error replies, and when each is given.
+ERROR_CODES = {
+    "bad_request": "the request is not a valid message of the protocol",
+    "draining": "the node is shutting down and takes no new work",
+    "busy": "no free slot now for work without a reservation",
+    "unsupported": "a feature this node does not offer (state hand-off)",
+    "gate_not_offered": "the circuit uses gates outside the node's gate set",
+    "qubits_out_of_range": "the circuit's qubits are outside the node's qubit range",
+    "reservation_unknown": "no accepted reservation has this id (never made, released, expired)",
+    "invalid_circuit": "the IR does not describe a circuit",
+    "execution_failed": "Aer could not run the circuit",
+    "internal_error": "a bug in the node; its log has the traceback",
+}  # fmt: skip
+
+
+class ServiceNode:
+    """One service node: its host, book, calibration and running fragments."""
+
+    def __init__(self, settings: NodeSettings, *, health_host: str = "127.0.0.1") -> None:
+        self.settings = settings
+        self.health_host = health_host
+        self.host = MeshHost(
+            listen=settings.listen,
+            bootstrap=settings.bootstrap,
+            identity_file=settings.identity_file,
+        )
+        self.book = ReservationBook(settings.capacity)
+        self.calibration: Calibration | None = None
+        self.running = 0
+        self.draining = False
+        self._gates = frozenset(settings.gates)
+        self._pool = ChildPool(
+            settings.capacity,
+            "qtask.mesh.noise:child_handle",
+            init_path="qtask.mesh.noise:child_warm_up",
+            preload=["qtask.mesh.noise"],
+            # Idle OpenMP threads must not spin on cores other nodes share (FACTS.md).
+            env={"OMP_WAIT_POLICY": "passive"},
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._health: asyncio.Server | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.publisher = AdvertPublisher(
+            self.host.publish, self._advert, interval_s=settings.advert_interval_s
+        )
+        # GossipSub forwards only topics a peer subscribes to: a node subscribes to both so
+        # adverts and reports reach peers that joined the mesh through it.
+        self.host.subscribe(ADVERT_TOPIC, _relay_only)
+        self.host.subscribe(QUALITY_TOPIC, _relay_only)
+        self.host.handle(RESERVE_PROTOCOL, self._on_reserve)
+        self.host.handle(EXECUTE_PROTOCOL, self._on_execute)
+        self.host.handle(PING_PROTOCOL, self._on_ping)
+
+    @property
+    def peer_id(self) -> str:
+        """This node's libp2p peer id (its node_id)."""
+        return self.host.peer_id
+
+    async def start(self) -> None:
+        """Calibrate, start the host, advertise, and serve health when configured."""
+        s = self.settings
+        await self._pool.start()
+        self.calibration = await self._calibrate()
+        await self.host.start()
+        await self._publish_quality()
+        self._tasks = [
+            asyncio.create_task(self.publisher.run()),
+            asyncio.create_task(self._calibrate_periodically()),
+            asyncio.create_task(self._expire_periodically()),
+        ]
+        health_port = None
+        if s.health_port is not None:
+            self._health = await serve_health(
+                self.health_host, s.health_port, {"mesh": self._ready_check}
+            )
+            health_port = self._health.sockets[0].getsockname()[1]
+        log.info(
+            "mesh_node_ready",
+            peer_id=self.peer_id,
+            addrs=list(self.host.addrs),
+            fidelity=self.calibration.fidelity,
+            capacity=s.capacity,
+            gates=len(self._gates),
+            qubit_range=[s.min_qubits, s.max_qubits],
+            health_port=health_port,
+        )
+
+    async def stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
+        """Advertise DRAINING, let running fragments finish (up to `grace_s`), stop."""
+        self.draining = True
+        with contextlib.suppress(MeshPeerError):
+            await self.publisher.publish_once("change")
+        log.info("mesh_node_draining", running=self.running)
+        try:
+            async with asyncio.timeout(grace_s):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("mesh_node_drain_timeout", running=self.running, grace_s=grace_s)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._health is not None:
+            self._health.close()
+        await self.host.stop()
+        await self._pool.close()
+        log.info("mesh_node_stopped", peer_id=self.peer_id)
+
+    # -- adverts and quality ------------------------------------------------------------------
+
+    def in_use(self, now: float) -> int:
+        """Slots taken now: running fragments or reserved windows, whichever is more."""
+        return min(self.settings.capacity, max(self.running, self.book.in_use_at(now)))
+
+    def _advert(self, seq: int, now: float) -> Advert:
+        s = self.settings
+        calibration = self.calibration
+        assert calibration is not None
+        in_use = self.in_use(now)
+        if self.draining:
+            availability = Availability.DRAINING
+        elif in_use >= s.capacity:
+            availability = Availability.BUSY
+        else:
+            availability = Availability.AVAILABLE
+        return Advert(
+            node_id=self.peer_id,
+            service_type=s.service_type,
+            gates=tuple(s.gates),
+            qubit_range=(s.min_qubits, s.max_qubits),
+            fidelity=calibration.fidelity,
+            fidelity_measured_at=calibration.measured_at,
+            noise=s.noise,
+            availability=availability,
+            capacity=s.capacity,
+            in_use=in_use,
+            addrs=self.host.addrs,
+            timestamp=now,
+            seq=seq,
+        )
+
+    async def _publish_quality(self) -> None:
+        calibration = self.calibration
+        assert calibration is not None
+        report = QualityReport(
+            kind="fidelity",
+            reporter=self.peer_id,
+            node_id=self.peer_id,
+            fidelity=calibration.fidelity,
+            measured_at=calibration.measured_at,
+        )
+        await self.host.publish(QUALITY_TOPIC, report.model_dump_json().encode())
+
+    async def _child(self, request: ChildRequest, timeout: float) -> tuple[str, Any]:
+        kind, value = await self._pool.call(request, timeout)
+        return kind, value
+
+    async def _calibrate(self) -> Calibration:
+        s = self.settings
+        kind, value = await self._child(
+            ("calibrate", (s.noise, s.calibration_shots)), CALIBRATION_TIMEOUT_S
+        )
+        if kind != "ok" or not isinstance(value, Calibration):
+            raise ExecutionError(f"calibration failed: {value}")
+        return value
+
+    async def _calibrate_periodically(self) -> None:
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.calibration_interval_s)
+            try:
+                calibration = await self._calibrate()
+            except Exception as exc:  # keep the last measurement; try again next turn
+                log.exception("mesh_calibration_failed", error=repr(exc))
+                continue
+            changed = self.calibration is None or calibration.fidelity != self.calibration.fidelity
+            self.calibration = calibration
+            log.info("mesh_node_calibrated", fidelity=calibration.fidelity)
+            with contextlib.suppress(MeshPeerError):
+                await self._publish_quality()
+            if changed:
+                self.publisher.changed()
+
+    async def _expire_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_INTERVAL_S)
+            expired = self.book.expire(time.time())
+            if expired:
+                log.info("reservations_expired", reservations=expired)
+                self.publisher.changed()
+
+    async def _ready_check(self) -> str:
+        if self.draining:
+            raise RuntimeError("draining")
+        if not self.host.addrs:
+            raise RuntimeError("libp2p host not started")
+        return f"peer {self.peer_id}, {len(self.host.connected_peers())} peers connected"
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def _on_ping(self, peer: str, data: bytes) -> bytes:
+        try:
+            ping = Ping.model_validate_json(data)
+        except ValidationError:
+            metrics.REQUESTS_SERVED.labels("ping", "bad_request").inc()
+            return Pong(nonce="?", node_id=self.peer_id).model_dump_json().encode()
+        metrics.REQUESTS_SERVED.labels("ping", "ok").inc()
+        return Pong(nonce=ping.nonce, node_id=self.peer_id).model_dump_json().encode()
+
+    async def _on_reserve(self, peer: str, data: bytes) -> bytes:
+        now = time.time()
+        try:
+            request = ReserveRequest.model_validate_json(data)
+        except ValidationError as exc:
+            return self._reserve_reply(_field(data, "correlation_id"), "", "bad_request", str(exc))
+        cid, rid = request.correlation_id, request.reservation_id
+        if request.action == "release":
+            if self.book.release(rid, now=now):
+                self.publisher.changed()
+                return self._reserve_reply(cid, rid)
+            return self._reserve_reply(
+                cid, rid, "reservation_unknown", f"no accepted reservation {rid}"
+            )
+        if self.draining:
+            return self._reserve_reply(cid, rid, "draining", "the node is shutting down")
+        problem = self._capability_problem(set(request.gates), request.num_qubits)
+        if problem is not None:
+            return self._reserve_reply(cid, rid, *problem)
+        assert self.calibration is not None
+        decision = self.book.reserve(request, now=now, fidelity=self.calibration.fidelity)
+        if decision.accepted:
+            self.publisher.changed()
+            log.info(
+                "reservation_accepted", reservation_id=rid, correlation_id=cid,
+                job_id=request.job_id, window=[request.window_start, request.window_end],
+            )  # fmt: skip
+            return self._reserve_reply(cid, rid)
+        log.info(
+            "reservation_rejected", reservation_id=rid, correlation_id=cid,
+            code=decision.code, reason=decision.reason, next_window=decision.next_window,
+        )  # fmt: skip
+        return self._reserve_reply(cid, rid, decision.code, decision.reason, decision.next_window)
+
+    def _reserve_reply(
+        self,
+        correlation_id: str,
+        reservation_id: str,
+        code: str | None = None,
+        message: str = "",
+        next_window: tuple[float, float] | None = None,
+    ) -> bytes:
+        metrics.REQUESTS_SERVED.labels("reserve", code or "ok").inc()
+        reply = ReserveReply(
+            ok=code is None,
+            correlation_id=correlation_id,
+            reservation_id=reservation_id,
+            node_id=self.peer_id,
+            error=None if code is None else ErrorInfo(code=code, message=message),
+            next_window=next_window,
+        )
+        return reply.model_dump_json().encode()
+
+    async def _on_execute(self, peer: str, data: bytes) -> bytes:
+        arrived = time.monotonic()
+        try:
+            request = ExecuteRequest.model_validate_json(data)
+        except ValidationError as exc:
+            return self._execute_error(_field(data, "correlation_id"), "bad_request", str(exc))
+        cid = request.correlation_id
+        refused = self._execute_refusal(request)
+        if refused is not None:
+            return self._execute_error(cid, *refused, request=request)
+        self.running += 1
+        self._idle.clear()
+        self.publisher.changed()
+        s = self.settings
+        job = ("simulate", (request.circuit, s.noise, request.shots, request.seed))
+        try:
+            kind, value = await self._child(job, FRAGMENT_TIMEOUT_S)
+        except ChildTimeoutError as exc:
+            return self._execute_error(cid, "execution_failed", str(exc), request=request)
+        except QTaskError as exc:  # the child crashed (and was replaced) or the handler broke
+            log.error("fragment_failed", correlation_id=cid, error=str(exc))
+            return self._execute_error(cid, "internal_error", str(exc), request=request)
+        finally:
+            self.running -= 1
+            if self.running == 0:
+                self._idle.set()
+            self.publisher.changed()
+        if kind == "circuit_error":
+            return self._execute_error(cid, "invalid_circuit", str(value), request=request)
+        if kind != "ok":
+            return self._execute_error(cid, "execution_failed", str(value), request=request)
+        counts, run_s = value
+        queued_s = max(0.0, time.monotonic() - arrived - run_s)
+        metrics.REQUESTS_SERVED.labels("execute", "ok").inc()
+        metrics.FRAGMENT_SECONDS.observe(run_s)
+        log.info(
+            "fragment_executed", correlation_id=cid, job_id=request.job_id,
+            fragment_id=request.fragment_id, reservation_id=request.reservation_id,
+            qubits=request.circuit.num_qubits, shots=request.shots, queued_s=round(queued_s, 6),
+            run_s=round(run_s, 6),
+        )  # fmt: skip
+        return _json(
+            ExecuteReply(
+                ok=True, correlation_id=cid, node_id=self.peer_id, counts=counts,
+                queued_s=queued_s, run_s=run_s,
+            )
+        )  # fmt: skip
+
+    def _execute_refusal(self, request: ExecuteRequest) -> tuple[str, str] | None:
+        if self.draining:
+            return "draining", "the node is shutting down"
+        if request.input_state is not None or request.return_state:
+            return "unsupported", "state hand-off is not offered by this node (mesh part 2)"
+        problem = self._capability_problem(
+            set(operation_names(request.circuit)), request.circuit.num_qubits
+        )
+        if problem is not None:
+            return problem
+        now = time.time()
+        rid = request.reservation_id
+        if rid is not None:
+            reservation = self.book.state.get(rid)
+            if reservation is None or reservation.status != "accepted":
+                status = "never made" if reservation is None else reservation.status
+                return "reservation_unknown", f"reservation {rid} is {status}"
+            if reservation.window_end <= now:
+                return "reservation_unknown", f"reservation {rid} ended at {reservation.window_end}"
+            return None
+        if self.running + self.book.in_use_at(now) >= self.settings.capacity:
+            return "busy", f"all {self.settings.capacity} slots are in use or reserved"
+        return None
+
+    def _capability_problem(self, gates: set[str], num_qubits: int) -> tuple[str, str] | None:
+        missing = gates - self._gates
+        if missing:
+            return "gate_not_offered", f"gates not offered here: {', '.join(sorted(missing))}"
+        low, high = self.settings.min_qubits, self.settings.max_qubits
+        if not low <= num_qubits <= high:
+            return "qubits_out_of_range", f"{num_qubits} qubits; this node takes {low}..{high}"
+        return None
+
+    def _execute_error(
+        self, cid: str, code: str, message: str, *, request: ExecuteRequest | None = None
+    ) -> bytes:
+        metrics.REQUESTS_SERVED.labels("execute", code).inc()
+        log.info(
+            "fragment_refused", correlation_id=cid, code=code, detail=message,
+            job_id=None if request is None else request.job_id,
+            fragment_id=None if request is None else request.fragment_id,
+        )  # fmt: skip
+        return _json(
+            ExecuteReply(
+                ok=False, correlation_id=cid, node_id=self.peer_id,
+                error=ErrorInfo(code=code, message=message),
+            )
+        )  # fmt: skip
+
+
+async def _relay_only(signer: str, data: bytes) -> None:
+    """A node relays other nodes' gossip; it acts on none of it."""
+
+
+def _json(message: BaseModel) -> bytes:
+    return message.model_dump_json().encode()
+
+
+def _field(data: bytes, name: str) -> str:
+    """A string field of a request that failed validation, when it can still be read."""
+    try:
+        value: Any = json.loads(data).get(name)
+    except (ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
+
+
+async def run_node(settings: NodeSettings, *, health_host: str = "127.0.0.1") -> None:
+    """Run a node until SIGTERM or SIGINT, then drain and stop."""
+    # Aer's noise runs log every transpiler pass at INFO through qiskit's loggers, and
+    # py-libp2p logs its connection manager's every cycle at INFO.
+    logging.getLogger("qiskit").setLevel(logging.WARNING)
+    logging.getLogger("libp2p").setLevel(logging.WARNING)
+    node = ServiceNode(settings, health_host=health_host)
+    await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await node.stop()

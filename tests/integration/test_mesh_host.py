@@ -1,0 +1,143 @@
+"""MeshHost between two real processes: this test's host and tests/mesh_peer.py on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog.testing
+
+from mesh_peer import ECHO_PROTOCOL, HANG_PROTOCOL
+from meshkit import MeshProcess, mesh_client, peer_process, poll
+from qtask.errors import MeshProtocolError, PeerTimeoutError, PeerUnreachableError
+from qtask.mesh.adverts import AdvertInbox
+from qtask.mesh.host import MeshHost
+from qtask.mesh.protocol import ADVERT_TOPIC, MAX_FRAME_BYTES, Advert
+from qtask_testkit import free_port
+
+FORGED_ID = "12D3KooWForgedForgedForgedForgedForgedForgedForged1"
+
+
+@pytest.fixture
+def peer(tmp_path: Path) -> Iterator[MeshProcess]:
+    process = peer_process(tmp_path / "peer.log", "--forge", FORGED_ID).start()
+    yield process
+    process.terminate()
+
+
+async def test_request_reply_and_adverts_cross_processes(peer: MeshProcess) -> None:
+    adverts: list[Advert] = []
+
+    async def accept(advert: Advert) -> None:
+        adverts.append(advert)
+
+    inbox = AdvertInbox(accept)
+    with structlog.testing.capture_logs() as logs:
+        async with mesh_client(topics={ADVERT_TOPIC: inbox}) as client:
+            assert await client.connect(peer.addr) == peer.peer_id
+            assert peer.peer_id in client.connected_peers()
+            payload = bytes(range(256)) * 1000
+            assert await client.request(peer.peer_id, ECHO_PROTOCOL, payload, timeout=5) == payload
+            await poll(lambda: len(adverts) >= 2, timeout=20)
+            await poll(lambda: any(e["event"] == "advert_rejected" for e in logs), timeout=10)
+    assert {a.node_id for a in adverts} == {peer.peer_id}
+    assert adverts[0].addrs == peer.addrs
+    assert adverts[1].seq > adverts[0].seq
+    rejected = [e for e in logs if e["event"] == "advert_rejected"]
+    assert {(e["node"], e["signer"], e["reason"]) for e in rejected} == {
+        (FORGED_ID, peer.peer_id, "forged")
+    }
+    assert "is not the signing peer" in rejected[0]["detail"]
+
+
+async def test_request_past_its_timeout_raises_peer_timeout(peer: MeshProcess) -> None:
+    async with mesh_client() as client:
+        await client.connect(peer.addr)
+        with pytest.raises(PeerTimeoutError, match=r"within 0\.3 s"):
+            await client.request(peer.peer_id, HANG_PROTOCOL, b"x", timeout=0.3)
+        # The connection survives a timed-out request.
+        assert await client.request(peer.peer_id, ECHO_PROTOCOL, b"ok", timeout=5) == b"ok"
+
+
+async def test_unknown_protocol_and_oversized_frame_raise_protocol_errors(
+    peer: MeshProcess,
+) -> None:
+    async with mesh_client() as client:
+        await client.connect(peer.addr)
+        with pytest.raises(MeshProtocolError, match="does not speak /qtask/test/none"):
+            await client.request(peer.peer_id, "/qtask/test/none/1.0.0", b"x", timeout=5)
+        with pytest.raises(MeshProtocolError, match="over"):
+            await client.request(
+                peer.peer_id, ECHO_PROTOCOL, b"\0" * (MAX_FRAME_BYTES + 1), timeout=5
+            )
+
+
+async def test_killed_peer_fails_the_request_in_flight_and_is_reported_gone(
+    peer: MeshProcess,
+) -> None:
+    events: list[tuple[str, bool, float]] = []
+    async with mesh_client(on_peer=lambda p, up: events.append((p, up, time.monotonic()))) as c:
+        await c.connect(peer.addr)
+        in_flight = asyncio.create_task(c.request(peer.peer_id, HANG_PROTOCOL, b"x", timeout=30))
+        await asyncio.sleep(0.3)  # the request is on the wire; nothing to wait on but time
+        killed = time.monotonic()
+        peer.kill()
+        with pytest.raises(PeerUnreachableError):
+            await in_flight
+        failed = time.monotonic() - killed
+        await poll(lambda: (peer.peer_id, False) in [(p, up) for p, up, _ in events], timeout=10)
+        gone = next(t for p, up, t in events if p == peer.peer_id and not up) - killed
+        assert peer.peer_id not in c.connected_peers()
+        with pytest.raises(PeerUnreachableError):
+            await c.request(peer.peer_id, ECHO_PROTOCOL, b"x", timeout=10)
+    print(f"\nSIGKILLed peer: request failed after {failed * 1000:.0f} ms, "
+          f"disconnect reported after {gone * 1000:.0f} ms")  # fmt: skip
+
+
+async def test_identity_file_keeps_the_peer_id_and_stop_leaves_no_thread(tmp_path: Path) -> None:
+    key = tmp_path / "node.key"
+    before = set(threading.enumerate())
+    ids = []
+    for _ in range(2):
+        host = MeshHost(listen="/ip4/127.0.0.1/tcp/0", identity_file=key)
+        await host.start()
+        ids.append(host.peer_id)
+        assert all(a.endswith(f"/p2p/{host.peer_id}") for a in host.addrs)
+        await host.stop()
+        await host.stop()
+    assert ids[0] == ids[1]
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    # asyncio's executor thread (asyncio_N) belongs to the test's loop, not to the host.
+    left = [t.name for t in threading.enumerate() if t not in before]
+    assert [name for name in left if not name.startswith("asyncio_")] == []
+
+
+async def test_bootstrap_peer_restarted_on_its_address_is_rejoined(tmp_path: Path) -> None:
+    # A coordinator restarted with its identity on its port: nodes that bootstrap from it
+    # come back by themselves (MeshHost redials bootstrap peers while disconnected).
+    key, port = tmp_path / "hub.key", free_port()
+    listen = f"/ip4/127.0.0.1/tcp/{port}"
+    hub = MeshHost(listen=listen, identity_file=key)
+    await hub.start()
+    process = peer_process(tmp_path / "peer.log", "--bootstrap", hub.addrs[0]).start()
+    try:
+        await poll(lambda: process.peer_id in hub.connected_peers(), timeout=10)
+        await hub.stop()
+        again = MeshHost(listen=listen, identity_file=key)
+        await again.start()
+        try:
+            assert again.peer_id == hub.peer_id
+            await poll(lambda: process.peer_id in again.connected_peers(), timeout=15)
+            assert (
+                await again.request(process.peer_id, ECHO_PROTOCOL, b"back", timeout=5) == b"back"
+            )
+        finally:
+            await again.stop()
+    finally:
+        process.terminate()
+    assert process.wait_for("mesh_bootstrap_rejoined", timeout=1)["peer"] == hub.peer_id

@@ -1,0 +1,127 @@
+"""The coordinator's SQLite database (FR-010): migrations up and down, and records kept."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from qtask.errors import ConfigError
+from qtask.mesh.jobs import Fragment, FragmentStatus, Job, JobState
+from qtask.mesh.migrations import HEAD, current_version, migrate
+from qtask.mesh.protocol import Advert, Availability, NoiseSpec, QualityReport
+from qtask.mesh.store import MeshStore, open_migrated
+
+
+def tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {name for (name,) in rows if not name.startswith("sqlite_")}
+
+
+def test_migrations_go_up_to_head_down_to_zero_and_up_again(tmp_path: Path) -> None:
+    db = tmp_path / "mesh.db"
+    steps = open_migrated(db)
+    assert len(steps) == HEAD
+    assert steps[0].startswith("upgrade 0 -> 1")
+    assert {"jobs", "fragments", "reservation_events", "adverts", "quality_reports",
+            "decisions"} <= tables(db)  # fmt: skip
+    down = open_migrated(db, to=0)
+    assert down[0].startswith(f"downgrade {HEAD} -> {HEAD - 1}")
+    assert tables(db) == {"schema_version"}
+    assert open_migrated(db) == steps
+    assert "decisions" in tables(db)
+
+
+def test_a_downgrade_of_one_step_keeps_the_data_of_the_tables_below_it(tmp_path: Path) -> None:
+    db = tmp_path / "mesh.db"
+    open_migrated(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO jobs (id, state, qasm, shots, created_at, updated_at) "
+            "VALUES ('j', 'QUEUED', 'x', 1, 1, 1)"
+        )
+    open_migrated(db, to=1)
+    assert "decisions" not in tables(db)
+    open_migrated(db)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT id FROM jobs").fetchall() == [("j",)]
+
+
+def test_an_unknown_version_and_a_newer_database_are_refused_clearly(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "mesh.db", isolation_level=None)
+    with pytest.raises(ConfigError, match="does not exist"):
+        migrate(conn, HEAD + 1)
+    migrate(conn)
+    conn.execute("UPDATE schema_version SET version = ?", (HEAD + 5,))
+    with pytest.raises(ConfigError, match="newer than this qtask"):
+        migrate(conn)
+    assert current_version(conn) == HEAD + 5
+    conn.close()
+
+
+async def test_jobs_fragments_and_records_survive_a_reopen(tmp_path: Path) -> None:
+    store = MeshStore(tmp_path / "mesh.db")
+    job = Job("j1", JobState.QUEUED, "OPENQASM 2.0;", 100, 7, 0.9, 1.0, 1.0, owner="k")
+    await store.save_job(job)
+    await store.save_job(job.advance(JobState.COMPILING, 2.0))
+    frag = Fragment("j1-f0", 1, "node-a", FragmentStatus.EXECUTING, "r1", start=3.0)
+    await store.save_fragment("j1", frag)
+    advert = Advert(
+        node_id="node-a", gates=("h",), qubit_range=(1, 2), fidelity=0.9,
+        fidelity_measured_at=1.0, noise=NoiseSpec(), availability=Availability.AVAILABLE,
+        capacity=1, in_use=0, timestamp=1.0, seq=1,
+    )  # fmt: skip
+    await store.save_advert(advert, 1.5)
+    await store.add_quality(
+        QualityReport(kind="link", reporter="c", node_id="node-a", latency_ms=1.0, loss=0.0,
+                      measured_at=2.0), 2.1,
+    )  # fmt: skip
+    await store.add_reservation_event("r1", "node-a", "j1", "accepted", 3.0, {"window": [3, 4]})
+    await store.add_decision("j1", "j1-f0", 1, "node-a", 3.0, "best", {"nodes": []})
+    await store.close()
+
+    again = MeshStore(tmp_path / "mesh.db")
+    [unfinished] = again.unfinished_jobs()
+    assert unfinished.state is JobState.COMPILING
+    assert unfinished.seed == 7
+    assert unfinished.fragments == (frag,)
+    assert again.adverts() == [(advert, 1.5)]
+    assert again.quality_reports("node-a")[0]["latency_ms"] == 1.0
+    assert again.reservation_events("r1")[0]["detail"] == {"window": [3, 4]}
+    assert again.decisions("j1")[0]["snapshot"] == {"nodes": []}
+    assert again.job_counts() == {"COMPILING": 1}
+    await again.close()
+
+
+async def test_a_second_job_under_one_idempotency_key_returns_the_first(tmp_path: Path) -> None:
+    store = MeshStore(tmp_path / "mesh.db")
+    first = Job("j1", JobState.QUEUED, "q", 1, None, 0.0, 1.0, 1.0, idempotency_key="task-7")
+    assert await store.create_job(first) == first
+    again = Job("j2", JobState.QUEUED, "q", 1, None, 0.0, 2.0, 2.0, idempotency_key="task-7")
+    assert (await store.create_job(again)).id == "j1"
+    other_owner = Job("j3", JobState.QUEUED, "q", 1, None, 0.0, 2.0, 2.0, owner="bob",
+                      idempotency_key="task-7")  # fmt: skip
+    assert (await store.create_job(other_owner)).id == "j3"
+    assert store.job("j2") is None
+    await store.close()
+
+
+def test_the_cli_moves_the_database_to_the_version_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qtask.cli import main
+
+    db = tmp_path / "mesh.db"
+    monkeypatch.setenv("QTASK_MESH__COORDINATOR__DATABASE", str(db))
+    assert main(["coordinator", "--migrate-to", str(HEAD)]) == 0
+    assert "decisions" in tables(db)
+    assert main(["coordinator", "--migrate-to", "0"]) == 0
+    assert tables(db) == {"schema_version"}
+    printed = capsys.readouterr().out.splitlines()
+    assert (
+        printed[0]
+        == "upgrade 0 -> 1: jobs, fragments, reservation events, adverts, quality reports"
+    )
+    assert printed[-1].startswith("downgrade 1 -> 0")

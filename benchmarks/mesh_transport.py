@@ -28,18 +28,20 @@ import time
 from pathlib import Path
 
 import trio
-from libp2p import new_host
-from libp2p.custom_types import TProtocol
-from libp2p.network.config import ConnectionConfig
-from libp2p.peer.peerinfo import info_from_p2p_addr
-from multiaddr import Multiaddr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from mesh_peer import ECHO_PROTOCOL, HANG_PROTOCOL
 from meshkit import mesh_client, node_process, peer_process
+from qtask.mesh._libp2p import (
+    ConnectionConfig,
+    Multiaddr,
+    TProtocol,
+    info_from_p2p_addr,
+    new_host,
+)
 from qtask.mesh.adverts import AdvertInbox
-from qtask.mesh.host import call, encode_frame, read_frame
+from qtask.mesh.host import call
 from qtask.mesh.ir import circuit_to_ir
 from qtask.mesh.noise import bell, simulate
 from qtask.mesh.protocol import (
@@ -50,6 +52,7 @@ from qtask.mesh.protocol import (
     ExecuteRequest,
     NoiseSpec,
 )
+from qtask.mesh.wire import encode_frame, read_frame
 
 BARE_PROTOCOL = TProtocol("/qtask/bench/echo/1.0.0")
 PAYLOAD = b"x" * 200  # about an ExecuteReply of a Bell circuit's counts

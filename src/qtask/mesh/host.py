@@ -28,8 +28,9 @@ Transport details that matter (measured, ../shared/FACTS.md):
   (protocol.py); here every transport failure becomes a `MeshPeerError` subclass.
 - The publisher receives its own gossip messages; handlers get them too (signer == peer_id).
 
-Framing (protocol.py): each message is a 4-byte big-endian length and that many bytes; one
-request and one reply per stream; frames over `MAX_FRAME_BYTES` are refused at both ends.
+Framing, the key file and the mapping of transport exceptions live in wire.py; libp2p's names
+come from _libp2p.py (imported without its import-time DeprecationWarning). One request and
+one reply per stream.
 
 Nothing here knows adverts, reservations or circuits: see adverts.py and node.py.
 """
@@ -37,11 +38,7 @@ Nothing here knows adverts, reservations or circuits: see adverts.py and node.py
 from __future__ import annotations
 
 import asyncio
-import os
-import stat
-import struct
 import threading
-import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,34 +46,22 @@ from typing import Any, TypeVar
 import trio
 from pydantic import BaseModel, ValidationError
 
-with warnings.catch_warnings():
-    # libp2p's websocket transport imports websockets.legacy, deprecated since websockets 14;
-    # qtask never listens on websockets through libp2p.
-    warnings.filterwarnings("ignore", "websockets.legacy is deprecated", DeprecationWarning)
-    from libp2p import new_host
-    from libp2p.abc import INotifee
-    from libp2p.crypto.ed25519 import Ed25519PrivateKey
-    from libp2p.crypto.keys import KeyPair
-    from libp2p.custom_types import TProtocol
-    from libp2p.network.config import ConnectionConfig
-    from libp2p.peer.id import ID
-    from libp2p.peer.peerinfo import info_from_p2p_addr
-    from libp2p.protocol_muxer.exceptions import MultiselectClientError
-    from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_PROTOCOL_ID
-    from libp2p.pubsub.gossipsub import GossipSub
-    from libp2p.pubsub.pubsub import Pubsub
-    from libp2p.tools.anyio_service import background_trio_service
-    from multiaddr import Multiaddr
-
-from qtask.errors import (
-    ConfigError,
-    MeshPeerError,
-    MeshProtocolError,
-    PeerTimeoutError,
-    PeerUnreachableError,
-)
+from qtask.errors import MeshPeerError, MeshProtocolError, PeerTimeoutError
 from qtask.logs import get_logger
-from qtask.mesh.protocol import MAX_FRAME_BYTES
+from qtask.mesh._libp2p import (
+    GOSSIPSUB_PROTOCOL_ID,
+    ID,
+    ConnectionConfig,
+    GossipSub,
+    INotifee,
+    Multiaddr,
+    Pubsub,
+    TProtocol,
+    background_trio_service,
+    info_from_p2p_addr,
+    new_host,
+)
+from qtask.mesh.wire import MappedErrors, encode_frame, load_identity, read_frame
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -109,47 +94,6 @@ START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 # Gossip messages waiting for their asyncio handler, per topic, before the oldest are dropped.
 GOSSIP_BACKLOG = 10_000
-
-_LEN = struct.Struct(">I")
-
-
-def encode_frame(data: bytes) -> bytes:
-    """One frame: 4-byte big-endian length, then the bytes."""
-    if len(data) > MAX_FRAME_BYTES:
-        raise MeshProtocolError(f"frame of {len(data)} bytes is over {MAX_FRAME_BYTES}")
-    return _LEN.pack(len(data)) + data
-
-
-def load_identity(path: Path | None) -> Any:
-    """The host's Ed25519 key pair: read from `path`, or made and written there (0600).
-
-    None: a new identity per run. A key file that others can read is refused.
-    """
-    if path is None:
-        private = Ed25519PrivateKey.new()
-        return KeyPair(private, private.get_public_key())
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        private = Ed25519PrivateKey.new()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(private.to_bytes())
-        os.replace(tmp, path)
-        log.info("mesh_identity_created", identity_file=str(path))
-        return KeyPair(private, private.get_public_key())
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            f"mesh identity_file {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
-            "chmod 600 it"
-        )
-    try:
-        private = Ed25519PrivateKey.from_bytes(path.read_bytes())
-    except (ValueError, OSError) as exc:
-        raise ConfigError(f"mesh identity_file {path} holds no Ed25519 key: {exc}") from exc
-    return KeyPair(private, private.get_public_key())
 
 
 class MeshHost:
@@ -279,7 +223,7 @@ class MeshHost:
         peer = info.peer_id.to_base58()
 
         async def dial() -> None:
-            with _MappedErrors(peer, "connect"), trio.fail_after(self._dial_timeout):
+            with MappedErrors(peer, "connect"), trio.fail_after(self._dial_timeout):
                 await self._host.connect(info)
 
         await self._call(dial)
@@ -289,7 +233,7 @@ class MeshHost:
         """Publish `data` on `topic` (signed with this host's key)."""
 
         async def pub() -> None:
-            with _MappedErrors(self.peer_id, "publish"):
+            with MappedErrors(self.peer_id, "publish"):
                 await self._pubsub.publish(topic, data)
 
         await self._call(pub)
@@ -312,7 +256,7 @@ class MeshHost:
         async def exchange() -> bytes:
             try:
                 with trio.fail_after(timeout):
-                    with _MappedErrors(peer_id, protocol_id):
+                    with MappedErrors(peer_id, protocol_id):
                         stream = await self._host.new_stream(target, [TProtocol(protocol_id)])
                         try:
                             await stream.write(frame)
@@ -570,55 +514,6 @@ class _Notifee(INotifee):
 
     async def listen_close(self, network: Any, multiaddr: Any) -> None:
         pass
-
-
-async def _read_exactly(stream: Any, n: int) -> bytes:
-    parts: list[bytes] = []
-    left = n
-    while left:
-        chunk = await stream.read(left)
-        if not chunk:
-            raise PeerUnreachableError("stream ended mid-frame")
-        parts.append(chunk)
-        left -= len(chunk)
-    return b"".join(parts)
-
-
-async def read_frame(stream: Any) -> bytes:
-    """(trio side) One frame from a libp2p stream; MeshProtocolError if it is over the limit."""
-    (length,) = _LEN.unpack(await _read_exactly(stream, _LEN.size))
-    if length > MAX_FRAME_BYTES:
-        raise MeshProtocolError(f"frame of {length} bytes is over {MAX_FRAME_BYTES}")
-    return await _read_exactly(stream, length)
-
-
-class _MappedErrors:
-    """Turn libp2p's and trio's transport exceptions into qtask's mesh errors."""
-
-    def __init__(self, peer: str, what: str) -> None:
-        self._peer, self._what = peer, what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> None:
-        if exc is None or isinstance(exc, (MeshPeerError, trio.Cancelled, trio.TooSlowError)):
-            return
-        if not isinstance(exc, Exception):
-            return
-        chain: list[BaseException] = []
-        cause: BaseException | None = exc
-        while cause is not None and len(chain) < 10:
-            chain.append(cause)
-            cause = cause.__cause__ or cause.__context__
-        detail = f"{type(exc).__name__}: {exc}".rstrip(": ")
-        if any(isinstance(e, MultiselectClientError) for e in chain):
-            raise MeshProtocolError(
-                f"peer {self._peer} does not speak {self._what}: {detail}"
-            ) from exc
-        raise PeerUnreachableError(f"{self._what} to peer {self._peer} failed: {detail}") from exc
 
 
 def _succeed(future: asyncio.Future[T], result: T) -> None:

@@ -15,9 +15,10 @@ import pytest
 
 from qtask_testkit import ServerProcess, remote_env, slow_circuit, wait_done
 
-# ~20-50 ms on Aer here: 120 of them keep B's one worker busy for a few seconds.
+# ~20-50 ms on Aer here: 200 of them (the number outstanding) keep B's one worker busy
+# for several seconds.
 MEDIUM = slow_circuit(14, 10)
-TASKS = 120
+TASKS = 200
 
 
 def _stop(*servers: ServerProcess) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from qtask.mesh.protocol import NoiseSpec
+from qtask.mesh.protocol import FaultRequest, NoiseSpec
 
 # The gates an Aer node runs when its configuration names none.
 DEFAULT_GATES: tuple[str, ...] = (
@@ -43,6 +43,17 @@ class NodeSettings(BaseModel):
     calibration_shots: int = Field(default=2000, ge=100, le=100_000)
     # /live, /ready and /metrics of the node (0: a free port, logged).
     health_port: int | None = Field(default=None, ge=0, le=65535)
+    # Mesh part 2: the widest state a node accepts or returns in a hand-off. A density matrix
+    # (noisy node) is 16·4^n bytes: 16 MiB at 10 qubits; a statevector (ideal node) is
+    # 16·2^n: 64 MiB at 22 qubits, the frame limit (protocol.MAX_FRAME_BYTES is 96 MiB).
+    max_density_qubits: int = Field(default=10, ge=1, le=11)
+    max_statevector_qubits: int = Field(default=22, ge=1, le=22)
+    # Fault injection (qtask.mesh.faults): a test and experiment hook, off by default. With it
+    # on the node serves FAULT_PROTOCOL; `faults` sets faults from the start; `fault_seed`
+    # seeds the drop RNG.
+    faults_enabled: bool = False
+    faults: FaultRequest | None = None
+    fault_seed: int = 0
 
 
 class CoordinatorSettings(BaseModel):

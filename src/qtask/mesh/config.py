@@ -78,11 +78,17 @@ class CoordinatorSettings(BaseModel):
     # FR-007 timeouts per operation class, and retries with bounded exponential backoff.
     reserve_timeout_s: float = Field(default=2.0, gt=0)
     execute_timeout_s: float = Field(default=60.0, gt=0)
+    # Added to execute_timeout_s when a state travels with the request or the reply (a
+    # 10-qubit density matrix is 16 MiB each way).
+    transfer_timeout_s: float = Field(default=10.0, gt=0)
     reservation_hold_s: float = Field(default=30.0, gt=0)
     # A job no node can run yet waits this long for one to advertise (a coordinator that just
     # started or restarted has heard from nobody) before it fails with the reason.
     plan_wait_s: float = Field(default=10.0, ge=0)
     max_attempts: int = Field(default=3, ge=1, le=20)
+    # "module:function" of a planner replacing qtask.mesh.runtime.default_plan (same
+    # signature): a hook for tests and experiments that force a fragment DAG; none: the planner.
+    planner: str | None = None
     backoff_base_s: float = Field(default=0.1, gt=0)
     backoff_max_s: float = Field(default=2.0, gt=0)
 

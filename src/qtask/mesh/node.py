@@ -102,6 +102,7 @@ class ServiceNode:
         )
         self.book = ReservationBook(settings.capacity)
         self.calibration: Calibration | None = None
+        self.calibration_noise = settings.noise  # the noise the last calibration ran under
         self.running = 0
         self.draining = False
         self._gates = frozenset(settings.gates)
@@ -248,11 +249,13 @@ class ServiceNode:
 
     async def _calibrate(self) -> Calibration:
         s = self.settings
+        noise = self.noise
         kind, value = await self._child(
-            ("calibrate", (self.noise, s.calibration_shots)), CALIBRATION_TIMEOUT_S
+            ("calibrate", (noise, s.calibration_shots)), CALIBRATION_TIMEOUT_S
         )
         if kind != "ok" or not isinstance(value, Calibration):
             raise ExecutionError(f"calibration failed: {value}")
+        self.calibration_noise = noise
         return value
 
     async def _calibrate_periodically(self) -> None:
@@ -434,10 +437,10 @@ class ServiceNode:
 
     async def _expire_faults(self, after_s: float) -> None:
         await asyncio.sleep(after_s)
-        before = self.noise
         self.faults.apply(FaultRequest(action="clear"))
         log.warning("mesh_faults_expired")
-        if self.noise != before:
+        # The layer itself may have expired them already: compare with the noise measured.
+        if self.calibration_noise != self.noise:
             await self._recalibrate_now()
 
     async def _recalibrate_now(self) -> None:

@@ -3,7 +3,7 @@ three-fragment DAG with state hand-off (the seed's NFR: P95 <= 300 ms; qtask's t
 
     PYTHONPATH=src:tests .venv/bin/python benchmarks/mesh_overhead.py [-n 30] [--qubits 8]
 
-A `qtask coordinator` (planner `mesh_plans:split_halves`: two parallel halves handed on as
+A `qtask coordinator` (planner hook `mesh_plans:split_halves`: two parallel halves handed on as
 statevectors and joined by a third fragment that samples the counts) and three ideal `qtask
 node`s (2 halves' widths and one join width) on loopback; N jobs one after another through the
 FR-009 API. From each finished job's metadata, per fragment:
@@ -61,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     qasm = circuit(args.qubits)
     env = {
-        "QTASK_MESH__COORDINATOR__PLANNER": "mesh_plans:split_halves",
+        "QTASK_MESH__COORDINATOR__PLANNER_HOOK": "mesh_plans:split_halves",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
     }
     with tempfile.TemporaryDirectory() as tmp:

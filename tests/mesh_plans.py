@@ -11,7 +11,7 @@ measurement); they touch disjoint qubits, so they run in parallel and their outp
 their widest fragment (`qubit_range` max), then node id, so a test picks the route by giving
 nodes different widths; each fragment takes the first candidate no earlier fragment took, its
 fallbacks are the other candidates in that order. The coordinator loads it with
-`[mesh.coordinator] planner = "mesh_plans:split_halves"`.
+`[mesh.coordinator] planner_hook = "mesh_plans:split_halves"`.
 """
 
 from __future__ import annotations
@@ -88,4 +88,4 @@ def split_halves(
             FragmentSpec(fragment_id, ir, qubits, frozenset(gates), depends, node,
                          tuple(x for x in ordered if x != node), measure=bool(depends))
         )  # fmt: skip
-    return JobPlan(job_id, tuple(fragments), num_clbits=circuit.num_clbits)
+    return JobPlan(job_id, tuple(fragments), num_clbits=circuit.num_clbits, cregs=circuit.cregs)

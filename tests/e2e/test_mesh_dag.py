@@ -26,7 +26,7 @@ from qtask.mesh.protocol import FAULT_PROTOCOL, FaultReply, FaultRequest
 # Hand-off timeouts short enough to see a latency spike; link latency never degrades a node
 # here (the fault layer delays pings too), so fallbacks come from the runtime, not the pinger.
 COORDINATOR = {
-    "QTASK_MESH__COORDINATOR__PLANNER": "mesh_plans:split_halves",
+    "QTASK_MESH__COORDINATOR__PLANNER_HOOK": "mesh_plans:split_halves",
     "QTASK_MESH__COORDINATOR__PLAN_WAIT_S": "10",
     "QTASK_MESH__COORDINATOR__EXECUTE_TIMEOUT_S": "2.0",
     "QTASK_MESH__COORDINATOR__TRANSFER_TIMEOUT_S": "0.5",

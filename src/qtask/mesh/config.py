@@ -88,7 +88,7 @@ class CoordinatorSettings(BaseModel):
     max_attempts: int = Field(default=3, ge=1, le=20)
     # "module:function" of a planner replacing qtask.mesh.runtime.default_plan (same
     # signature): a hook for tests and experiments that force a fragment DAG; none: the planner.
-    planner: str | None = None
+    planner_hook: str | None = None
     backoff_base_s: float = Field(default=0.1, gt=0)
     backoff_max_s: float = Field(default=2.0, gt=0)
 

@@ -82,7 +82,7 @@ class CoordinatorProcess:
         # FR-010: completed fragments' output states (and each job's plan) beside the database.
         states = StateFiles(mesh.database.with_name(mesh.database.name + ".states"))
         self.runtime = Runtime(self.store, self.registry, self.host, mesh, qasm_compiler(limits),
-                               states=states, plan_job=_import_planner(mesh.planner))  # fmt: skip
+                               states=states, plan_job=_import_planner(mesh.planner_hook))  # fmt: skip
         self.pinger = Pinger(self.host, self.registry, self.store, mesh)
         self.ping_loop = SupervisedLoop(
             "mesh_pinger",
@@ -237,12 +237,12 @@ def run(settings: Settings) -> None:
 
 
 def _import_planner(path: str | None) -> PlanJob | None:
-    """The planner a `[mesh.coordinator] planner` setting names ("module:function")."""
+    """The planner a `[mesh.coordinator] planner_hook` setting names ("module:function")."""
     if path is None:
         return None
     module, _, name = path.partition(":")
     try:
         planner: PlanJob = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"mesh.coordinator.planner: cannot import {path!r}: {exc}") from exc
+        raise ConfigError(f"mesh.coordinator.planner_hook: cannot import {path!r}: {exc}") from exc
     return planner

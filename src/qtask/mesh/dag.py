@@ -88,6 +88,7 @@ class JobPlan:
     fragments: tuple[FragmentSpec, ...]
     snapshot_digest: str = ""
     num_clbits: int = 0
+    cregs: tuple[tuple[str, int], ...] = ()
 
     def fragment(self, fragment_id: str) -> FragmentSpec:
         """The fragment with this id (KeyError if none)."""
@@ -113,6 +114,7 @@ class JobPlan:
             "job_id": self.job_id,
             "snapshot_digest": self.snapshot_digest,
             "num_clbits": self.num_clbits,
+            "cregs": [list(c) for c in self.cregs],
             "fragments": [f.to_dict() for f in self.fragments],
         }
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
@@ -126,10 +128,11 @@ class JobPlan:
             fragments=tuple(FragmentSpec.from_dict(f) for f in body["fragments"]),
             snapshot_digest=body.get("snapshot_digest", ""),
             num_clbits=int(body.get("num_clbits", 0)),
+            cregs=tuple((str(n), int(k)) for n, k in body.get("cregs", ())),
         )
 
     @classmethod
-    def from_plan(cls, plan: Any, num_clbits: int) -> JobPlan:
+    def from_plan(cls, plan: Any, circuit: CircuitIR) -> JobPlan:
         """The runtime's view of a planner.Plan (the agreed shape: see docs/mesh.md)."""
         return cls(
             job_id=plan.job_id,
@@ -148,7 +151,8 @@ class JobPlan:
                 for f in plan.fragments
             ),
             snapshot_digest=str(getattr(plan, "snapshot_digest", "")),
-            num_clbits=num_clbits,
+            num_clbits=circuit.num_clbits,
+            cregs=circuit.cregs,
         )
 
 

@@ -112,7 +112,8 @@ def run_slice(
             raise ExecutionError(f"Aer could not run the slice: {result.status}")
         return None, np.asarray(result.data(0)[method], dtype=np.complex128)
     if not any(op.name == "measure" for op in ir.instructions):
-        raise ExecutionError("The circuit measures nothing, so it has no counts.")
+        # A sink that measures nothing (its qubits are not measured): its bits read 0.
+        return {zero_key(ir.num_clbits, ir.cregs): shots}, None
     result = simulator.run(circuit, shots=shots).result()
     if not result.success:
         raise ExecutionError(f"Aer could not run the slice: {result.status}")
@@ -182,8 +183,27 @@ def _permute(state: State, order: list[int], target: list[int], density: bool) -
     return np.ascontiguousarray(tensor.reshape(2**n, 2**n))
 
 
+def zero_key(num_clbits: int, cregs: Sequence[tuple[str, int]] = ()) -> str:
+    """The counts key of all bits 0, spaced by register as Aer's."""
+    return _spaced("0" * num_clbits, cregs)
+
+
+def _spaced(flat: str, cregs: Sequence[tuple[str, int]]) -> str:
+    """`flat` (clbit n-1 first) split into registers, the last register first, as Aer keys."""
+    if len(cregs) < 2:
+        return flat
+    out, end = [], len(flat)
+    for _, size in cregs:  # the first register holds the lowest clbits: the string's end
+        out.append(flat[end - size : end])
+        end -= size
+    return " ".join(reversed(out))
+
+
 def combine_counts(
-    parts: Sequence[tuple[dict[str, int], Sequence[int]]], num_clbits: int, seed: int | None
+    parts: Sequence[tuple[dict[str, int], Sequence[int]]],
+    num_clbits: int,
+    seed: int | None,
+    cregs: Sequence[tuple[str, int]] = (),
 ) -> dict[str, int]:
     """Counts of independent groups measured apart, as one distribution: each part's counts
     over the job's whole classical layout, with `clbits` the bits it measured; shots are
@@ -204,6 +224,6 @@ def combine_counts(
             flat = column[i].replace(" ", "")
             for clbit in clbits:
                 bits[clbit] = flat[len(flat) - 1 - clbit]
-        key = "".join(reversed(bits))
+        key = _spaced("".join(reversed(bits)), cregs)
         out[key] = out.get(key, 0) + 1
     return out

@@ -347,7 +347,7 @@ class Runtime:
             await self._fail(self.job(job.id), exc.reason, str(exc))
             return
         parts = [(done[f.fragment_id], _measured_clbits(f)) for f in plan.fragments if f.measure]
-        counts = combine_counts(parts, plan.num_clbits, self.job(job.id).seed)
+        counts = combine_counts(parts, plan.num_clbits, self.job(job.id).seed, plan.cregs)
         metadata = run.metadata()
         job = await self._set(self.job(job.id), JobState.COMPLETED, counts=counts,
                               metadata=metadata)  # fmt: skip

@@ -22,6 +22,7 @@ Conventions the runtime relies on:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,16 @@ from typing import Any
 
 from qtask.errors import QTaskError
 from qtask.mesh.config import PlannerSettings
+from qtask.mesh.cost import Assignment, CostModel, NodeView, nodes_from_snapshot, search
+from qtask.mesh.partition import (
+    DIRECTIVES,
+    Draft,
+    MidCircuitMeasurementError,
+    fragment_circuit,
+    groups,
+    slice_drafts,
+    whole,
+)
 from qtask.mesh.protocol import CircuitIR
 from qtask.mesh.registry import NodeEntry, Registry
 
@@ -115,7 +126,156 @@ def plan_job(
 ) -> Plan:
     """The cheapest feasible plan of `circuit` on the nodes of `snapshot` (Registry.snapshot()'s
     dict); PlanInfeasibleError with the reason when there is none."""
-    raise NotImplementedError("plan_job: the shape is committed first; the search follows")
+    nodes = nodes_from_snapshot(snapshot)
+    usable = [
+        n for n in nodes
+        if n.usable and n.node_id not in exclude and n.fidelity >= min_fidelity
+    ]  # fmt: skip
+
+    def can(node: NodeView, gates: frozenset[str], width: int, hands_off: bool) -> bool:
+        if not (gates <= node.gates and node.low <= width <= node.high):
+            return False
+        cap = config.density_max_qubits if node.noisy else config.statevector_max_qubits
+        return not hands_off or width <= cap
+
+    def runnable(gates: frozenset[str], width: int, hands_off: bool) -> bool:
+        return any(can(n, gates, width, hands_off) for n in usable)
+
+    best: tuple[tuple[float, int, str], list[Draft], Assignment] | None = None
+    mid_circuit: str | None = None
+    seen: list[list[Draft]] = []
+    for name, shape in (("whole", whole), ("groups", groups)):
+        try:
+            drafts = slice_drafts(circuit, shape(circuit), runnable)
+        except MidCircuitMeasurementError as exc:
+            mid_circuit = str(exc)
+            continue
+        if drafts in seen:
+            continue
+        seen.append(drafts)
+        multi = len(drafts) > 1
+        hands_off = [multi and (bool(d.deps) or i in _with_dependents(drafts))
+                     for i, d in enumerate(drafts)]  # fmt: skip
+        # A noisy node makes every hand-off a density matrix: not when one is wider than that cap.
+        wide = max((d.width for d, h in zip(drafts, hands_off, strict=True) if h), default=0)
+        noisy_ok = wide <= config.density_max_qubits
+        candidates = [
+            [n for n in usable if can(n, d.gates, d.width, h) and (noisy_ok or not n.noisy)]
+            for d, h in zip(drafts, hands_off, strict=True)
+        ]
+        assignment = search(CostModel(config, drafts, shots), candidates, seed)
+        if assignment is None:
+            continue
+        key = (round(assignment.estimate.cost, 9), len(drafts), name)
+        if best is None or key < best[0]:
+            best = (key, drafts, assignment)
+    if best is None:
+        raise PlanInfeasibleError(
+            _why_infeasible(circuit, nodes, config, exclude, min_fidelity, mid_circuit)
+        )
+    return _build(job_id, circuit, best[1], best[2], snapshot_digest(snapshot))
+
+
+def snapshot_digest(snapshot: Mapping[str, Any]) -> str:
+    """sha256 of the snapshot as canonical JSON, its nodes in node-id order."""
+    canonical = dict(snapshot)
+    canonical["nodes"] = sorted(snapshot.get("nodes", ()), key=lambda n: str(n["node_id"]))
+    data = json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+def _with_dependents(drafts: list[Draft]) -> frozenset[int]:
+    return frozenset(d for draft in drafts for d in draft.deps)
+
+
+def _build(
+    job_id: str, circuit: CircuitIR, drafts: list[Draft], assignment: Assignment, digest: str
+) -> Plan:
+    est = assignment.estimate
+    parents = _with_dependents(drafts)
+    ids = [f"{job_id}.f{i}" for i in range(len(drafts))]
+    fragments = tuple(
+        PlannedFragment(
+            fragment_id=ids[i],
+            circuit=fragment_circuit(circuit, draft, measure=i not in parents),
+            qubits=draft.qubits,
+            gates=draft.gates,
+            depends_on=tuple(ids[d] for d in draft.deps),
+            node_id=assignment.nodes[i].node_id,
+            fallbacks=assignment.fallbacks[i],
+            est_cost=round(est.fragment_cost[i], 6),
+            est_fidelity=round(est.fragment_fidelity[i], 6),
+            est_latency_ms=round(est.fragment_finish_ms[i], 6),
+            measure=i not in parents,
+        )
+        for i, draft in enumerate(drafts)
+    )
+    return Plan(
+        job_id=job_id,
+        fragments=fragments,
+        snapshot_digest=digest,
+        cost=round(est.cost, 6),
+        est_fidelity=round(est.fidelity, 6),
+        state_kind=est.state_kind,
+        est_latency_ms=round(est.makespan_ms, 6),
+    )
+
+
+def _why_infeasible(
+    circuit: CircuitIR,
+    nodes: list[NodeView],
+    config: PlannerSettings,
+    exclude: frozenset[str],
+    min_fidelity: float,
+    mid_circuit: str | None,
+) -> str:
+    """FR-004's actionable error: the first capability or constraint no usable node meets."""
+    if not nodes:
+        return "no service node is known to the coordinator yet"
+    excluded = (
+        f" (excluded after failures: {', '.join(sorted(exclude))})"
+        if exclude & {n.node_id for n in nodes}
+        else ""
+    )
+    alive = [n for n in nodes if n.usable and n.node_id not in exclude]
+    if not alive:
+        return (
+            f"no service node is available and healthy now ({len(nodes)} known: "
+            + ", ".join(
+                f"{n.node_id[-8:]} {n.why_unusable()}" for n in nodes if n.node_id not in exclude
+            )
+            + f"){excluded}"
+        )
+    gates = frozenset(op.name for op in circuit.instructions) - DIRECTIVES
+    for gate in sorted(gates):
+        offering = [n for n in alive if gate in n.gates]
+        if not offering:
+            return f"no available node offers `{gate}`{excluded}"
+        if all(n.fidelity < min_fidelity for n in offering):
+            best = max(n.fidelity for n in offering)
+            return (
+                f"no available node offers `{gate}` with fidelity >= {min_fidelity:g} "
+                f"(best: {best:.3f}){excluded}"
+            )
+    if mid_circuit is not None:
+        return mid_circuit
+    good = [n for n in alive if n.fidelity >= min_fidelity]
+    widest = max(groups(circuit), key=lambda d: d.width)
+    largest = max(n.high for n in good)
+    if widest.width > largest:
+        return (
+            f"the circuit links {widest.width} qubits in one group (qubits "
+            f"{list(widest.qubits)}), and no available node takes more than {largest} qubits"
+            f"{excluded}"
+        )
+    return (
+        "no assignment of fragments to available nodes meets every constraint: a split plan "
+        f"hands off states of up to {widest.width} qubits, over the hand-off caps (statevector "
+        f"{config.statevector_max_qubits} qubits on ideal nodes, density matrix "
+        f"{config.density_max_qubits} on noisy ones), or no node offering a fragment's gates "
+        f"takes its width{excluded}"
+    )
+
 
 # Directives every Aer node runs and no advert needs to list (qtask.mesh.ir.DIRECTIVES).
 _DIRECTIVES = frozenset({"barrier", "measure", "reset"})

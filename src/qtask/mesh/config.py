@@ -75,8 +75,9 @@ class PlannerSettings(BaseModel):
     busy_penalty_ms: float = Field(default=50.0, ge=0)
     # State hand-off bandwidth when the registry has no measurement (loopback py-libp2p).
     bandwidth_bytes_per_s: float = Field(default=100e6, gt=0)
-    # Calibration circuits (Bell, GHZ-3) hold ~3 gates: a node's fidelity is per this many.
-    calibration_gates: float = Field(default=3.0, gt=0)
+    # Calibration circuits (Bell: 4 operations with its measurements, GHZ-3: 6) hold 5 on
+    # average: a node's measured fidelity is taken as per this many operations.
+    calibration_gates: float = Field(default=5.0, gt=0)
     # Exact search over assignments up to this many combinations; greedy beyond.
     exact_search_max: int = Field(default=512, ge=1)
 

@@ -8,12 +8,16 @@ The cost of assigning drafts to nodes, in milliseconds-equivalent (weights: Plan
 - makespan: the DAG's critical path. A fragment finishes at max(predecessor's finish + its
   hand-off) + 2 link latencies (reserve, execute) + orchestration overhead (+ a busy node's
   penalty) + the run-time estimate (base + gates · amplitudes · ns, + shots when sampling;
-  amplitudes 2^n, or 4^n for a density matrix).
-- est_fidelity: the product over fragments of fidelity^(gates / calibration_gates): a node's
-  measured fidelity is that of its calibration circuits (~3 gates), so a fragment of g gates is
-  taken as g/3 such circuits' worth of error.
+  amplitudes 2^n, or 4^n for a density matrix). A node's fragments beyond its free slots
+  (capacity - in_use) queue: its total busy time / slots is a lower bound on the makespan.
+- est_fidelity: the product over fragments of fidelity^(ops / calibration_gates): a node's
+  measured fidelity is the mean of its calibration circuits' (Bell: 2 gates + 2 measurements,
+  GHZ-3: 3 + 3, so 5 operations on average), so a fragment of k operations (gates and
+  measurements, not barriers) is taken as k/5 such circuits' worth of error.
 - transfer: every hand-off's state bytes (16·2^n, or 16·4^n) there and back through the
-  coordinator at the node's measured bandwidth (or the configured one), plus its link latency.
+  coordinator at the node's measured bandwidth (or the configured one), plus its link latency;
+  and every fragment's orchestration overhead (messages and records at the coordinator), on
+  the critical path or not, so that a split pays for itself or is not taken.
 
 Search: exhaustive over the candidates' product up to `exact_search_max` combinations, else
 greedy in topological order followed by one pass of single-fragment improvements. Ties go to
@@ -53,6 +57,7 @@ class NodeView:
     status: str
     degraded: tuple[str, ...]
     bandwidth: float | None
+    slots: int  # free capacity: fragments it runs at once
 
     @property
     def usable(self) -> bool:
@@ -86,6 +91,7 @@ def nodes_from_snapshot(snapshot: Mapping[str, Any]) -> list[NodeView]:
                 status=str(raw.get("status", "available")),
                 degraded=tuple(raw.get("degraded", ())),
                 bandwidth=None if bandwidth is None else float(bandwidth),
+                slots=max(1, int(raw.get("capacity", 1)) - int(raw.get("in_use", 0))),
             )
         )
     return sorted(views, key=lambda n: n.node_id)
@@ -131,6 +137,7 @@ class CostModel:
         kind = self.state_kind(nodes)
         finish: list[float] = []
         costs: list[float] = []
+        own_times: list[float] = []
         fids: list[float] = []
         transfer_total = 0.0
         fidelity = 1.0
@@ -149,13 +156,21 @@ class CostModel:
                 + self._run_ms(draft, node, kind, index in self.sinks)
             )
             finish.append(start + own)
-            fid = node.fidelity ** (draft.gate_count / s.calibration_gates)
+            own_times.append(own)
+            fid = node.fidelity ** (draft.size / s.calibration_gates)
             fids.append(fid)
             fidelity *= fid
             transfer_total += incoming
             risk = s.fidelity_weight * (1 - fid)
             costs.append(s.latency_weight * own + risk + s.transfer_weight * incoming)
-        makespan = max(finish, default=0.0)
+        # Fragments sharing a node beyond its free slots queue: its busy time bounds the makespan.
+        load: dict[str, float] = {}
+        for node, own_ms in zip(nodes, own_times, strict=True):
+            load[node.node_id] = load.get(node.node_id, 0.0) + own_ms / node.slots
+        makespan = max([*finish, *load.values()], default=0.0)
+        # Every fragment is coordinator work and messages whether or not it is on the critical
+        # path: its orchestration overhead counts again here, so a split must pay for itself.
+        transfer_total += s.fragment_overhead_ms * len(nodes)
         cost = (
             s.latency_weight * makespan
             + s.fidelity_weight * (1 - fidelity)
@@ -180,7 +195,7 @@ class CostModel:
             # A density matrix when handing off; sampling alone may use per-shot trajectories.
             dense = 4.0**draft.width
             amplitudes = dense if kind == "density_matrix" else min(dense, self.shots * amplitudes)
-        run = s.run_base_ms + draft.gate_count * amplitudes * s.gate_ns_per_amplitude / 1e6
+        run = s.run_base_ms + draft.size * amplitudes * s.gate_ns_per_amplitude / 1e6
         if sink:
             run += self.shots * s.shot_us / 1000.0
         return run

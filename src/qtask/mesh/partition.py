@@ -20,7 +20,7 @@ Pure: indices and sets only, no Qiskit.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from qtask.errors import QTaskError
 from qtask.mesh.protocol import CircuitIR, Instruction
@@ -44,16 +44,12 @@ class Draft:
     deps: tuple[int, ...]  # indices of the drafts it needs (earlier in the list)
     gates: frozenset[str]  # gate names, directives left out
     terminal: bool  # holds a measurement or reset
+    size: int  # operations other than barriers: what the fidelity model counts
 
     @property
     def width(self) -> int:
         """Qubits of the state this draft evolves."""
         return len(self.qubits)
-
-    @property
-    def gate_count(self) -> int:
-        """Operations that are not barriers (the fidelity model counts these)."""
-        return len(self.ops)
 
 
 @dataclass
@@ -124,13 +120,7 @@ def groups(circuit: CircuitIR) -> list[Draft]:
     order = sorted(range(len(closed)), key=lambda k: closed[k][0].ops[0])
     position = {old: new for new, old in enumerate(order)}
     drafts = [
-        Draft(
-            closed[old][0].ops,
-            closed[old][0].qubits,
-            tuple(sorted(position[d] for d in closed[old][1])),
-            closed[old][0].gates,
-            closed[old][0].terminal,
-        )
+        replace(closed[old][0], deps=tuple(sorted(position[d] for d in closed[old][1])))
         for old in order
     ]
     return _finish(circuit, drafts)
@@ -150,8 +140,10 @@ def slice_drafts(circuit: CircuitIR, drafts: list[Draft], runnable: Runnable) ->
     for index, draft in enumerate(drafts):
         deps = tuple(last_slice[d] for d in draft.deps)
         hands_off = bool(draft.deps) or index in has_dependents
-        if runnable(draft.gates, draft.width, hands_off):
-            out.append(Draft(draft.ops, draft.qubits, deps, draft.gates, draft.terminal))
+        if runnable(draft.gates, draft.width, hands_off) or not runnable(
+            frozenset(), draft.width, True
+        ):  # runnable whole, or no node takes its width at all: slicing cannot help
+            out.append(replace(draft, deps=deps))
             last_slice[index] = len(out) - 1
             continue
         pieces: list[list[int]] = [[]]
@@ -179,6 +171,7 @@ def slice_drafts(circuit: CircuitIR, drafts: list[Draft], runnable: Runnable) ->
                     deps,
                     _gates(circuit, piece),
                     any(circuit.instructions[i].name in _TERMINAL for i in piece),
+                    _size(circuit, piece),
                 )
             )
             deps = (len(out) - 1,)
@@ -216,11 +209,16 @@ def _close(circuit: CircuitIR, group: _Group) -> Draft:
         (),
         _gates(circuit, group.ops),
         group.frozen,
+        _size(circuit, group.ops),
     )
 
 
 def _gates(circuit: CircuitIR, ops: list[int] | tuple[int, ...]) -> frozenset[str]:
     return frozenset(circuit.instructions[i].name for i in ops) - DIRECTIVES
+
+
+def _size(circuit: CircuitIR, ops: list[int] | tuple[int, ...]) -> int:
+    return sum(1 for i in ops if circuit.instructions[i].name != "barrier")
 
 
 def _finish(circuit: CircuitIR, drafts: list[Draft]) -> list[Draft]:
@@ -230,7 +228,7 @@ def _finish(circuit: CircuitIR, drafts: list[Draft]) -> list[Draft]:
         qubits = set(draft.qubits)
         for d in draft.deps:
             qubits |= set(out[d].qubits)
-        out.append(Draft(draft.ops, tuple(sorted(qubits)), draft.deps, draft.gates, draft.terminal))
+        out.append(replace(draft, qubits=tuple(sorted(qubits))))
     return out
 
 

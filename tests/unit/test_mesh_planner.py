@@ -397,3 +397,28 @@ def test_plan_from_a_real_registry_snapshot_uses_its_measured_fidelity_and_links
     assert [f.node_id for f in plan.fragments] == ["node-b"]
     assert plan.fragments[0].fallbacks == ("node-a",)
     assert plan.to_json().startswith(b'{"cost":')
+
+
+GHZ3 = ir([("h", (0,)), ("cx", (0, 1)), ("cx", (1, 2))], 3)
+
+
+def test_a_split_over_better_nodes_beats_one_noisy_node_that_runs_everything() -> None:
+    snap = snapshot(
+        node("full-noisy", fidelity=0.95, latency_ms=2.0, noisy=True),
+        node("rot", ONE_Q, fidelity=0.999, latency_ms=1.2),
+        node("two", TWO_Q, fidelity=0.998, latency_ms=1.5),
+    )
+    plan = plan_job("job", GHZ3, snap, CONFIG, seed=1)
+    assert [(f.node_id, f.fallbacks) for f in plan.fragments] == [
+        ("rot", ("full-noisy",)),
+        ("two", ("full-noisy",)),
+    ]
+    whole = plan_job("job", GHZ3, snap, CONFIG, seed=1, exclude=frozenset({"two"}))
+    assert [f.node_id for f in whole.fragments] == ["full-noisy"]
+    assert plan.cost < whole.cost
+    assert plan.est_fidelity > whole.est_fidelity
+    # Weighing latency only, the one-hop plan wins: the cost decides, not a rule.
+    fast = PlannerSettings(fidelity_weight=0.0)
+    assert [f.node_id for f in plan_job("job", GHZ3, snap, fast, seed=1).fragments] == [
+        "full-noisy"
+    ]

@@ -23,6 +23,7 @@ Conventions the runtime relies on:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -138,24 +139,32 @@ def plan_job(
         cap = config.density_max_qubits if node.noisy else config.statevector_max_qubits
         return not hands_off or width <= cap
 
-    def runnable(gates: frozenset[str], width: int, hands_off: bool) -> bool:
-        return any(can(n, gates, width, hands_off) for n in usable)
-
-    best: tuple[tuple[float, int, str], list[Draft], Assignment] | None = None
+    # Partitions to price: whole and parallel groups, each cut only where the pool of nodes it
+    # is sliced for lacks a gate or a width. Pools: every usable node, then only those with
+    # fidelity >= each measured level, so a split over better nodes competes with one worse
+    # node that runs everything (the cost decides, not a rule).
+    levels = sorted({n.fidelity for n in usable}, reverse=True)
+    pools = [usable, *([n for n in usable if n.fidelity >= level] for level in levels)]
+    best: tuple[tuple[float, int, int], list[Draft], Assignment] | None = None
     mid_circuit: str | None = None
     seen: list[list[Draft]] = []
-    for name, shape in (("whole", whole), ("groups", groups)):
+    for order, (pool, shape) in enumerate(itertools.product(pools, (whole, groups))):
+
+        def runnable(gates: frozenset[str], width: int, hands_off: bool) -> bool:
+            return any(can(n, gates, width, hands_off) for n in pool)  # noqa: B023 - used now
+
         try:
             drafts = slice_drafts(circuit, shape(circuit), runnable)
         except MidCircuitMeasurementError as exc:
-            mid_circuit = str(exc)
+            if pool is usable:
+                mid_circuit = str(exc)
             continue
         if drafts in seen:
             continue
         seen.append(drafts)
         multi = len(drafts) > 1
-        hands_off = [multi and (bool(d.deps) or i in _with_dependents(drafts))
-                     for i, d in enumerate(drafts)]  # fmt: skip
+        parents = _with_dependents(drafts)
+        hands_off = [multi and (bool(d.deps) or i in parents) for i, d in enumerate(drafts)]
         # A noisy node makes every hand-off a density matrix: not when one is wider than that cap.
         wide = max((d.width for d, h in zip(drafts, hands_off, strict=True) if h), default=0)
         noisy_ok = wide <= config.density_max_qubits
@@ -166,7 +175,7 @@ def plan_job(
         assignment = search(CostModel(config, drafts, shots), candidates, seed)
         if assignment is None:
             continue
-        key = (round(assignment.estimate.cost, 9), len(drafts), name)
+        key = (round(assignment.estimate.cost, 9), len(drafts), order)
         if best is None or key < best[0]:
             best = (key, drafts, assignment)
     if best is None:

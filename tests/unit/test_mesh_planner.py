@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from qiskit.quantum_info import Statevector
 
+from qtask.config import Settings
 from qtask.mesh.config import PlannerSettings
 from qtask.mesh.ir import ir_to_circuit
 from qtask.mesh.planner import Plan, PlanInfeasibleError, plan_job
@@ -85,6 +86,8 @@ def circuits(draw: st.DrawFn, max_qubits: int = 5, max_ops: int = 20) -> Circuit
         name = {1: lambda: draw(st.sampled_from(ONE_Q)),
                 2: lambda: draw(st.sampled_from(TWO_Q)),
                 3: lambda: "ccx"}[width]()  # fmt: skip
+        if draw(st.integers(0, 9)) == 0:  # now and then a barrier, on one group or across
+            name = "barrier"
         ops.append((name, qubits))
     return ir(ops, n)
 
@@ -135,16 +138,18 @@ def test_every_gate_is_in_exactly_one_fragment_in_per_qubit_order_with_acyclic_d
         for dep in fragment.depends_on:
             assert position[dep] < position[fragment.fragment_id]  # topological, so acyclic
         for op in fragment.circuit.instructions:
+            if op.name == "barrier":
+                continue  # kept inside a group, dropped across groups: it changes no state
             qubits = tuple(fragment.qubits[q] for q in op.qubits)
             for q in qubits:
                 per_qubit.setdefault(q, []).append((op.name, qubits))
     expected: dict[int, list[tuple[str, tuple[int, ...]]]] = {}
-    for op in circuit.instructions:
+    for op in (op for op in circuit.instructions if op.name != "barrier"):
         for q in op.qubits:
             expected.setdefault(q, []).append((op.name, op.qubits))
     assert per_qubit == expected
-    total = sum(len(f.circuit.instructions) for f in plan.fragments)
-    assert total == len(circuit.instructions)
+    gates = [op for f in plan.fragments for op in f.circuit.instructions if op.name != "barrier"]
+    assert len(gates) == sum(1 for op in circuit.instructions if op.name != "barrier")
     # Only sinks measure, and a fragment's predecessors' qubits are its own.
     sinks = {f.fragment_id for f in plan.fragments} - {
         d for f in plan.fragments for d in f.depends_on
@@ -422,3 +427,13 @@ def test_a_split_over_better_nodes_beats_one_noisy_node_that_runs_everything() -
     assert [f.node_id for f in plan_job("job", GHZ3, snap, fast, seed=1).fragments] == [
         "full-noisy"
     ]
+
+
+def test_planner_weights_are_read_from_the_coordinators_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QTASK_MESH__COORDINATOR__PLANNER__FIDELITY_WEIGHT", "0")
+    monkeypatch.setenv("QTASK_MESH__COORDINATOR__PLANNER__DENSITY_MAX_QUBITS", "8")
+    planner = Settings().mesh.coordinator.planner
+    assert (planner.fidelity_weight, planner.density_max_qubits) == (0.0, 8)
+    assert planner.latency_weight == CONFIG.latency_weight

@@ -56,6 +56,43 @@ class NodeSettings(BaseModel):
     fault_seed: int = 0
 
 
+class PlannerSettings(BaseModel):
+    """The planner's cost model and limits (`[mesh.coordinator.planner]`; docs/mesh.md,
+    "Planner and cost model"). Costs are in milliseconds-equivalent: each weight turns its
+    term into ms so the three can be added."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # cost = latency_weight * makespan_ms + fidelity_weight * (1 - est_fidelity)
+    #        + transfer_weight * transfer_ms (every state hand-off's bytes and hop).
+    latency_weight: float = Field(default=1.0, ge=0)
+    # 1000: losing 1 % of estimated fidelity costs as much as 10 ms of latency.
+    fidelity_weight: float = Field(default=1000.0, ge=0)
+    transfer_weight: float = Field(default=1.0, ge=0)
+    # Hand-off width caps. Ideal nodes pass statevectors (16·2^n B: 16 MiB at 20 qubits, within
+    # one protocol frame); noisy nodes pass density matrices (16·4^n B: 16 MiB at 10 qubits),
+    # because a statevector would carry one noise trajectory and give a wrong distribution.
+    statevector_max_qubits: int = Field(default=20, ge=1, le=22)
+    density_max_qubits: int = Field(default=10, ge=1, le=11)
+    # Run-time estimate of a fragment: base + per-amplitude gate cost (+ per shot when sampling).
+    run_base_ms: float = Field(default=5.0, ge=0)
+    gate_ns_per_amplitude: float = Field(default=2.0, ge=0)
+    shot_us: float = Field(default=1.0, ge=0)
+    # Orchestration per remote fragment (reserve + execute bookkeeping; ~7 ms measured, part 1).
+    fragment_overhead_ms: float = Field(default=7.0, ge=0)
+    # A node without a link measurement yet is assumed this far away (penalises the unknown).
+    unknown_latency_ms: float = Field(default=50.0, ge=0)
+    # A busy node answers with a later window: assumed to delay the fragment this much.
+    busy_penalty_ms: float = Field(default=50.0, ge=0)
+    # State hand-off bandwidth when the registry has no measurement (loopback py-libp2p).
+    bandwidth_bytes_per_s: float = Field(default=100e6, gt=0)
+    # Calibration circuits (Bell: 4 operations with its measurements, GHZ-3: 6) hold 5 on
+    # average: a node's measured fidelity is taken as per this many operations.
+    calibration_gates: float = Field(default=5.0, gt=0)
+    # Exact search over assignments up to this many combinations; greedy beyond.
+    exact_search_max: int = Field(default=512, ge=1)
+
+
 class CoordinatorSettings(BaseModel):
     """The coordinator (`qtask coordinator`): libp2p host, registry, job API and its database."""
 
@@ -91,6 +128,7 @@ class CoordinatorSettings(BaseModel):
     planner_hook: str | None = None
     backoff_base_s: float = Field(default=0.1, gt=0)
     backoff_max_s: float = Field(default=2.0, gt=0)
+    planner: PlannerSettings = PlannerSettings()
 
 
 class MeshSettings(BaseModel):

@@ -72,9 +72,11 @@ BOUND = 0.99
 class DagMesh:
     """A coordinator with the split planner and nodes whose widths pick the route."""
 
-    def __init__(self, root: Path, nodes: dict[str, dict[str, Any]]) -> None:
+    def __init__(
+        self, root: Path, nodes: dict[str, dict[str, Any]], env: dict[str, str] = COORDINATOR
+    ) -> None:
         self.root = root
-        self.coordinator = CoordinatorProcess(root / "coordinator", COORDINATOR).start()
+        self.coordinator = CoordinatorProcess(root / "coordinator", env).start()
         started = start_all([
             node_process(root / "nodes", name, bootstrap=[self.coordinator.addr],
                          capacity=1, faults_enabled=True, **extra)
@@ -182,6 +184,30 @@ def test_a_three_fragment_dag_on_three_nodes_gives_the_whole_circuits_counts(
     assert transfers["f2"]["bytes_in"] > 0
     for fragment, name in route.items():
         assert dag_mesh.executed(name, f"{body['job_id']}.{fragment}") == 1
+
+
+def test_the_planners_gate_level_dag_on_three_gate_limited_nodes_matches_the_whole_circuit(
+    tmp_path: Path,
+) -> None:
+    """No hook: qtask.mesh.planner cuts the circuit where each node's gate set ends (8
+    fragments here: parallel groups joined twice), and the counts are the whole circuit's."""
+    env = {k: v for k, v in COORDINATOR.items() if k != "QTASK_MESH__COORDINATOR__PLANNER_HOOK"}
+    nodes = {
+        "rotations": {"gates": ["h", "ry", "rz", "measure", "barrier"]},
+        "entangler": {"gates": ["cx", "barrier"]},
+        "prep": {"gates": ["rx", "h", "measure", "barrier"]},
+    }
+    mesh = DagMesh(tmp_path, nodes, env)
+    try:
+        body = mesh.finished(mesh.submit(circuit()))
+    finally:
+        mesh.close()
+    assert body["state"] == "COMPLETED", body
+    route = [mesh.names[r["node"]] for r in body["metadata"]["route"]]
+    print(f"\nplanner's route over {len(route)} fragments: {route}")
+    assert len(route) >= 3
+    assert set(route) == set(nodes)
+    assert hellinger_fidelity(body["counts"], exact(circuit())) >= BOUND
 
 
 @pytest.mark.parametrize(

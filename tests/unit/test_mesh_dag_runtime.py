@@ -195,3 +195,21 @@ async def test_a_restart_resumes_from_the_kept_states_without_running_them_again
     assert done.metadata is not None
     assert done.metadata["resumed"] == ["j1.f0", "j1.f1"]
     assert hellinger_fidelity(done.counts or {}, exact()) >= 0.99
+
+
+async def test_the_cost_model_planners_gate_level_split_runs_and_matches_the_whole_circuit(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, plan_job=None)
+    now = time.time()
+    for name, gates in (("rot", ("h", "ry", "rx", "rz", "measure")), ("ent", ("cx",))):
+        rig.registry.upsert(advert(name, 4).model_copy(update={"gates": gates}), now)
+        rig.mesh.add(FakeNode(name, execute=rig._slicer(name)))  # type: ignore[arg-type]
+    job = await rig.runtime.submit("qasm", 4000, 7, 0.0, None)
+    done = await rig.finished(job.id)
+    assert done.state is JobState.COMPLETED, done.error
+    assert done.metadata is not None
+    route = [r["node"] for r in done.metadata["route"]]  # type: ignore[index]
+    assert len(route) >= 3
+    assert set(route) == {"rot", "ent"}
+    assert hellinger_fidelity(done.counts or {}, exact()) >= 0.99

@@ -135,7 +135,7 @@ async def test_a_job_no_node_can_run_fails_with_the_missing_capability() -> None
     done = await rig.finished(job.id)
     assert done.state is JobState.FAILED
     assert done.error == (
-        "no available node offers `cx`, `h` on 2 qubits with fidelity >= 0.99 (best: 0.950)"
+        "no available node offers `cx` with fidelity >= 0.99 (best: 0.950)"  # the planner's words
     )
     [decision] = rig.store.decisions(job.id)
     assert decision["node_id"] is None

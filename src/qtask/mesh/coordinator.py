@@ -81,8 +81,9 @@ class CoordinatorProcess:
         limits = limits_from(settings.limits)
         # FR-010: completed fragments' output states (and each job's plan) beside the database.
         states = StateFiles(mesh.database.with_name(mesh.database.name + ".states"))
+        hook = _import_planner(mesh.planner_hook)
         self.runtime = Runtime(self.store, self.registry, self.host, mesh, qasm_compiler(limits),
-                               states=states, plan_job=_import_planner(mesh.planner_hook))  # fmt: skip
+                               states=states, plan_job=hook)  # fmt: skip
         self.pinger = Pinger(self.host, self.registry, self.store, mesh)
         self.ping_loop = SupervisedLoop(
             "mesh_pinger",

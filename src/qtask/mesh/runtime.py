@@ -35,6 +35,7 @@ from qtask.mesh.config import CoordinatorSettings
 from qtask.mesh.dag import FragmentSpec, JobPlan, StateFiles
 from qtask.mesh.handoff import State, combine_counts, decode_state, encode_state, join
 from qtask.mesh.jobs import Fragment, FragmentStatus, Job, JobState
+from qtask.mesh.planner import PlanInfeasibleError
 from qtask.mesh.protocol import (
     EXECUTE_PROTOCOL,
     RESERVE_PROTOCOL,
@@ -313,8 +314,17 @@ class Runtime:
     def _plan(
         self, job_id: str, circuit: CircuitIR, exclude: frozenset[str], min_fidelity: float
     ) -> JobPlan:
-        plan_job = self._plan_job or default_plan
-        return plan_job(self._registry, self._clock(), job_id, circuit, exclude, min_fidelity)
+        """The job's plan without `exclude` (PlanInfeasibleError with the reason): the
+        planner's cost model on the registry's snapshot, or the `planner_hook`."""
+        now = self._clock()
+        if self._plan_job is not None:
+            return self._plan_job(self._registry, now, job_id, circuit, exclude, min_fidelity)
+        job = self.job(job_id)
+        plan = planner.plan_job(
+            job_id, circuit, self._registry.snapshot(now), self._settings.planner,
+            seed=job.seed or 0, exclude=exclude, min_fidelity=min_fidelity, shots=job.shots,
+        )  # fmt: skip
+        return JobPlan.from_plan(plan, circuit)
 
     async def _run_dag(self, job: Job, run: _DagRun) -> None:
         """Run every fragment once its dependencies are done (independent ones at once)."""
@@ -719,48 +729,8 @@ class Runtime:
 _MAX_REPLANS = 2
 
 
-class PlanInfeasibleError(QTaskError):
-    """Raised by a planner when no node set can run the circuit (the message says why)."""
-
-
 # (registry, now, job_id, circuit, exclude, min_fidelity) -> JobPlan, or PlanInfeasibleError.
 PlanJob = Callable[[Registry, float, str, CircuitIR, frozenset[str], float], JobPlan]
-
-
-def default_plan(
-    registry: Registry,
-    now: float,
-    job_id: str,
-    circuit: CircuitIR,
-    exclude: frozenset[str],
-    min_fidelity: float,
-) -> JobPlan:
-    """The job's plan from qtask.mesh.planner: `plan_job` (mesh part 2, the agreed Plan
-    shape) when it has one, else part 1's single fragment on the registry's candidates."""
-    plan_job = getattr(planner, "plan_job", None)
-    if plan_job is not None:
-        error = getattr(planner, "PlanInfeasibleError", PlanInfeasibleError)
-        try:
-            plan = plan_job(job_id, circuit, registry.snapshot(now), getattr(
-                planner, "PlannerSettings", dict)(), seed=0, exclude=exclude,
-                min_fidelity=min_fidelity)  # fmt: skip
-        except error as exc:
-            raise PlanInfeasibleError(str(exc)) from exc
-        return JobPlan.from_plan(plan, circuit.num_clbits)
-    fragment = planner.plan(job_id, circuit)
-    found = [
-        e.node_id
-        for e in planner.candidates(registry, fragment, now, min_fidelity=min_fidelity)
-        if e.node_id not in exclude
-    ]
-    if not found:
-        reason = planner.infeasible(registry, fragment, now, min_fidelity)
-        if exclude and "no available node" not in reason:
-            reason = f"no node but {sorted(exclude)} can run it"
-        raise PlanInfeasibleError(reason)
-    spec = FragmentSpec(fragment.fragment_id, circuit, tuple(range(circuit.num_qubits)),
-                        fragment.gates, (), found[0], tuple(found[1:]), True)  # fmt: skip
-    return JobPlan(job_id, (spec,), num_clbits=circuit.num_clbits)
 
 
 class _FragmentFailedError(Exception):

@@ -213,3 +213,16 @@ async def test_the_cost_model_planners_gate_level_split_runs_and_matches_the_who
     assert len(route) >= 3
     assert set(route) == {"rot", "ent"}
     assert hellinger_fidelity(done.counts or {}, exact()) >= 0.99
+
+
+def test_a_kept_plan_reads_back_equal_and_its_json_is_canonical(tmp_path: Path) -> None:
+    registry = Registry(Thresholds(ttl_s=60))
+    for name, width in (("a", 2), ("b", 2), ("c", 4)):
+        registry.upsert(advert(name, width), time.time())
+    plan = split_halves(registry, time.time(), "j", circuit_to_ir(circuit()), frozenset(), 0.0)
+    files = StateFiles(tmp_path)
+    files.save_plan(plan)
+    assert files.load_plan("j") == plan
+    assert JobPlan.from_json(plan.to_json()).to_json() == plan.to_json()
+    assert [f.depends_on for f in plan.fragments] == [(), (), ("j.f0", "j.f1")]
+    assert files.load_plan("other") is None

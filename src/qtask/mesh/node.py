@@ -8,7 +8,12 @@ A node is a MeshHost that
 - answers RESERVE from its event-sourced book (reservations.py), EXECUTE by running the
   fragment on Aer under its noise model in one of `capacity` child processes
   (qtask.runtime.pool: Aer holds the GIL for a whole run, so in a thread it would freeze the
-  libp2p thread and the event loop), and PING with a Pong.
+  libp2p thread and the event loop), and PING with a Pong. EXECUTE with `input_state` /
+  `return_state` runs the slice on the state it is given and returns the output state
+  (qtask.mesh.handoff: statevectors on an ideal node, density matrices on a noisy one, wider
+  than `max_*_qubits` refused `state_too_wide`);
+- with `faults_enabled`, serves FAULT_PROTOCOL: latency, dropped requests and fidelity
+  degradation injected in its own transport (qtask.mesh.faults), a test and experiment hook.
 
 Every failure travels in the reply as an ErrorInfo with a stable code (ERROR_CODES), never as
 a bare stream reset. SIGTERM: the node advertises DRAINING, refuses new work, lets running

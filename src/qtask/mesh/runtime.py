@@ -1,18 +1,24 @@
 """The coordinator's job runtime (FR-006, FR-007, FR-010): drive each job from QUEUED to an end.
 
 COMPILING: the OpenQASM (already checked at submission by qtask's own ingestion) becomes the
-IR and one fragment (qtask.mesh.planner). RESERVING: the best candidate node in the registry is
-asked for a window (RESERVE_PROTOCOL, `reserve_timeout_s`); a refusal tries the next candidate,
-and when every candidate refuses, the job waits for the earliest `next_window` offered.
-EXECUTING: EXECUTE_PROTOCOL (`execute_timeout_s`); a failure (timeout, unreachable peer, an
-error reply) is retried after a bounded exponential backoff with jitter, on another feasible
-node when there is one, up to `max_attempts`; then the job FAILS with each attempt's error.
-The coordinator never simulates: counts come from the node that the fragment record names.
+IR, and the planner (qtask.mesh.planner.plan_job, or the `planner_hook`) a DAG of fragments
+(dag.JobPlan), kept beside the database before anything runs. Then each fragment runs once its
+dependencies are done (independent ones at once): RESERVE on its node (`reserve_timeout_s`;
+a refusal tries the next node of [node, *fallbacks], and when all refused, the job waits for
+the earliest `next_window`), then EXECUTE with the joined input state (`execute_timeout_s`,
+plus `transfer_timeout_s` when a state travels). A failure (timeout, unreachable peer, an
+error reply) is retried after a bounded exponential backoff with jitter on the next node that
+has not failed it; after `max_attempts`, or with no node left, the job is re-planned without
+the failed nodes (the fragment must keep its slice); no feasible plan: the job FAILS at once
+with the fragment-level error. A fragment's output state is kept on disk (dag.StateFiles)
+with its completed record; the measuring fragment(s)' counts, combined, complete the job with
+its metadata (route, transfers, time per stage). The coordinator never simulates.
 
 Every change is written to the database before it is acted on (a reservation is recorded as
 requested before the request leaves), so a coordinator killed at any moment restarts from what
 it wrote: `recover()` marks attempts that were in flight `abandoned`, releases their
-reservations (best effort: the node expires them anyway) and drives the job again.
+reservations (best effort: the node expires them anyway) and drives the job again from the
+kept plan, skipping fragments whose completed record and state file both exist.
 """
 
 from __future__ import annotations
@@ -548,9 +554,10 @@ class Runtime:
         reply = ReserveReply.model_validate_json(raw)
         now = self._clock()
         if reply.ok:
-            await asyncio.gather(
-                self._store.add_reservation_event(reservation_id, node, job.id, "accepted", now),
-                self._store.save_fragment(job.id, replace(record, status=FragmentStatus.RESERVED)),
+            # Not awaited: it shares the fsync of the EXECUTING record written next (the row
+            # saved before the request already lets a restart release the reservation).
+            self._background(
+                self._store.add_reservation_event(reservation_id, node, job.id, "accepted", now)
             )
             return reservation_id, None
         reason = reply.error.message if reply.error else "refused"
@@ -630,10 +637,10 @@ class Runtime:
                 )  # fmt: skip
                 raise _AttemptFailedError("node_error", f"bad_state: {exc}") from exc
             out_bytes = len(reply.state)
-            if self._states is not None:
-                await asyncio.to_thread(self._states.save_state, job.id, fragment.fragment_id,
-                                        result)  # fmt: skip
+        # The state file and the completed record are written at once: a restart counts the
+        # fragment done only when both exist (the file appears whole or not at all).
         await asyncio.gather(
+            self._keep_state(job.id, fragment, result),
             self._store.save_fragment(
                 job.id, replace(started, status=FragmentStatus.COMPLETED, end=self._clock())
             ),
@@ -652,6 +659,10 @@ class Runtime:
         log.info("mesh_fragment_completed", node=record.node_id, run_s=reply.run_s,
                  state_bytes=out_bytes)  # fmt: skip
         return result
+
+    async def _keep_state(self, job_id: str, fragment: FragmentSpec, result: Any) -> None:
+        if self._states is not None and not fragment.measure:
+            await asyncio.to_thread(self._states.save_state, job_id, fragment.fragment_id, result)
 
     async def _call(
         self, node: str, protocol: str, data: bytes, timeout: float, job: Job, record: Fragment

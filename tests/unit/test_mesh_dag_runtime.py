@@ -15,7 +15,7 @@ from qiskit.quantum_info import Statevector, hellinger_fidelity
 
 from mesh_plans import split_halves
 from qtask.mesh.config import CoordinatorSettings
-from qtask.mesh.dag import JobPlan, StateFiles
+from qtask.mesh.dag import FragmentSpec, JobPlan, StateFiles
 from qtask.mesh.handoff import child_run_slice, decode_state
 from qtask.mesh.ir import circuit_to_ir
 from qtask.mesh.jobs import Fragment, FragmentStatus, Job, JobState
@@ -226,3 +226,29 @@ def test_a_kept_plan_reads_back_equal_and_its_json_is_canonical(tmp_path: Path) 
     assert JobPlan.from_json(plan.to_json()).to_json() == plan.to_json()
     assert [f.depends_on for f in plan.fragments] == [(), (), ("j.f0", "j.f1")]
     assert files.load_plan("other") is None
+
+
+async def test_a_replan_that_cuts_the_circuit_differently_starts_the_dag_again(
+    tmp_path: Path,
+) -> None:
+    def planner(registry: Registry, now: float, job_id: str, ir: CircuitIR,
+                exclude: frozenset[str], min_fidelity: float) -> JobPlan:  # fmt: skip
+        if not exclude:  # three fragments, the join on `c` only
+            plan = split_halves(registry, now, job_id, ir, frozenset(), min_fidelity)
+            f2 = replace(plan.fragments[2], node_id="c", fallbacks=())
+            return replace(plan, fragments=(*plan.fragments[:2], f2))
+        whole = FragmentSpec(f"{job_id}.f0", ir, (0, 1, 2, 3), frozenset(GATES) - {"measure"},
+                             (), "d", (), measure=True)  # fmt: skip
+        return JobPlan(job_id, (whole,), num_clbits=ir.num_clbits, cregs=ir.cregs)
+
+    rig = Rig(tmp_path, planner)
+    for name, width in (("a", 2), ("b", 2), ("d", 5)):
+        rig.node(name, width)
+    rig.node("c", 4, down=True)
+    job = await rig.runtime.submit("qasm", 4000, 7, 0.0, None)
+    done = await rig.finished(job.id)
+    assert done.state is JobState.COMPLETED, done.error
+    assert rig.executed("d") == [f"{job.id}.f0"]  # the whole circuit, on the new plan's node
+    assert done.metadata is not None
+    assert done.metadata["replans"] == 1
+    assert hellinger_fidelity(done.counts or {}, exact()) >= 0.99

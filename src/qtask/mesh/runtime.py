@@ -333,35 +333,23 @@ class Runtime:
         return JobPlan.from_plan(plan, circuit)
 
     async def _run_dag(self, job: Job, run: _DagRun) -> None:
-        """Run every fragment once its dependencies are done (independent ones at once)."""
+        """Run every fragment once its dependencies are done (independent ones at once); a
+        re-plan that cuts the circuit differently starts the DAG again on the new plan."""
+        done = self._resumable(job, run)
+        while True:
+            try:
+                done = await self._run_fragments(job.id, run, done)
+                break
+            except _FragmentFailedError as exc:
+                await self._fail(self.job(job.id), exc.reason, str(exc))
+                return
+            except _NewPlanError as exc:
+                log.warning("mesh_job_replanned", fragments=len(exc.plan.fragments))
+                run.plan, done = exc.plan, {}
+                if self._states is not None:
+                    self._states.delete(job.id)  # the old cut's states fit no new fragment
+                    self._states.save_plan(exc.plan)
         plan = run.plan
-        done: dict[str, Any] = {}
-        completed = {f.fragment_id for f in job.fragments if f.status is FragmentStatus.COMPLETED}
-        for spec in plan.fragments:
-            if spec.measure or spec.fragment_id not in completed or self._states is None:
-                continue
-            state = self._states.load_state(job.id, spec.fragment_id)
-            if state is not None:  # FR-010: done before a restart; not run again
-                done[spec.fragment_id] = state
-                run.resumed.append(spec.fragment_id)
-        if run.resumed:
-            log.info("mesh_job_resumed", fragments=run.resumed)
-        running: dict[asyncio.Task[Any], str] = {}
-        try:
-            while len(done) < len(plan.fragments):
-                for spec in plan.ready(done, running.values()):
-                    work = self._run_fragment(job.id, run, spec, self._input(plan, spec, done))
-                    running[asyncio.ensure_future(work)] = spec.fragment_id
-                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in finished:
-                    fragment_id = running.pop(task)
-                    done[fragment_id] = task.result()  # _FragmentFailedError ends the job
-        except _FragmentFailedError as exc:
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
-            await self._fail(self.job(job.id), exc.reason, str(exc))
-            return
         parts = [(done[f.fragment_id], _measured_clbits(f)) for f in plan.fragments if f.measure]
         counts = combine_counts(parts, plan.num_clbits, self.job(job.id).seed, plan.cregs)
         metadata = run.metadata()
@@ -370,6 +358,44 @@ class Runtime:
         if self._states is not None:
             self._states.delete(job.id)
         self._finished(job, "completed", "ok")
+
+    def _resumable(self, job: Job, run: _DagRun) -> dict[str, Any]:
+        """FR-010: fragments done before a restart (completed record and state file both
+        kept), with their output states; they are not run again."""
+        done: dict[str, Any] = {}
+        completed = {f.fragment_id for f in job.fragments if f.status is FragmentStatus.COMPLETED}
+        for spec in run.plan.fragments:
+            if spec.measure or spec.fragment_id not in completed or self._states is None:
+                continue
+            state = self._states.load_state(job.id, spec.fragment_id)
+            if state is not None:
+                done[spec.fragment_id] = state
+                run.resumed.append(spec.fragment_id)
+        if run.resumed:
+            log.info("mesh_job_resumed", fragments=run.resumed)
+        return done
+
+    async def _run_fragments(
+        self, job_id: str, run: _DagRun, done: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Each fragment's result (state or counts); the first fragment error cancels the
+        others and is raised."""
+        plan = run.plan
+        running: dict[asyncio.Task[Any], str] = {}
+        try:
+            while len(done) < len(plan.fragments):
+                for spec in plan.ready(done, running.values()):
+                    work = self._run_fragment(job_id, run, spec, self._input(plan, spec, done))
+                    running[asyncio.ensure_future(work)] = spec.fragment_id
+                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    fragment_id = running.pop(task)
+                    done[fragment_id] = task.result()
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        return done
 
     def _input(self, plan: JobPlan, spec: FragmentSpec, done: dict[str, Any]) -> State | None:
         """The joined output states of the fragment's dependencies (None: start at |0..0>)."""
@@ -393,17 +419,18 @@ class Runtime:
         failures: list[str] = []
         failed_nodes: set[str] = set()
         refused: dict[str, tuple[float, float] | None] = {}  # node -> the window it offered
-        replans = 0
         while True:
             node = await self._next_node(job, spec, nodes, failed_nodes, set(refused))
             if node is None or len(failures) >= settings.max_attempts:
                 # Retries exhausted, or no node of the plan is usable: the next feasible plan.
                 exclude = frozenset(failed_nodes | refused.keys())
-                replacement = self._replan(job, run, spec, exclude, replans, failures)
+                replacement = self._replan(job, run, spec, exclude, failures)
+                if isinstance(replacement, JobPlan):
+                    run.replans += 1
+                    raise _NewPlanError(replacement)
                 if isinstance(replacement, str):
                     raise _FragmentFailedError("attempts" if failures else "infeasible",
                                                replacement)  # fmt: skip
-                replans += 1
                 run.replans += 1
                 nodes = [replacement.node_id, *replacement.fallbacks]
                 failures.clear()
@@ -495,18 +522,18 @@ class Runtime:
         run: _DagRun,
         spec: FragmentSpec,
         exclude: frozenset[str],
-        replans: int,
         failures: list[str],
-    ) -> FragmentSpec | str:
-        """The fragment's replacement in the next feasible plan without `exclude`, or the
-        fragment-level error that ends the job."""
+    ) -> FragmentSpec | JobPlan | str:
+        """The fragment's replacement in the next feasible plan without `exclude`; that whole
+        plan when it cuts the circuit differently; or the fragment-level error that ends
+        the job."""
         head = (
             f"fragment {spec.fragment_id} failed {len(failures)} times: " + "; ".join(failures)
             if failures
             else f"fragment {spec.fragment_id}: no node of its plan is usable"
         )
-        if replans >= _MAX_REPLANS:
-            return f"{head}; re-planned {replans} times already"
+        if run.replans >= _MAX_REPLANS:
+            return f"{head}; re-planned {run.replans} times already"
         try:
             plan = self._plan(job.id, run.circuit, exclude, job.min_fidelity)
         except PlanInfeasibleError as exc:
@@ -514,10 +541,10 @@ class Runtime:
         try:
             new = plan.fragment(spec.fragment_id)
         except KeyError:
-            return f"{head}; the next plan cuts the circuit differently"
+            return plan
         if (new.circuit, new.qubits, new.depends_on) != (spec.circuit, spec.qubits,
                                                          spec.depends_on):  # fmt: skip
-            return f"{head}; the next plan cuts the circuit differently"
+            return plan
         return new
 
     async def _reserve(
@@ -735,13 +762,21 @@ class Runtime:
             event.set()
 
 
-# A fragment whose node list is used up is re-planned at most this often (each re-plan
-# excludes every node that failed it so far, so more would rarely find another).
+# A job's drive re-plans at most this often (each re-plan excludes every node that failed the
+# fragment so far, so more would rarely find another).
 _MAX_REPLANS = 2
 
 
 # (registry, now, job_id, circuit, exclude, min_fidelity) -> JobPlan, or PlanInfeasibleError.
 PlanJob = Callable[[Registry, float, str, CircuitIR, frozenset[str], float], JobPlan]
+
+
+class _NewPlanError(Exception):
+    """A re-plan cut the circuit differently: the DAG starts again on `plan`."""
+
+    def __init__(self, plan: JobPlan) -> None:
+        super().__init__("re-planned")
+        self.plan = plan
 
 
 class _FragmentFailedError(Exception):

@@ -134,7 +134,7 @@ def test_an_infeasible_constraint_fails_the_job_with_the_reason(client: TestClie
     )
     body = finished(client, response.json()["job_id"])
     assert body["state"] == "FAILED"
-    assert body["error"].startswith("no available node offers `cx`, `h` on 2 qubits with ")
+    assert body["error"].startswith("no available node offers `cx` with fidelity >= 0.999")
 
 
 def test_an_unknown_job_answers_404_naming_it(client: TestClient) -> None:

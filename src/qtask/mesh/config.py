@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from qtask.mesh.protocol import NoiseSpec
+from qtask.mesh.protocol import FaultRequest, NoiseSpec
 
 # The gates an Aer node runs when its configuration names none.
 DEFAULT_GATES: tuple[str, ...] = (
@@ -43,6 +43,54 @@ class NodeSettings(BaseModel):
     calibration_shots: int = Field(default=2000, ge=100, le=100_000)
     # /live, /ready and /metrics of the node (0: a free port, logged).
     health_port: int | None = Field(default=None, ge=0, le=65535)
+    # Mesh part 2: the widest state a node accepts or returns in a hand-off. A density matrix
+    # (noisy node) is 16·4^n bytes: 16 MiB at 10 qubits; a statevector (ideal node) is
+    # 16·2^n: 64 MiB at 22 qubits, the frame limit (protocol.MAX_FRAME_BYTES is 96 MiB).
+    max_density_qubits: int = Field(default=10, ge=1, le=11)
+    max_statevector_qubits: int = Field(default=22, ge=1, le=22)
+    # Fault injection (qtask.mesh.faults): a test and experiment hook, off by default. With it
+    # on the node serves FAULT_PROTOCOL; `faults` sets faults from the start; `fault_seed`
+    # seeds the drop RNG.
+    faults_enabled: bool = False
+    faults: FaultRequest | None = None
+    fault_seed: int = 0
+
+
+class PlannerSettings(BaseModel):
+    """The planner's cost model and limits (`[mesh.coordinator.planner]`; docs/mesh.md,
+    "Planner and cost model"). Costs are in milliseconds-equivalent: each weight turns its
+    term into ms so the three can be added."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # cost = latency_weight * makespan_ms + fidelity_weight * (1 - est_fidelity)
+    #        + transfer_weight * transfer_ms (every state hand-off's bytes and hop).
+    latency_weight: float = Field(default=1.0, ge=0)
+    # 1000: losing 1 % of estimated fidelity costs as much as 10 ms of latency.
+    fidelity_weight: float = Field(default=1000.0, ge=0)
+    transfer_weight: float = Field(default=1.0, ge=0)
+    # Hand-off width caps. Ideal nodes pass statevectors (16·2^n B: 16 MiB at 20 qubits, within
+    # one protocol frame); noisy nodes pass density matrices (16·4^n B: 16 MiB at 10 qubits),
+    # because a statevector would carry one noise trajectory and give a wrong distribution.
+    statevector_max_qubits: int = Field(default=20, ge=1, le=22)
+    density_max_qubits: int = Field(default=10, ge=1, le=11)
+    # Run-time estimate of a fragment: base + per-amplitude gate cost (+ per shot when sampling).
+    run_base_ms: float = Field(default=5.0, ge=0)
+    gate_ns_per_amplitude: float = Field(default=2.0, ge=0)
+    shot_us: float = Field(default=1.0, ge=0)
+    # Orchestration per remote fragment (reserve + execute bookkeeping; ~7 ms measured, part 1).
+    fragment_overhead_ms: float = Field(default=7.0, ge=0)
+    # A node without a link measurement yet is assumed this far away (penalises the unknown).
+    unknown_latency_ms: float = Field(default=50.0, ge=0)
+    # A busy node answers with a later window: assumed to delay the fragment this much.
+    busy_penalty_ms: float = Field(default=50.0, ge=0)
+    # State hand-off bandwidth when the registry has no measurement (loopback py-libp2p).
+    bandwidth_bytes_per_s: float = Field(default=100e6, gt=0)
+    # Calibration circuits (Bell: 4 operations with its measurements, GHZ-3: 6) hold 5 on
+    # average: a node's measured fidelity is taken as per this many operations.
+    calibration_gates: float = Field(default=5.0, gt=0)
+    # Exact search over assignments up to this many combinations; greedy beyond.
+    exact_search_max: int = Field(default=512, ge=1)
 
 
 class CoordinatorSettings(BaseModel):
@@ -67,13 +115,20 @@ class CoordinatorSettings(BaseModel):
     # FR-007 timeouts per operation class, and retries with bounded exponential backoff.
     reserve_timeout_s: float = Field(default=2.0, gt=0)
     execute_timeout_s: float = Field(default=60.0, gt=0)
+    # Added to execute_timeout_s when a state travels with the request or the reply (a
+    # 10-qubit density matrix is 16 MiB each way).
+    transfer_timeout_s: float = Field(default=10.0, gt=0)
     reservation_hold_s: float = Field(default=30.0, gt=0)
     # A job no node can run yet waits this long for one to advertise (a coordinator that just
     # started or restarted has heard from nobody) before it fails with the reason.
     plan_wait_s: float = Field(default=10.0, ge=0)
     max_attempts: int = Field(default=3, ge=1, le=20)
+    # "module:function" of a planner replacing qtask.mesh.runtime.default_plan (same
+    # signature): a hook for tests and experiments that force a fragment DAG; none: the planner.
+    planner_hook: str | None = None
     backoff_base_s: float = Field(default=0.1, gt=0)
     backoff_max_s: float = Field(default=2.0, gt=0)
+    planner: PlannerSettings = PlannerSettings()
 
 
 class MeshSettings(BaseModel):

@@ -1,18 +1,24 @@
 """The coordinator's job runtime (FR-006, FR-007, FR-010): drive each job from QUEUED to an end.
 
 COMPILING: the OpenQASM (already checked at submission by qtask's own ingestion) becomes the
-IR and one fragment (qtask.mesh.planner). RESERVING: the best candidate node in the registry is
-asked for a window (RESERVE_PROTOCOL, `reserve_timeout_s`); a refusal tries the next candidate,
-and when every candidate refuses, the job waits for the earliest `next_window` offered.
-EXECUTING: EXECUTE_PROTOCOL (`execute_timeout_s`); a failure (timeout, unreachable peer, an
-error reply) is retried after a bounded exponential backoff with jitter, on another feasible
-node when there is one, up to `max_attempts`; then the job FAILS with each attempt's error.
-The coordinator never simulates: counts come from the node that the fragment record names.
+IR, and the planner (qtask.mesh.planner.plan_job, or the `planner_hook`) a DAG of fragments
+(dag.JobPlan), kept beside the database before anything runs. Then each fragment runs once its
+dependencies are done (independent ones at once): RESERVE on its node (`reserve_timeout_s`;
+a refusal tries the next node of [node, *fallbacks], and when all refused, the job waits for
+the earliest `next_window`), then EXECUTE with the joined input state (`execute_timeout_s`,
+plus `transfer_timeout_s` when a state travels). A failure (timeout, unreachable peer, an
+error reply) is retried after a bounded exponential backoff with jitter on the next node that
+has not failed it; after `max_attempts`, or with no node left, the job is re-planned without
+the failed nodes (the fragment must keep its slice); no feasible plan: the job FAILS at once
+with the fragment-level error. A fragment's output state is kept on disk (dag.StateFiles)
+with its completed record; the measuring fragment(s)' counts, combined, complete the job with
+its metadata (route, transfers, time per stage). The coordinator never simulates.
 
 Every change is written to the database before it is acted on (a reservation is recorded as
 requested before the request leaves), so a coordinator killed at any moment restarts from what
 it wrote: `recover()` marks attempts that were in flight `abandoned`, releases their
-reservations (best effort: the node expires them anyway) and drives the job again.
+reservations (best effort: the node expires them anyway) and drives the job again from the
+kept plan, skipping fragments whose completed record and state file both exist.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, cast
 
 import structlog
 
@@ -31,16 +37,26 @@ from qtask.errors import CircuitError, QTaskError
 from qtask.logs import get_logger
 from qtask.mesh import coord_metrics as metrics
 from qtask.mesh import planner
+from qtask.mesh.attempts import (
+    FragmentAttempts,
+    JobRecords,
+    _DagRun,
+    _FragmentFailedError,
+    _measured_clbits,
+    _ms,
+    _NewPlanError,
+)
+
+# MeshPort and PlanJob are re-exported: the pinger and the coordinator import them from here.
+from qtask.mesh.attempts import MeshPort as MeshPort
+from qtask.mesh.attempts import PlanJob as PlanJob
 from qtask.mesh.config import CoordinatorSettings
-from qtask.mesh.jobs import Fragment, FragmentStatus, Job, JobState
+from qtask.mesh.dag import FragmentSpec, JobPlan, StateFiles
+from qtask.mesh.handoff import State, combine_counts, join
+from qtask.mesh.jobs import FragmentStatus, Job, JobState
+from qtask.mesh.planner import PlanInfeasibleError
 from qtask.mesh.protocol import (
-    EXECUTE_PROTOCOL,
-    RESERVE_PROTOCOL,
     CircuitIR,
-    ExecuteReply,
-    ExecuteRequest,
-    ReserveReply,
-    ReserveRequest,
 )
 from qtask.mesh.registry import Registry
 
@@ -48,78 +64,16 @@ log = get_logger("mesh.runtime")
 
 # How often a job waiting for a feasible node looks at the registry again.
 _PLAN_POLL_S = 0.1
-# A reservation release is a courtesy (the node expires it anyway): it gets this long.
-_RELEASE_TIMEOUT_S = 2.0
 
 
 class JobNotFoundError(QTaskError):
     """Raised when no mesh job has the given id."""
 
 
-class MeshPort(Protocol):
-    """What the runtime needs of the libp2p host (qtask.mesh.host.MeshHost)."""
-
-    @property
-    def peer_id(self) -> str: ...
-
-    async def request(
-        self, peer_id: str, protocol_id: str, data: bytes, *, timeout: float
-    ) -> bytes: ...
-
-    async def publish(self, topic: str, data: bytes) -> None: ...
-
-
-class JobRecords(Protocol):
-    """What the runtime writes and reads (qtask.mesh.store.MeshStore; InMemoryMeshStore)."""
-
-    async def save_job(self, job: Job) -> None: ...
-
-    async def create_job(self, job: Job) -> Job: ...
-
-    async def save_fragment(self, job_id: str, fragment: Fragment) -> None: ...
-
-    def job(self, job_id: str) -> Job | None: ...
-
-    def unfinished_jobs(self) -> list[Job]: ...
-
-    async def add_reservation_event(
-        self,
-        reservation_id: str,
-        node_id: str,
-        job_id: str | None,
-        kind: str,
-        at: float,
-        detail: dict[str, Any] | None = None,
-    ) -> None: ...
-
-    async def add_decision(
-        self,
-        job_id: str,
-        fragment_id: str,
-        attempt: int,
-        node_id: str | None,
-        at: float,
-        reason: str,
-        snapshot: dict[str, object],
-    ) -> None: ...
-
-
 Compile = Callable[[str], CircuitIR]
 
 
-# Node error codes that no other node would answer differently: the job fails at once (a
-# deterministic failure retried with backoff only delays its answer).
-FINAL_CODES = frozenset({"invalid_circuit", "bad_request"})
-
-
-class _AttemptFailedError(Exception):
-    def __init__(self, reason: str, message: str, *, final: bool = False) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.final = final
-
-
-class Runtime:
+class Runtime(FragmentAttempts):
     """Jobs: submission, the drive of each to its end, reads and waits, and recovery."""
 
     def __init__(
@@ -132,6 +86,8 @@ class Runtime:
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        states: StateFiles | None = None,
+        plan_job: PlanJob | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -140,6 +96,8 @@ class Runtime:
         self._compile = compile_circuit
         self._clock = clock
         self._rng = rng or random.Random()
+        self._states = states
+        self._plan_job = plan_job
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed: dict[str, asyncio.Event] = {}
         self._stopping = False
@@ -256,6 +214,7 @@ class Runtime:
                     await self._fail(current, "internal", f"internal error: {exc}")
 
     async def _run(self, job: Job) -> None:
+        started = time.monotonic()
         if job.state in (JobState.QUEUED, JobState.COMPILING):
             job = await self._set(job, JobState.COMPILING)
         try:
@@ -263,231 +222,134 @@ class Runtime:
         except CircuitError as exc:
             await self._fail(job, "invalid_circuit", str(exc))
             return
-        fragment = planner.plan(job.id, circuit)
-        if job.state is not JobState.RESERVING:
-            job = await self._set(job, JobState.RESERVING)
-        await self._execute_fragment(job, fragment)
-
-    async def _execute_fragment(self, job: Job, fragment: planner.FragmentPlan) -> None:
-        settings = self._settings
-        attempt = max((f.attempt for f in job.fragments), default=0)
-        failures: list[str] = []
-        failed_nodes: set[str] = set()
-        refused: dict[str, tuple[float, float] | None] = {}  # node -> the window it offered
-        while len(failures) < settings.max_attempts:
-            avoid = frozenset(failed_nodes | refused.keys())
-            node = await self._choose(job, fragment, attempt + 1, avoid)
-            if node is None:
+        compiled = time.monotonic()
+        plan = None if self._states is None else self._states.load_plan(job.id)
+        if plan is None:
+            plan = await self._first_plan(job, circuit)
+            if plan is None:
                 return
-            if node in refused:
-                # Every candidate refused: wait for the earliest window offered (bounded), then
-                # ask again. A whole round of refusals counts as one failed attempt.
-                windows = [w[0] for w in refused.values() if w is not None]
-                wait = min(windows, default=self._clock()) - self._clock()
-                failures.append(f"every candidate refused a reservation ({len(refused)} nodes)")
-                metrics.FRAGMENT_FAILURES.labels("rejected").inc()
-                refused.clear()
-                await asyncio.sleep(min(max(wait, self._backoff(len(failures))),
-                                        settings.reservation_hold_s))  # fmt: skip
-                continue
-            attempt += 1
-            if failures or refused:
-                metrics.RETRIES.inc()
-            with structlog.contextvars.bound_contextvars(
-                fragment_id=fragment.fragment_id, attempt=attempt, node=node
-            ):
-                try:
-                    reservation, window = await self._reserve(job, fragment, attempt, node)
-                    if reservation is None:
-                        refused[node] = window
-                        job = self.job(job.id)
-                        continue  # the next candidate
-                    job = await self._set(self.job(job.id), JobState.EXECUTING)
-                    counts = await self._execute(job, fragment, reservation)
-                except _AttemptFailedError as exc:
-                    metrics.FRAGMENT_FAILURES.labels(exc.reason).inc()
-                    failures.append(f"attempt {attempt} on {node}: {exc}")
-                    failed_nodes.add(node)
-                    log.warning("mesh_fragment_failed", reason=exc.reason, error=str(exc))
-                    if exc.final:
-                        await self._fail(self.job(job.id), "invalid_circuit", failures[-1])
-                        return
-                    job = self.job(job.id)
-                    if job.state is JobState.EXECUTING:
-                        job = await self._set(job, JobState.RESERVING)
-                    if len(failures) < settings.max_attempts:
-                        await asyncio.sleep(self._backoff(len(failures)))
-                    continue
-            job = await self._set(self.job(job.id), JobState.COMPLETED, counts=counts)
-            self._finished(job, "completed", "ok")
-            return
-        await self._fail(
-            self.job(job.id),
-            "attempts",
-            f"fragment {fragment.fragment_id} failed {len(failures)} times: " + "; ".join(failures),
-        )
+            if self._states is not None:
+                self._states.save_plan(plan)
+        if job.state is JobState.COMPILING:
+            job = await self._set(job, JobState.RESERVING)
+        run = _DagRun(plan, circuit, {"compile_ms": _ms(compiled - started),
+                                      "plan_ms": _ms(time.monotonic() - compiled)})  # fmt: skip
+        await self._run_dag(self.job(job.id), run)
 
-    async def _choose(
-        self, job: Job, fragment: planner.FragmentPlan, attempt: int, failed: frozenset[str]
-    ) -> str | None:
-        """The node for the next attempt, with the decision recorded; None when none is
-        feasible within `plan_wait_s` (the job has then FAILED with the reason)."""
+    async def _first_plan(self, job: Job, circuit: CircuitIR) -> JobPlan | None:
+        """The job's plan, waiting up to `plan_wait_s` for nodes to advertise; None when no
+        plan is feasible (the job has then FAILED with the planner's reason)."""
         deadline = self._clock() + self._settings.plan_wait_s
         while True:
             now = self._clock()
-            found = planner.candidates(
-                self._registry, fragment, now, min_fidelity=job.min_fidelity, exclude=failed
-            )
-            if found:
-                node = found[0].node_id
-                await self._store.add_decision(
-                    job.id, fragment.fragment_id, attempt, node, now,
-                    f"best of {len(found)} candidates", self._registry.snapshot(now),
-                )  # fmt: skip
-                return node
-            if now >= deadline:
-                reason = planner.infeasible(self._registry, fragment, now, job.min_fidelity)
-                await self._store.add_decision(
-                    job.id, fragment.fragment_id, attempt, None, now, reason,
-                    self._registry.snapshot(now),
-                )  # fmt: skip
-                await self._fail(self.job(job.id), "infeasible", reason)
+            try:
+                plan = self._plan(job.id, circuit, frozenset(), job.min_fidelity)
+            except PlanInfeasibleError as exc:
+                if now < deadline:
+                    # Nodes not yet heard from (a fresh or restarted coordinator) may advertise.
+                    await asyncio.sleep(_PLAN_POLL_S)
+                    continue
+                await self._store.add_decision(job.id, f"{job.id}.f0", 1, None, now, str(exc),
+                                               self._registry.snapshot(now))  # fmt: skip
+                await self._fail(self.job(job.id), "infeasible", str(exc))
                 return None
-            # Nodes not yet heard from (a fresh or restarted coordinator) may advertise soon.
-            await asyncio.sleep(_PLAN_POLL_S)
+            snapshot = self._registry.snapshot(now)
+            for fragment in plan.fragments:
+                await self._store.add_decision(
+                    job.id, fragment.fragment_id, 1, fragment.node_id, now,
+                    f"planned ({len(plan.fragments)} fragments); fallbacks "
+                    f"{list(fragment.fallbacks)}", snapshot,
+                )  # fmt: skip
+            return plan
 
-    async def _reserve(
-        self, job: Job, fragment: planner.FragmentPlan, attempt: int, node: str
-    ) -> tuple[str | None, tuple[float, float] | None]:
-        """(the reservation id, None), or (None, the next window offered) when the node
-        refused; _AttemptFailedError when the node could not be asked."""
-        settings = self._settings
+    def _plan(
+        self, job_id: str, circuit: CircuitIR, exclude: frozenset[str], min_fidelity: float
+    ) -> JobPlan:
+        """The job's plan without `exclude` (PlanInfeasibleError with the reason): the
+        planner's cost model on the registry's snapshot, or the `planner_hook`."""
         now = self._clock()
-        reservation_id = uuid.uuid4().hex
-        request = ReserveRequest(
-            correlation_id=f"{job.id}:{attempt}",
-            reservation_id=reservation_id,
-            job_id=job.id,
-            fragment_id=fragment.fragment_id,
-            gates=tuple(sorted(fragment.gates)),
-            num_qubits=fragment.num_qubits,
-            window_start=now,
-            window_end=now + settings.reservation_hold_s,
-            min_fidelity=job.min_fidelity,
-        )
-        record = Fragment(fragment.fragment_id, attempt, node, FragmentStatus.RESERVING,
-                          reservation_id)  # fmt: skip
-        await self._store.save_fragment(job.id, record)
-        await self._store.add_reservation_event(
-            reservation_id, node, job.id, "requested", now,
-            {"window": [request.window_start, request.window_end]},
+        if self._plan_job is not None:
+            return self._plan_job(self._registry, now, job_id, circuit, exclude, min_fidelity)
+        job = self.job(job_id)
+        plan = planner.plan_job(
+            job_id, circuit, self._registry.snapshot(now), self._settings.planner,
+            seed=job.seed or 0, exclude=exclude, min_fidelity=min_fidelity, shots=job.shots,
         )  # fmt: skip
-        raw = await self._call(node, RESERVE_PROTOCOL, request.model_dump_json().encode(),
-                               settings.reserve_timeout_s, job, record)  # fmt: skip
-        reply = ReserveReply.model_validate_json(raw)
-        now = self._clock()
-        if reply.ok:
-            await self._store.add_reservation_event(reservation_id, node, job.id, "accepted", now)
-            await self._store.save_fragment(job.id, replace(record, status=FragmentStatus.RESERVED))
-            return reservation_id, None
-        reason = reply.error.message if reply.error else "refused"
-        await self._store.add_reservation_event(
-            reservation_id, node, job.id, "rejected", now,
-            {"reason": reason, "next_window": reply.next_window},
-        )  # fmt: skip
-        await self._store.save_fragment(
-            job.id, replace(record, status=FragmentStatus.FAILED, end=now,
-                            error=f"reservation refused: {reason}"),
-        )  # fmt: skip
-        metrics.FRAGMENT_FAILURES.labels("rejected").inc()
-        log.info("mesh_reservation_refused", reason=reason, next_window=reply.next_window)
-        return None, reply.next_window
+        return JobPlan.from_plan(plan, circuit)
 
-    async def _execute(
-        self, job: Job, fragment: planner.FragmentPlan, reservation_id: str
-    ) -> dict[str, int]:
-        record = next(f for f in self.job(job.id).fragments if f.reservation_id == reservation_id)
-        started = replace(record, status=FragmentStatus.EXECUTING, start=self._clock())
-        await self._store.save_fragment(job.id, started)
-        request = ExecuteRequest(
-            correlation_id=f"{job.id}:{record.attempt}",
-            job_id=job.id,
-            fragment_id=fragment.fragment_id,
-            reservation_id=reservation_id,
-            circuit=fragment.circuit,
-            shots=job.shots,
-            seed=job.seed,
-        )
-        raw = await self._call(record.node_id, EXECUTE_PROTOCOL,
-                               request.model_dump_json().encode(),
-                               self._settings.execute_timeout_s, job, started)  # fmt: skip
-        reply = ExecuteReply.model_validate_json(raw)
-        now = self._clock()
-        if not reply.ok or reply.counts is None:
-            error = reply.error.message if reply.error else "the node returned no counts"
-            code = reply.error.code if reply.error else "no_counts"
-            await self._store.save_fragment(
-                job.id, replace(started, status=FragmentStatus.FAILED, end=now,
-                                error=f"{code}: {error}"),
-            )  # fmt: skip
-            self._background(self._release(job.id, started))
-            raise _AttemptFailedError("node_error", f"{code}: {error}", final=code in FINAL_CODES)
-        await self._store.save_fragment(
-            job.id, replace(started, status=FragmentStatus.COMPLETED, end=now)
-        )
-        await self._store.add_reservation_event(reservation_id, record.node_id, job.id,
-                                                "used", now, {"run_s": reply.run_s})  # fmt: skip
-        # The node keeps the window until its end unless told: give the slot back now.
-        self._background(self._release(job.id, started))
-        log.info("mesh_fragment_completed", node=record.node_id, run_s=reply.run_s)
-        return reply.counts
+    async def _run_dag(self, job: Job, run: _DagRun) -> None:
+        """Run every fragment once its dependencies are done (independent ones at once); a
+        re-plan that cuts the circuit differently starts the DAG again on the new plan."""
+        done = self._resumable(job, run)
+        while True:
+            try:
+                done = await self._run_fragments(job.id, run, done)
+                break
+            except _FragmentFailedError as exc:
+                await self._fail(self.job(job.id), exc.reason, str(exc))
+                return
+            except _NewPlanError as exc:
+                log.warning("mesh_job_replanned", fragments=len(exc.plan.fragments))
+                run.plan, done = exc.plan, {}
+                if self._states is not None:
+                    self._states.delete(job.id)  # the old cut's states fit no new fragment
+                    self._states.save_plan(exc.plan)
+        plan = run.plan
+        parts = [(done[f.fragment_id], _measured_clbits(f)) for f in plan.fragments if f.measure]
+        counts = combine_counts(parts, plan.num_clbits, self.job(job.id).seed, plan.cregs)
+        metadata = run.metadata()
+        job = await self._set(self.job(job.id), JobState.COMPLETED, counts=counts,
+                              metadata=metadata)  # fmt: skip
+        if self._states is not None:
+            self._states.delete(job.id)
+        self._finished(job, "completed", "ok")
 
-    async def _call(
-        self, node: str, protocol: str, data: bytes, timeout: float, job: Job, record: Fragment
-    ) -> bytes:
-        """One request; a transport failure is recorded on the attempt and raised as
-        _AttemptFailedError."""
+    def _resumable(self, job: Job, run: _DagRun) -> dict[str, Any]:
+        """FR-010: fragments done before a restart (completed record and state file both
+        kept), with their output states; they are not run again."""
+        done: dict[str, Any] = {}
+        completed = {f.fragment_id for f in job.fragments if f.status is FragmentStatus.COMPLETED}
+        for spec in run.plan.fragments:
+            if spec.measure or spec.fragment_id not in completed or self._states is None:
+                continue
+            state = self._states.load_state(job.id, spec.fragment_id)
+            if state is not None:
+                done[spec.fragment_id] = state
+                run.resumed.append(spec.fragment_id)
+        if run.resumed:
+            log.info("mesh_job_resumed", fragments=run.resumed)
+        return done
+
+    async def _run_fragments(
+        self, job_id: str, run: _DagRun, done: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Each fragment's result (state or counts); the first fragment error cancels the
+        others and is raised."""
+        plan = run.plan
+        running: dict[asyncio.Task[Any], str] = {}
         try:
-            return await self._mesh.request(node, protocol, data, timeout=timeout)
-        except (QTaskError, TimeoutError, OSError) as exc:
-            reason = (
-                "timeout"
-                if "timeout" in type(exc).__name__.lower() or isinstance(exc, TimeoutError)
-                else "unreachable"
-            )
-            message = f"{protocol} to {node}: {type(exc).__name__}: {exc}".rstrip(": ")
-            await self._store.save_fragment(
-                job.id, replace(record, status=FragmentStatus.FAILED, end=self._clock(),
-                                error=message),
-            )  # fmt: skip
-            raise _AttemptFailedError(reason, message) from exc
+            while len(done) < len(plan.fragments):
+                for spec in plan.ready(done, running.values()):
+                    work = self._run_fragment(job_id, run, spec, self._input(plan, spec, done))
+                    running[asyncio.ensure_future(work)] = spec.fragment_id
+                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    fragment_id = running.pop(task)
+                    done[fragment_id] = task.result()
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        return done
 
-    async def _release(self, job_id: str, fragment: Fragment) -> None:
-        if fragment.reservation_id is None:
-            return
-        request = ReserveRequest(
-            action="release",
-            correlation_id=f"{job_id}:{fragment.attempt}:release",
-            reservation_id=fragment.reservation_id,
-            job_id=job_id,
-            fragment_id=fragment.fragment_id,
-        )
-        try:
-            await self._mesh.request(fragment.node_id, RESERVE_PROTOCOL,
-                                     request.model_dump_json().encode(),
-                                     timeout=_RELEASE_TIMEOUT_S)  # fmt: skip
-            kind = "released"
-        except (QTaskError, TimeoutError, OSError):
-            kind = "release_failed"  # the node expires it at the window's end
-        await self._store.add_reservation_event(
-            fragment.reservation_id, fragment.node_id, job_id, kind, self._clock()
-        )
-
-    def _backoff(self, failures: int) -> float:
-        """Bounded exponential backoff with jitter: half fixed, half random."""
-        settings = self._settings
-        cap = min(settings.backoff_max_s, settings.backoff_base_s * 2 ** (failures - 1))
-        return float(cap / 2 + self._rng.uniform(0, cap / 2))
+    def _input(self, plan: JobPlan, spec: FragmentSpec, done: dict[str, Any]) -> State | None:
+        """The joined output states of the fragment's dependencies (None: start at |0..0>)."""
+        if not spec.depends_on:
+            return None
+        parts = [(plan.fragment(d).qubits, done[d]) for d in spec.depends_on]
+        if len(parts) == 1 and tuple(parts[0][0]) == spec.qubits:
+            return cast(State, parts[0][1])
+        return join(parts, spec.qubits)
 
     # State changes: persisted, then announced.
 

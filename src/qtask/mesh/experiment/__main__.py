@@ -1,0 +1,32 @@
+"""`python -m qtask.mesh.experiment` (the same as `qtask experiment`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from qtask.mesh.experiment.options import add_arguments, from_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qtask experiment", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the experiment the parsed options describe; print where the report is."""
+    from qtask.mesh.experiment.harness import run_experiment
+
+    try:
+        options = from_args(args)
+    except ValueError as exc:
+        print(f"qtask: {exc}", file=sys.stderr)
+        return 2
+    out = run_experiment(options)
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

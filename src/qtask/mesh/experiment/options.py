@@ -4,7 +4,7 @@ stays fast)."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 FAULT_KINDS = ("latency", "degrade", "stop", "kill")
@@ -26,6 +26,8 @@ class Options:
     # Attempts per job in both modes (the coordinator's `max_attempts`).
     max_attempts: int = 3
     noises: tuple[dict[str, float], ...] = field(default=())
+    # Where the processes' settings and logs go (default: a temporary directory, removed).
+    work: Path | None = None
 
     def node_noises(self) -> list[dict[str, float]]:
         """Node i's noise: better for lower i, so node 0 is the one both modes pick first."""
@@ -56,15 +58,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"fault kinds for the fault scenario, in order ({','.join(FAULT_KINDS)}; 'none')",
     )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="the CI size (a minute or two)")
+    parser.add_argument(
+        "--work", type=Path, help="keep the processes' settings and logs here (default: removed)"
+    )
 
 
 def from_args(args: argparse.Namespace) -> Options:
     """Options from `add_arguments`' namespace."""
     if args.smoke:
-        return smoke(args.out, args.seed)
+        return replace(smoke(args.out, args.seed), work=args.work)
     kinds = () if args.faults in ("", "none") else tuple(k.strip() for k in args.faults.split(","))
     unknown = [k for k in kinds if k not in FAULT_KINDS]
     if unknown:
         raise ValueError(f"unknown fault kinds {unknown}; choose from {', '.join(FAULT_KINDS)}")
     return Options(out=args.out, seed=args.seed, nodes=args.nodes, shots=args.shots,
-                   repeats=args.repeats, faults=kinds)  # fmt: skip
+                   repeats=args.repeats, faults=kinds, work=args.work)  # fmt: skip

@@ -27,6 +27,7 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
     ok = [j for j in jobs if j["ok"]]
     compile_ms = [j["compile_ms"] for j in jobs if j.get("compile_ms") is not None]
     e2e = [j["e2e_ms"] for j in ok]
+    overhead = [j["overhead_ms"] for j in ok if j.get("overhead_ms") is not None]
     fid = [j["fidelity"] for j in ok if j["fidelity"] is not None]
     pred = [j["predicted"] for j in ok if j.get("predicted") is not None]
     return {
@@ -39,6 +40,8 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
         "compile_p95_ms": percentile(compile_ms, 95),
         "e2e_p50_ms": percentile(e2e, 50),
         "e2e_p95_ms": percentile(e2e, 95),
+        "overhead_p50_ms": percentile(overhead, 50),
+        "overhead_p95_ms": percentile(overhead, 95),
         "fidelity_mean": statistics.fmean(fid) if fid else math.nan,
         "predicted_mean": statistics.fmean(pred) if pred else math.nan,
         "fallbacks": sum(1 for j in jobs if j.get("attempts", 1) > 1),
@@ -58,13 +61,16 @@ def markdown(raw: dict[str, Any], summaries: list[dict[str, Any]]) -> str:
         "Fidelity: Hellinger fidelity of the counts against the ideal statevector's "
         "probabilities; predicted: the coordinator's estimate where its API gives one, else the "
         "harness's gate-count estimate from the chosen node's noise (`predicted_source` in "
-        "results.json). Latency: submit to final state as the client sees it.",
+        "results.json). End-to-end: submit to final state as the client sees it; overhead: "
+        "end-to-end minus the nodes' own simulation time (`run_s` in their "
+        "`fragment_executed` log lines), i.e. everything the orchestration adds.",
         "",
         "## Summary",
         "",
         "| scenario | mode | jobs | success | compile p50 / p95 ms | end-to-end p50 / p95 ms "
-        "| fidelity (measured) | fidelity (predicted) | jobs with a fallback |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| overhead p50 / p95 ms | fidelity (measured) | fidelity (predicted) "
+        "| jobs with a fallback |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         lines.append(
@@ -72,6 +78,7 @@ def markdown(raw: dict[str, Any], summaries: list[dict[str, Any]]) -> str:
             f"{s['completed']}/{s['jobs']} ({100 * s['success_rate']:.0f} %) | "
             f"{_fmt(s['compile_p50_ms'])} / {_fmt(s['compile_p95_ms'])} | "
             f"{_fmt(s['e2e_p50_ms'])} / {_fmt(s['e2e_p95_ms'])} | "
+            f"{_fmt(s['overhead_p50_ms'])} / {_fmt(s['overhead_p95_ms'])} | "
             f"{_fmt(s['fidelity_mean'], 4)} | {_fmt(s['predicted_mean'], 4)} | {s['fallbacks']} |"
         )
     lines += ["", "## Nodes", "", "| node | depolarizing 1q | depolarizing 2q | readout |",
@@ -161,7 +168,8 @@ def plots(raw: dict[str, Any], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 5))
     for run in raw["runs"]:
         jobs = [j for j in run["jobs"] if j["ok"] and j["predicted"] is not None]
-        ax.scatter([j["predicted"] for j in jobs], [j["fidelity"] for j in jobs], s=14,
+        ax.scatter([j["predicted"] for j in jobs], [j["fidelity"] for j in jobs], s=18,
+                   marker="o" if run["mode"] == "distributed" else "x",
                    label=f"{run['scenario']} / {run['mode']}", alpha=0.7)  # fmt: skip
     ax.plot([0.5, 1], [0.5, 1], color="grey", linewidth=0.8)
     ax.set_xlabel("predicted fidelity")

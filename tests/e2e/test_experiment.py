@@ -5,16 +5,23 @@ centralized baseline, clean and with a node SIGKILLed; the report folder is comp
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-from qtask.mesh.experiment.harness import make_plan, plan_json, run_experiment
+from qtask.mesh.experiment.harness import make_plan, plan_json
 from qtask.mesh.experiment.options import smoke
 from qtask.mesh.experiment.report import PLOTS
 
 
 def test_the_smoke_experiment_runs_both_modes_and_writes_a_complete_report(tmp_path: Path) -> None:
     options = smoke(tmp_path / "report", seed=5)
-    out = run_experiment(options, work=tmp_path / "work")
+    out = options.out
+    command = [sys.executable, "-m", "qtask", "experiment", "--smoke", "--seed", "5",
+               "--out", str(out), "--work", str(tmp_path / "work")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.strip().endswith(f"report: {out / 'report.md'}")
 
     for name in ("report.md", "results.json", "plan.json", *PLOTS):
         assert (out / name).stat().st_size > 0, name

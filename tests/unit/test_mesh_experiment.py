@@ -92,11 +92,11 @@ def test_the_summary_counts_successes_fallbacks_and_the_markdown_shows_them() ->
     job = {
         "index": 0, "circuit": "ghz3", "family": "ghz", "ok": True, "e2e_ms": 20.0,
         "compile_ms": 2.0, "fidelity": 0.98, "predicted": 0.97, "predicted_source": "harness",
-        "attempts": 2, "tried": ["n0", "n1"], "node": "n1", "state": "COMPLETED",
-        "counts": {"000": 250, "111": 250}, "shots": 500,
+        "attempts": 2, "failed_attempts": 1, "tried": ["n0", "n1"], "node": "n1",
+        "state": "COMPLETED", "counts": {"000": 250, "111": 250}, "shots": 500,
     }  # fmt: skip
     failed = {**job, "index": 1, "ok": False, "state": "FAILED", "fidelity": None,
-              "attempts": 1, "counts": {}, "shots": 0}  # fmt: skip
+              "attempts": 1, "failed_attempts": 1, "counts": {}, "shots": 0}  # fmt: skip
     run = {"scenario": "faults", "mode": "centralized", "setup_s": 1.0, "wall_s": 2.0,
            "jobs": [job, failed], "fault_events": []}  # fmt: skip
     summary = summarize(run)

@@ -16,7 +16,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run the experiment the parsed options describe; print where the report is."""
+    from qtask import logs
     from qtask.mesh.experiment.harness import run_experiment
+
+    # The harness's own libp2p host logs like a qtask process; only what goes wrong matters here
+    # (the processes it starts log to their files in the work directory).
+    logs.configure("WARNING", json_output=False)
 
     try:
         options = from_args(args)

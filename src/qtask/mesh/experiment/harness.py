@@ -249,6 +249,7 @@ class Run:
                     state=body.get("state"), error=body.get("error"), e2e_ms=e2e * 1000,
                     compile_ms=None, predicted=predicted, predicted_source=source,
                     node=self.names.get(node or "", node), attempts=len(fragments),
+                    failed_attempts=sum(1 for f in fragments if f.get("status") != "completed"),
                     tried=[self.names.get(f["node"], f["node"]) for f in fragments],
                     t_s=start - t0, counts=body.get("counts"), fragments=fragments,
                 )  # fmt: skip
@@ -295,7 +296,8 @@ class Run:
                 compile_ms=(compiled - start) * 1000,
                 predicted=estimate_fidelity(bench.gate_counts, noise) if noise else None,
                 predicted_source="harness", node=node.name if node else None,
-                attempts=len(tried), tried=tried, t_s=start - t0, counts=counts,
+                attempts=len(tried), failed_attempts=len(errors), tried=tried, t_s=start - t0,
+                counts=counts,
             )  # fmt: skip
 
     def _add_node_times(self, lines: list[dict[str, Any]]) -> None:

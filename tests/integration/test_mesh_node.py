@@ -207,7 +207,7 @@ async def test_execute_outside_the_nodes_offer_gets_stable_error_codes(
             await code(execute(circuit_to_ir(bell()), reservation_id="nope"))
             == "reservation_unknown"
         )
-        assert await code(execute(circuit_to_ir(bell()), return_state=True)) == "unsupported"
+        assert await code(execute(circuit_to_ir(bell()), return_state=True)) == "invalid_circuit"
         raw = await client.request(
             mild.peer_id, EXECUTE_PROTOCOL, b'{"correlation_id": "z"}', timeout=10
         )

@@ -145,7 +145,7 @@ async def test_a_job_waits_for_a_node_that_advertises_within_the_plan_wait() -> 
     rig = Rig(FAST.model_copy(update={"plan_wait_s": 5.0}))
     job = await rig.runtime.submit("OPENQASM 2.0;", 10, None, 0.0, None)
     await asyncio.sleep(0.2)
-    assert rig.runtime.job(job.id).state is JobState.RESERVING
+    assert rig.runtime.job(job.id).state is JobState.COMPILING  # planning waits for a node (part 2)
     rig.node("late", 0.9)
     done = await rig.finished(job.id)
     assert done.state is JobState.COMPLETED
@@ -296,7 +296,9 @@ async def test_a_circuit_a_node_calls_invalid_fails_at_once_without_retries() ->
     job = await rig.runtime.submit("OPENQASM 2.0;", 10, None, 0.0, None)
     done = await rig.finished(job.id)
     assert done.state is JobState.FAILED
-    assert done.error == "attempt 1 on a: invalid_circuit: unknown gate 'foo'"
+    assert (
+        done.error == f"fragment {job.id}.f0: attempt 1 on a: invalid_circuit: unknown gate 'foo'"
+    )
     assert other.requests == []
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from qtask.mesh.protocol import NoiseSpec
+from qtask.mesh.protocol import FaultRequest, NoiseSpec
 
 # The gates an Aer node runs when its configuration names none.
 DEFAULT_GATES: tuple[str, ...] = (
@@ -43,6 +43,17 @@ class NodeSettings(BaseModel):
     calibration_shots: int = Field(default=2000, ge=100, le=100_000)
     # /live, /ready and /metrics of the node (0: a free port, logged).
     health_port: int | None = Field(default=None, ge=0, le=65535)
+    # Mesh part 2: the widest state a node accepts or returns in a hand-off. A density matrix
+    # (noisy node) is 16·4^n bytes: 16 MiB at 10 qubits; a statevector (ideal node) is
+    # 16·2^n: 64 MiB at 22 qubits, the frame limit (protocol.MAX_FRAME_BYTES is 96 MiB).
+    max_density_qubits: int = Field(default=10, ge=1, le=11)
+    max_statevector_qubits: int = Field(default=22, ge=1, le=22)
+    # Fault injection (qtask.mesh.faults): a test and experiment hook, off by default. With it
+    # on the node serves FAULT_PROTOCOL; `faults` sets faults from the start; `fault_seed`
+    # seeds the drop RNG.
+    faults_enabled: bool = False
+    faults: FaultRequest | None = None
+    fault_seed: int = 0
 
 
 class CoordinatorSettings(BaseModel):
@@ -67,11 +78,17 @@ class CoordinatorSettings(BaseModel):
     # FR-007 timeouts per operation class, and retries with bounded exponential backoff.
     reserve_timeout_s: float = Field(default=2.0, gt=0)
     execute_timeout_s: float = Field(default=60.0, gt=0)
+    # Added to execute_timeout_s when a state travels with the request or the reply (a
+    # 10-qubit density matrix is 16 MiB each way).
+    transfer_timeout_s: float = Field(default=10.0, gt=0)
     reservation_hold_s: float = Field(default=30.0, gt=0)
     # A job no node can run yet waits this long for one to advertise (a coordinator that just
     # started or restarted has heard from nobody) before it fails with the reason.
     plan_wait_s: float = Field(default=10.0, ge=0)
     max_attempts: int = Field(default=3, ge=1, le=20)
+    # "module:function" of a planner replacing qtask.mesh.runtime.default_plan (same
+    # signature): a hook for tests and experiments that force a fragment DAG; none: the planner.
+    planner: str | None = None
     backoff_base_s: float = Field(default=0.1, gt=0)
     backoff_max_s: float = Field(default=2.0, gt=0)
 

@@ -14,6 +14,7 @@ This is the only module that knows which classes make a coordinator.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,16 +29,17 @@ from qtask.api.auth import Gate
 from qtask.circuits.ingest import Limits
 from qtask.circuits.ingestor import limits_from
 from qtask.config import Settings
-from qtask.errors import MeshPeerError, QTaskError
+from qtask.errors import ConfigError, MeshPeerError, QTaskError
 from qtask.logs import get_logger
 from qtask.mesh.adverts import AdvertInbox
 from qtask.mesh.api import Coordinator, create_app
+from qtask.mesh.dag import StateFiles
 from qtask.mesh.host import MeshHost
 from qtask.mesh.ir import ir_from_qasm
 from qtask.mesh.pinger import Pinger
 from qtask.mesh.protocol import ADVERT_TOPIC, QUALITY_TOPIC, Advert, CircuitIR, QualityReport
 from qtask.mesh.registry import Registry, Thresholds
-from qtask.mesh.runtime import Compile, Runtime
+from qtask.mesh.runtime import Compile, PlanJob, Runtime
 from qtask.mesh.store import MeshStore, open_migrated
 from qtask.runtime.health import Check
 from qtask.runtime.supervision import SupervisedLoop
@@ -77,7 +79,10 @@ class CoordinatorProcess:
         self.host.subscribe(QUALITY_TOPIC, self._on_quality)
         self.host.on_peer(self._on_peer)
         limits = limits_from(settings.limits)
-        self.runtime = Runtime(self.store, self.registry, self.host, mesh, qasm_compiler(limits))
+        # FR-010: completed fragments' output states (and each job's plan) beside the database.
+        states = StateFiles(mesh.database.with_name(mesh.database.name + ".states"))
+        self.runtime = Runtime(self.store, self.registry, self.host, mesh, qasm_compiler(limits),
+                               states=states, plan_job=_import_planner(mesh.planner))  # fmt: skip
         self.pinger = Pinger(self.host, self.registry, self.store, mesh)
         self.ping_loop = SupervisedLoop(
             "mesh_pinger",
@@ -229,3 +234,15 @@ def run(settings: Settings) -> None:
     from qtask.api import server
 
     server.run(CoordinatorProcess(settings).app, settings)
+
+
+def _import_planner(path: str | None) -> PlanJob | None:
+    """The planner a `[mesh.coordinator] planner` setting names ("module:function")."""
+    if path is None:
+        return None
+    module, _, name = path.partition(":")
+    try:
+        planner: PlanJob = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"mesh.coordinator.planner: cannot import {path!r}: {exc}") from exc
+    return planner

@@ -114,6 +114,8 @@ class Job:
     counts: dict[str, int] | None = None
     error: str | None = None
     fragments: tuple[Fragment, ...] = field(default=())
+    # Mesh part 2 (FR-006): route, transfers and time per stage, once the job has ended.
+    metadata: dict[str, object] | None = None
 
     def advance(self, new: JobState, now: float, **changes: object) -> Job:
         """This job in state `new` (with `changes`); InvalidTransitionError if not legal."""
@@ -137,4 +139,6 @@ class Job:
             body["counts"] = self.counts
         if self.state is JobState.FAILED:
             body["error"] = self.error
+        if self.metadata is not None:
+            body["metadata"] = self.metadata
         return body

@@ -126,6 +126,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
         ("DROP INDEX jobs_idempotency", "ALTER TABLE jobs DROP COLUMN idempotency_key"),
     ),
+    Migration(
+        4,
+        "jobs.metadata: a finished job's route, transfers and time per stage (mesh part 2)",
+        ("ALTER TABLE jobs ADD COLUMN metadata TEXT",),
+        ("ALTER TABLE jobs DROP COLUMN metadata",),
+    ),
 )
 HEAD = MIGRATIONS[-1].version
 

@@ -33,12 +33,14 @@ from qtask.logs import get_logger
 from qtask.mesh import metrics
 from qtask.mesh.adverts import AdvertPublisher
 from qtask.mesh.config import NodeSettings
+from qtask.mesh.faults import FaultLayer, effective_noise
 from qtask.mesh.host import MeshHost
 from qtask.mesh.ir import operation_names
 from qtask.mesh.noise import Calibration, ChildRequest
 from qtask.mesh.protocol import (
     ADVERT_TOPIC,
     EXECUTE_PROTOCOL,
+    FAULT_PROTOCOL,
     PING_PROTOCOL,
     QUALITY_TOPIC,
     RESERVE_PROTOCOL,
@@ -47,6 +49,9 @@ from qtask.mesh.protocol import (
     ErrorInfo,
     ExecuteReply,
     ExecuteRequest,
+    FaultReply,
+    FaultRequest,
+    NoiseSpec,
     Ping,
     Pong,
     QualityReport,
@@ -73,7 +78,8 @@ ERROR_CODES = {
     "bad_request": "the request is not a valid message of the protocol",
     "draining": "the node is shutting down and takes no new work",
     "busy": "no free slot now for work without a reservation",
-    "unsupported": "a feature this node does not offer (state hand-off)",
+    "unsupported": "a feature this node does not offer",
+    "state_too_wide": "a state hand-off wider than this node's cap (max_*_qubits)",
     "gate_not_offered": "the circuit uses gates outside the node's gate set",
     "qubits_out_of_range": "the circuit's qubits are outside the node's qubit range",
     "reservation_unknown": "no accepted reservation has this id (never made, released, expired)",
@@ -96,6 +102,7 @@ class ServiceNode:
         )
         self.book = ReservationBook(settings.capacity)
         self.calibration: Calibration | None = None
+        self.calibration_noise = settings.noise  # the noise the last calibration ran under
         self.running = 0
         self.draining = False
         self._gates = frozenset(settings.gates)
@@ -118,9 +125,22 @@ class ServiceNode:
         # adverts and reports reach peers that joined the mesh through it.
         self.host.subscribe(ADVERT_TOPIC, _relay_only)
         self.host.subscribe(QUALITY_TOPIC, _relay_only)
-        self.host.handle(RESERVE_PROTOCOL, self._on_reserve)
-        self.host.handle(EXECUTE_PROTOCOL, self._on_execute)
-        self.host.handle(PING_PROTOCOL, self._on_ping)
+        # The fault layer (qtask.mesh.faults) wraps every protocol but its own; with faults
+        # off it is never set, so the wrapper costs one attribute read per request.
+        self.faults = FaultLayer(seed=settings.fault_seed)
+        if settings.faults is not None:
+            self.faults.apply(settings.faults)
+        self.host.handle(RESERVE_PROTOCOL, self.faults.wrap(self._on_reserve))
+        self.host.handle(EXECUTE_PROTOCOL, self.faults.wrap(self._on_execute))
+        self.host.handle(PING_PROTOCOL, self.faults.wrap(self._on_ping))
+        if settings.faults_enabled:
+            self.host.handle(FAULT_PROTOCOL, self._on_fault)
+        self._fault_expiry: asyncio.Task[None] | None = None
+
+    @property
+    def noise(self) -> NoiseSpec:
+        """The noise the node runs now: its configured noise plus any injected degradation."""
+        return effective_noise(self.settings.noise, self.faults.extra_depolarizing)
 
     @property
     def peer_id(self) -> str:
@@ -167,6 +187,8 @@ class ServiceNode:
                 await self._idle.wait()
         except TimeoutError:
             log.warning("mesh_node_drain_timeout", running=self.running, grace_s=grace_s)
+        if self._fault_expiry is not None:
+            self._tasks.append(self._fault_expiry)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -200,7 +222,7 @@ class ServiceNode:
             qubit_range=(s.min_qubits, s.max_qubits),
             fidelity=calibration.fidelity,
             fidelity_measured_at=calibration.measured_at,
-            noise=s.noise,
+            noise=self.noise,
             availability=availability,
             capacity=s.capacity,
             in_use=in_use,
@@ -227,11 +249,13 @@ class ServiceNode:
 
     async def _calibrate(self) -> Calibration:
         s = self.settings
+        noise = self.noise
         kind, value = await self._child(
-            ("calibrate", (s.noise, s.calibration_shots)), CALIBRATION_TIMEOUT_S
+            ("calibrate", (noise, s.calibration_shots)), CALIBRATION_TIMEOUT_S
         )
         if kind != "ok" or not isinstance(value, Calibration):
             raise ExecutionError(f"calibration failed: {value}")
+        self.calibration_noise = noise
         return value
 
     async def _calibrate_periodically(self) -> None:
@@ -343,8 +367,14 @@ class ServiceNode:
         self.running += 1
         self._idle.clear()
         self.publisher.changed()
-        s = self.settings
-        job = ("simulate", (request.circuit, s.noise, request.shots, request.seed))
+        noise = self.noise
+        handoff = request.input_state is not None or request.return_state
+        job: ChildRequest = (
+            ("slice", (request.circuit, noise, request.shots, request.seed,
+                       request.input_state, request.return_state))
+            if handoff
+            else ("simulate", (request.circuit, noise, request.shots, request.seed))
+        )  # fmt: skip
         try:
             kind, value = await self._child(job, FRAGMENT_TIMEOUT_S)
         except ChildTimeoutError as exc:
@@ -361,7 +391,11 @@ class ServiceNode:
             return self._execute_error(cid, "invalid_circuit", str(value), request=request)
         if kind != "ok":
             return self._execute_error(cid, "execution_failed", str(value), request=request)
-        counts, run_s = value
+        state: str | None = None
+        if handoff:
+            counts, state, run_s = value
+        else:
+            counts, run_s = value
         queued_s = max(0.0, time.monotonic() - arrived - run_s)
         metrics.REQUESTS_SERVED.labels("execute", "ok").inc()
         metrics.FRAGMENT_SECONDS.observe(run_s)
@@ -369,20 +403,61 @@ class ServiceNode:
             "fragment_executed", correlation_id=cid, job_id=request.job_id,
             fragment_id=request.fragment_id, reservation_id=request.reservation_id,
             qubits=request.circuit.num_qubits, shots=request.shots, queued_s=round(queued_s, 6),
-            run_s=round(run_s, 6),
+            run_s=round(run_s, 6), handoff=handoff,
+            state_bytes=0 if state is None else len(state),
         )  # fmt: skip
         return _json(
             ExecuteReply(
-                ok=True, correlation_id=cid, node_id=self.peer_id, counts=counts,
+                ok=True, correlation_id=cid, node_id=self.peer_id, counts=counts, state=state,
                 queued_s=queued_s, run_s=run_s,
             )
         )  # fmt: skip
+
+    async def _on_fault(self, peer: str, data: bytes) -> bytes:
+        """FAULT_PROTOCOL (only with `faults_enabled`): set or clear injected faults."""
+        try:
+            request = FaultRequest.model_validate_json(data)
+        except ValidationError as exc:
+            reply = FaultReply(ok=False, node_id=self.peer_id,
+                               error=ErrorInfo(code="bad_request", message=str(exc)))  # fmt: skip
+            return _json(reply)
+        before = self.noise
+        self.faults.apply(request)
+        log.warning("mesh_faults_set", peer=peer, active=self.faults.active())
+        if self._fault_expiry is not None:
+            self._fault_expiry.cancel()
+            self._fault_expiry = None
+        remaining = self.faults.remaining_s()
+        if remaining is not None:
+            self._fault_expiry = asyncio.create_task(self._expire_faults(remaining))
+        if self.noise != before:
+            await self._recalibrate_now()
+        metrics.REQUESTS_SERVED.labels("fault", "ok").inc()
+        return _json(FaultReply(ok=True, node_id=self.peer_id, active=self.faults.active()))
+
+    async def _expire_faults(self, after_s: float) -> None:
+        await asyncio.sleep(after_s)
+        self.faults.apply(FaultRequest(action="clear"))
+        log.warning("mesh_faults_expired")
+        # The layer itself may have expired them already: compare with the noise measured.
+        if self.calibration_noise != self.noise:
+            await self._recalibrate_now()
+
+    async def _recalibrate_now(self) -> None:
+        """Measure fidelity under the noise now in force and advertise it at once."""
+        self.calibration = await self._calibrate()
+        log.info("mesh_node_calibrated", fidelity=self.calibration.fidelity, trigger="fault")
+        with contextlib.suppress(MeshPeerError):
+            await self._publish_quality()
+        self.publisher.changed()
 
     def _execute_refusal(self, request: ExecuteRequest) -> tuple[str, str] | None:
         if self.draining:
             return "draining", "the node is shutting down"
         if request.input_state is not None or request.return_state:
-            return "unsupported", "state hand-off is not offered by this node (mesh part 2)"
+            problem = self._handoff_problem(request)
+            if problem is not None:
+                return problem
         problem = self._capability_problem(
             set(operation_names(request.circuit)), request.circuit.num_qubits
         )
@@ -400,6 +475,31 @@ class ServiceNode:
             return None
         if self.running + self.book.in_use_at(now) >= self.settings.capacity:
             return "busy", f"all {self.settings.capacity} slots are in use or reserved"
+        return None
+
+    def _handoff_problem(self, request: ExecuteRequest) -> tuple[str, str] | None:
+        """The width cap of a state hand-off: density matrices for a noisy node (or a density
+        matrix given), statevectors for an ideal one (qtask.mesh.handoff)."""
+        s = self.settings
+        n = request.circuit.num_qubits
+        if request.return_state and any(i.name == "measure" for i in request.circuit.instructions):
+            return "invalid_circuit", "a fragment that hands its state on cannot measure"
+        noisy = self.noise != NoiseSpec()
+        # A density matrix's .npy is 16·4^n bytes, base64 4/3 of that; a vector's 16·2^n.
+        given_density = request.input_state is not None and len(request.input_state) > (
+            16 * 2**n * 4 // 3 + 4096
+        )
+        if noisy or given_density:
+            if n > s.max_density_qubits:
+                return "state_too_wide", (
+                    f"{n} qubits: this node hands off density matrices of at most "
+                    f"{s.max_density_qubits} qubits (16·4^n bytes)"
+                )
+        elif n > s.max_statevector_qubits:
+            return "state_too_wide", (
+                f"{n} qubits: this node hands off statevectors of at most "
+                f"{s.max_statevector_qubits} qubits"
+            )
         return None
 
     def _capability_problem(self, gates: set[str], num_qubits: int) -> tuple[str, str] | None:

@@ -124,13 +124,18 @@ ChildReply = tuple[str, Any]
 
 
 def child_handle(request: ChildRequest) -> ChildReply:
-    """A node's child: ("simulate", (ir, noise, shots, seed)) or ("calibrate", (noise, shots)).
+    """A node's child: ("simulate", (ir, noise, shots, seed)), ("calibrate", (noise, shots))
+    or ("slice", (ir, noise, shots, seed, input_state, return_state)) (qtask.mesh.handoff).
 
-    Replies ("ok", (counts, run seconds) | Calibration), or ("circuit_error", message) or
-    ("execution_error", message).
+    Replies ("ok", (counts, run seconds) | Calibration | (counts, state, run seconds)), or
+    ("circuit_error", message) or ("execution_error", message).
     """
     kind, args = request
     try:
+        if kind == "slice":
+            from qtask.mesh.handoff import child_run_slice  # imports noise: not at the top
+
+            return "ok", child_run_slice(*args)
         if kind == "simulate":
             started = time.perf_counter()
             counts = simulate(*args)

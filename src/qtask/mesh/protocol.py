@@ -29,6 +29,9 @@ QUALITY_TOPIC = "qtask.mesh.quality.v1"
 RESERVE_PROTOCOL = "/qtask/mesh/reserve/1.0.0"
 EXECUTE_PROTOCOL = "/qtask/mesh/execute/1.0.0"
 PING_PROTOCOL = "/qtask/mesh/ping/1.0.0"
+# Fault injection (mesh part 2): served only by nodes with `[mesh.node] faults_enabled = true`,
+# a test and experiment hook (qtask.mesh.faults).
+FAULT_PROTOCOL = "/qtask/mesh/fault/1.0.0"
 
 # One frame holds a statevector hand-off of up to 22 qubits (16·2^22 B = 64 MiB) plus JSON.
 MAX_FRAME_BYTES = 96 * 1024 * 1024
@@ -206,3 +209,27 @@ class QualityReport(_Message):
     latency_ms: float | None = Field(default=None, ge=0.0)
     loss: Probability | None = None
     measured_at: float
+
+
+class FaultRequest(_Message):
+    """Set or clear a node's injected faults (only nodes with `faults_enabled` answer).
+
+    `latency_ms` is added before every reply; `drop_rate` of requests are answered with a
+    stream reset (seeded RNG); `extra_depolarizing` is added to the node's 1- and 2-qubit
+    depolarizing noise (the node re-calibrates and re-advertises); after `duration_s` the
+    faults clear themselves (None: until cleared)."""
+
+    action: Literal["set", "clear"] = "set"
+    latency_ms: float = Field(default=0.0, ge=0.0, le=600_000.0)
+    drop_rate: Probability = 0.0
+    extra_depolarizing: Probability = 0.0
+    duration_s: float | None = Field(default=None, gt=0.0)
+
+
+class FaultReply(_Message):
+    """The faults now active on the node (an empty dict: none)."""
+
+    ok: bool
+    node_id: str
+    active: dict[str, float] = {}
+    error: ErrorInfo | None = None

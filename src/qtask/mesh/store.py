@@ -252,12 +252,15 @@ def _insert(conn: sqlite3.Connection, job: Job) -> None:
         job.error,
         job.created_at,
         job.updated_at,
+        None if job.metadata is None else orjson.dumps(job.metadata).decode(),
     )
     conn.execute(
         "INSERT INTO jobs (id, state, qasm, shots, seed, min_fidelity, owner, idempotency_key, "
-        "counts, error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "counts, error, created_at, updated_at, metadata) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (id) DO UPDATE SET state = excluded.state, counts = excluded.counts, "
-        "error = excluded.error, updated_at = excluded.updated_at",
+        "error = excluded.error, updated_at = excluded.updated_at, "
+        "metadata = excluded.metadata",
         row,
     )
 
@@ -279,6 +282,7 @@ def _job(conn: sqlite3.Connection, row: sqlite3.Row) -> Job:
         error=row["error"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        metadata=None if row["metadata"] is None else orjson.loads(row["metadata"]),
         fragments=tuple(
             Fragment(
                 fragment_id=f["fragment_id"],

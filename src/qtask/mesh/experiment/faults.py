@@ -11,10 +11,9 @@ before another. Kinds:
   (cleared: SIGCONT);
 - `kill`: SIGKILL of the node's process group, a node drop (never cleared; last in order).
 
-The fault layer is `FAULT_PROTOCOL = "/qtask/mesh/fault/1.0.0"` with the agreed `FaultRequest`
-fields (`action`, `latency_ms`, `drop_rate`, `extra_depolarizing`, `duration_s`), served only
-by nodes started with `[mesh.node] faults_enabled = true`; a node without it refuses the stream
-and the fault is reported as not applied.
+The fault layer is the node's (`qtask.mesh.faults`, `FAULT_PROTOCOL` with a `FaultRequest`),
+served only by nodes started with `[mesh.node] faults_enabled = true` (the harness's nodes
+are); a node without it refuses the stream and the fault is reported as not applied.
 """
 
 from __future__ import annotations
@@ -27,9 +26,9 @@ from typing import Any, Literal
 
 from qtask.errors import QTaskError
 from qtask.mesh.experiment.cluster import Process
-from qtask.mesh.host import MeshHost
+from qtask.mesh.host import MeshHost, call
+from qtask.mesh.protocol import FAULT_PROTOCOL, FaultReply, FaultRequest
 
-FAULT_PROTOCOL = "/qtask/mesh/fault/1.0.0"
 FaultKind = Literal["latency", "degrade", "stop", "kill"]
 KINDS: tuple[FaultKind, ...] = ("latency", "degrade", "stop", "kill")
 # Sizes: a spike well above a loopback round trip (~25 ms), a degradation that takes the
@@ -112,21 +111,20 @@ class FaultInjector:
         elif fault.kind == "kill":
             node.signal(signal.SIGKILL)
         else:
-            request: dict[str, Any] = {
-                "action": "clear" if clear else "set",
-                "latency_ms": fault.value if fault.kind == "latency" else 0.0,
-                "drop_rate": 0.0,
-                "extra_depolarizing": fault.value if fault.kind == "degrade" else 0.0,
-                "duration_s": None,
-            }
+            request = FaultRequest(
+                action="clear" if clear else "set",
+                latency_ms=fault.value if fault.kind == "latency" else 0.0,
+                extra_depolarizing=fault.value if fault.kind == "degrade" else 0.0,
+            )
             try:
-                raw = await self._host.request(
-                    node.peer_id, FAULT_PROTOCOL, json.dumps(request).encode(), timeout=5.0
+                reply = await call(
+                    self._host, node.peer_id, FAULT_PROTOCOL, request, FaultReply, timeout=5.0
                 )
-                reply = json.loads(raw)
-                event["applied"] = bool(reply.get("ok"))
-                event["detail"] = json.dumps(reply.get("active", {}), sort_keys=True)
-            except (QTaskError, ValueError) as exc:
+                event["applied"] = reply.ok
+                event["detail"] = json.dumps(reply.active, sort_keys=True)
+                if reply.error is not None:
+                    event["detail"] = f"{reply.error.code}: {reply.error.message}"
+            except QTaskError as exc:
                 event["applied"] = False
                 event["detail"] = f"no fault layer: {exc}"[:200]
         self.events.append(event)

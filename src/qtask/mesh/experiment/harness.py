@@ -109,7 +109,7 @@ def estimate_fidelity(gates: dict[str, int], noise: dict[str, float]) -> float:
 
 def _predicted(body: dict[str, Any]) -> float | None:
     """The coordinator's predicted fidelity for a job, where its API reports one."""
-    for holder in (body, body.get("plan") or {}):
+    for holder in (body.get("metadata") or {}, body, body.get("plan") or {}):
         value = holder.get("est_fidelity") if isinstance(holder, dict) else None
         if isinstance(value, (int, float)):
             return float(value)
@@ -236,6 +236,10 @@ class Run:
                     await asyncio.sleep(_POLL_S)
                 e2e = time.perf_counter() - start
                 fragments = body.get("fragments", [])
+                stages = (body.get("metadata") or {}).get("stages") or {}
+                compile_ms = None
+                if "compile_ms" in stages:  # mesh part 2: compile + plan, timed by the runtime
+                    compile_ms = float(stages["compile_ms"]) + float(stages.get("plan_ms", 0.0))
                 done = [f for f in fragments if f.get("status") == "completed"]
                 node = done[-1]["node"] if done else None
                 predicted, source = _predicted(body), "coordinator"
@@ -247,7 +251,7 @@ class Run:
                 self._record(
                     job, bench, ok=body.get("state") == "COMPLETED", job_id=job_id,
                     state=body.get("state"), error=body.get("error"), e2e_ms=e2e * 1000,
-                    compile_ms=None, predicted=predicted, predicted_source=source,
+                    compile_ms=compile_ms, predicted=predicted, predicted_source=source,
                     node=self.names.get(node or "", node), attempts=len(fragments),
                     failed_attempts=sum(1 for f in fragments if f.get("status") != "completed"),
                     tried=[self.names.get(f["node"], f["node"]) for f in fragments],
@@ -325,7 +329,7 @@ class Run:
             seen.setdefault(str(entry.get("state")), stamp.timestamp())
         for row in self.results:
             seen = states.get(row["job_id"], {})
-            if "COMPILING" in seen and "RESERVING" in seen:
+            if row["compile_ms"] is None and "COMPILING" in seen and "RESERVING" in seen:
                 row["compile_ms"] = (seen["RESERVING"] - seen["COMPILING"]) * 1000
 
 

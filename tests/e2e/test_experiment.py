@@ -1,6 +1,7 @@
 """FR-013's harness at its smallest size (`qtask experiment --smoke`): a coordinator and two
 `qtask node` processes on loopback, the smoke circuits in distributed mode and in the
-centralized baseline, clean and with a node SIGKILLed; the report folder is complete."""
+centralized baseline, clean and with faults (a latency spike through the node's fault layer,
+then a node SIGKILLed); the report folder is complete."""
 
 from __future__ import annotations
 
@@ -56,9 +57,13 @@ def test_the_smoke_experiment_runs_both_modes_and_writes_a_complete_report(tmp_p
 
     for mode in ("distributed", "centralized"):
         events = runs["faults", mode]["fault_events"]
-        assert [(e["kind"], e["node"], e["applied"]) for e in events] == [("kill", "n0", True)]
+        assert [(e["kind"], e["action"], e["node"], e["applied"]) for e in events] == [
+            ("latency", "set", "n0", True),
+            ("latency", "clear", "n0", True),
+            ("kill", "set", "n0", True),
+        ]
     # The static baseline keeps asking the dropped node first: every later job fell back.
-    kill_at = raw["plan"]["scenarios"]["faults"][0]["at_job"]
+    kill_at = raw["plan"]["scenarios"]["faults"][-1]["at_job"]
     for job in runs["faults", "centralized"]["jobs"][kill_at:]:
         assert job["tried"] == ["n0", "n1"]
     # The mesh stops choosing it once it has noticed the drop.

@@ -41,8 +41,10 @@ class Options:
 
 
 def smoke(out: Path, seed: int = 7) -> Options:
-    """The size CI runs: 2 nodes, the 3 smoke circuits once, one fault (a node drop)."""
-    return Options(out=out, seed=seed, nodes=2, shots=500, repeats=2, faults=("kill",), smoke=True)
+    """The size CI runs: 2 nodes, the 3 smoke circuits twice, a latency spike then a node drop."""
+    return Options(
+        out=out, seed=seed, nodes=2, shots=500, repeats=2, faults=("latency", "kill"), smoke=True
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

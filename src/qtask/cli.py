@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 from qtask import __version__
 from qtask.client.commands import add_commands, run
 from qtask.errors import ConfigError, QTaskError
-from qtask.mesh.experiment.options import add_arguments as add_experiment_arguments
 
 if TYPE_CHECKING:
     from qtask.config import Settings
@@ -96,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     experiment = commands.add_parser(
         "experiment", help="mesh: compare distributed and centralized runs, write a report"
     )
+    # Standard library only (a client-only install parses its options too).
+    from qtask.mesh.experiment.options import add_arguments as add_experiment_arguments
+
     add_experiment_arguments(experiment)
     keygen = commands.add_parser("keygen", help="make an API key and its configuration entry")
     keygen.add_argument("name", help="whose key: the name its tasks belong to")

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run the experiment the parsed options describe; print where the report is."""
     from qtask import logs
-    from qtask.mesh.experiment.harness import run_experiment
+    from qtask.mesh.experiment.harness import make_plan, run_experiment
 
     # The harness's own libp2p host logs like a qtask process; only what goes wrong matters here
     # (the processes it starts log to their files in the work directory).
@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         options = from_args(args)
+        make_plan(options)  # e.g. too few jobs for the faults asked for
     except ValueError as exc:
         print(f"qtask: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ Arguments and dispatch only: each server process is assembled in qtask.assembly.
 Mesh (`pip install "qtask[server,mesh]"`, docs/mesh.md):
 - `qtask node`: a service node of the mesh ([mesh.node] settings).
 - `qtask coordinator [--migrate-to N]`: the mesh's coordinator: registry, job API, database.
+- `qtask experiment [--smoke] [--seed N] [--out DIR]`: the mesh against a centralized baseline.
 """
 
 # Light on purpose: a client-only install has no pydantic, FastAPI or Qiskit, so the server's
@@ -91,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     coordinator.add_argument(
         "--migrate-to", type=int, metavar="N", help="move the database to schema version N, exit"
     )
+    experiment = commands.add_parser(
+        "experiment", help="mesh: compare distributed and centralized runs, write a report"
+    )
+    # Standard library only (a client-only install parses its options too).
+    from qtask.mesh.experiment.options import add_arguments as add_experiment_arguments
+
+    add_experiment_arguments(experiment)
     keygen = commands.add_parser("keygen", help="make an API key and its configuration entry")
     keygen.add_argument("name", help="whose key: the name its tasks belong to")
     add_commands(commands)
@@ -121,6 +129,10 @@ def _server_command(args: argparse.Namespace) -> int:
 
     if args.command == "keygen":
         return _keygen(args.name)
+    if args.command == "experiment":
+        from qtask.mesh.experiment.__main__ import run as run_experiment
+
+        return run_experiment(args)
     try:
         settings = load_settings(args.config, **_overrides(args))
         _configure_logging(settings)

@@ -8,6 +8,7 @@ helpers), and circuit ingestion (qtask.circuits.ingest: OpenQASM 2 and 3, errors
 and column).
 
 Routes: POST /api/v1/circuits/submit -> 202 {"job_id"} at once; GET /api/v1/jobs/{id};
+DELETE /api/v1/jobs/{id} (cancel: FAILED "cancelled"; 409 once ended otherwise);
 websocket /api/v1/jobs/{id}/ws (the job now, then each change; closed 1000 after its end);
 GET /api/v1/nodes (?gate=&min_fidelity=&available=&qubits=); /health, /ready, /metrics.
 Routes are thin: they validate and call the Runtime or the Registry once.
@@ -125,6 +126,16 @@ async def get_job(job_id: str, request: Request, caller: CallerDep) -> Response:
     FAILED."""
     runtime = _coordinator(request).runtime
     return _json(_visible(runtime.job(job_id), caller).body())
+
+
+@router.delete("/jobs/{job_id}", summary="Cancel a job")
+async def cancel_job(job_id: str, request: Request, caller: CallerDep) -> Response:
+    """A job not yet ended ends at once: FAILED with the error "cancelled"; its reservations
+    are released, and a fragment already running on a node has its counts discarded. Answers
+    the job's body; again for a cancelled job; 409 for a job that ended otherwise."""
+    runtime = _coordinator(request).runtime
+    _visible(runtime.job(job_id), caller)
+    return _json((await runtime.cancel(job_id)).body())
 
 
 @router.websocket("/jobs/{job_id}/ws")

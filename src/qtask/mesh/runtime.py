@@ -13,6 +13,11 @@ Every change is written to the database before it is acted on (a reservation is 
 requested before the request leaves), so a coordinator killed at any moment restarts from what
 it wrote: `recover()` marks attempts that were in flight `abandoned`, releases their
 reservations (best effort: the node expires them anyway) and drives the job again.
+
+Cancel (DELETE /api/v1/jobs/{id}): the job's drive is stopped where it waits, its attempts in
+flight end `failed` ("cancelled") with their reservations released, and the job ends FAILED
+with the error "cancelled" (FR-009's six states are kept: a cancelled job is a failed one).
+A fragment already running on a node runs to its end there; its counts are never read.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from qtask.errors import CircuitError, QTaskError
+from qtask.errors import CircuitError, InvalidRequestError, QTaskError
 from qtask.logs import get_logger
 from qtask.mesh import coord_metrics as metrics
 from qtask.mesh import planner
@@ -52,8 +57,18 @@ _PLAN_POLL_S = 0.1
 _RELEASE_TIMEOUT_S = 2.0
 
 
+# A cancelled job's error, and its attempts' (FAILED with this reason: see Runtime.cancel).
+CANCELLED = "cancelled"
+
+
 class JobNotFoundError(QTaskError):
     """Raised when no mesh job has the given id."""
+
+
+class JobConflictError(InvalidRequestError):
+    """Raised when a job's state does not allow the request: cancelling an ended job."""
+
+    status_code = 409
 
 
 class MeshPort(Protocol):
@@ -142,6 +157,8 @@ class Runtime:
         self._rng = rng or random.Random()
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed: dict[str, asyncio.Event] = {}
+        self._drives: dict[str, asyncio.Task[None]] = {}  # job id -> the task driving it
+        self._cancelling = asyncio.Lock()
         self._stopping = False
 
     # Reads.
@@ -233,13 +250,48 @@ class Runtime:
         if tasks:
             await asyncio.wait(tasks)
 
-    def _spawn(self, job: Job) -> None:
-        self._background(self._drive(job))
+    async def cancel(self, job_id: str) -> Job:
+        """End an unfinished job at once: FAILED with the error "cancelled" (see the module
+        docstring). Cancelling a cancelled job answers it again; a job that ended otherwise
+        raises JobConflictError."""
+        async with self._cancelling:  # two cancels of one job: the second sees it ended
+            job = self.job(job_id)
+            if not job.state.terminal:
+                drive = self._drives.pop(job_id, None)
+                if drive is not None and not drive.done():
+                    drive.cancel()
+                    await asyncio.wait([drive])  # its writes are queued before ours
+                job = self.job(job_id)
+            if job.state.terminal:
+                if job.state is JobState.FAILED and job.error == CANCELLED:
+                    return job
+                raise JobConflictError(f"The job already ended ({job.state.value}).")
+            now = self._clock()
+            for fragment in job.fragments:
+                if fragment.status.in_flight:
+                    ended = replace(fragment, status=FragmentStatus.FAILED, end=now,
+                                    error=CANCELLED)  # fmt: skip
+                    await self._store.save_fragment(job.id, ended)
+                    if fragment.reservation_id is not None:
+                        self._background(self._release(job.id, fragment))
+            await self._fail(self.job(job_id), CANCELLED, CANCELLED)
+            log.info("mesh_job_cancelled", job_id=job_id, was=job.state.value)
+            return self.job(job_id)
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, job: Job) -> None:
+        task = self._background(self._drive(job))
+        self._drives[job.id] = task
+        task.add_done_callback(lambda _: self._forget_drive(job.id, task))
+
+    def _forget_drive(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self._drives.get(job_id) is task:
+            del self._drives[job_id]
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # The drive.
 

@@ -79,7 +79,9 @@ def client_for(settings: Settings, execute: Execute | None = None) -> Iterator[T
     ):
         registry.upsert(advert(node, fidelity, gates), time.time())
         mesh.add(FakeNode(node, execute=execute))
-    runtime = Runtime(store, registry, mesh, CoordinatorSettings(plan_wait_s=0), lambda qasm: IR)
+    cap = settings.auth.max_pending_tasks if settings.auth.enabled else 0
+    runtime = Runtime(store, registry, mesh, CoordinatorSettings(plan_wait_s=0), lambda qasm: IR,
+                      max_pending_per_owner=cap)  # fmt: skip
     limits: Limits = limits_from(settings.limits)
 
     def health() -> dict[str, Any]:
@@ -278,3 +280,29 @@ def test_delete_of_a_completed_job_answers_409_and_of_an_unknown_one_404(
     assert conflict.status_code == 409
     assert conflict.json()["message"] == "The job already ended (COMPLETED)."
     assert client.delete("/api/v1/jobs/nope").status_code == 404
+
+
+def test_a_key_at_its_cap_of_pending_jobs_gets_429_with_qtasks_message_until_one_ends() -> None:
+    keys = {"alice": new_key(), "bob": new_key()}
+    auth = AuthSettings(
+        enabled=True,
+        keys=tuple(ApiKey(name=n, sha256=key_digest(k)) for n, k in keys.items()),
+        max_pending_tasks=1,
+    )
+    alice, bob = {"X-API-Key": keys["alice"]}, {"X-API-Key": keys["bob"]}
+    submit = {"qasm": BELL}
+    with client_for(Settings(auth=auth), execute=hang) as http:
+        first = http.post("/api/v1/circuits/submit", json=submit, headers=alice)
+        assert first.status_code == 202
+        refused = http.post("/api/v1/circuits/submit", json=submit, headers=alice)
+        other_key = http.post("/api/v1/circuits/submit", json=submit, headers=bob)
+        http.delete(f"/api/v1/jobs/{first.json()['job_id']}", headers=alice)
+        after_end = http.post("/api/v1/circuits/submit", json=submit, headers=alice)
+    assert refused.status_code == 429
+    assert refused.json() == {
+        "status": "error",
+        "message": "Too many pending tasks: key 'alice' has 1 queued or running, and may have "
+        "at most 1; retry when some have finished.",
+    }
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert other_key.status_code == after_end.status_code == 202

@@ -89,7 +89,7 @@ class JobRecords(Protocol):
 
     async def save_job(self, job: Job) -> None: ...
 
-    async def create_job(self, job: Job) -> Job: ...
+    async def create_job(self, job: Job, max_pending: int = 0) -> Job: ...
 
     async def save_fragment(self, job_id: str, fragment: Fragment) -> None: ...
 
@@ -147,8 +147,12 @@ class Runtime:
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        max_pending_per_owner: int = 0,
     ) -> None:
+        """`max_pending_per_owner`: jobs one API key may have unfinished (0: no cap), as
+        qtask's `auth.max_pending_tasks` for tasks."""
         self._store = store
+        self._max_pending = max_pending_per_owner
         self._registry = registry
         self._mesh = mesh
         self._settings = settings
@@ -203,11 +207,12 @@ class Runtime:
         """Store a checked circuit as a QUEUED job and start driving it; return at once.
 
         With an `idempotency_key` the owner used before, the job stored then is returned (and
-        nothing new is started)."""
+        nothing new is started). PendingCapError when the owner is at its cap of unfinished
+        jobs."""
         now = self._clock()
         new = Job(uuid.uuid4().hex, JobState.QUEUED, qasm, shots, seed, min_fidelity, now, now,
                   owner=owner, idempotency_key=idempotency_key)  # fmt: skip
-        job = await self._store.create_job(new)
+        job = await self._store.create_job(new, self._max_pending)
         if job.id != new.id:
             log.info("mesh_job_resubmitted", job_id=job.id)
             return job

@@ -167,12 +167,14 @@ async def test_a_key_at_its_cap_of_unfinished_jobs_is_refused_in_the_insert(
     await store.close()
 
 
-# Last: `qtask` main configures logging onto capsys' stdout, closed after this test.
 def test_the_cli_moves_the_database_to_the_version_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from qtask.cli import main
 
+    # main() would point structlog at capsys' stdout, closed after this test: every later test
+    # in this process that logs would fail on it.
+    monkeypatch.setattr("qtask.logs.configure", lambda *args, **kwargs: None)
     db = tmp_path / "mesh.db"
     monkeypatch.setenv("QTASK_MESH__COORDINATOR__DATABASE", str(db))
     assert main(["coordinator", "--migrate-to", str(HEAD)]) == 0

@@ -1,4 +1,7 @@
-# One image for every role: `qtask api`, `qtask worker`, `qtask poller` (and `qtask serve`).
+# One image for every role: `qtask api`, `qtask worker`, `qtask poller` (and `qtask serve`);
+# with `--build-arg QTASK_EXTRAS=server,mesh` also `qtask coordinator` and `qtask node` (the
+# mesh: py-libp2p's fastecdsa has no wheel, so that build compiles it with gcc and libgmp-dev
+# in the build stage, and the final stage gets only libgmp10; docker-compose.mesh.yml).
 # Build args make the base image and the package source overridable, as an air-gapped site
 # needs: PYTHON_IMAGE (default python:3.12-slim) and a local wheelhouse/ (see its README).
 # AER_PACKAGE swaps the simulator's distribution: `--build-arg AER_PACKAGE=qiskit-aer-gpu` (CUDA
@@ -9,22 +12,32 @@ ARG PYTHON_IMAGE=python:3.12-slim
 FROM ${PYTHON_IMAGE} AS build
 ARG PIP_INDEX_URL
 ARG AER_PACKAGE=qiskit-aer
+ARG QTASK_EXTRAS=server
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY wheelhouse/ /wheelhouse/
 RUN python3 -m venv /opt/qtask
-# Wheels only: the final image needs no compiler, and this stage does not either.
+# Wheels only, except the mesh's fastecdsa (an sdist): its compiler and headers stay in this
+# stage. Python.h comes with the python image; Debian's own python3 needs python3-dev for it.
+RUN set -eu; \
+    case ",$QTASK_EXTRAS," in *,mesh,*) \
+        dev="gcc libc6-dev libgmp-dev"; \
+        python3 -c 'import os, sysconfig; os.stat(sysconfig.get_paths()["include"] + "/Python.h")' \
+            2>/dev/null || dev="$dev python3-dev"; \
+        apt-get update && apt-get install -y --no-install-recommends $dev \
+        && rm -rf /var/lib/apt/lists/*;; \
+    esac
 RUN set -eu; \
     if ls /wheelhouse/*.whl >/dev/null 2>&1; then src="--no-index --find-links /wheelhouse"; \
     else src=""; fi; \
     /opt/qtask/bin/pip install $src --only-binary=:all: --upgrade setuptools wheel
 COPY pyproject.toml README.md ./
 COPY src ./src
-# The server extra: plain `.` is the client only (httpx, rich).
+# The server extra (plain `.` is the client only: httpx, rich), and mesh when asked for.
 RUN set -eu; \
     if ls /wheelhouse/*.whl >/dev/null 2>&1; then src="--no-index --find-links /wheelhouse"; \
     else src=""; fi; \
-    /opt/qtask/bin/pip install $src --prefer-binary --no-build-isolation ".[server]" \
+    /opt/qtask/bin/pip install $src --prefer-binary --no-build-isolation ".[$QTASK_EXTRAS]" \
     && /opt/qtask/bin/pip uninstall -y setuptools wheel
 # The GPU variant: the same version of qiskit_aer from the other distribution.
 RUN set -eu; \
@@ -37,8 +50,15 @@ RUN set -eu; \
     fi
 
 FROM ${PYTHON_IMAGE}
-RUN useradd --create-home --uid 10001 qtask
+# data/ exists and is the user's, so a volume mounted there is writable (docker-compose.mesh.yml).
+RUN useradd --create-home --uid 10001 qtask && install -d -o qtask -g qtask /home/qtask/data
 COPY --from=build /opt/qtask /opt/qtask
+# fastecdsa (the mesh) links libgmp at run time.
+RUN set -eu; \
+    if ls -d /opt/qtask/lib/python3*/site-packages/fastecdsa >/dev/null 2>&1; then \
+        apt-get update && apt-get install -y --no-install-recommends libgmp10 \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
 ENV PATH=/opt/qtask/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     OMP_WAIT_POLICY=passive \

@@ -60,3 +60,48 @@ def test_a_task_on_the_mesh_backend_completes_with_the_nodes_counts(tmp_path: Pa
         server.kill_tree()
         node.kill()
         coordinator.kill()
+
+
+def test_deleting_a_mesh_task_cancels_its_job_at_the_coordinator(tmp_path: Path) -> None:
+    # No node meets min_fidelity 0.9999: the job waits in RESERVING for one (plan_wait_s).
+    coordinator = CoordinatorProcess(
+        tmp_path / "coordinator", env={"QTASK_MESH__COORDINATOR__PLAN_WAIT_S": "120"}
+    ).start()
+    node = node_process(tmp_path / "nodes", "n", bootstrap=[coordinator.addr], noise=NOISE)
+    server = ServerProcess(
+        tmp_path / "serve",
+        workers=1,
+        env={
+            "QTASK_BACKENDS__MESH__TYPE": "mesh",
+            "QTASK_BACKENDS__MESH__URL": coordinator.url,
+            "QTASK_BACKENDS__MESH__POLL_INTERVAL_S": "0.2",
+            "QTASK_BACKENDS__MESH__MIN_FIDELITY": "0.9999",
+        },
+    )
+    try:
+        node.start()
+        server.start()
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            response = http.post("/tasks", json={"qc": BELL, "shots": 100, "backend": "mesh"})
+            assert response.status_code == 202, response.text
+            task_id = response.json()["task_id"]
+            job_id = _logged(coordinator, "mesh_job_submitted")["job_id"]
+            assert coordinator.get(f"/api/v1/jobs/{job_id}")["state"] in ("QUEUED", "RESERVING")
+            cancelled = http.delete(f"/tasks/{task_id}")
+            assert cancelled.status_code == 200, cancelled.text
+            assert cancelled.json() == {"status": "error", "message": "Task was cancelled."}
+        assert _logged(coordinator, "mesh_job_cancelled")["job_id"] == job_id
+        job = coordinator.get(f"/api/v1/jobs/{job_id}")
+        assert (job["state"], job["error"]) == ("FAILED", "cancelled")
+    finally:
+        server.kill_tree()
+        node.kill()
+        coordinator.kill()
+
+
+def _logged(coordinator: CoordinatorProcess, event: str) -> dict[str, object]:
+    deadline = time.monotonic() + 30
+    while not (found := [e for e in coordinator.lines() if e.get("event") == event]):
+        assert time.monotonic() < deadline, f"the coordinator never logged {event}"
+        time.sleep(0.05)
+    return found[0]

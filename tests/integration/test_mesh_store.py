@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from qtask.errors import ConfigError
+from qtask.errors import ConfigError, PendingCapError
+from qtask.mesh.config import CoordinatorSettings
 from qtask.mesh.jobs import Fragment, FragmentStatus, Job, JobState
 from qtask.mesh.migrations import HEAD, current_version, migrate
 from qtask.mesh.protocol import Advert, Availability, NoiseSpec, QualityReport
+from qtask.mesh.retention import QualityRetention
 from qtask.mesh.store import MeshStore, open_migrated
 
 
@@ -108,11 +111,70 @@ async def test_a_second_job_under_one_idempotency_key_returns_the_first(tmp_path
     await store.close()
 
 
+def report(node: str, at: float) -> QualityReport:
+    return QualityReport(kind="link", reporter="c", node_id=node, latency_ms=at, loss=0.0,
+                         measured_at=at)  # fmt: skip
+
+
+async def test_the_retention_loop_keeps_recent_reports_and_the_newest_rows_per_node(
+    tmp_path: Path,
+) -> None:
+    store = MeshStore(tmp_path / "mesh.db")
+    now = 10_000.0
+    await store.add_quality(report("a", 1.0), now - 7200)  # past quality_keep_s: goes
+    for at in range(2, 7):  # five recent reports on "a": the newest three stay
+        await store.add_quality(report("a", float(at)), now - 10)
+    await store.add_quality(report("b", 9.0), now - 10)
+    settings = CoordinatorSettings(
+        quality_keep_s=3600, quality_keep_rows=3, quality_prune_interval_s=0.01
+    )
+    pruned = asyncio.Event()
+
+    class Watched:
+        async def prune_quality(self, older_than: float, keep_rows: int) -> int:
+            removed = await store.prune_quality(older_than, keep_rows)
+            if removed:
+                pruned.set()
+            return removed
+
+    retention = QualityRetention(Watched(), settings, clock=lambda: now)
+    loop = retention.loop()
+    loop.start()
+    try:
+        async with asyncio.timeout(10):
+            await pruned.wait()
+    finally:
+        await loop.stop()
+    assert [r["latency_ms"] for r in store.quality_reports("a")] == [4.0, 5.0, 6.0]
+    assert [r["latency_ms"] for r in store.quality_reports("b")] == [9.0]
+    assert retention.removed == 3
+    assert loop.failures == 0
+    await store.close()
+
+
+async def test_a_key_at_its_cap_of_unfinished_jobs_is_refused_in_the_insert(
+    tmp_path: Path,
+) -> None:
+    store = MeshStore(tmp_path / "mesh.db")
+    first = Job("j1", JobState.QUEUED, "q", 1, None, 0.0, 1.0, 1.0, owner="k")
+    await store.create_job(first, max_pending=1)
+    second = Job("j2", JobState.QUEUED, "q", 1, None, 0.0, 1.0, 1.0, owner="k")
+    with pytest.raises(PendingCapError, match="key 'k' has 1 queued or running"):
+        await store.create_job(second, max_pending=1)
+    assert store.job("j2") is None
+    await store.save_job(first.advance(JobState.FAILED, 2.0, error="cancelled"))
+    assert (await store.create_job(second, max_pending=1)).id == "j2"
+    await store.close()
+
+
 def test_the_cli_moves_the_database_to_the_version_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from qtask.cli import main
 
+    # main() would point structlog at capsys' stdout, closed after this test: every later test
+    # in this process that logs would fail on it.
+    monkeypatch.setattr("qtask.logs.configure", lambda *args, **kwargs: None)
     db = tmp_path / "mesh.db"
     monkeypatch.setenv("QTASK_MESH__COORDINATOR__DATABASE", str(db))
     assert main(["coordinator", "--migrate-to", str(HEAD)]) == 0

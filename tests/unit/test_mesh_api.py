@@ -3,6 +3,7 @@ through Starlette's TestClient: submit, read, follow, list nodes, errors, health
 
 from __future__ import annotations
 
+import asyncio
 import time
 import warnings
 from collections.abc import Iterator
@@ -19,10 +20,18 @@ from qtask.circuits.ingestor import limits_from
 from qtask.config import ApiKey, AuthSettings, LimitsSettings, Settings
 from qtask.mesh.api import Coordinator, create_app
 from qtask.mesh.config import CoordinatorSettings
-from qtask.mesh.protocol import Advert, Availability, CircuitIR, Instruction, NoiseSpec
+from qtask.mesh.protocol import (
+    Advert,
+    Availability,
+    CircuitIR,
+    ExecuteReply,
+    ExecuteRequest,
+    Instruction,
+    NoiseSpec,
+)
 from qtask.mesh.registry import Registry, Thresholds
 from qtask.mesh.runtime import Runtime
-from qtask.mesh.testing import FakeMesh, FakeNode, InMemoryMeshStore
+from qtask.mesh.testing import Execute, FakeMesh, FakeNode, InMemoryMeshStore
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
@@ -60,7 +69,7 @@ def client() -> Iterator[TestClient]:
 
 
 @contextmanager
-def client_for(settings: Settings) -> Iterator[TestClient]:
+def client_for(settings: Settings, execute: Execute | None = None) -> Iterator[TestClient]:
     store = InMemoryMeshStore()
     registry = Registry(Thresholds(ttl_s=600))
     mesh = FakeMesh()
@@ -69,8 +78,10 @@ def client_for(settings: Settings) -> Iterator[TestClient]:
         ("node-b", 0.9, ("h", "cx", "ccx", "measure")),
     ):
         registry.upsert(advert(node, fidelity, gates), time.time())
-        mesh.add(FakeNode(node))
-    runtime = Runtime(store, registry, mesh, CoordinatorSettings(plan_wait_s=0), lambda qasm: IR)
+        mesh.add(FakeNode(node, execute=execute))
+    cap = settings.auth.max_pending_tasks if settings.auth.enabled else 0
+    runtime = Runtime(store, registry, mesh, CoordinatorSettings(plan_wait_s=0), lambda qasm: IR,
+                      max_pending_per_owner=cap)  # fmt: skip
     limits: Limits = limits_from(settings.limits)
 
     def health() -> dict[str, Any]:
@@ -229,3 +240,69 @@ def test_over_the_keys_rate_the_api_answers_429_with_retry_after() -> None:
         limited = http.get("/api/v1/nodes", headers=headers)
     assert limited.status_code == 429
     assert int(limited.headers["Retry-After"]) >= 1
+
+
+async def hang(request: ExecuteRequest) -> ExecuteReply:
+    await asyncio.sleep(3600)
+    raise AssertionError("never answers")
+
+
+def test_delete_cancels_an_executing_job_once_and_an_ended_one_answers_409() -> None:
+    keys = {"alice": new_key(), "bob": new_key()}
+    auth = AuthSettings(
+        enabled=True, keys=tuple(ApiKey(name=n, sha256=key_digest(k)) for n, k in keys.items())
+    )
+    alice, bob = {"X-API-Key": keys["alice"]}, {"X-API-Key": keys["bob"]}
+    with client_for(Settings(auth=auth), execute=hang) as http:
+        job_id = http.post("/api/v1/circuits/submit", json={"qasm": BELL}, headers=alice).json()[
+            "job_id"
+        ]
+        deadline = time.monotonic() + 10
+        while http.get(f"/api/v1/jobs/{job_id}", headers=alice).json()["state"] != "EXECUTING":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert http.delete(f"/api/v1/jobs/{job_id}", headers=bob).status_code == 404
+        cancelled = http.delete(f"/api/v1/jobs/{job_id}", headers=alice)
+        again = http.delete(f"/api/v1/jobs/{job_id}", headers=alice)
+        read = http.get(f"/api/v1/jobs/{job_id}", headers=alice).json()
+    assert cancelled.status_code == again.status_code == 200
+    assert cancelled.json()["state"] == read["state"] == "FAILED"
+    assert read["error"] == "cancelled"
+    assert [f["status"] for f in read["fragments"]] == ["failed"]
+
+
+def test_delete_of_a_completed_job_answers_409_and_of_an_unknown_one_404(
+    client: TestClient,
+) -> None:
+    job_id = client.post("/api/v1/circuits/submit", json={"qasm": BELL}).json()["job_id"]
+    assert finished(client, job_id)["state"] == "COMPLETED"
+    conflict = client.delete(f"/api/v1/jobs/{job_id}")
+    assert conflict.status_code == 409
+    assert conflict.json()["message"] == "The job already ended (COMPLETED)."
+    assert client.delete("/api/v1/jobs/nope").status_code == 404
+
+
+def test_a_key_at_its_cap_of_pending_jobs_gets_429_with_qtasks_message_until_one_ends() -> None:
+    keys = {"alice": new_key(), "bob": new_key()}
+    auth = AuthSettings(
+        enabled=True,
+        keys=tuple(ApiKey(name=n, sha256=key_digest(k)) for n, k in keys.items()),
+        max_pending_tasks=1,
+    )
+    alice, bob = {"X-API-Key": keys["alice"]}, {"X-API-Key": keys["bob"]}
+    submit = {"qasm": BELL}
+    with client_for(Settings(auth=auth), execute=hang) as http:
+        first = http.post("/api/v1/circuits/submit", json=submit, headers=alice)
+        assert first.status_code == 202
+        refused = http.post("/api/v1/circuits/submit", json=submit, headers=alice)
+        other_key = http.post("/api/v1/circuits/submit", json=submit, headers=bob)
+        http.delete(f"/api/v1/jobs/{first.json()['job_id']}", headers=alice)
+        after_end = http.post("/api/v1/circuits/submit", json=submit, headers=alice)
+    assert refused.status_code == 429
+    assert refused.json() == {
+        "status": "error",
+        "message": "Too many pending tasks: key 'alice' has 1 queued or running, and may have "
+        "at most 1; retry when some have finished.",
+    }
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert other_key.status_code == after_end.status_code == 202

@@ -27,7 +27,7 @@ from qtask.mesh.protocol import (
     ReserveRequest,
 )
 from qtask.mesh.registry import Registry, Thresholds
-from qtask.mesh.runtime import JobNotFoundError, Runtime
+from qtask.mesh.runtime import CANCELLED, JobConflictError, JobNotFoundError, Runtime
 from qtask.mesh.testing import FakeMesh, FakeNode, InMemoryMeshStore
 
 BELL = CircuitIR(
@@ -315,3 +315,66 @@ async def test_a_completed_run_gives_its_reservation_back() -> None:
     assert [e["kind"] for e in rig.store.reservation_events(rid)] == [
         "requested", "accepted", "used", "released",
     ]  # fmt: skip
+
+
+async def test_a_queued_job_cancelled_ends_failed_cancelled_and_never_reaches_a_node() -> None:
+    rig = Rig(CoordinatorSettings(plan_wait_s=30.0))
+    job = await rig.runtime.submit("OPENQASM 2.0;", 10, None, 0.0, None)  # no node: it waits
+    cancelled = await rig.runtime.cancel(job.id)
+    assert cancelled.state is JobState.FAILED
+    assert cancelled.error == CANCELLED
+    node = rig.node("late", 0.99)
+    async with asyncio.timeout(5):
+        await rig.runtime.drain()
+    assert rig.runtime.job(job.id).state is JobState.FAILED
+    assert node.requests == []
+
+
+async def test_an_executing_job_cancelled_releases_its_reservation_and_discards_the_counts() -> (
+    None
+):
+    rig = Rig()
+    running = asyncio.Event()
+    finish = asyncio.Event()
+
+    async def slow(request: ExecuteRequest) -> ExecuteReply:
+        running.set()
+        await finish.wait()
+        return ExecuteReply(ok=True, correlation_id="c", node_id="a", counts={"00": 10})
+
+    node = rig.node("a", 0.99, execute=slow)
+    job = await rig.runtime.submit("OPENQASM 2.0;", 10, None, 0.0, None)
+    async with asyncio.timeout(5):
+        await running.wait()
+    assert rig.runtime.job(job.id).state is JobState.EXECUTING
+    cancelled = await rig.runtime.cancel(job.id)
+    finish.set()
+    async with asyncio.timeout(5):
+        await rig.runtime.drain()
+    done = rig.runtime.job(job.id)
+    assert cancelled.state is done.state is JobState.FAILED
+    assert done.error == CANCELLED
+    assert done.counts is None
+    [fragment] = done.fragments
+    assert (fragment.status, fragment.error) == (FragmentStatus.FAILED, CANCELLED)
+    reserves = [r for p, r in node.requests if p == RESERVE_PROTOCOL]
+    assert [r.action for r in reserves] == ["reserve", "release"]
+    kinds = [e["kind"] for e in rig.store.reservation_events(fragment.reservation_id)]
+    assert kinds == ["requested", "accepted", "released"]
+
+
+async def test_cancelling_twice_answers_the_cancelled_job_and_an_ended_job_conflicts() -> None:
+    rig = Rig(CoordinatorSettings(plan_wait_s=30.0))
+    waiting = await rig.runtime.submit("OPENQASM 2.0;", 10, None, 0.0, None)
+    first, second = await asyncio.gather(
+        rig.runtime.cancel(waiting.id), rig.runtime.cancel(waiting.id)
+    )
+    assert first == second
+    assert first.error == CANCELLED
+    rig.node("a", 0.99)
+    done = await rig.finished((await rig.runtime.submit("OPENQASM 2.0;", 1, None, 0.0, None)).id)
+    assert done.state is JobState.COMPLETED
+    with pytest.raises(JobConflictError, match="COMPLETED"):
+        await rig.runtime.cancel(done.id)
+    with pytest.raises(JobNotFoundError):
+        await rig.runtime.cancel("nope")

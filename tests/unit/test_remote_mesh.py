@@ -100,3 +100,26 @@ async def test_health_takes_the_widest_fragment_of_the_available_healthy_nodes()
     assert remote.capabilities.max_qubits == {"mesh": 8}
     nodes.clear()
     assert await remote.health() == "the mesh coordinator http://c.example has no available node"
+
+
+async def test_cancel_deletes_the_job_at_the_coordinator_and_an_ended_job_is_no_error() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.path))
+        if request.url.path.endswith("/ended"):
+            return httpx.Response(409, json={"status": "error", "message": "ended"})
+        if request.url.path.endswith("/broken"):
+            return httpx.Response(400, json={"status": "error", "message": "no"})
+        return httpx.Response(200, json={"job_id": "j-1", "state": "FAILED"})
+
+    remote = backend(httpx.MockTransport(answer))
+    assert remote.capabilities.cancel
+    await remote.cancel("j-1")
+    await remote.cancel("ended")
+    with pytest.raises(RemoteRejectedError, match="refused to cancel job broken: no"):
+        await remote.cancel("broken")
+    assert seen == [
+        ("DELETE", "/api/v1/jobs/j-1"), ("DELETE", "/api/v1/jobs/ended"),
+        ("DELETE", "/api/v1/jobs/broken"),
+    ]  # fmt: skip

@@ -82,7 +82,7 @@ async def stream_task(
     started = time.perf_counter()
     code, reason = await _serve(websocket, task_id, service, gate, streams, body)
     if code is not None:
-        await _close(websocket, code, reason)
+        await close_websocket(websocket, code, reason)
     caller = websocket.scope.get("state", {}).get("caller")
     log.info(
         "task_stream",
@@ -104,7 +104,7 @@ async def _serve(
     """Run the stream; the close code and reason to send (None: the client already left)."""
     await websocket.accept()
     try:
-        caller = await _authenticate(websocket, gate)
+        caller = await authenticate(websocket, gate)
         websocket.scope.setdefault("state", {})["caller"] = caller
         with streams.slot(), metrics.LIVE_STREAMS.track_inprogress():
 
@@ -114,7 +114,7 @@ async def _serve(
                 return await service.wait(task_id, caller, seconds)
 
             events = streams.follow(wait, lambda task: task.status.terminal)
-            await _until_left(websocket, _send_all(websocket, task_id, events, body))
+            await until_left(websocket, _send_all(websocket, task_id, events, body))
     except WebSocketDisconnect:
         return None, ""
     except TooManyStreamsError as exc:
@@ -134,8 +134,9 @@ async def _serve(
     return CLOSE_NORMAL, "The task ended."
 
 
-async def _authenticate(websocket: WebSocket, gate: Gate) -> str | None:
-    """The caller's key name, from a header or else from the first message."""
+async def authenticate(websocket: WebSocket, gate: Gate) -> str | None:
+    """The caller's key name, from a header or else from the first message (public: the mesh
+    coordinator's job websocket uses it too)."""
     if not gate.enabled or _has_key_header(websocket):
         return await gate.caller(websocket.headers)
     try:
@@ -214,7 +215,7 @@ async def _send_all(
         await websocket.send_text(orjson.dumps(message).decode())
 
 
-async def _until_left(websocket: WebSocket, work: Awaitable[None]) -> None:
+async def until_left(websocket: WebSocket, work: Awaitable[None]) -> None:
     """Run `work`, reading (and dropping) what the client sends meanwhile, so that a client
     that leaves ends the work at once instead of at its next send."""
 
@@ -239,7 +240,8 @@ async def _until_left(websocket: WebSocket, work: Awaitable[None]) -> None:
         raise error
 
 
-async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+async def close_websocket(websocket: WebSocket, code: int, reason: str) -> None:
+    """Close with `code` and `reason` (cut to the protocol's limit), unless already gone."""
     if websocket.application_state is WebSocketState.DISCONNECTED:
         return
     encoded = reason.encode()

@@ -102,7 +102,7 @@ Wait = Annotated[
 
 
 def _json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI request body of a route that reads `model` itself with _read_model."""
+    """The OpenAPI request body of a route that reads `model` itself with read_model."""
     return {
         "requestBody": {
             "required": True,
@@ -132,7 +132,7 @@ async def submit_task(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Store the circuit durably and queue it; answer with the task's id at once."""
-    body = await _read_model(request, SubmitRequest, request.app.state.max_body_bytes)
+    body = await read_model(request, SubmitRequest, request.app.state.max_body_bytes)
     submission = Submission(body.qc, body.shots, body.seed, body.memory, backend=body.backend)
     task = await service.submit(submission, idempotency_key, caller)
     return _json(
@@ -162,7 +162,7 @@ async def submit_batch(
     the message names it (`tasks[3]: ...`). With an Idempotency-Key, a retried batch returns
     the ids the first attempt created.
     """
-    body = await _read_model(request, BatchSubmitRequest, request.app.state.max_batch_body_bytes)
+    body = await read_model(request, BatchSubmitRequest, request.app.state.max_batch_body_bytes)
     tasks = await service.submit_many(
         [
             Submission(item.qc, item.shots, item.seed, item.memory, backend=item.backend)
@@ -404,11 +404,13 @@ def task_body(task: Task | TaskOutcome) -> dict[str, object]:
     return {"status": "pending", "message": MSG_PENDING}
 
 
-class _UnprocessableError(InvalidRequestError):
+class UnprocessableError(InvalidRequestError):
+    """A body that parses but breaks the schema (HTTP 422)."""
+
     status_code = 422
 
 
-async def _read_model(request: Request, model: type[_Model], limit: int) -> _Model:
+async def read_model(request: Request, model: type[_Model], limit: int) -> _Model:
     """The body as `model`: at most `limit` bytes, JSON, and valid, or a 4xx saying why.
 
     Routes read bodies themselves (not as FastAPI parameters) so the size limit holds while the
@@ -424,7 +426,7 @@ async def _read_model(request: Request, model: type[_Model], limit: int) -> _Mod
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
-        raise _UnprocessableError(describe_validation(exc.errors())) from None
+        raise UnprocessableError(describe_validation(exc.errors())) from None
 
 
 async def _read_json(request: Request, limit: int) -> object:
@@ -448,5 +450,5 @@ async def _read_json(request: Request, limit: int) -> object:
     except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(payload, dict):
-        raise _UnprocessableError('The request body must be a JSON object like {"qc": "..."}.')
+        raise UnprocessableError('The request body must be a JSON object like {"qc": "..."}.')
     return payload

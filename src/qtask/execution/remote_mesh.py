@@ -2,10 +2,11 @@
 
 submit = POST /api/v1/circuits/submit with `Idempotency-Key: <task id>` (a retried submission
 gets the same job back) and the configured `min_fidelity` constraint; statuses = GET
-/api/v1/jobs/{id}, one job per call (the coordinator has no batch read); cancel: the
-coordinator of mesh part 1 has no cancel, so a job past `remote_timeout_s` is left to end there
-and only forgotten here. Capabilities are the widest fragment an available node takes, read
-from GET /api/v1/nodes at each health check. The circuit travels as the OpenQASM the user sent.
+/api/v1/jobs/{id}, one job per call (the coordinator has no batch read); cancel = DELETE
+/api/v1/jobs/{id} (the job ends FAILED "cancelled" there, its reservations released): a
+`DELETE /tasks/{id}` here, or a job past `remote_timeout_s`, reaches the coordinator.
+Capabilities are the widest fragment an available node takes, read from GET /api/v1/nodes at
+each health check. The circuit travels as the OpenQASM the user sent.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class MeshRemoteBackend(ConfiguredRemote[MeshBackendSettings]):
             max_shots=min(self._limits.max_shots, 1_000_000),
             memory=False,
             seeds=True,
-            cancel=False,
+            cancel=True,
         )
 
     @property
@@ -145,8 +146,17 @@ class MeshRemoteBackend(ConfiguredRemote[MeshBackendSettings]):
         return found
 
     async def cancel(self, job_id: str) -> None:
-        """Nothing to call: the coordinator of mesh part 1 cannot cancel a job."""
-        log.info("mesh_cancel_unsupported", job_id=job_id)
+        """DELETE /api/v1/jobs/{id}. A job that already ended (409) or is gone (404) needs
+        nothing more; any other refusal is raised (the poller logs it)."""
+        response = await self._call("DELETE", f"/api/v1/jobs/{job_id}")
+        if response.status_code in (404, 409):
+            log.info("mesh_cancel_after_end", job_id=job_id, status=response.status_code,
+                     message=_message(response))  # fmt: skip
+            return
+        if response.status_code >= 400:
+            raise RemoteRejectedError(f"The mesh refused to cancel job {job_id}: "
+                                      f"{_message(response)}")  # fmt: skip
+        log.info("mesh_job_cancelled", job_id=job_id)
 
     async def close(self) -> None:
         """Close the HTTP client."""

@@ -1,13 +1,14 @@
 """The coordinator's HTTP API (FR-009, FR-012, FR-014), on qtask's own API machinery.
 
 Reused, not copied: API keys and rate limits (qtask.api.auth.Gate, through the routes'
-CallerDep), body size and read-time limits and the 4xx shapes (qtask.api.routes._read_model),
+CallerDep), body size and read-time limits and the 4xx shapes (qtask.api.routes.read_model),
 the one error handler (qtask.api.errors), the request log with request ids
 (RequestLogMiddleware), live streams (qtask.application.live via qtask.api.events' websocket
 helpers), and circuit ingestion (qtask.circuits.ingest: OpenQASM 2 and 3, errors with line
 and column).
 
 Routes: POST /api/v1/circuits/submit -> 202 {"job_id"} at once; GET /api/v1/jobs/{id};
+DELETE /api/v1/jobs/{id} (cancel: FAILED "cancelled"; 409 once ended otherwise);
 websocket /api/v1/jobs/{id}/ws (the job now, then each change; closed 1000 after its end);
 GET /api/v1/nodes (?gate=&min_fidelity=&available=&qubits=); /health, /ready, /metrics.
 Routes are thin: they validate and call the Runtime or the Registry once.
@@ -32,10 +33,16 @@ from qtask.api import errors
 from qtask.api.app import streams_from
 from qtask.api.auth import Gate
 from qtask.api.errors import error_response
-from qtask.api.events import CLOSE_IDLE, CLOSE_NORMAL, CLOSE_TRY_LATER, _authenticate, _close
-from qtask.api.events import _until_left as until_left
+from qtask.api.events import (
+    CLOSE_IDLE,
+    CLOSE_NORMAL,
+    CLOSE_TRY_LATER,
+    authenticate,
+    close_websocket,
+    until_left,
+)
 from qtask.api.middleware import RequestLogMiddleware
-from qtask.api.routes import CallerDep, IdempotencyKey, _read_model, _UnprocessableError
+from qtask.api.routes import CallerDep, IdempotencyKey, UnprocessableError, read_model
 from qtask.application.live import StreamIdleError, Streams, TooManyStreamsError
 from qtask.circuits.ingest import Limits, ingest
 from qtask.config import Settings
@@ -103,7 +110,7 @@ async def submit(
     """Check the circuit (OpenQASM 2 or 3; a syntax error answers 422 with line and column),
     store the job QUEUED and answer its id at once. A retry with the same `Idempotency-Key`
     answers the job the first one created."""
-    body = await _read_model(request, SubmitJob, request.app.state.max_body_bytes)
+    body = await read_model(request, SubmitJob, request.app.state.max_body_bytes)
     coordinator = _coordinator(request)
     try:
         # Off the event loop: the OpenQASM 3 fallback parser costs ~0.2 ms per statement.
@@ -111,7 +118,7 @@ async def submit(
     except CircuitTooLargeError:
         raise
     except CircuitError as exc:
-        raise _UnprocessableError(str(exc)) from None
+        raise UnprocessableError(str(exc)) from None
     job = await coordinator.runtime.submit(
         body.qasm, body.shots, body.seed, body.constraints.min_fidelity, caller, idempotency_key
     )
@@ -127,13 +134,23 @@ async def get_job(job_id: str, request: Request, caller: CallerDep) -> Response:
     return _json(_visible(runtime.job(job_id), caller).body())
 
 
+@router.delete("/jobs/{job_id}", summary="Cancel a job")
+async def cancel_job(job_id: str, request: Request, caller: CallerDep) -> Response:
+    """A job not yet ended ends at once: FAILED with the error "cancelled"; its reservations
+    are released, and a fragment already running on a node has its counts discarded. Answers
+    the job's body; again for a cancelled job; 409 for a job that ended otherwise."""
+    runtime = _coordinator(request).runtime
+    _visible(runtime.job(job_id), caller)
+    return _json((await runtime.cancel(job_id)).body())
+
+
 @router.websocket("/jobs/{job_id}/ws")
 async def job_stream(websocket: WebSocket, job_id: str) -> None:
     """The job's body now, then each change; closed with 1000 after its end. Keys, close codes
     and bounds as the task websocket's (qtask.api.events)."""
     code, reason = await _serve_stream(websocket, job_id)
     if code is not None:
-        await _close(websocket, code, reason)
+        await close_websocket(websocket, code, reason)
 
 
 async def _serve_stream(websocket: WebSocket, job_id: str) -> tuple[int | None, str]:
@@ -142,7 +159,7 @@ async def _serve_stream(websocket: WebSocket, job_id: str) -> tuple[int | None, 
     streams: Streams = state.streams
     await websocket.accept()
     try:
-        caller = await _authenticate(websocket, state.gate)
+        caller = await authenticate(websocket, state.gate)
         with streams.slot():
 
             async def wait(seconds: float | None) -> Job:

@@ -68,7 +68,7 @@ class JobRecords(Protocol):
 
     async def save_job(self, job: Job) -> None: ...
 
-    async def create_job(self, job: Job) -> Job: ...
+    async def create_job(self, job: Job, max_pending: int = 0) -> Job: ...
 
     async def save_fragment(self, job_id: str, fragment: Fragment) -> None: ...
 
@@ -127,7 +127,7 @@ class FragmentAttempts:
     async def _set(self, job: Job, state: JobState, **changes: object) -> Job:
         raise NotImplementedError
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+    def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         raise NotImplementedError
 
     def _plan(

@@ -129,6 +129,12 @@ class CoordinatorSettings(BaseModel):
     backoff_base_s: float = Field(default=0.1, gt=0)
     backoff_max_s: float = Field(default=2.0, gt=0)
     planner: PlannerSettings = PlannerSettings()
+    # FR-008 records kept (qtask.mesh.retention): quality reports received within
+    # `quality_keep_s`, and at most the newest `quality_keep_rows` per node, pruned every
+    # `quality_prune_interval_s`.
+    quality_keep_s: float = Field(default=24 * 3600.0, gt=0)
+    quality_keep_rows: int = Field(default=10_000, ge=1)
+    quality_prune_interval_s: float = Field(default=60.0, gt=0)
 
 
 class MeshSettings(BaseModel):

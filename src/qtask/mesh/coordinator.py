@@ -5,8 +5,9 @@ guards), and its lifespan starts and stops the rest in order: the database (migr
 and the registry reloaded from it as `stale`; the libp2p host (MeshHost: adverts through
 AdvertInbox into the registry, quality reports, disconnect notices); a dial to every reloaded
 node's address, so a restarted coordinator finds its nodes again; the runtime's recovery of
-unfinished jobs; the ping loop. SIGTERM: uvicorn stops taking requests, then the lifespan stops
-the loop, the runtime (jobs stay in the database for the next start), the host and the database.
+unfinished jobs; the ping loop; the quality reports' retention loop. SIGTERM: uvicorn stops
+taking requests, then the lifespan stops the loops, the runtime (jobs stay in the database
+for the next start), the host and the database.
 
 This is the only module that knows which classes make a coordinator.
 """
@@ -39,6 +40,7 @@ from qtask.mesh.ir import ir_from_qasm
 from qtask.mesh.pinger import Pinger
 from qtask.mesh.protocol import ADVERT_TOPIC, QUALITY_TOPIC, Advert, CircuitIR, QualityReport
 from qtask.mesh.registry import Registry, Thresholds
+from qtask.mesh.retention import QualityRetention
 from qtask.mesh.runtime import Compile, PlanJob, Runtime
 from qtask.mesh.store import MeshStore, open_migrated
 from qtask.runtime.health import Check
@@ -82,8 +84,12 @@ class CoordinatorProcess:
         # FR-010: completed fragments' output states (and each job's plan) beside the database.
         states = StateFiles(mesh.database.with_name(mesh.database.name + ".states"))
         hook = _import_planner(mesh.planner_hook)
-        self.runtime = Runtime(self.store, self.registry, self.host, mesh, qasm_compiler(limits),
-                               states=states, plan_job=hook)  # fmt: skip
+        # auth.max_pending_tasks holds per key for mesh jobs as for qtask's tasks.
+        self.runtime = Runtime(
+            self.store, self.registry, self.host, mesh, qasm_compiler(limits),
+            states=states, plan_job=hook,
+            max_pending_per_owner=settings.auth.max_pending_tasks if settings.auth.enabled else 0,
+        )  # fmt: skip
         self.pinger = Pinger(self.host, self.registry, self.store, mesh)
         self.ping_loop = SupervisedLoop(
             "mesh_pinger",
@@ -91,6 +97,8 @@ class CoordinatorProcess:
             interval=mesh.ping_interval_s + mesh.ping_timeout_s,
             pause=mesh.ping_interval_s,
         )
+        self.retention = QualityRetention(self.store, mesh)
+        self.retention_loop = self.retention.loop()
         self._host_up = False
         self._tasks: set[asyncio.Task[Any]] = set()
         coordinator = Coordinator(
@@ -180,7 +188,12 @@ class CoordinatorProcess:
                 raise RuntimeError("the libp2p host is not running")
             return f"ok ({len(self.host.connected_peers())} peers)"
 
-        return {"database": database, "libp2p": host, "mesh_pinger": self.ping_loop.check()}
+        return {
+            "database": database,
+            "libp2p": host,
+            "mesh_pinger": self.ping_loop.check(),
+            "mesh_quality_retention": self.retention_loop.check(),
+        }
 
     # Life cycle.
 
@@ -197,10 +210,12 @@ class CoordinatorProcess:
         if recovered:
             log.warning("mesh_jobs_recovered", count=recovered)
         self.ping_loop.start()
+        self.retention_loop.start()
         try:
             yield
         finally:
             log.info("coordinator_stopping")
+            await self.retention_loop.stop()
             await self.ping_loop.stop()
             for task in self._tasks:
                 task.cancel()

@@ -19,6 +19,11 @@ requested before the request leaves), so a coordinator killed at any moment rest
 it wrote: `recover()` marks attempts that were in flight `abandoned`, releases their
 reservations (best effort: the node expires them anyway) and drives the job again from the
 kept plan, skipping fragments whose completed record and state file both exist.
+
+Cancel (DELETE /api/v1/jobs/{id}): the job's drive is stopped where it waits, its attempts in
+flight end `failed` ("cancelled") with their reservations released, and the job ends FAILED
+with the error "cancelled" (FR-009's six states are kept: a cancelled job is a failed one).
+A fragment already running on a node runs to its end there; its counts are never read.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Any, cast
 
 import structlog
 
-from qtask.errors import CircuitError, QTaskError
+from qtask.errors import CircuitError, InvalidRequestError, QTaskError
 from qtask.logs import get_logger
 from qtask.mesh import coord_metrics as metrics
 from qtask.mesh import planner
@@ -66,8 +71,18 @@ log = get_logger("mesh.runtime")
 _PLAN_POLL_S = 0.1
 
 
+# A cancelled job's error, and its attempts' (FAILED with this reason: see Runtime.cancel).
+CANCELLED = "cancelled"
+
+
 class JobNotFoundError(QTaskError):
     """Raised when no mesh job has the given id."""
+
+
+class JobConflictError(InvalidRequestError):
+    """Raised when a job's state does not allow the request: cancelling an ended job."""
+
+    status_code = 409
 
 
 Compile = Callable[[str], CircuitIR]
@@ -88,8 +103,12 @@ class Runtime(FragmentAttempts):
         rng: random.Random | None = None,
         states: StateFiles | None = None,
         plan_job: PlanJob | None = None,
+        max_pending_per_owner: int = 0,
     ) -> None:
+        """`max_pending_per_owner`: jobs one API key may have unfinished (0: no cap), as
+        qtask's `auth.max_pending_tasks` for tasks."""
         self._store = store
+        self._max_pending = max_pending_per_owner
         self._registry = registry
         self._mesh = mesh
         self._settings = settings
@@ -100,6 +119,8 @@ class Runtime(FragmentAttempts):
         self._plan_job = plan_job
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed: dict[str, asyncio.Event] = {}
+        self._drives: dict[str, asyncio.Task[None]] = {}  # job id -> the task driving it
+        self._cancelling = asyncio.Lock()
         self._stopping = False
 
     # Reads.
@@ -148,7 +169,7 @@ class Runtime(FragmentAttempts):
         now = self._clock()
         new = Job(uuid.uuid4().hex, JobState.QUEUED, qasm, shots, seed, min_fidelity, now, now,
                   owner=owner, idempotency_key=idempotency_key)  # fmt: skip
-        job = await self._store.create_job(new)
+        job = await self._store.create_job(new, self._max_pending)
         if job.id != new.id:
             log.info("mesh_job_resubmitted", job_id=job.id)
             return job
@@ -191,13 +212,48 @@ class Runtime(FragmentAttempts):
         if tasks:
             await asyncio.wait(tasks)
 
-    def _spawn(self, job: Job) -> None:
-        self._background(self._drive(job))
+    async def cancel(self, job_id: str) -> Job:
+        """End an unfinished job at once: FAILED with the error "cancelled" (see the module
+        docstring). Cancelling a cancelled job answers it again; a job that ended otherwise
+        raises JobConflictError."""
+        async with self._cancelling:  # two cancels of one job: the second sees it ended
+            job = self.job(job_id)
+            if not job.state.terminal:
+                drive = self._drives.pop(job_id, None)
+                if drive is not None and not drive.done():
+                    drive.cancel()
+                    await asyncio.wait([drive])  # its writes are queued before ours
+                job = self.job(job_id)
+            if job.state.terminal:
+                if job.state is JobState.FAILED and job.error == CANCELLED:
+                    return job
+                raise JobConflictError(f"The job already ended ({job.state.value}).")
+            now = self._clock()
+            for fragment in job.fragments:
+                if fragment.status.in_flight:
+                    ended = replace(fragment, status=FragmentStatus.FAILED, end=now,
+                                    error=CANCELLED)  # fmt: skip
+                    await self._store.save_fragment(job.id, ended)
+                    if fragment.reservation_id is not None:
+                        self._background(self._release(job.id, fragment))
+            await self._fail(self.job(job_id), CANCELLED, CANCELLED)
+            log.info("mesh_job_cancelled", job_id=job_id, was=job.state.value)
+            return self.job(job_id)
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, job: Job) -> None:
+        task = self._background(self._drive(job))
+        self._drives[job.id] = task
+        task.add_done_callback(lambda _: self._forget_drive(job.id, task))
+
+    def _forget_drive(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self._drives.get(job_id) is task:
+            del self._drives[job_id]
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # The drive.
 

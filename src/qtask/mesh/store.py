@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from qtask.adapters.sqlite_db import SQLiteDatabase
-from qtask.errors import StoreUnavailableError
+from qtask.errors import PendingCapError, StoreUnavailableError
 from qtask.mesh.jobs import Fragment, FragmentStatus, Job, JobState
 from qtask.mesh.migrations import HEAD, migrate
 from qtask.mesh.protocol import Advert, QualityReport
@@ -55,9 +55,10 @@ class MeshStore:
         """Insert or update the job's own row (its fragments are saved one by one)."""
         await self.db.write(lambda conn: _insert(conn, job))
 
-    async def create_job(self, job: Job) -> Job:
+    async def create_job(self, job: Job, max_pending: int = 0) -> Job:
         """Insert a new job; with an idempotency key the caller's job already stored under it
-        is returned instead (checked and inserted in one transaction)."""
+        is returned instead. With `max_pending` > 0, PendingCapError when the job's owner has
+        that many jobs unfinished already (checked and inserted in one transaction)."""
 
         def write(conn: sqlite3.Connection) -> Job | None:
             if job.idempotency_key is not None:
@@ -69,6 +70,13 @@ class MeshStore:
                     return _job(
                         conn, conn.execute("SELECT * FROM jobs WHERE id = ?", (row[0],)).fetchone()
                     )
+            if max_pending > 0 and job.owner is not None:
+                (pending,) = conn.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE owner = ? AND state NOT IN (?, ?)",
+                    (job.owner, JobState.COMPLETED.value, JobState.FAILED.value),
+                ).fetchone()
+                if pending >= max_pending:
+                    raise PendingCapError(job.owner, pending, max_pending)
             _insert(conn, job)
             return None
 
@@ -198,6 +206,22 @@ class MeshStore:
                 row,
             )
         )
+
+    async def prune_quality(self, older_than: float, keep_rows: int) -> int:
+        """Delete quality reports received before `older_than` and, per node, all but the
+        newest `keep_rows`; how many were deleted."""
+
+        def write(conn: sqlite3.Connection) -> int:
+            old = conn.execute("DELETE FROM quality_reports WHERE received_at < ?", (older_than,))
+            over = conn.execute(
+                "DELETE FROM quality_reports WHERE seq IN (SELECT seq FROM (SELECT seq, "
+                "ROW_NUMBER() OVER (PARTITION BY node_id ORDER BY seq DESC) AS newer "
+                "FROM quality_reports) WHERE newer > ?)",
+                (keep_rows,),
+            )
+            return int(old.rowcount) + int(over.rowcount)
+
+        return await self.db.write(write)
 
     def quality_reports(self, node_id: str) -> list[dict[str, Any]]:
         """Quality reports about one node, oldest first."""

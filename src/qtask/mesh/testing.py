@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from qtask.errors import QTaskError
+from qtask.errors import PendingCapError, QTaskError
 from qtask.mesh.jobs import Fragment, Job, JobState
 from qtask.mesh.protocol import (
     EXECUTE_PROTOCOL,
@@ -144,12 +144,18 @@ class InMemoryMeshStore:
         """Keep the job (without its fragments, as the database does)."""
         self.jobs[job.id] = job
 
-    async def create_job(self, job: Job) -> Job:
-        """Insert, or the job already stored under the owner's idempotency key."""
+    async def create_job(self, job: Job, max_pending: int = 0) -> Job:
+        """Insert, or the job already stored under the owner's idempotency key; PendingCapError
+        past the owner's cap of unfinished jobs."""
         if job.idempotency_key is not None:
             for found in self.jobs.values():
                 if (found.owner, found.idempotency_key) == (job.owner, job.idempotency_key):
                     return self.job(found.id) or found
+        if max_pending > 0 and job.owner is not None:
+            pending = sum(1 for j in self.jobs.values()
+                          if j.owner == job.owner and not j.state.terminal)  # fmt: skip
+            if pending >= max_pending:
+                raise PendingCapError(job.owner, pending, max_pending)
         self.jobs[job.id] = job
         return job
 

@@ -124,6 +124,7 @@ async def test_a_dag_runs_halves_in_parallel_then_the_join_and_matches_the_whole
     assert rig.executed("c") == [f"{job.id}.f2"]
     assert done.metadata is not None
     assert [r["node"] for r in done.metadata["route"]][-1] == "c"  # type: ignore[index]
+    assert 0.0 < float(done.metadata["est_fidelity"]) <= 1.0  # type: ignore[arg-type]
     assert not (tmp_path / "states" / job.id).exists()  # forgotten once the job ended
 
 

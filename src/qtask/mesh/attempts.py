@@ -14,6 +14,7 @@ Also here: the ports the runtime needs (MeshPort, JobRecords) and the run's meta
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 import uuid
@@ -525,6 +526,9 @@ class _DagRun:
             "resumed": self.resumed,
             "replans": self.replans,
             "failed_attempts": self.errors,
+            # The cost model's predicted fidelity of the plan that ran (FR-013 sets it beside
+            # the measured one): the product of its fragments' estimates.
+            "est_fidelity": round(math.prod(f.est_fidelity for f in self.plan.fragments), 6),
         }
 
 

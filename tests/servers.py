@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qtask_testkit import ServerProcess, free_port
+from qtask_testkit import ServerProcess, free_port, kill_group, terminate_group
 
 S3_ACCESS_KEY = "qtask-test-access"
 S3_SECRET_KEY = "qtask-test-secret-key"
@@ -186,32 +186,15 @@ class RoleProcess:
 
     def kill(self) -> None:
         """SIGKILL the process and its children."""
-        import os
-
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
+        kill_group(self.process)
 
     def terminate(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, wait, then make sure nothing of it is left."""
-        import os
-
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            print(f"qtask {self.role} did not exit within {timeout:g} s of SIGTERM")
-            return None
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(10)  # reaped, so no ResourceWarning lands on a later test
+        return terminate_group(self.process, f"qtask {self.role}", timeout)
 
     def log(self) -> str:
         """What the process printed so far."""

@@ -5,12 +5,13 @@ fan-out of status calls of the providers that have no batch status read (IBM, Br
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from qtask.domain.backends import BackendCapabilities
 from qtask.domain.remote import RemoteStatus
 from qtask.errors import QTaskError, RemoteUnavailableError
+from qtask.runtime.provider_host import ProviderHost
 
 
 class RemoteTiming(Protocol):
@@ -51,20 +52,22 @@ class ConfiguredRemote(Generic[Timed]):
 async def bounded_statuses(
     provider: str,
     job_ids: Sequence[str],
-    read: Callable[[str], Awaitable[RemoteStatus]],
+    host: Callable[[], ProviderHost],
+    timeout: float,
     limit: asyncio.Semaphore,
     failed: Callable[[str, QTaskError], None],
 ) -> dict[str, RemoteStatus]:
-    """Each job's status by `read`, as many calls at once as `limit` lets; a job the provider
-    does not answer for is left out (polled again) and told to `failed`; if none could be read,
-    RemoteUnavailableError naming the `provider`."""
+    """Each job's status by its session's `status` call (`host()`, within `timeout`), as many
+    calls at once as `limit` lets; a job the provider does not answer for is left out (polled
+    again) and told to `failed`; if none could be read, RemoteUnavailableError naming the
+    `provider`."""
     if not job_ids:
         return {}
 
     async def one(job_id: str) -> tuple[str, RemoteStatus | str]:
         async with limit:
             try:
-                status = await read(job_id)
+                status: RemoteStatus = await host().call("status", job_id, timeout=timeout)
             except QTaskError as exc:  # one job's failure must not end the batch
                 failed(job_id, exc)
                 return job_id, str(exc)

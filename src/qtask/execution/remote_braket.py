@@ -169,14 +169,8 @@ class BraketRemoteBackend(ConfiguredRemote[BraketBackendSettings]):
         """Each job's status, _CONCURRENT_CALLS calls at once; a job Braket does not answer
         for is left out (polled again); if none could be read, RemoteUnavailableError."""
         return await bounded_statuses(
-            "Braket", job_ids, self._read_status, self._limit, _status_failed
+            "Braket", job_ids, self._session_host, _STATUS_TIMEOUT_S, self._limit, _status_failed
         )
-
-    async def _read_status(self, job_id: str) -> RemoteStatus:
-        status: RemoteStatus = await self._session_host().call(
-            "status", job_id, timeout=_STATUS_TIMEOUT_S
-        )
-        return status
 
     async def cancel(self, job_id: str) -> None:
         """CancelQuantumTask; one that already ended answers ConflictException (best effort)."""

@@ -141,14 +141,8 @@ class IbmRemoteBackend(ConfiguredRemote[IbmBackendSettings]):
         """Each job's status, _CONCURRENT_CALLS calls at once; a job IBM does not answer for
         is left out (polled again); if none could be read, RemoteUnavailableError."""
         return await bounded_statuses(
-            "IBM", job_ids, self._read_status, self._limit, _status_failed
+            "IBM", job_ids, self._session_host, _STATUS_TIMEOUT_S, self._limit, _status_failed
         )
-
-    async def _read_status(self, job_id: str) -> RemoteStatus:
-        status: RemoteStatus = await self._session_host().call(
-            "status", job_id, timeout=_STATUS_TIMEOUT_S
-        )
-        return status
 
     async def cancel(self, job_id: str) -> None:
         """job.cancel(); a job that already ended raises there, which is fine (best effort)."""

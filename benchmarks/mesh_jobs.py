@@ -16,7 +16,6 @@ markdown table; never asserts on time.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -28,17 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from meshcoord import CoordinatorProcess
 from meshkit import node_process
+from summary import quantiles
 
 BELL = (
     'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\n'
     "h q[0];\ncx q[0], q[1];\nc = measure q;\n"
 )
-
-
-def quantiles(values: list[float]) -> str:
-    values = sorted(values)
-    p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
-    return f"{statistics.median(values):.1f} | {p95:.1f} | {values[-1]:.1f}"
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(TESTS))
 
 from meshcoord import CoordinatorProcess  # noqa: E402
 from meshkit import node_process, start_all  # noqa: E402
+from summary import quantiles  # noqa: E402
 
 
 def circuit(qubits: int) -> str:
@@ -46,12 +47,6 @@ def circuit(qubits: int) -> str:
     lines += [f"cx q[{q}],q[{q + 1}];" for q in range(qubits - 1)]
     lines.append("measure q -> c;")
     return "\n".join(lines) + "\n"
-
-
-def quantiles(values: list[float]) -> str:
-    values = sorted(values)
-    p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
-    return f"{statistics.median(values):.1f} | {p95:.1f} | {values[-1]:.1f}"
 
 
 def main() -> None:

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,10 +16,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from qtask.mesh.experiment.cluster import LOOPBACK, json_lines, spawn, toml_value
 from qtask.mesh.host import MeshHost
+from qtask_testkit import kill_group, terminate_group
 
 TESTS = Path(__file__).resolve().parent
-LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
 
 class MeshProcess:
@@ -59,11 +57,7 @@ class MeshProcess:
         """Start the process without waiting (see `start_all`)."""
         # A restarted process appends to the same log: read only what this run writes.
         self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                self.command, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env}, start_new_session=True,
-            )  # fmt: skip
+        self.process = spawn(self.command, self.log_path, self.env)
 
     def wait_ready(self, timeout: float = 60.0) -> MeshProcess:
         """Wait for the ready line; read the peer id and addresses from it."""
@@ -74,13 +68,7 @@ class MeshProcess:
 
     def lines(self) -> list[dict[str, Any]]:
         """The JSON log lines so far (other lines skipped)."""
-        out = []
-        for line in self.log().splitlines():
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                if isinstance(entry, dict):
-                    out.append(entry)
-        return out
+        return json_lines(self.log())
 
     def wait_for(
         self,
@@ -105,22 +93,13 @@ class MeshProcess:
         """SIGKILL the whole process group."""
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
+        kill_group(self.process)
 
     def terminate(self, timeout: float = 30.0) -> int | None:
         """SIGTERM and wait; SIGKILL what is left."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-        finally:
-            self.kill()
+        return terminate_group(self.process, f"mesh process {self.log_path.stem}", timeout)
 
     def log(self) -> str:
         """What this run of the process printed so far."""
@@ -129,20 +108,6 @@ class MeshProcess:
         with open(self.log_path, "rb") as file:
             file.seek(self._offset)
             return file.read().decode(errors="replace")
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
-    raise TypeError(value)
 
 
 def node_process(directory: Path, name: str = "node", **node: Any) -> MeshProcess:
@@ -161,7 +126,7 @@ def node_process(directory: Path, name: str = "node", **node: Any) -> MeshProces
     }
     config = directory / f"{name}.toml"
     lines = ["[log]", 'level = "INFO"', "json_output = true", "", "[mesh.node]"]
-    lines += [f"{key} = {_toml(value)}" for key, value in settings.items()]
+    lines += [f"{key} = {toml_value(value)}" for key, value in settings.items()]
     config.write_text("\n".join(lines) + "\n")
     return MeshProcess(
         [sys.executable, "-m", "qtask", "node", "--config", str(config)],

@@ -101,6 +101,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process's group (it and every process it started) and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
+def terminate_group(process: subprocess.Popen[bytes], name: str, timeout: float) -> int | None:
+    """SIGTERM and wait up to `timeout` for the exit code (None if it did not come); then
+    SIGKILL whatever is left of the process group."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        print(f"{name} did not exit within {timeout:g} s of SIGTERM")
+        return None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(10)  # reaped, so no ResourceWarning lands on a later test
+
+
 class ServerProcess:
     """`qtask serve` as a user runs it, in its own process group so it can be killed whole."""
 
@@ -154,9 +178,7 @@ class ServerProcess:
     def kill_tree(self) -> None:
         """SIGKILL the server and every process it started, at once."""
         assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
+        kill_group(self.process)
 
     def terminate(self, timeout: float = 60.0) -> int:
         """SIGTERM the server and wait for it to exit; return its exit code."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qtask_testkit import ServerProcess, free_port
+from qtask_testkit import ServerProcess, free_port, kill_group, remote_env, terminate_group
 
 S3_ACCESS_KEY = "qtask-test-access"
 S3_SECRET_KEY = "qtask-test-secret-key"
@@ -186,32 +186,15 @@ class RoleProcess:
 
     def kill(self) -> None:
         """SIGKILL the process and its children."""
-        import os
-
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
+        kill_group(self.process)
 
     def terminate(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, wait, then make sure nothing of it is left."""
-        import os
-
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            print(f"qtask {self.role} did not exit within {timeout:g} s of SIGTERM")
-            return None
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(10)  # reaped, so no ResourceWarning lands on a later test
+        return terminate_group(self.process, f"qtask {self.role}", timeout)
 
     def log(self) -> str:
         """What the process printed so far."""
@@ -388,6 +371,25 @@ def started_deployment(
     deployment.start()
     yield deployment
     deployment.terminate()
+
+
+Front = ServerProcess | DistributedDeployment
+
+
+def federated_pair(
+    kind: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, **remote: str
+) -> Iterator[tuple[Front, ServerProcess]]:
+    """B: `qtask serve` with one worker process; A: the deployment of `kind` (see
+    `started_deployment`) with a `qtask` backend "remote" on B (`remote`: its options). Yields
+    (A, B), then stops both. For fixtures parametrized over both deployments."""
+    b = ServerProcess(tmp_path / "b", workers=1)
+    b.start()
+    try:
+        env = remote_env(b.url, **remote)
+        yield from ((a, b) for a in started_deployment(kind, tmp_path_factory, env))
+    finally:
+        if b.process is not None:
+            b.terminate()
 
 
 def started_api_replica(deployment: DistributedDeployment, log: Path) -> tuple[RoleProcess, str]:

@@ -9,10 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qtask_testkit import BELL, ServerProcess, remote_env, slow_circuit, submit, wait_done
-from servers import DistributedDeployment, started_deployment
-
-Front = ServerProcess | DistributedDeployment
+from qtask_testkit import BELL, ServerProcess, slow_circuit, submit, wait_done
+from servers import Front, federated_pair
 
 
 @pytest.fixture(params=["embedded", "distributed"])
@@ -21,18 +19,7 @@ def pair(
 ) -> Iterator[tuple[Front, ServerProcess]]:
     """B: `qtask serve`; A: `qtask serve`, or api + workers + `qtask poller` on Redis, NATS and
     S3 (where the result and the pending job record go through the bucket)."""
-    remote = ServerProcess(tmp_path / "b", workers=1)
-    remote.start()
-    try:
-        yield from (
-            (front, remote)
-            for front in started_deployment(
-                request.param, tmp_path_factory, env=remote_env(remote.url)
-            )
-        )
-    finally:
-        if remote.process is not None:
-            remote.terminate()
+    yield from federated_pair(request.param, tmp_path, tmp_path_factory)
 
 
 def test_bell_on_remote_backend_completes_with_the_remote_counts(

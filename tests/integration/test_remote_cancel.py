@@ -10,10 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qtask_testkit import BELL, ServerProcess, remote_env, slow_circuit, submit, wait_done
-from servers import DistributedDeployment, started_deployment
-
-Front = ServerProcess | DistributedDeployment
+from qtask_testkit import BELL, ServerProcess, slow_circuit, submit, wait_done
+from servers import Front, federated_pair
 
 # A's first status call of a job comes this long (x0.75 to x1.25) after the submission: far
 # past the deadline below, so only the cancel's own path can reach B in time.
@@ -26,16 +24,9 @@ CANCEL_DEADLINE_S = 10.0
 def pair(
     request: pytest.FixtureRequest, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Front, ServerProcess]]:
-    remote = ServerProcess(tmp_path / "b", workers=1)
-    remote.start()
-    try:
-        env = remote_env(remote.url, poll_interval_s=POLL_INTERVAL_S)
-        yield from (
-            (front, remote) for front in started_deployment(request.param, tmp_path_factory, env)
-        )
-    finally:
-        if remote.process is not None:
-            remote.terminate()
+    yield from federated_pair(
+        request.param, tmp_path, tmp_path_factory, poll_interval_s=POLL_INTERVAL_S
+    )
 
 
 def test_a_cancel_reaches_the_remote_qtask_within_seconds(

@@ -8,8 +8,6 @@ object store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -26,6 +24,7 @@ from qtask.config import Settings
 from qtask.errors import ConfigError
 from qtask.logs import get_logger
 from qtask.runtime.health import Check, serve_health
+from qtask.runtime.signals import until_signalled
 from qtask.worker.remote import RemoteSubmitter
 from qtask.worker.runner import Worker
 
@@ -170,7 +169,7 @@ async def run_worker(settings: Settings) -> None:
         },
     )
     log.info("worker_started", worker_id=me, processes=pool.size)
-    await _until_signalled()
+    await until_signalled()
     log.info("worker_stopping", grace_s=settings.worker.shutdown_grace_s)
     if health is not None:
         health.close()
@@ -218,7 +217,7 @@ async def run_poller(settings: Settings) -> None:
         },
     )
     log.info("poller_started", keep_finished_s=settings.retention.keep_finished_s or None)
-    await _until_signalled()
+    await until_signalled()
     if health is not None:
         health.close()
     await reconciler.stop()
@@ -262,12 +261,3 @@ async def _health(settings: Settings, checks: dict[str, Check]) -> asyncio.Serve
     if port == 0:
         return None
     return await serve_health(settings.server.host, port, checks)
-
-
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
-    await stop.wait()

@@ -38,7 +38,7 @@ from qtask.domain.remote import RemoteState, RemoteStatus, provider_state
 from qtask.domain.task import Task
 from qtask.errors import QTaskError, RemoteRejectedError, RemoteUnavailableError
 from qtask.execution.braket_circuits import SEPARATOR, Readback
-from qtask.execution.remote_base import ConfiguredRemote
+from qtask.execution.remote_base import ConfiguredRemote, bounded_statuses
 from qtask.logs import get_logger
 from qtask.runtime.provider_host import ChildHost, ProviderHost, ThreadHost
 
@@ -168,27 +168,9 @@ class BraketRemoteBackend(ConfiguredRemote[BraketBackendSettings]):
     async def statuses(self, job_ids: Sequence[str]) -> dict[str, RemoteStatus]:
         """Each job's status, _CONCURRENT_CALLS calls at once; a job Braket does not answer
         for is left out (polled again); if none could be read, RemoteUnavailableError."""
-        if not job_ids:
-            return {}
-        answers = await asyncio.gather(*(self._one(job_id) for job_id in job_ids))
-        found = {job_id: status for job_id, status in answers if isinstance(status, RemoteStatus)}
-        failures = [status for _, status in answers if isinstance(status, str)]
-        if failures and not found:
-            raise RemoteUnavailableError(
-                f"Braket answered no status call ({len(failures)} failed): {failures[0]}"
-            )
-        return found
-
-    async def _one(self, job_id: str) -> tuple[str, RemoteStatus | str]:
-        async with self._limit:
-            try:
-                status = await self._session_host().call(
-                    "status", job_id, timeout=_STATUS_TIMEOUT_S
-                )
-            except QTaskError as exc:  # one job's failure must not end the batch
-                log.warning("braket_status_failed", reason=type(exc).__name__)
-                return job_id, str(exc)
-            return job_id, status
+        return await bounded_statuses(
+            "Braket", job_ids, self._session_host, _STATUS_TIMEOUT_S, self._limit, _status_failed
+        )
 
     async def cancel(self, job_id: str) -> None:
         """CancelQuantumTask; one that already ended answers ConflictException (best effort)."""
@@ -200,6 +182,10 @@ class BraketRemoteBackend(ConfiguredRemote[BraketBackendSettings]):
         # starting a new child.
         if self._host is not None:
             await self._host.close()
+
+
+def _status_failed(job_id: str, exc: QTaskError) -> None:
+    log.warning("braket_status_failed", reason=type(exc).__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ each health check. The circuit travels as the OpenQASM the user sent.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,18 +22,16 @@ from qtask.domain.backends import BackendCapabilities, BackendKind
 from qtask.domain.remote import RemoteState, RemoteStatus, provider_state
 from qtask.domain.task import Task
 from qtask.errors import RemoteRejectedError, RemoteUnavailableError
-from qtask.execution.remote_base import ConfiguredRemote
+from qtask.execution.remote_http import HEALTH_TIMEOUT_S, HttpRemote, response_message
 from qtask.logs import get_logger
 
 log = get_logger("remote_mesh")
 
-# Seconds one HTTP call may take; the coordinator answers reads from SQLite in milliseconds.
-_CALL_TIMEOUT_S = 10.0
-_HEALTH_TIMEOUT_S = 2.0
 
-
-class MeshRemoteBackend(ConfiguredRemote[MeshBackendSettings]):
+class MeshRemoteBackend(HttpRemote[MeshBackendSettings]):
     """A `qtask coordinator` as a RemoteBackend (domain.remote)."""
+
+    _peer = "the mesh coordinator"
 
     def __init__(
         self,
@@ -45,10 +42,7 @@ class MeshRemoteBackend(ConfiguredRemote[MeshBackendSettings]):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._name = name
-        self._settings = settings
-        self._transport = transport  # tests answer with httpx.MockTransport
-        self._url = settings.url.rstrip("/")
-        self._client: httpx.AsyncClient | None = None
+        self._open_http(settings, transport)
         self._limits = limits
         self._capabilities = self._with_qubits(limits.max_qubits)
 
@@ -69,37 +63,11 @@ class MeshRemoteBackend(ConfiguredRemote[MeshBackendSettings]):
         """GET /api/v1/jobs/{id} reads one job."""
         return 1
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            headers = {}
-            if self._settings.api_key_env:
-                key = os.environ.get(self._settings.api_key_env, "")
-                if key:
-                    headers["Authorization"] = f"Bearer {key}"
-            self._client = httpx.AsyncClient(
-                base_url=self._url, headers=headers, timeout=_CALL_TIMEOUT_S,
-                transport=self._transport,
-            )  # fmt: skip
-        return self._client
-
-    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self._http().request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise RemoteUnavailableError(
-                f"the mesh coordinator {self._url} cannot be reached: {type(exc).__name__} {exc}"
-            ) from exc
-        if response.status_code == 429 or response.status_code >= 500:
-            raise RemoteUnavailableError(
-                f"the mesh coordinator {self._url} answered {response.status_code}"
-            )
-        return response
-
     async def health(self) -> str:
         """ "ok" (capabilities refreshed from the available nodes), or why not."""
         try:
             response = await self._call(
-                "GET", "/api/v1/nodes", params={"available": "true"}, timeout=_HEALTH_TIMEOUT_S
+                "GET", "/api/v1/nodes", params={"available": "true"}, timeout=HEALTH_TIMEOUT_S
             )
             if response.status_code != 200:
                 return f"the mesh coordinator {self._url} answered {response.status_code}"
@@ -127,7 +95,7 @@ class MeshRemoteBackend(ConfiguredRemote[MeshBackendSettings]):
             "POST", "/api/v1/circuits/submit", json=body, headers={"Idempotency-Key": task.id}
         )
         if response.status_code >= 400:
-            raise RemoteRejectedError(f"The mesh refused the task: {_message(response)}")
+            raise RemoteRejectedError(f"The mesh refused the task: {response_message(response)}")
         return str(response.json()["job_id"])
 
     async def statuses(self, job_ids: Sequence[str]) -> dict[str, RemoteStatus]:
@@ -140,7 +108,7 @@ class MeshRemoteBackend(ConfiguredRemote[MeshBackendSettings]):
             if response.status_code != 200:
                 raise RemoteUnavailableError(
                     f"the mesh coordinator {self._url} answered {response.status_code}: "
-                    f"{_message(response)}"
+                    f"{response_message(response)}"
                 )
             found[job_id] = _status(response.json())
         return found
@@ -151,18 +119,12 @@ class MeshRemoteBackend(ConfiguredRemote[MeshBackendSettings]):
         response = await self._call("DELETE", f"/api/v1/jobs/{job_id}")
         if response.status_code in (404, 409):
             log.info("mesh_cancel_after_end", job_id=job_id, status=response.status_code,
-                     message=_message(response))  # fmt: skip
+                     message=response_message(response))  # fmt: skip
             return
         if response.status_code >= 400:
             raise RemoteRejectedError(f"The mesh refused to cancel job {job_id}: "
-                                      f"{_message(response)}")  # fmt: skip
+                                      f"{response_message(response)}")  # fmt: skip
         log.info("mesh_job_cancelled", job_id=job_id)
-
-    async def close(self) -> None:
-        """Close the HTTP client."""
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
 
 def _status(body: dict[str, Any]) -> RemoteStatus:
@@ -172,10 +134,3 @@ def _status(body: dict[str, Any]) -> RemoteStatus:
     if state is RemoteState.ERROR:
         return RemoteStatus(state, message=f"The mesh: {body.get('error')}")
     return RemoteStatus(state)
-
-
-def _message(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("message"))
-    except ValueError:
-        return response.text[:200]

@@ -9,7 +9,6 @@ configured `remote_backend`'s), read from its GET /backends.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,18 +21,16 @@ from qtask.domain.backends import BackendCapabilities, BackendKind
 from qtask.domain.remote import RemoteState, RemoteStatus, provider_state
 from qtask.domain.task import Task
 from qtask.errors import RemoteRejectedError, RemoteUnavailableError
-from qtask.execution.remote_base import ConfiguredRemote
+from qtask.execution.remote_http import HEALTH_TIMEOUT_S, HttpRemote, response_message
 from qtask.logs import get_logger
 
 log = get_logger("remote_qtask")
 
-# Seconds one HTTP call may take; a status batch of 256 reads in a few ms on a healthy remote.
-_CALL_TIMEOUT_S = 10.0
-_HEALTH_TIMEOUT_S = 2.0
 
-
-class QtaskRemoteBackend(ConfiguredRemote[QtaskBackendSettings]):
+class QtaskRemoteBackend(HttpRemote[QtaskBackendSettings]):
     """Another qtask deployment as a RemoteBackend (domain.remote)."""
+
+    _peer = "the remote qtask"
 
     def __init__(
         self,
@@ -44,10 +41,7 @@ class QtaskRemoteBackend(ConfiguredRemote[QtaskBackendSettings]):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._name = name
-        self._transport = transport  # tests answer with httpx.MockTransport
-        self._settings = settings
-        self._url = settings.url.rstrip("/")
-        self._client: httpx.AsyncClient | None = None
+        self._open_http(settings, transport)
         # Until the remote's GET /backends is read: this deployment's own limits (the remote
         # refuses what it cannot run, and the task then ends with its message).
         self._capabilities = BackendCapabilities(
@@ -63,38 +57,10 @@ class QtaskRemoteBackend(ConfiguredRemote[QtaskBackendSettings]):
         """GET /tasks?ids= reads this many tasks at once."""
         return MAX_IDS_PER_READ
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            headers = {}
-            if self._settings.api_key_env:
-                key = os.environ.get(self._settings.api_key_env, "")
-                if key:
-                    headers["Authorization"] = f"Bearer {key}"
-            self._client = httpx.AsyncClient(
-                base_url=self._url,
-                headers=headers,
-                timeout=_CALL_TIMEOUT_S,
-                transport=self._transport,
-            )
-        return self._client
-
-    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self._http().request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise RemoteUnavailableError(
-                f"the remote qtask {self._url} cannot be reached: {type(exc).__name__} {exc}"
-            ) from exc
-        if response.status_code == 429 or response.status_code >= 500:
-            raise RemoteUnavailableError(
-                f"the remote qtask {self._url} answered {response.status_code}"
-            )
-        return response
-
     async def health(self) -> str:
         """ "ok" (and the capabilities refreshed from its GET /backends), or why not."""
         try:
-            response = await self._call("GET", "/backends", timeout=_HEALTH_TIMEOUT_S)
+            response = await self._call("GET", "/backends", timeout=HEALTH_TIMEOUT_S)
             if response.status_code != 200:
                 return f"the remote qtask {self._url} answered {response.status_code}"
             self._capabilities = self._read_capabilities(response.json())
@@ -137,7 +103,9 @@ class QtaskRemoteBackend(ConfiguredRemote[QtaskBackendSettings]):
             "POST", "/tasks", json=body, headers={"Idempotency-Key": task.id}
         )
         if response.status_code >= 400:
-            raise RemoteRejectedError(f"The remote qtask refused the task: {_message(response)}")
+            raise RemoteRejectedError(
+                f"The remote qtask refused the task: {response_message(response)}"
+            )
         return str(response.json()["task_id"])
 
     async def statuses(self, job_ids: Sequence[str]) -> dict[str, RemoteStatus]:
@@ -148,19 +116,13 @@ class QtaskRemoteBackend(ConfiguredRemote[QtaskBackendSettings]):
         if response.status_code != 200:
             raise RemoteUnavailableError(
                 f"the remote qtask {self._url} answered {response.status_code}: "
-                f"{_message(response)}"
+                f"{response_message(response)}"
             )
         return {item["task_id"]: _status(item) for item in response.json()["tasks"]}
 
     async def cancel(self, job_id: str) -> None:
         """DELETE /tasks/{id}; a task that already ended there answers 409, which is fine."""
         await self._call("DELETE", f"/tasks/{job_id}")
-
-    async def close(self) -> None:
-        """Close the HTTP client."""
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
 
 def _status(item: dict[str, Any]) -> RemoteStatus:
@@ -170,10 +132,3 @@ def _status(item: dict[str, Any]) -> RemoteStatus:
     if state is RemoteState.ERROR:
         return RemoteStatus(state, message=f"The remote qtask: {item.get('message')}")
     return RemoteStatus(state)
-
-
-def _message(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("message"))
-    except ValueError:
-        return response.text[:200]

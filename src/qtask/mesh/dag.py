@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from qtask.mesh.handoff import State
+from qtask.mesh.planner import placement_json
 from qtask.mesh.protocol import CircuitIR
 
 
@@ -53,13 +54,7 @@ class FragmentSpec:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
         return {
-            "fragment_id": self.fragment_id,
-            "circuit": self.circuit.model_dump(mode="json"),
-            "qubits": list(self.qubits),
-            "gates": sorted(self.gates),
-            "depends_on": list(self.depends_on),
-            "node_id": self.node_id,
-            "fallbacks": list(self.fallbacks),
+            **placement_json(self),
             "measure": self.measure,
             "est_fidelity": self.est_fidelity,
         }

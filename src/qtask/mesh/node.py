@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import time
 from typing import Any
 
@@ -66,6 +65,7 @@ from qtask.mesh.protocol import (
 from qtask.mesh.reservations import ReservationBook
 from qtask.runtime.health import serve_health
 from qtask.runtime.pool import ChildPool, ChildTimeoutError
+from qtask.runtime.signals import until_signalled
 
 log = get_logger("mesh.node")
 
@@ -558,10 +558,5 @@ async def run_node(settings: NodeSettings, *, health_host: str = "127.0.0.1") ->
     logging.getLogger("libp2p").setLevel(logging.WARNING)
     node = ServiceNode(settings, health_host=health_host)
     await node.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    await until_signalled()
     await node.stop()

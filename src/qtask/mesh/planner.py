@@ -27,7 +27,7 @@ import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from qtask.errors import QTaskError
 from qtask.mesh.config import PlannerSettings
@@ -50,6 +50,38 @@ class PlanInfeasibleError(QTaskError):
     constraint; the message names the missing capability or the constraint."""
 
 
+class Placed(Protocol):
+    """What a planned fragment and the runtime's FragmentSpec share: the slice and its place."""
+
+    @property
+    def fragment_id(self) -> str: ...
+    @property
+    def circuit(self) -> CircuitIR: ...
+    @property
+    def qubits(self) -> tuple[int, ...]: ...
+    @property
+    def gates(self) -> frozenset[str]: ...
+    @property
+    def depends_on(self) -> tuple[str, ...]: ...
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def fallbacks(self) -> tuple[str, ...]: ...
+
+
+def placement_json(fragment: Placed) -> dict[str, Any]:
+    """The JSON form of a fragment's slice and place (the first keys of its `to_dict`)."""
+    return {
+        "fragment_id": fragment.fragment_id,
+        "circuit": fragment.circuit.model_dump(mode="json"),
+        "qubits": list(fragment.qubits),
+        "gates": sorted(fragment.gates),
+        "depends_on": list(fragment.depends_on),
+        "node_id": fragment.node_id,
+        "fallbacks": list(fragment.fallbacks),
+    }
+
+
 @dataclass(frozen=True)
 class PlannedFragment:
     """One fragment of a plan: its slice, where it runs and what it waits for."""
@@ -69,13 +101,7 @@ class PlannedFragment:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able, canonical (sorted gates)."""
         return {
-            "fragment_id": self.fragment_id,
-            "circuit": self.circuit.model_dump(mode="json"),
-            "qubits": list(self.qubits),
-            "gates": sorted(self.gates),
-            "depends_on": list(self.depends_on),
-            "node_id": self.node_id,
-            "fallbacks": list(self.fallbacks),
+            **placement_json(self),
             "est_cost": self.est_cost,
             "est_fidelity": self.est_fidelity,
             "est_latency_ms": self.est_latency_ms,

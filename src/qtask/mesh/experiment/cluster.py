@@ -65,23 +65,13 @@ class Process:
         return self.popen.pid
 
     def launch(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(
-                self.command, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env}, start_new_session=True,
-            )  # fmt: skip
+        self.popen = spawn(self.command, self.log_path, self.env)
 
     def lines(self) -> list[dict[str, Any]]:
         """The JSON log lines so far (other lines skipped)."""
-        out: list[dict[str, Any]] = []
         if not self.log_path.exists():
-            return out
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                if isinstance(entry, dict):
-                    out.append(entry)
-        return out
+            return []
+        return json_lines(self.log_path.read_text(errors="replace"))
 
     def wait_for(self, event: str, timeout: float) -> dict[str, Any]:
         """The first log line with this event, polled until `timeout`."""
@@ -118,7 +108,28 @@ class Process:
             self.popen.wait(10)
 
 
-def _toml(value: Any) -> str:
+def spawn(command: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start `command` in its own process group, unbuffered, its output appended to `log_path`."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, start_new_session=True,
+        )  # fmt: skip
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON object lines of a log (other lines skipped)."""
+    out: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict):
+                out.append(entry)
+    return out
+
+
+def toml_value(value: Any) -> str:
+    """`value` as a TOML value (settings files of the started processes)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -126,9 +137,9 @@ def _toml(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(value)
 
 
@@ -218,7 +229,7 @@ class Cluster:
             settings["faults_enabled"] = True
         config = self.directory / f"{name}.toml"
         lines = ["[log]", 'level = "INFO"', "json_output = true", "", "[mesh.node]"]
-        lines += [f"{key} = {_toml(value)}" for key, value in settings.items()]
+        lines += [f"{key} = {toml_value(value)}" for key, value in settings.items()]
         config.write_text("\n".join(lines) + "\n")
         return Process(
             name,

@@ -131,17 +131,6 @@ class OffBackendSettings(BaseModel):
     type: Literal["off"]
 
 
-BackendSettings = Annotated[
-    AerBackendSettings
-    | AerDeviceBackendSettings
-    | QtaskBackendSettings
-    | IbmBackendSettings
-    | BraketLocalBackendSettings
-    | BraketBackendSettings
-    | MeshBackendSettings
-    | OffBackendSettings,
-    Field(discriminator="type"),
-]
 RunnableBackendSettings = (
     AerBackendSettings
     | AerDeviceBackendSettings
@@ -151,6 +140,9 @@ RunnableBackendSettings = (
     | BraketBackendSettings
     | MeshBackendSettings
 )
+# A `[backends.<name>]` table as written: a runnable backend, or `type = "off"`.
+AnyBackendSettings = RunnableBackendSettings | OffBackendSettings
+BackendSettings = Annotated[AnyBackendSettings, Field(discriminator="type")]
 
 # Three devices of the three processor families a newcomer is likely to meet: Eagle (127
 # qubits, ECR), Heron r1 (133, CZ) and Heron r2 (156, CZ). Each costs nothing until a task
@@ -164,17 +156,7 @@ BUILT_IN_BACKENDS: dict[str, RunnableBackendSettings] = {
 
 
 def effective_backends(
-    configured: dict[
-        str,
-        AerBackendSettings
-        | AerDeviceBackendSettings
-        | QtaskBackendSettings
-        | IbmBackendSettings
-        | BraketLocalBackendSettings
-        | BraketBackendSettings
-        | MeshBackendSettings
-        | OffBackendSettings,
-    ],
+    configured: dict[str, AnyBackendSettings],
 ) -> dict[str, RunnableBackendSettings]:
     """The built-in backends overlaid with the configured ones, less those turned off."""
     merged: dict[str, RunnableBackendSettings] = dict(BUILT_IN_BACKENDS)

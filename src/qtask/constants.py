@@ -33,6 +33,10 @@ ALLOWED_INCLUDES = frozenset({"stdgates.inc", "qelib1.inc"})
 # Classical bits a circuit may declare. Qiskit's parsers allocate every declared bit and qubit
 # before anything else; `bit[2000000000] c;` would take minutes and gigabytes.
 MAX_DECLARED_CLBITS = 100_000
+# Qubits a circuit may declare, for the same reason. Admission counts the qubits a circuit uses
+# (limits.max_qubits): a circuit transpiled for a device declares all of the device's qubits
+# (127 for ibm_brisbane, 1,121 for Condor) and uses a few; idle ones are dropped before a run.
+MAX_DECLARED_QUBITS = 10_000
 
 # Sources up to this size are parsed with the native importer directly on the API's event loop:
 # a Bell circuit takes ~0.05 ms, far less than handing it to another process (~0.3 ms round trip).

@@ -346,7 +346,8 @@ class InMemoryTaskStore:
             if remaining <= 0:
                 return []
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
             except TimeoutError:
                 return []
 

@@ -130,6 +130,27 @@ def test_device_task_with_memory_returns_each_noisy_shot_matching_its_counts(
         assert Counter(body["memory"]) == Counter(body["result"])
 
 
+# Bell on physical qubits 5 and 90 of a 127-qubit device, as a circuit already transpiled for
+# it reads: every qubit declared (over limits.max_qubits and the statevector's 28), two used.
+BELL_ON_127 = (
+    'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[127] q;\nbit[3] c;\n'
+    "h q[5];\ncx q[5], q[90];\nbarrier q;\nc[0] = measure q[5];\nc[1] = measure q[90];\n"
+)
+
+
+@pytest.mark.parametrize("backend", ["aer", "fake_brisbane"])
+def test_a_bell_declaring_127_qubits_runs_on_the_2_it_uses_with_3_bit_keys(
+    client: httpx.Client, backend: str
+) -> None:
+    task_id = submit(client, BELL_ON_127, backend=backend, seed=3, shots=400)
+    body = wait_done(client, task_id, timeout=120)
+    assert body["status"] == "completed", body
+    counts = body["result"]
+    assert sum(counts.values()) == 400
+    assert {len(key) for key in counts} == {3}
+    assert counts.get("000", 0) + counts.get("011", 0) > 360  # Bell, noisy on the device
+
+
 def test_same_seed_on_a_device_gives_the_same_counts_twice(client: httpx.Client) -> None:
     first, second = (
         submit(client, BELL, backend="fake_brisbane", seed=5, shots=500) for _ in range(2)

@@ -131,9 +131,16 @@ async def test_the_retention_loop_keeps_recent_reports_and_the_newest_rows_per_n
     pruned = asyncio.Event()
 
     class Watched:
+        removed = 0
+
         async def prune_quality(self, older_than: float, keep_rows: int) -> int:
-            removed = await store.prune_quality(older_than, keep_rows)
-            if removed:
+            self.removed = await store.prune_quality(older_than, keep_rows)
+            return self.removed
+
+        async def prune_decisions(self, older_than: float) -> int:
+            # The iteration's last await: once it returns, the iteration counts what it removed.
+            removed = await store.prune_decisions(older_than)
+            if self.removed:
                 pruned.set()
             return removed
 
@@ -187,3 +194,37 @@ def test_the_cli_moves_the_database_to_the_version_asked(
         == "upgrade 0 -> 1: jobs, fragments, reservation events, adverts, quality reports"
     )
     assert printed[-1].startswith("downgrade 1 -> 0")
+
+
+async def test_the_retention_loop_drops_old_decisions_of_ended_jobs_and_keeps_live_ones(
+    tmp_path: Path,
+) -> None:
+    # One registry snapshot per decision: without a bound the table grows for as long as the
+    # coordinator runs. A live job's decisions stay however old (its plan is still running).
+    store = MeshStore(tmp_path / "mesh.db")
+    now = 10_000.0
+    old, recent = now - 7200, now - 10
+    jobs = {
+        "live": JobState.EXECUTING,
+        "done": JobState.COMPLETED,
+        "failed": JobState.FAILED,
+        "done-late": JobState.COMPLETED,
+    }
+    for job_id, state in jobs.items():
+        await store.save_job(Job(job_id, state, "q", 1, None, 0.0, old, old))
+    for job_id in ("live", "done", "failed"):
+        await store.add_decision(job_id, f"{job_id}.f0", 1, "node-a", old, "best", {"n": 1})
+    await store.add_decision("done-late", "done-late.f0", 1, "node-a", recent, "best", {"n": 2})
+    await store.add_decision("gone", "gone.f0", 1, "node-a", old, "best", {"n": 3})  # no job row
+    settings = CoordinatorSettings(quality_keep_s=3600, quality_prune_interval_s=0.01)
+
+    retention = QualityRetention(store, settings, clock=lambda: now)
+    await retention.iteration()
+
+    assert [d["snapshot"] for d in store.decisions("live")] == [{"n": 1}]
+    assert store.decisions("done") == []
+    assert store.decisions("failed") == []
+    assert store.decisions("gone") == []
+    assert [d["snapshot"] for d in store.decisions("done-late")] == [{"n": 2}]
+    assert retention.removed == 3
+    await store.close()

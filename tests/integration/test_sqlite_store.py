@@ -538,3 +538,22 @@ async def test_listing_pages_walk_an_index_without_sorting(
     index = "tasks_owner_created" if owner else "tasks_created"
     assert f"USING INDEX {index}" in plan or f"USING COVERING INDEX {index}" in plan, plan
     assert "TEMP B-TREE" not in plan, plan  # no sort of the whole table per page
+
+
+async def test_a_fetch_cancelled_as_a_publish_wakes_it_ends_cancelled(
+    store: SQLiteTaskStore,
+) -> None:
+    # On Python 3.11 asyncio.wait_for dropped this cancel: the worker's stop then waited for the
+    # fetch's whole timeout (tests/unit/test_cancel_races.py).
+    fetching = asyncio.create_task(store.fetch(1, 30.0))
+    deadline = time.monotonic() + 5
+    while not store._handoff_limit:  # set while the fetch waits for a wake-up
+        assert time.monotonic() < deadline, "the fetch never started waiting"
+        await asyncio.sleep(0.001)
+
+    await store.publish([])  # sets the wake-up without yielding to the loop ...
+    fetching.cancel()  # ... so the cancel lands in the same step
+
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(5):
+            await fetching

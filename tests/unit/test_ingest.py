@@ -588,8 +588,8 @@ def test_aer_unseeded_batch_keeps_item_order() -> None:
 @pytest.mark.parametrize(
     ("source", "needle"),
     [
-        (HEADER3 + "qubit[2147483648] q;", "declares 2147483648 qubits; the limit is 100"),
-        (HEADER3 + "qubit[60] a;\nqubit[60] b;", "declares 120 qubits"),
+        (HEADER3 + "qubit[2147483648] q;", "declares 2147483648 qubits; the limit is 10000"),
+        (HEADER3 + "qubit[6000] a;\nqubit[6000] b;", "declares 12000 qubits"),
         (HEADER3 + "qubit[1_000_000] q;", "declares 1000000 qubits"),
         ('OPENQASM 2.0; include "qelib1.inc"; qreg q[2147483648];', "declares 2147483648"),
         (HEADER3 + "qubit[2] q;\nbit[2000000000] c;", "declares 2000000000 classical bits"),
@@ -657,3 +657,46 @@ def test_native_parser_diagnostics_never_reach_the_process_output(
         print("still here")  # descriptor 1 is back where it was
     out, err = capfd.readouterr()
     assert (out, "notagate" in err) == ("still here\nstill here\n", False)
+
+
+# --- admission counts the qubits a circuit uses, not those it declares ---------------------------
+
+# Bell on two qubits of a 127-qubit device, as a circuit transpiled for it reads: every qubit
+# declared, a barrier across all of them (a directive: no use), three classical bits.
+BELL_ON_127 = HEADER3 + (
+    "qubit[127] q;\nbit[3] c;\nh q[5];\ncx q[5], q[90];\nbarrier q;\n"
+    "c[0] = measure q[5];\nc[1] = measure q[90];\n"
+)
+
+
+def test_a_bell_circuit_declaring_127_qubits_is_admitted_as_the_2_it_uses() -> None:
+    info = ingest(BELL_ON_127, LIMITS).info
+    assert info.num_qubits == 2
+    assert info.num_clbits == 3
+
+
+def test_a_circuit_using_101_qubits_is_refused_with_the_qubit_limit_message() -> None:
+    gates = "".join(f"x q[{i}];\n" for i in range(101))
+    source = HEADER3 + "qubit[127] q;\nbit[1] c;\n" + gates + "c[0] = measure q[0];\n"
+    with pytest.raises(
+        CircuitTooLargeError, match=r"^The circuit has 101 qubits; the limit is 100\.$"
+    ):
+        ingest(source, LIMITS)
+
+
+def test_a_circuit_that_measures_nothing_counts_every_declared_qubit() -> None:
+    # The worker measures every qubit of such a circuit, so every one is used.
+    source = HEADER3 + "qubit[127] q;\nh q[0];\n"
+    with pytest.raises(CircuitTooLargeError, match="has 127 qubits"):
+        ingest(source, LIMITS)
+
+
+@pytest.mark.usefixtures("simulator")
+def test_aer_runs_a_bell_declaring_127_qubits_with_keys_as_wide_as_its_bits() -> None:
+    # The simulator's statevector bound (1024 MiB: 26 qubits) would refuse 127 qubits: the run
+    # simulates the two used ones, and the keys keep the three declared classical bits.
+    [outcome] = run_items([run_item("wide", BELL_ON_127, 300, 11)])
+    assert outcome.error is None
+    assert outcome.counts is not None
+    assert set(outcome.counts) == {"000", "011"}
+    assert sum(outcome.counts.values()) == 300

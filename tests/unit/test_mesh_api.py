@@ -122,10 +122,12 @@ def test_a_submitted_circuit_answers_202_with_a_job_id_then_completes_on_a_node(
     assert fragment["start"] <= fragment["end"]
 
 
-def test_a_syntax_error_answers_422_with_line_and_column(client: TestClient) -> None:
+def test_a_syntax_error_answers_400_with_line_and_column_as_qtask_tasks_does(
+    client: TestClient,
+) -> None:
     bad = 'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nhh q[0];\n'
     response = client.post("/api/v1/circuits/submit", json={"qasm": bad})
-    assert response.status_code == 422
+    assert response.status_code == 400
     assert response.json()["status"] == "error"
     assert "line 4" in response.json()["message"]
 

@@ -149,3 +149,15 @@ def test_ir_naming_unknown_operations_or_bits_is_refused() -> None:
     bad_qubit = Instruction(name="h", qubits=(3,))
     with pytest.raises(CircuitError, match="qubit 3"):
         ir_to_circuit(CircuitIR(num_qubits=1, num_clbits=0, instructions=(bad_qubit,)))
+
+
+def test_a_bell_declaring_127_qubits_becomes_an_ir_of_the_2_it_uses_with_its_3_bits() -> None:
+    # A circuit transpiled for a 127-qubit device: admission counts the used qubits (30 here),
+    # so the IR must not carry the idle ones (a fragment's state would be 2**127 amplitudes).
+    source = (
+        'OPENQASM 3.0; include "stdgates.inc"; qubit[127] q; bit[3] c; h q[5]; cx q[5], q[90]; '
+        "barrier q; c[0] = measure q[5]; c[1] = measure q[90];"
+    )
+    ir = ir_from_qasm(source, LIMITS)
+    assert (ir.num_qubits, ir.num_clbits) == (2, 3)
+    assert set(simulate(ir, NoiseSpec(), 200, 3)) == {"000", "011"}

@@ -150,7 +150,8 @@ class NatsTaskQueue:
         if self._nc is not None:
             return
         try:
-            nc = await asyncio.wait_for(self._open_connection(), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                nc = await self._open_connection()
         except _NATS_FAILURES as exc:
             raise QueueUnavailableError(
                 f"cannot connect to NATS at {self.url} within {self.timeout:g} s: {_describe(exc)}"
@@ -161,7 +162,8 @@ class NatsTaskQueue:
         except BaseException:
             self._nc = self._js = None
             with contextlib.suppress(*_NATS_FAILURES):
-                await asyncio.wait_for(nc.close(), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    await nc.close()
             raise
 
     async def _open_connection(self) -> Client:
@@ -194,7 +196,8 @@ class NatsTaskQueue:
                 await sub.unsubscribe()
             await self._nak_buffered(sub)
         with contextlib.suppress(*_NATS_FAILURES):
-            await asyncio.wait_for(nc.close(), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await nc.close()
 
     async def _nak_buffered(self, sub: JetStreamContext.PullSubscription) -> None:
         # A fetch that was cancelled or timed out client-side may leave a pull request on the
@@ -215,7 +218,8 @@ class NatsTaskQueue:
         if not nc.is_connected:
             raise QueueUnavailableError(f"not connected to NATS at {self.url}")
         try:
-            await asyncio.wait_for(js.stream_info(self.stream), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await js.stream_info(self.stream)
         except _NATS_FAILURES as exc:
             raise QueueUnavailableError(
                 f"JetStream at {self.url} does not answer: {_describe(exc)}"

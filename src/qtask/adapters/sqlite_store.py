@@ -489,7 +489,8 @@ class SQLiteTaskStore:
                 return []
             self._handoff_limit = max_tasks
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
             except TimeoutError:
                 if not self._handed:
                     return []

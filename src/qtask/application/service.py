@@ -411,7 +411,8 @@ class TaskService:
         return (await self._put_circuits([task], [submission.source]))[0]
 
     async def _parse(self, submission: Submission, key: str | None, owner: str | None) -> Task:
-        self._backends.get(submission.backend)  # an unknown backend is refused before parsing
+        # An unknown backend, or a seed it would ignore, is refused before parsing.
+        self._backends.get(submission.backend).capabilities.check_seed(submission.seed)
         if not 1 <= submission.shots <= self._max_shots:
             raise InvalidRequestError(
                 f"shots must be between 1 and {self._max_shots}; got {submission.shots}."

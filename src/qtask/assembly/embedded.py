@@ -74,12 +74,17 @@ class EmbeddedService:
     """Everything `qtask serve` runs, built from the settings."""
 
     def __init__(self, settings: Settings) -> None:
+        from qtask.execution.catalog import build_catalog
+
         self.settings = settings
         self._remotes: list[RemoteBackend] = []
         self._remote_jobs: SQLiteRemoteJobs | None = None
         self.store = SQLiteTaskStore(settings.storage.data_dir / DB_FILE)
+        # Built once: each build makes its own remote backends, each with its own provider
+        # process (176-286 MiB for IBM or Braket) once used.
+        self.catalog = build_catalog(settings)
         self.parse_pool = wiring.parse_pool(settings)
-        self.exec_pool = wiring.exec_pool(settings)
+        self.exec_pool = wiring.exec_pool(settings, self.catalog)
         self.objects = wiring.object_store(settings)
         self.retention = wiring.retention(settings, self.store, self.objects)
         self.poller, remote = self._remote_parts()
@@ -95,6 +100,7 @@ class EmbeddedService:
             settings,
             self.store,
             self.store,
+            catalog=self.catalog,
             objects=self.objects,
             parser=self.parse_pool,
             ready_checks={
@@ -115,9 +121,7 @@ class EmbeddedService:
 
     def _remote_parts(self) -> tuple[RemotePoller | None, RemoteSubmitter | None]:
         """The poller and the worker's submitter, when remote backends are configured."""
-        from qtask.execution.catalog import build_catalog
-
-        remotes = build_catalog(self.settings).remotes()
+        remotes = self.catalog.remotes()
         if not remotes:
             return None, None
         from qtask.adapters.sqlite_remote import SQLiteRemoteJobs

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the API's modules (FastAPI, the circuit parser) load only i
     from fastapi import FastAPI
 
     from qtask.domain.remote import RemoteBackend
+    from qtask.execution.catalog import BackendCatalog
 
 log = get_logger("roles")
 
@@ -87,12 +88,15 @@ class ApiRole:
         self.reconciler = Reconciler(self.store, self.queue, settings.nats.reconcile_interval_s)
         # One subscription per API process to the ends every worker and replica publishes.
         self.notices = RedisEndNotices(settings.redis.url, self.store.ended_channel)
+        # One catalog for the process: its remote backends own provider processes once used.
+        self.catalog = _catalog(settings)
         # A cancel makes its remote job due now, so a poller cancels it at the provider.
-        self.remote_jobs = _remote_parts(settings)[1]
+        self.remote_jobs = _remote_parts(settings, self.catalog)[1]
         self.service, self.app = wiring.api_app(
             settings,
             self.store,
             self.queue,
+            catalog=self.catalog,
             objects=self.objects,
             parser=self.parse_pool,
             ready_checks={
@@ -120,8 +124,7 @@ class ApiRole:
         finally:
             await self.reconciler.stop()
             await self.notices.close()
-            if self.remote_jobs is not None:
-                await self.remote_jobs.close()
+            await _close_remote(self.catalog.remotes(), self.remote_jobs)
             await self.parse_pool.close()
             await self.queue.close()
             await self.store.close()
@@ -142,11 +145,12 @@ async def run_worker(settings: Settings) -> None:
     store = _store(settings)
     queue = _queue(settings, store)
     me = queue.worker_id
-    pool = wiring.exec_pool(settings)
+    catalog = _catalog(settings)
+    pool = wiring.exec_pool(settings, catalog)
     objects = wiring.object_store(settings)
     # The child processes start (importing Qiskit) while the connections are made.
     await asyncio.gather(queue.connect(), pool.start())
-    remotes, jobs = _remote_parts(settings)
+    remotes, jobs = _remote_parts(settings, catalog)
     worker = Worker(
         store,
         queue,
@@ -198,7 +202,7 @@ async def run_poller(settings: Settings) -> None:
     retention = wiring.retention(settings, store, objects)
     if retention is not None:
         retention.start()
-    remotes, jobs = _remote_parts(settings)
+    remotes, jobs = _remote_parts(settings, _catalog(settings))
     poller = None if jobs is None else RemotePoller(store, jobs, remotes, objects)
     if poller is not None:
         poller.start()
@@ -237,13 +241,19 @@ async def run_poller(settings: Settings) -> None:
     )
 
 
-def _remote_parts(
-    settings: Settings,
-) -> tuple[dict[str, RemoteBackend], RedisRemoteJobs | None]:
-    """The remote backends and their job records, when any remote backend is configured."""
+def _catalog(settings: Settings) -> BackendCatalog:
+    """The process's backends: built once per process and handed to every part that needs them
+    (each build makes its own remote backends, each with its own provider process)."""
     from qtask.execution.catalog import build_catalog
 
-    remotes = build_catalog(settings).remotes()
+    return build_catalog(settings)
+
+
+def _remote_parts(
+    settings: Settings, catalog: BackendCatalog
+) -> tuple[dict[str, RemoteBackend], RedisRemoteJobs | None]:
+    """The remote backends and their job records, when any remote backend is configured."""
+    remotes = catalog.remotes()
     if not remotes:
         return remotes, None
     return remotes, RedisRemoteJobs(settings.redis.url, prefix=settings.redis.prefix)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the worker role never imports FastAPI: these load only in a
 
     from qtask.application.retention import Retention
     from qtask.application.service import TaskService
+    from qtask.execution.catalog import BackendCatalog
 
 
 class _Pingable(Protocol):
@@ -82,12 +83,11 @@ def parse_pool(settings: Settings) -> ChildPool:
     )
 
 
-def exec_pool(settings: Settings) -> ChildPool:
-    """Child processes that run circuits on the local backends (Aer, ideal or noisy)."""
+def exec_pool(settings: Settings, catalog: BackendCatalog) -> ChildPool:
+    """Child processes that run circuits on the local backends (Aer, ideal or noisy) of
+    `catalog`."""
     worker = settings.worker
     threads = worker.threads_per_process or max(1, (os.cpu_count() or 1) // worker.processes)
-    from qtask.execution.catalog import build_catalog
-
     return ChildPool(
         worker.processes,
         "qtask.execution.local:run_items",
@@ -97,7 +97,7 @@ def exec_pool(settings: Settings) -> ChildPool:
             threads,
             settings.limits.max_statevector_mb,
             worker.aer_device,
-            build_catalog(settings).devices(),
+            catalog.devices(),
         ),
         preload=_PRELOAD,
         env=_CHILD_ENV,
@@ -131,6 +131,7 @@ def api_app(
     store: TaskStore,
     queue: TaskQueue,
     *,
+    catalog: BackendCatalog,
     objects: ObjectStore | None,
     parser: ChildPool,
     ready_checks: dict[str, Check],
@@ -140,6 +141,9 @@ def api_app(
     remote_jobs: RemoteJobStore | None = None,
 ) -> tuple[TaskService, FastAPI]:
     """The task service and the HTTP API around it, with the limits and keys of `settings`.
+
+    `catalog`: the process's one catalog (its remote backends each own a provider process, so
+    the worker and the poller of the same process must be handed the same objects).
 
     `notices` tell this process when tasks end, which wakes its long polls. `limiter` holds
     the per-key request buckets when they are shared between API processes; without one, this
@@ -152,13 +156,11 @@ def api_app(
     from qtask.application.service import TaskService
     from qtask.application.waiters import Waiters
     from qtask.circuits.ingestor import CircuitIngestor
-    from qtask.execution.catalog import build_catalog
 
     waiters = Waiters()
     notices.listen(waiters.ended, waiters.resync)
     if limiter is None and settings.auth.enabled and settings.auth.rate_per_s > 0:
         limiter = TokenBuckets(settings.auth.rate_per_s, settings.auth.burst)
-    catalog = build_catalog(settings)
     remotes = list(catalog.remotes().values())
     if remotes:  # their capabilities are re-read every minute, not only on GET /backends
         lifespan = _refreshing(lifespan, remotes)

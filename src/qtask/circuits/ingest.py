@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from qiskit import qasm2, qasm3, qpy
-from qiskit.circuit import ControlFlowOp, ForLoopOp, QuantumCircuit
+from qiskit.circuit import ControlFlowOp, ForLoopOp, QuantumCircuit, Qubit
 from qiskit.exceptions import ExperimentalWarning, QiskitError
 
-from qtask.constants import ALLOWED_INCLUDES, MAX_DECLARED_CLBITS
+from qtask.constants import ALLOWED_INCLUDES, MAX_DECLARED_CLBITS, MAX_DECLARED_QUBITS
 from qtask.domain.task import CircuitInfo, Encoding
 from qtask.errors import CircuitError, CircuitTooLargeError
 
@@ -216,7 +216,8 @@ def describe(circuit: QuantumCircuit, encoding: Encoding) -> CircuitInfo:
     names = operation_names(circuit)
     return CircuitInfo(
         encoding=encoding,
-        num_qubits=circuit.num_qubits,
+        # What a run simulates: the qubits it uses, not those it declares (see used_qubits).
+        num_qubits=len(used_qubits(circuit)),
         num_clbits=circuit.num_clbits,
         num_operations=_expanded_size(circuit, MAX_COUNTED_OPERATIONS),
         clifford=names <= _CLIFFORD_OPS
@@ -424,9 +425,9 @@ def _check_declared_sizes(source: str, limits: Limits) -> bool:
             qubits += int(size)
         else:
             clbits += int(size)
-    if qubits > limits.max_qubits:
+    if qubits > MAX_DECLARED_QUBITS:
         raise CircuitTooLargeError(
-            f"The circuit declares {qubits} qubits; the limit is {limits.max_qubits}."
+            f"The circuit declares {qubits} qubits; the limit is {MAX_DECLARED_QUBITS}."
         )
     if clbits > MAX_DECLARED_CLBITS:
         raise CircuitTooLargeError(
@@ -488,6 +489,51 @@ def _clifford_angles(circuit: QuantumCircuit) -> bool:
             if quarters != round(quarters):
                 return False
     return True
+
+
+# Directives that need no simulated qubit: on an otherwise idle qubit a barrier orders nothing,
+# and a delay leaves |0> as it is (relaxation and dephasing do not change it).
+_NOT_USE = frozenset({"barrier", "delay"})
+
+
+def used_qubits(circuit: QuantumCircuit) -> list[Qubit]:
+    """The qubits a run needs, in circuit order: those a gate, measure, reset or control-flow
+    block touches. A circuit that measures nothing needs every qubit it declares (the worker
+    then measures them all, so the keys keep their width), and so does one with classical
+    variables (left whole: rebuilding it would have to carry them)."""
+    if circuit.num_vars or "measure" not in operation_names(circuit):
+        return list(circuit.qubits)
+    touched: set[Qubit] = set()
+    for instruction in circuit.data:
+        if instruction.operation.name not in _NOT_USE:
+            touched.update(instruction.qubits)
+    return [qubit for qubit in circuit.qubits if qubit in touched]
+
+
+def without_idle_qubits(circuit: QuantumCircuit) -> QuantumCircuit:
+    """`circuit` less the qubits used_qubits leaves out, its classical bits and registers
+    (so the result's keys) as they are; `circuit` itself when every qubit is used."""
+    used = used_qubits(circuit)
+    if len(used) == circuit.num_qubits:
+        return circuit
+    kept = set(used)
+    slim = QuantumCircuit(
+        used,
+        circuit.clbits,  # in their order, then their registers over them: the same keys
+        name=circuit.name,
+        global_phase=circuit.global_phase,
+        metadata=circuit.metadata,
+    )
+    for register in circuit.cregs:
+        slim.add_register(register)
+    for instruction in circuit.data:
+        qubits = [qubit for qubit in instruction.qubits if qubit in kept]
+        if len(qubits) == len(instruction.qubits):
+            slim.append(instruction.operation, qubits, instruction.clbits, copy=False)
+        elif qubits and instruction.operation.name == "barrier":
+            slim.barrier(*qubits)
+        # else: a directive on idle qubits only (_NOT_USE)
+    return slim
 
 
 def operation_names(circuit: QuantumCircuit) -> set[str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from qtask.domain.task import LEGACY_BACKEND, CircuitInfo
-from qtask.errors import BackendLimitError
+from qtask.errors import BackendLimitError, InvalidRequestError
 
 __all__ = [
     "LEGACY_BACKEND",
@@ -77,6 +77,19 @@ class BackendCapabilities:
         if self.device_qubits is not None:
             return self.device_qubits
         return max(self.max_qubits.values())
+
+    def check_seed(self, seed: int | None) -> None:
+        """Raise InvalidRequestError (400) for a seed this backend would ignore.
+
+        A seed promises counts that repeat; hardware (and Braket's simulators) cannot keep that
+        promise, and a user who sent one would otherwise trust counts that do not repeat.
+        """
+        if seed is not None and not self.seeds:
+            raise InvalidRequestError(
+                f"Backend {self.name} does not honour seeds (its counts do not repeat); "
+                "leave seed out to run on it, or pick a backend whose seeds is true "
+                "(GET /backends)."
+            )
 
     def admit(self, info: CircuitInfo, shots: int) -> None:
         """Raise BackendLimitError (422) naming the limit a circuit is over; else return.

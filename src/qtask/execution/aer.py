@@ -28,7 +28,7 @@ from typing import Any
 from qiskit.circuit import QuantumCircuit
 from qiskit.transpiler import PassManager
 
-from qtask.circuits.ingest import load_program, operation_names
+from qtask.circuits.ingest import load_program, operation_names, without_idle_qubits
 from qtask.constants import FAULT_CRASH_MARKER_ENV, OUT_OF_MEMORY_SIGNAL
 from qtask.execution.items import RunItem, RunOutcome
 from qtask.execution.methods import Method, choose_method, resolve_device
@@ -109,12 +109,17 @@ def _prepare(item: RunItem, method: Method) -> QuantumCircuit:
 
 
 def load_circuit(item: RunItem) -> QuantumCircuit:
-    """The item's circuit, measuring every qubit when it measures nothing (any backend)."""
+    """The item's circuit, less its idle qubits, measuring every qubit when it measures nothing
+    (any backend)."""
     marker = os.environ.get(FAULT_CRASH_MARKER_ENV)
     if marker and marker in item.source:  # fault injection for tests: die like a segfault would
         os.kill(os.getpid(), signal.SIGKILL)
     circuit = load_program(item.encoding, item.source, item.program)
-    if not item.measured:
+    if item.measured:
+        # Admission counted the qubits the circuit uses (a circuit transpiled for a 127-qubit
+        # device uses a few): the run simulates those alone, with the same classical bits.
+        circuit = without_idle_qubits(circuit)
+    else:
         if circuit.num_clbits and not any(instruction.clbits for instruction in circuit.data):
             # Bits declared but never written would show up as constant zeros in every key;
             # without them the keys are just the measured qubits.

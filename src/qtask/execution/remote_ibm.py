@@ -91,7 +91,7 @@ class IbmRemoteBackend(ConfiguredRemote[IbmBackendSettings]):
             max_qubits={"device": limits.max_qubits},
             max_shots=limits.max_shots,
             memory=True,
-            seeds=False,  # hardware samples; a seed is passed only to a fake device
+            seeds=_takes_seeds(settings),
             cancel=True,
         )
 
@@ -124,6 +124,7 @@ class IbmRemoteBackend(ConfiguredRemote[IbmBackendSettings]):
                 self._name,
                 await self._session_host().call("device", timeout=_HEALTH_TIMEOUT_S),
                 self._limits,
+                seeds=_takes_seeds(self._settings),
             )
         except RemoteRejectedError as exc:
             return str(exc)
@@ -360,8 +361,14 @@ def _classify(exc: Exception, doing: str) -> Exception:
     return RemoteRejectedError(text)
 
 
+def _takes_seeds(settings: IbmBackendSettings) -> bool:
+    """Hardware samples; a seed reaches only a fake device (local testing mode), as submit
+    passes it (IbmSession)."""
+    return settings.device.startswith("fake_")
+
+
 def _device_capabilities(
-    name: str, device: DeviceFacts, limits: LimitsSettings
+    name: str, device: DeviceFacts, limits: LimitsSettings, *, seeds: bool
 ) -> BackendCapabilities:
     qubits = device.num_qubits
     return BackendCapabilities(
@@ -375,6 +382,6 @@ def _device_capabilities(
         coupling_map=device.coupling,
         noise=None,
         memory=True,
-        seeds=False,
+        seeds=seeds,
         cancel=True,
     )

@@ -131,7 +131,7 @@ class CoordinatorSettings(BaseModel):
     planner: PlannerSettings = PlannerSettings()
     # FR-008 records kept (qtask.mesh.retention): quality reports received within
     # `quality_keep_s`, and at most the newest `quality_keep_rows` per node, pruned every
-    # `quality_prune_interval_s`.
+    # `quality_prune_interval_s`; decisions older than `quality_keep_s` whose job has ended.
     quality_keep_s: float = Field(default=24 * 3600.0, gt=0)
     quality_keep_rows: int = Field(default=10_000, ge=1)
     quality_prune_interval_s: float = Field(default=60.0, gt=0)

@@ -176,7 +176,8 @@ class MeshHost:
         )
         self._thread.start()
         try:
-            await asyncio.wait_for(ready, START_TIMEOUT_S)
+            async with asyncio.timeout(START_TIMEOUT_S):
+                await ready
         except BaseException:
             await self.stop()
             raise

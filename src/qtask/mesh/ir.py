@@ -26,7 +26,7 @@ from qiskit.circuit import (
 )
 from qiskit.circuit.library import get_standard_gate_name_mapping
 
-from qtask.circuits.ingest import Limits, ingest, load_program
+from qtask.circuits.ingest import Limits, ingest, load_program, without_idle_qubits
 from qtask.errors import CircuitError
 from qtask.mesh.protocol import CircuitIR, Instruction
 
@@ -42,7 +42,8 @@ def ir_from_qasm(source: str, limits: Limits) -> CircuitIR:
     """Parse OpenQASM 2 or 3 with qtask's ingestion and convert it (CircuitError if invalid)."""
     ingested = ingest(source, limits)
     circuit = load_program(ingested.info.encoding, source, ingested.program)
-    return circuit_to_ir(circuit)
+    # Admission counted the used qubits only: the IR carries those (the same classical bits).
+    return circuit_to_ir(without_idle_qubits(circuit))
 
 
 def circuit_to_ir(circuit: QuantumCircuit) -> CircuitIR:

@@ -252,6 +252,22 @@ class MeshStore:
             )
         )
 
+    async def prune_decisions(self, older_than: float) -> int:
+        """Delete decisions made before `older_than` unless their job is still live (its plan
+        may yet be retried or recovered); how many were deleted."""
+        live = tuple(state.value for state in JobState if not state.terminal)
+        marks = ", ".join("?" * len(live))
+
+        def write(conn: sqlite3.Connection) -> int:
+            gone = conn.execute(
+                "DELETE FROM decisions WHERE at < ? AND job_id NOT IN "
+                f"(SELECT id FROM jobs WHERE state IN ({marks}))",
+                (older_than, *live),
+            )
+            return int(gone.rowcount)
+
+        return await self.db.write(write)
+
     def decisions(self, job_id: str) -> list[dict[str, Any]]:
         """A job's decisions in order, each with its snapshot."""
         rows = self.db.read(

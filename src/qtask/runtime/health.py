@@ -26,7 +26,8 @@ async def evaluate(checks: dict[str, Check]) -> tuple[bool, dict[str, str]]:
 
     async def one(check: Check) -> str:
         try:
-            return await asyncio.wait_for(check(), READY_CHECK_TIMEOUT_SECONDS)
+            async with asyncio.timeout(READY_CHECK_TIMEOUT_SECONDS):
+                return await check()
         except TimeoutError:
             raise TimeoutError(f"no answer within {READY_CHECK_TIMEOUT_SECONDS:g} s") from None
 
@@ -55,7 +56,8 @@ async def serve_health(host: str, port: int, checks: dict[str, Check]) -> asynci
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), _READ_TIMEOUT)
+            async with asyncio.timeout(_READ_TIMEOUT):
+                line = await reader.readline()
             parts = line.decode("latin-1").split()
             path = parts[1] if len(parts) >= 2 else ""
             body: dict[str, object]

@@ -245,7 +245,8 @@ class ChildPool:
         loop.add_reader(fd, _wake, readable)
         child.waiter = readable
         try:
-            await asyncio.wait_for(readable, timeout)
+            async with asyncio.timeout(timeout):
+                await readable
         except TimeoutError:
             raise ChildTimeoutError(f"no answer within {timeout:g} s") from None
         finally:
@@ -282,7 +283,8 @@ class ChildPool:
         fd = parent_conn.fileno()
         loop.add_reader(fd, _wake, ready)
         try:
-            await asyncio.wait_for(ready, _START_TIMEOUT)
+            async with asyncio.timeout(_START_TIMEOUT):
+                await ready
             hello = _receive(parent_conn)
         except (TimeoutError, EOFError, OSError) as exc:
             description = child.exit_description()

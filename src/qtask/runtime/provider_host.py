@@ -56,9 +56,8 @@ class ThreadHost:
     async def call(self, method: str, *args: Any, timeout: float) -> Any:
         """getattr(session, method)(*args) in a thread, at most `timeout` seconds waited."""
         try:
-            return await asyncio.wait_for(
-                asyncio.to_thread(getattr(self.session, method), *args), timeout
-            )
+            async with asyncio.timeout(timeout):
+                return await asyncio.to_thread(getattr(self.session, method), *args)
         except TimeoutError:
             raise RemoteUnavailableError(
                 f"the provider call {method} did not answer within {timeout:g} s"
@@ -151,7 +150,8 @@ class ChildHost:
         self._pending[request_id] = future
         try:
             conn.send((request_id, method, args))
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         except (OSError, ValueError) as exc:
             self._lost("its pipe broke")
             raise RemoteUnavailableError(f"the provider process is gone: {exc}") from exc
@@ -190,9 +190,8 @@ class ChildHost:
         await asyncio.to_thread(process.start)
         child_conn.close()
         try:
-            ready = await asyncio.wait_for(
-                asyncio.to_thread(_await_ready, parent_conn), _START_TIMEOUT_S
-            )
+            async with asyncio.timeout(_START_TIMEOUT_S):
+                ready = await asyncio.to_thread(_await_ready, parent_conn)
         except (TimeoutError, EOFError, OSError) as exc:
             with contextlib.suppress(ProcessLookupError, AttributeError, ValueError):
                 process.kill()

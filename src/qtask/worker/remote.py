@@ -86,7 +86,8 @@ class RemoteSubmitter:
                     await asyncio.sleep(delay)
                 else:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stopping.wait(), delay)
+                        async with asyncio.timeout(delay):
+                            await stopping.wait()
                     if stopping.is_set():
                         raise ShuttingDownError(
                             "stopped before the task could be submitted"

@@ -172,6 +172,17 @@ async def test_calls_run_in_parallel_on_different_children() -> None:
         await pool.close()
 
 
+async def test_calls_one_at_a_time_go_to_the_child_that_answered_last() -> None:
+    # A trickle of requests keeps one child warm instead of waking each in turn.
+    pool = await started(3, "pid")
+    try:
+        pids = [await pool.call(0, timeout=10) for _ in range(6)]
+        assert len(set(pids)) == 1
+        assert pool.idle == 3
+    finally:
+        await pool.close()
+
+
 async def test_cancelled_call_replaces_the_child() -> None:
     pool = await started(1, "pid")
     try:

@@ -102,6 +102,25 @@ async def test_failing_write_does_not_spoil_its_group(store: SQLiteTaskStore) ->
     assert (await stored(store, task.id)).shots == 100
 
 
+async def test_a_write_alone_in_its_commit_that_fails_leaves_nothing(
+    store: SQLiteTaskStore,
+) -> None:
+    # A write alone in its group runs without a savepoint: its failure rolls the whole
+    # transaction back, half-done statements included, and the next write commits as usual.
+    task = make_task()
+
+    def half_done(conn: sqlite3.Connection) -> None:
+        conn.execute(sqlite_store._INSERT, _to_row(task))
+        raise RuntimeError("failed after its insert")
+
+    with pytest.raises(RuntimeError, match="failed after its insert"):
+        await store.db.write(half_done)
+    assert await store.get(task.id) is None
+    good = make_task()
+    assert await store.create(good) == good
+    assert await store.get(good.id) == good
+
+
 async def test_concurrent_creates_are_all_stored(store: SQLiteTaskStore) -> None:
     tasks = [make_task(shots=i + 1) for i in range(200)]
     returned = await asyncio.gather(*(store.create(t) for t in tasks))

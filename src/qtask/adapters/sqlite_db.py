@@ -120,26 +120,43 @@ class SQLiteDatabase:
         outcomes: list[tuple[bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for fn, _, _ in group:
-                conn.execute("SAVEPOINT op")
+            if len(group) == 1:  # the transaction is the op's own: no savepoint needed
                 try:
-                    outcomes.append((True, fn(conn)))
-                    conn.execute("RELEASE op")
-                except Exception as exc:  # the op's own error goes back to its caller only
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
+                    outcomes.append((True, group[0][0](conn)))
+                except Exception as exc:  # the op's error goes back to its caller
+                    conn.execute("ROLLBACK")
                     outcomes.append((False, exc))
-            conn.execute("COMMIT")
+            else:
+                for fn, _, _ in group:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        outcomes.append((True, fn(conn)))
+                        conn.execute("RELEASE op")
+                    except Exception as exc:  # the op's own error goes back to its caller only
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        outcomes.append((False, exc))
+            if conn.in_transaction:
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             failure = StoreUnavailableError(f"committing to {self.path} failed: {exc}")
             outcomes = [(False, failure)] * len(group)
+        # One wake-up per event loop for the whole group, not one per write.
+        settled: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for (_, future, loop), (ok, value) in zip(group, outcomes, strict=True):
+            settled.setdefault(loop, []).append((future, ok, value))
+        for loop, answers in settled.items():
             try:
-                loop.call_soon_threadsafe(_settle, future, ok, value)
+                loop.call_soon_threadsafe(_settle_all, answers)
             except RuntimeError:  # the caller's event loop is gone; nobody waits for this
                 pass
+
+
+def _settle_all(answers: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in answers:
+        _settle(future, ok, value)
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:

@@ -164,7 +164,10 @@ class ChildPool:
         self._init_args = tuple(init_args)
         self._preload = list(preload)
         self._env = env or {}
-        self._idle: asyncio.Queue[_Child] = asyncio.Queue()
+        # Last in, first out: under a trickle of requests the child that just answered takes
+        # the next one, its caches and pages still warm, while the others sleep (round robin
+        # cost a Bell run 1.72-1.75 ms of child CPU, this 1.45 ms: benchmarks in issue 15).
+        self._idle: asyncio.Queue[_Child] = asyncio.LifoQueue()
         self._children: set[_Child] = set()
         self._closing = False
         self._ctx: ForkServerContext | None = None

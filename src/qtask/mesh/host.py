@@ -29,8 +29,10 @@ Transport details that matter (measured, ../shared/FACTS.md):
 - The publisher receives its own gossip messages; handlers get them too (signer == peer_id).
 
 Framing, the key file and the mapping of transport exceptions live in wire.py; libp2p's names
-come from _libp2p.py (imported without its import-time DeprecationWarning). One request and
-one reply per stream.
+come from _libp2p.py (imported without its import-time DeprecationWarning). Requests up to
+CHANNEL_MAX_BYTES travel on one long-lived channel stream per peer (CHANNEL_PROTOCOL: request
+id, protocol id, request; the replies in any order, by id); larger ones, and every request to
+a peer that does not speak the channel, get one stream each (one request, one reply).
 
 Nothing here knows adverts, reservations or circuits: see adverts.py and node.py.
 """

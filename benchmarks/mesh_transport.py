@@ -6,8 +6,9 @@ processes on loopback; gossip propagation; how fast a SIGKILLed peer is noticed.
 Prints a markdown table. Rows:
 - bare, new stream / persistent stream: a trio client and a trio echo server, no qtask code
   (what FACTS.md measured: p50 0.73-0.79 ms persistent, 1.3-1.55 ms new stream).
-- MeshHost request: `MeshHost.request` against tests/mesh_peer.py's echo handler: a new stream
-  per request and the asyncio<->trio crossings at both ends (the way qtask uses it).
+- MeshHost request: `MeshHost.request` against tests/mesh_peer.py's echo handler: the peer's
+  request channel (one long-lived stream) and the asyncio<->trio crossings at both ends (the
+  way qtask uses it).
 - bridge crossing: an asyncio call into the trio thread and back, no network.
 - advert propagation: advert timestamp (set just before publish) to the AdvertInbox callback.
 - SIGKILL: the request in flight failing, and on_peer(False), after the kill.
@@ -250,7 +251,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     print(row("bare py-libp2p, new stream per request", fresh))
     print(row("bare py-libp2p, one persistent stream", persistent))
-    print(row("MeshHost.request (new stream, bridged at both ends)", host["request"]))
+    print(row("MeshHost.request (request channel, bridged at both ends)", host["request"]))
     print(row("bridge crossing asyncio -> trio -> asyncio, no I/O", host["crossing"]))
     print(row("advert propagation (publish -> AdvertInbox callback)", host["advert"]))
     print(row("SIGKILLed peer: request in flight fails", host["kill_req"]))

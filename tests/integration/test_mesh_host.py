@@ -16,7 +16,7 @@ from mesh_peer import ECHO_PROTOCOL, HANG_PROTOCOL
 from meshkit import MeshProcess, mesh_client, peer_process, poll
 from qtask.errors import MeshProtocolError, PeerTimeoutError, PeerUnreachableError
 from qtask.mesh.adverts import AdvertInbox
-from qtask.mesh.host import MeshHost
+from qtask.mesh.host import CHANNEL_MAX_BYTES, MeshHost
 from qtask.mesh.protocol import ADVERT_TOPIC, MAX_FRAME_BYTES, Advert
 from qtask_testkit import free_port
 
@@ -62,6 +62,24 @@ async def test_request_past_its_timeout_raises_peer_timeout(peer: MeshProcess) -
             await client.request(peer.peer_id, HANG_PROTOCOL, b"x", timeout=0.3)
         # The connection survives a timed-out request.
         assert await client.request(peer.peer_id, ECHO_PROTOCOL, b"ok", timeout=5) == b"ok"
+
+
+async def test_requests_sharing_a_peers_channel_are_answered_past_a_hung_one(
+    peer: MeshProcess,
+) -> None:
+    async with mesh_client() as client:
+        await client.connect(peer.addr)
+        hung = asyncio.create_task(client.request(peer.peer_id, HANG_PROTOCOL, b"x", timeout=30))
+        replies = await asyncio.gather(*(
+            client.request(peer.peer_id, ECHO_PROTOCOL, bytes([i]) * 100, timeout=5)
+            for i in range(20)
+        ))  # fmt: skip
+        # Past the channel's size: a stream of its own, the reply still whole.
+        large = bytes(range(256)) * (CHANNEL_MAX_BYTES // 256 + 8)
+        assert await client.request(peer.peer_id, ECHO_PROTOCOL, large, timeout=10) == large
+        assert not hung.done()
+        hung.cancel()
+    assert replies == [bytes([i]) * 100 for i in range(20)]
 
 
 async def test_unknown_protocol_and_oversized_frame_raise_protocol_errors(

@@ -418,3 +418,47 @@ async def test_node_health_port_serves_ready_and_mesh_metrics(
     assert noisy.peer_id in ready.json()["checks"]["mesh"]
     assert 'qtask_mesh_requests_served_total{outcome="ok",protocol="ping"}' in metrics_text
     assert "qtask_mesh_adverts_published_total" in metrics_text
+
+
+async def test_release_during_the_run_keeps_the_slot_until_the_run_ends(tmp_path: Path) -> None:
+    # A cancelled job's coordinator releases the reservation while its fragment still runs:
+    # the slot must stay taken until the run ends, or a second job's reservation is accepted
+    # and its EXECUTE queues behind the first's.
+    node = node_process(tmp_path, noise=NOISY.model_dump(), capacity=1).start()
+    try:
+        async with mesh_client(bootstrap=[node.addr]) as client:
+            now = time.time()
+            held = await call(client, node.peer_id, RESERVE_PROTOCOL,
+                              reserve("r1", now, now + 60), ReserveReply, 5)  # fmt: skip
+            assert held.ok
+            running = asyncio.create_task(
+                call(client, node.peer_id, EXECUTE_PROTOCOL,
+                     execute(slow_ir(), 500, reservation_id="r1"), ExecuteReply, 60)
+            )  # fmt: skip
+            await asyncio.sleep(0.5)  # the fragment is running on the node's simulator
+            released = await call(client, node.peer_id, RESERVE_PROTOCOL,
+                                  reserve("r1", now, now + 60, action="release"),
+                                  ReserveReply, 5)  # fmt: skip
+            assert released.ok
+            during = await call(
+                client,
+                node.peer_id,
+                RESERVE_PROTOCOL,
+                reserve("r2", time.time(), time.time() + 60),
+                ReserveReply,
+                5,
+            )
+            assert not running.done()
+            assert (during.ok, during.error and during.error.code) == (False, "capacity")
+            assert (await running).ok
+            after = await call(
+                client,
+                node.peer_id,
+                RESERVE_PROTOCOL,
+                reserve("r3", time.time(), time.time() + 60),
+                ReserveReply,
+                5,
+            )
+            assert after.ok
+    finally:
+        node.terminate()

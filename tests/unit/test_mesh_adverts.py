@@ -184,3 +184,31 @@ async def test_publisher_stops_when_cancelled_as_a_change_arrives() -> None:
         done, _ = await asyncio.wait([task], timeout=5)
         assert done == {task}
         assert task.cancelled()
+
+
+async def test_changes_within_the_coalesce_window_go_out_as_one_advert() -> None:
+    published: list[Advert] = []
+    arrived = asyncio.Event()
+
+    async def publish(topic: str, data: bytes) -> None:
+        published.append(Advert.model_validate_json(data))
+        arrived.set()
+
+    publisher = AdvertPublisher(
+        publish, lambda seq, now: advert(seq=seq), interval_s=3600, coalesce_s=0.2
+    )
+    task = asyncio.create_task(publisher.run())
+    try:
+        await asyncio.wait_for(arrived.wait(), 5)
+        arrived.clear()
+        for _ in range(4):  # a fragment's reserve, start, end and release
+            publisher.changed()
+            await asyncio.sleep(0)
+        await asyncio.wait_for(arrived.wait(), 5)
+        arrived.clear()
+        # Nothing changed since the burst's advert: the next one is the hour's interval.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(arrived.wait(), 0.4)
+    finally:
+        task.cancel()
+    assert len(published) == 2

@@ -135,11 +135,13 @@ class AdvertPublisher:
         make: Callable[[int, float], Advert],
         *,
         interval_s: float,
+        coalesce_s: float = 0.0,
         clock: Clock = time.time,
     ) -> None:
         self._publish = publish
         self._make = make
         self._interval_s = interval_s
+        self._coalesce_s = coalesce_s
         self._clock = clock
         self._seq = int(clock() * 1000)
         self._changed = asyncio.Event()
@@ -173,5 +175,9 @@ class AdvertPublisher:
                 async with asyncio.timeout(self._interval_s):
                     await self._changed.wait()
                 trigger = "change"
+                if self._coalesce_s:
+                    # A fragment's reserve, start, end and release come within tens of ms:
+                    # one advert for the burst, not one each.
+                    await asyncio.sleep(self._coalesce_s)
             except TimeoutError:
                 trigger = "interval"

@@ -298,16 +298,22 @@ class FragmentAttempts:
         )
         record = Fragment(fragment.fragment_id, attempt, node, FragmentStatus.RESERVING,
                           reservation_id)  # fmt: skip
-        # Written together: the store's group commit makes them one fsync, not two.
-        await asyncio.gather(
+        # Written together (the store's group commit makes them one fsync, not two), while the
+        # request is on the wire: both are committed before the reply is acted on. A crash in
+        # between leaves the node a reservation nobody asked about: it expires at its window's
+        # end (reservation_hold_s), as a release lost in transit would.
+        saving = asyncio.gather(
             self._store.save_fragment(job.id, record),
             self._store.add_reservation_event(
                 reservation_id, node, job.id, "requested", now,
                 {"window": [request.window_start, request.window_end]},
             ),
         )  # fmt: skip
-        raw = await self._call(node, RESERVE_PROTOCOL, request.model_dump_json().encode(),
-                               settings.reserve_timeout_s, job, record)  # fmt: skip
+        try:
+            raw = await self._call(node, RESERVE_PROTOCOL, request.model_dump_json().encode(),
+                                   settings.reserve_timeout_s, job, record, saving)  # fmt: skip
+        finally:
+            await saving
         reply = ReserveReply.model_validate_json(raw)
         now = self._clock()
         if reply.ok:
@@ -342,7 +348,9 @@ class FragmentAttempts:
         disk before the attempt is recorded completed (FR-010)."""
         record = next(f for f in self.job(job.id).fragments if f.reservation_id == reservation_id)
         started = replace(record, status=FragmentStatus.EXECUTING, start=self._clock())
-        await self._store.save_fragment(job.id, started)
+        # Committed while the request is on the wire, before the reply is acted on (a restart
+        # treats RESERVING and EXECUTING attempts alike: abandoned, reservation released).
+        saving = asyncio.ensure_future(self._store.save_fragment(job.id, started))
         handoff = state is not None or not fragment.measure
         input_state = None if state is None else encode_state(state)
         request = ExecuteRequest(
@@ -360,14 +368,18 @@ class FragmentAttempts:
         # Per operation class: a state on the wire adds the transfer timeout to the run's.
         timeout = settings.execute_timeout_s + (settings.transfer_timeout_s if handoff else 0.0)
         sent = time.monotonic()
-        raw = await self._call(
-            record.node_id,
-            EXECUTE_PROTOCOL,
-            request.model_dump_json().encode(),
-            timeout,
-            job,
-            started,
-        )
+        try:
+            raw = await self._call(
+                record.node_id,
+                EXECUTE_PROTOCOL,
+                request.model_dump_json().encode(),
+                timeout,
+                job,
+                started,
+                saving,
+            )
+        finally:
+            await saving
         round_trip = time.monotonic() - sent
         reply = ExecuteReply.model_validate_json(raw)
         now = self._clock()
@@ -422,13 +434,21 @@ class FragmentAttempts:
             await asyncio.to_thread(self._states.save_state, job_id, fragment.fragment_id, result)
 
     async def _call(
-        self, node: str, protocol: str, data: bytes, timeout: float, job: Job, record: Fragment
+        self,
+        node: str,
+        protocol: str,
+        data: bytes,
+        timeout: float,
+        job: Job,
+        record: Fragment,
+        saving: asyncio.Future[Any],
     ) -> bytes:
-        """One request; a transport failure is recorded on the attempt and raised as
-        _AttemptFailedError."""
+        """One request; a transport failure is recorded on the attempt (after `saving`, the
+        attempt's record going out with the request) and raised as _AttemptFailedError."""
         try:
             return await self._mesh.request(node, protocol, data, timeout=timeout)
         except (QTaskError, TimeoutError, OSError) as exc:
+            await saving
             reason = (
                 "timeout"
                 if "timeout" in type(exc).__name__.lower() or isinstance(exc, TimeoutError)

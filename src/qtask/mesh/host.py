@@ -29,8 +29,10 @@ Transport details that matter (measured, ../shared/FACTS.md):
 - The publisher receives its own gossip messages; handlers get them too (signer == peer_id).
 
 Framing, the key file and the mapping of transport exceptions live in wire.py; libp2p's names
-come from _libp2p.py (imported without its import-time DeprecationWarning). One request and
-one reply per stream.
+come from _libp2p.py (imported without its import-time DeprecationWarning). Requests up to
+CHANNEL_MAX_BYTES travel on one long-lived channel stream per peer (CHANNEL_PROTOCOL: request
+id, protocol id, request; the replies in any order, by id); larger ones, and every request to
+a peer that does not speak the channel, get one stream each (one request, one reply).
 
 Nothing here knows adverts, reservations or circuits: see adverts.py and node.py.
 """
@@ -38,6 +40,8 @@ Nothing here knows adverts, reservations or circuits: see adverts.py and node.py
 from __future__ import annotations
 
 import asyncio
+import itertools
+import struct
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
@@ -46,7 +50,7 @@ from typing import Any, TypeVar
 import trio
 from pydantic import BaseModel, ValidationError
 
-from qtask.errors import MeshPeerError, MeshProtocolError, PeerTimeoutError
+from qtask.errors import MeshPeerError, MeshProtocolError, PeerTimeoutError, PeerUnreachableError
 from qtask.logs import get_logger
 from qtask.mesh._libp2p import (
     GOSSIPSUB_PROTOCOL_ID,
@@ -55,12 +59,14 @@ from qtask.mesh._libp2p import (
     GossipSub,
     INotifee,
     Multiaddr,
+    MultiselectClientError,
     Pubsub,
     TProtocol,
     background_trio_service,
     info_from_p2p_addr,
     new_host,
 )
+from qtask.mesh.protocol import MAX_FRAME_BYTES
 from qtask.mesh.wire import MappedErrors, encode_frame, load_identity, read_frame
 
 T = TypeVar("T")
@@ -94,6 +100,23 @@ START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 # Gossip messages waiting for their asyncio handler, per topic, before the oldest are dropped.
 GOSSIP_BACKLOG = 10_000
+# The request channel: one long-lived stream per peer carrying every request up to
+# CHANNEL_MAX_BYTES (larger ones take a stream of their own, so a state transfer never holds
+# up a small request). A new stream costs a yamux open and two multistream-select round trips
+# (~4-6 ms on the shared 2 cores, the largest part of a RESERVE's round trip); the channel
+# pays them once per peer. A peer that does not speak it is asked on new streams.
+CHANNEL_PROTOCOL = "/qtask/mesh/channel/1.0.0"
+CHANNEL_MAX_BYTES = 256 * 1024
+# A request frame on the channel: request id, protocol id length, protocol id, then the
+# request; a reply frame: request id, status (below), then the reply or an error message.
+_REQUEST_HEAD = struct.Struct(">IH")
+_REPLY_HEAD = struct.Struct(">IB")
+_OK, _UNKNOWN_PROTOCOL, _FAILED = 0, 1, 2
+# A frame on the channel may carry a full-size request plus its header.
+_CHANNEL_FRAME_LIMIT = MAX_FRAME_BYTES + 1024
+# How long one frame's write may take before its channel is given up (the write is shielded
+# from the caller's timeout: a frame cut in half would break every later one).
+_CHANNEL_WRITE_S = 10.0
 
 
 class MeshHost:
@@ -132,6 +155,9 @@ class MeshHost:
         self._stop_event: trio.Event | None = None
         self._host: Any = None
         self._pubsub: Any = None
+        self._channels: dict[str, _Channel] = {}
+        self._channel_locks: dict[str, trio.Lock] = {}
+        self._no_channel: set[str] = set()
         self._queues: dict[str, asyncio.Queue[tuple[str, bytes]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
@@ -258,19 +284,74 @@ class MeshHost:
             try:
                 with trio.fail_after(timeout):
                     with MappedErrors(peer_id, protocol_id):
+                        if len(data) <= CHANNEL_MAX_BYTES:
+                            channel = await self._channel(target, peer_id)
+                            if channel is not None:
+                                return await channel.request(protocol_id, data)
                         stream = await self._host.new_stream(target, [TProtocol(protocol_id)])
                         try:
                             await stream.write(frame)
-                            return await read_frame(stream)
-                        finally:
+                            reply = await read_frame(stream)
+                        except BaseException:
                             with trio.move_on_after(1):
                                 await stream.close()
+                            raise
+                        # The reply goes back now; the stream closes behind it.
+                        assert self._nursery is not None
+                        self._nursery.start_soon(_close_quietly, stream)
+                        return reply
             except trio.TooSlowError:
                 raise PeerTimeoutError(
                     f"peer {peer_id} did not answer {protocol_id} within {timeout} s"
                 ) from None
 
         return await self._call(exchange)
+
+    async def _channel(self, target: Any, peer_id: str) -> _Channel | None:
+        """(trio side) The open request channel to `peer_id`, opened when there is none;
+        None when the peer does not speak CHANNEL_PROTOCOL."""
+        channel = self._channels.get(peer_id)
+        if channel is not None and not channel.closed:
+            return channel
+        if peer_id in self._no_channel:
+            return None
+        lock = self._channel_locks.setdefault(peer_id, trio.Lock())
+        async with lock:
+            channel = self._channels.get(peer_id)
+            if channel is not None and not channel.closed:
+                return channel
+            try:
+                stream = await self._host.new_stream(target, [TProtocol(CHANNEL_PROTOCOL)])
+            except Exception as exc:
+                if not _speaks_not(exc):
+                    raise
+                self._no_channel.add(peer_id)
+                return None
+            channel = _Channel(peer_id, stream)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._read_channel, channel)
+            self._channels[peer_id] = channel
+            return channel
+
+    async def _read_channel(self, channel: _Channel) -> None:
+        """(trio side) Hand each reply on a channel to its waiting request until it breaks."""
+        error: BaseException = PeerUnreachableError(f"channel to peer {channel.peer} closed")
+        try:
+            while True:
+                raw = await read_frame(channel.stream, _CHANNEL_FRAME_LIMIT)
+                request_id, status = _REPLY_HEAD.unpack_from(raw)
+                channel.answer(request_id, status, raw[_REPLY_HEAD.size :])
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # the stream broke: every request waiting on it fails
+            error = PeerUnreachableError(f"channel to peer {channel.peer} broke: {exc!r}")
+        finally:
+            channel.close(error)
+            if self._channels.get(channel.peer) is channel:
+                del self._channels[channel.peer]
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                await _reset_quietly(channel.stream)
 
     async def _keep_bootstrap(self) -> None:
         """Dial each bootstrap peer again whenever it is not connected."""
@@ -394,6 +475,7 @@ class MeshHost:
         pubsub = Pubsub(host, gossipsub)
         for protocol_id in self._protocols:
             host.set_stream_handler(TProtocol(protocol_id), self._serve)
+        host.set_stream_handler(TProtocol(CHANNEL_PROTOCOL), self._serve_channel)
         host.get_network().register_notifee(_Notifee(self))
         self._host, self._pubsub = host, pubsub
         self._stop_event = trio.Event()
@@ -463,6 +545,62 @@ class MeshHost:
                 except Exception:  # already broken: nothing more to tell the peer
                     pass
 
+    async def _serve_channel(self, stream: Any) -> None:
+        """(trio side) A peer's request channel: each request runs on its own (requests to
+        different protocols must not wait for each other), replies go back as they are ready."""
+        peer = stream.muxed_conn.peer_id.to_base58()
+        lock = trio.Lock()
+        async with trio.open_nursery() as nursery:
+            try:
+                while True:
+                    raw = await read_frame(stream, _CHANNEL_FRAME_LIMIT)
+                    request_id, size = _REQUEST_HEAD.unpack_from(raw)
+                    start = _REQUEST_HEAD.size
+                    protocol_id = raw[start : start + size].decode()
+                    nursery.start_soon(self._answer, stream, lock, peer, request_id, protocol_id,
+                                       raw[start + size :])  # fmt: skip
+            except trio.Cancelled:
+                raise
+            except Exception as exc:  # the peer closed the channel or it broke
+                log.debug("mesh_channel_closed", peer=peer, error=repr(exc))
+            nursery.cancel_scope.cancel()
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            await _reset_quietly(stream)
+
+    async def _answer(
+        self, stream: Any, lock: trio.Lock, peer: str, request_id: int, protocol_id: str,
+        request: bytes,
+    ) -> None:  # fmt: skip
+        """(trio side) One request that came on a channel: run its handler, send the reply."""
+        handler = self._protocols.get(protocol_id)
+        status, reply = _OK, b""
+        if handler is None:
+            status, reply = _UNKNOWN_PROTOCOL, b"no handler"
+        else:
+            try:
+
+                async def run() -> bytes:
+                    return await handler(peer, request)
+
+                reply = await self._on_asyncio(run())
+                if len(reply) > MAX_FRAME_BYTES:
+                    raise MeshProtocolError(
+                        f"frame of {len(reply)} bytes is over {MAX_FRAME_BYTES}"
+                    )
+            except trio.Cancelled:
+                raise
+            except Exception as exc:  # the requester sees a failed request; we log why
+                log.warning("mesh_request_failed", protocol=protocol_id, peer=peer,
+                            error=repr(exc))  # fmt: skip
+                status, reply = _FAILED, type(exc).__name__.encode()
+        try:
+            await _write_frame(
+                stream, lock, encode_frame(reply, _REPLY_HEAD.pack(request_id, status))
+            )
+        except Exception as exc:  # the channel broke; its reader ends it
+            log.debug("mesh_channel_reply_failed", peer=peer, error=repr(exc))
+
     def _peer_changed(self, peer: str, connected: bool) -> None:
         """(asyncio side) Track the peer set and tell the on_peer handlers."""
         if connected:
@@ -514,6 +652,106 @@ class _Notifee(INotifee):
         pass
 
     async def listen_close(self, network: Any, multiaddr: Any) -> None:
+        pass
+
+
+class _Channel:
+    """(trio side) The requester's end of a request channel: requests in flight by id."""
+
+    def __init__(self, peer: str, stream: Any) -> None:
+        self.peer = peer
+        self.stream = stream
+        self.closed = False
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, _Waiter] = {}
+        self._lock = trio.Lock()
+        self._error: BaseException | None = None
+
+    async def request(self, protocol_id: str, data: bytes) -> bytes:
+        request_id = next(self._ids) & 0xFFFFFFFF
+        waiter = _Waiter()
+        self._waiting[request_id] = waiter
+        try:
+            name = protocol_id.encode()
+            head = _REQUEST_HEAD.pack(request_id, len(name)) + name
+            await _write_frame(self.stream, self._lock, encode_frame(data, head), self)
+            await waiter.done.wait()
+        finally:
+            self._waiting.pop(request_id, None)
+        if waiter.error is not None:
+            raise waiter.error
+        if waiter.status == _UNKNOWN_PROTOCOL:
+            raise MeshProtocolError(f"peer {self.peer} does not speak {protocol_id}")
+        if waiter.status != _OK:
+            raise PeerUnreachableError(
+                f"{protocol_id} to peer {self.peer} failed: the peer's handler failed "
+                f"({waiter.reply.decode(errors='replace')})"
+            )
+        return waiter.reply
+
+    def answer(self, request_id: int, status: int, reply: bytes) -> None:
+        waiter = self._waiting.get(request_id)
+        if waiter is not None:  # else: its request timed out or was cancelled
+            waiter.status, waiter.reply = status, reply
+            waiter.done.set()
+
+    def close(self, error: BaseException) -> None:
+        self.closed = True
+        for waiter in self._waiting.values():
+            waiter.error = error
+            waiter.done.set()
+
+
+class _Waiter:
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.status = _OK
+        self.reply = b""
+        self.error: BaseException | None = None
+
+
+async def _write_frame(
+    stream: Any, lock: trio.Lock, frame: bytes, channel: _Channel | None = None
+) -> None:
+    """(trio side) One whole frame on a shared stream, shielded from the caller's timeout."""
+    if channel is not None and channel.closed:
+        raise PeerUnreachableError(f"channel to peer {channel.peer} closed")
+    with trio.CancelScope(shield=True):
+        async with lock:
+            with trio.fail_after(_CHANNEL_WRITE_S):
+                try:
+                    await stream.write(frame)
+                except BaseException:
+                    if channel is not None:
+                        channel.close(PeerUnreachableError(f"channel to {channel.peer} broke"))
+                    await _reset_quietly(stream)
+                    raise
+
+
+def _speaks_not(exc: BaseException) -> bool:
+    """Whether a failed stream open means the peer does not speak the protocol."""
+    cause: BaseException | None = exc
+    for _ in range(10):
+        if cause is None:
+            return False
+        if isinstance(cause, MultiselectClientError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+async def _close_quietly(stream: Any) -> None:
+    with trio.move_on_after(1):
+        try:
+            await stream.close()
+        except Exception:  # already broken: nothing more to tell the peer
+            pass
+
+
+async def _reset_quietly(stream: Any) -> None:
+    try:
+        await stream.reset()
+    except Exception:  # already broken
         pass
 
 

@@ -30,11 +30,12 @@ log = get_logger("mesh.wire")
 _LEN = struct.Struct(">I")
 
 
-def encode_frame(data: bytes) -> bytes:
-    """One frame: 4-byte big-endian length, then the bytes."""
+def encode_frame(data: bytes, head: bytes = b"") -> bytes:
+    """One frame: 4-byte big-endian length, then `head` (a channel's header, not counted
+    against the limit) and the bytes."""
     if len(data) > MAX_FRAME_BYTES:
         raise MeshProtocolError(f"frame of {len(data)} bytes is over {MAX_FRAME_BYTES}")
-    return _LEN.pack(len(data)) + data
+    return _LEN.pack(len(head) + len(data)) + head + data
 
 
 def load_identity(path: Path | None) -> Any:
@@ -82,11 +83,11 @@ async def read_exactly(stream: Any, n: int) -> bytes:
     return b"".join(parts)
 
 
-async def read_frame(stream: Any) -> bytes:
-    """(trio side) One frame from a libp2p stream; MeshProtocolError if it is over the limit."""
+async def read_frame(stream: Any, limit: int = MAX_FRAME_BYTES) -> bytes:
+    """(trio side) One frame from a libp2p stream; MeshProtocolError if it is over `limit`."""
     (length,) = _LEN.unpack(await read_exactly(stream, _LEN.size))
-    if length > MAX_FRAME_BYTES:
-        raise MeshProtocolError(f"frame of {length} bytes is over {MAX_FRAME_BYTES}")
+    if length > limit:
+        raise MeshProtocolError(f"frame of {length} bytes is over {limit}")
     return await read_exactly(stream, length)
 
 

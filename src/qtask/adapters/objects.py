@@ -72,6 +72,8 @@ _BAD_KEY_CHARS = re.compile(r"[\x00-\x1f\x7f\\#]")
 _MAX_DETAIL = 300
 # S3's DeleteObjects takes at most 1,000 keys per request.
 _MAX_KEYS_PER_DELETE = 1000
+# How long close() waits for a DeleteObjects request already out.
+_CLOSE_DELETES_WAIT_S = 10.0
 
 _Store = S3Store | LocalStore | MemoryStore
 
@@ -226,6 +228,8 @@ class ObjectStoreAdapter:
         if self._closed:
             return
         self._closed = True
+        if self._deleter is not None:  # deletes already asked for are sent, not dropped
+            await asyncio.wait([self._deleter], timeout=_CLOSE_DELETES_WAIT_S)
         await asyncio.sleep(0.05)
 
     def _check_open(self, operation: str, key: str) -> None:

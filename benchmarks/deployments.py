@@ -84,6 +84,10 @@ class Deployment(Protocol):
         """Stop every process this deployment started."""
         ...
 
+    def infra_names(self) -> dict[int, str]:
+        """The pid of each infrastructure server, to its name (redis, nats, s3)."""
+        ...
+
 
 class Embedded:
     """`qtask serve` with `workers` worker processes, in a temporary data directory."""
@@ -113,6 +117,9 @@ class Embedded:
     def stop(self) -> None:
         if self.server.process is not None:
             self.server.terminate()
+
+    def infra_names(self) -> dict[int, str]:
+        return {}
 
 
 class Distributed:
@@ -165,6 +172,10 @@ class Distributed:
     def stop(self) -> None:
         self.deployment.terminate()
 
+    def infra_names(self) -> dict[int, str]:
+        d = self.deployment
+        return {s.process.pid: s.name for s in (d.redis, d.nats, d.s3) if s.process is not None}
+
 
 def make(name: str, workers: int = 2, objects: bool = True) -> Deployment:
     """A fresh, not yet started deployment in a new temporary directory."""
@@ -181,6 +192,8 @@ class Usage:
     peak_rss_mib: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ROLES, 0.0))
     peak_pss_mib: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ROLES, 0.0))
     cpu_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ROLES, 0.0))
+    # CPU seconds of each infrastructure server by name (redis, nats, s3): where `infra` goes.
+    infra_cpu_s: dict[str, float] = field(default_factory=dict)
 
     def merge_peaks(self, other: Usage) -> None:
         """Keep the larger peak of each role."""
@@ -217,6 +230,10 @@ class ResourceSampler:
                 for pid, (r, cpu) in self._last_cpu.items()
                 if r == role
             )
+        for pid, name in self.deployment.infra_names().items():
+            if pid in self._last_cpu:
+                cpu = self._last_cpu[pid][1] - self._start_cpu.get(pid, 0.0)
+                self.usage.infra_cpu_s[name] = self.usage.infra_cpu_s.get(name, 0.0) + cpu
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

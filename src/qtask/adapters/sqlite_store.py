@@ -177,8 +177,9 @@ class SQLiteTaskStore:
     async def create_many(self, tasks: Sequence[Task], *, max_pending: int = 0) -> list[Task]:
         """Store new queued tasks in one commit; the cap is checked in the same transaction."""
         rows = [_to_row(task) for task in tasks]
+        loop = asyncio.get_running_loop()
 
-        def insert(conn: sqlite3.Connection) -> tuple[list[Task], list[sqlite3.Row]]:
+        def insert(conn: sqlite3.Connection) -> list[Task]:
             stored = []
             inserted = False
             new: dict[str, int] = {}  # owner -> tasks this call adds
@@ -203,12 +204,23 @@ class SQLiteTaskStore:
                 if pending > max_pending:
                     raise PendingCapError(owner, pending - adding, max_pending)
             limit = self._handoff_limit if inserted else 0
-            return stored, _claim_for_waiting(conn, limit, self._worker_id)
+            claimed = [_from_row(row) for row in _claim_for_waiting(conn, limit, self._worker_id)]
+            if claimed:
+                # Handed to the waiting fetch now, while this transaction's commit (an fsync)
+                # is still to come: the run overlaps it. Nothing of the run can show before
+                # the commit: its result is a later write on this same writer thread. Should
+                # the commit fail, the task was never stored: its result finds no row, and the
+                # worker discards the run (the caller of create_many gets the error).
+                loop.call_soon_threadsafe(self._hand_over, claimed)
+            return stored
 
-        result, claimed = await self._db.write(insert)
-        self._handed.extend(_from_row(row) for row in claimed)
+        result = await self._db.write(insert)
         self._wakeup.set()
         return result
+
+    def _hand_over(self, claimed: list[Task]) -> None:
+        self._handed.extend(claimed)
+        self._wakeup.set()
 
     async def find_keyed(self, keys: Sequence[str]) -> dict[str, Task]:
         """The tasks stored under these idempotency keys, by key."""
@@ -458,9 +470,10 @@ class SQLiteTaskStore:
 
     async def close(self) -> None:
         """Refund claims no fetch took, flush pending writes and close the database."""
-        handed, self._handed = self._handed, []
-        for task in handed:  # claimed for a fetch that stopped waiting: never ran
-            await self.release(task.id, None, penalize=False)
+        while self._handed:  # claimed for a fetch that stopped waiting: never ran
+            handed, self._handed = self._handed, []  # (a hand-over may land meanwhile)
+            for task in handed:
+                await self.release(task.id, None, penalize=False)
         await asyncio.to_thread(self._db.close)
 
     # --- TaskQueue -------------------------------------------------------------------------

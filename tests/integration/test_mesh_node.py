@@ -444,25 +444,17 @@ async def test_release_during_the_run_keeps_the_slot_until_the_run_ends(tmp_path
                                   reserve("r1", now, now + 60, action="release"),
                                   ReserveReply, 5)  # fmt: skip
             assert released.ok
-            during = await call(
-                client,
-                node.peer_id,
-                RESERVE_PROTOCOL,
-                reserve("r2", time.time(), time.time() + 60),
-                ReserveReply,
-                5,
-            )
+
+            async def reserve_now(reservation_id: str) -> ReserveReply:
+                start = time.time()
+                request = reserve(reservation_id, start, start + 60)
+                return await call(client, node.peer_id, RESERVE_PROTOCOL, request, ReserveReply, 5)
+
+            during = await reserve_now("r2")
             assert not running.done()
             assert (during.ok, during.error and during.error.code) == (False, "capacity")
             assert (await running).ok
-            after = await call(
-                client,
-                node.peer_id,
-                RESERVE_PROTOCOL,
-                reserve("r3", time.time(), time.time() + 60),
-                ReserveReply,
-                5,
-            )
+            after = await reserve_now("r3")
             assert after.ok
     finally:
         node.terminate()

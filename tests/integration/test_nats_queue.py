@@ -200,6 +200,23 @@ async def test_nak_redelivers_at_once_as_the_next_attempt(
     assert store.tasks[task.id].attempts == 2
 
 
+async def test_one_fetch_takes_a_batch_of_waiting_tasks_new_or_redelivered(
+    make_queue: QueueFactory, store: InMemoryTaskStore
+) -> None:
+    # A fetch pulls one message, then as many as its metadata says wait behind it; JetStream
+    # does not count redeliveries there, so after a redelivery it pulls a batch anyway.
+    queue = await make_queue()
+    tasks = await new_tasks(store, 5)
+    await queue.publish(tasks)
+    first = await queue.fetch(64, timeout=1.0)
+    assert sorted(ids(first)) == sorted(task.id for task in tasks)
+    for delivery in first:
+        await delivery.nak()
+    again = await queue.fetch(64, timeout=1.0)
+    assert sorted(ids(again)) == sorted(task.id for task in tasks)
+    assert {delivery.task.attempts for delivery in again} == {2}
+
+
 async def test_a_refunded_release_is_not_counted_by_the_redelivery(
     make_queue: QueueFactory, store: InMemoryTaskStore
 ) -> None:

@@ -15,9 +15,13 @@ import pytest
 
 from qtask.adapters import sqlite_store
 from qtask.adapters.sqlite_store import _COLUMNS, SCHEMA, SQLiteTaskStore, _to_row
+from qtask.config import WorkerSettings
 from qtask.domain.ports import Delivery
 from qtask.domain.task import Status, Task
 from qtask.errors import PendingCapError, StoreUnavailableError, TaskNotFoundError
+from qtask.execution.items import RunOutcome
+from qtask.testing import InMemoryObjectStore
+from qtask.worker.runner import Worker
 from qtask_testkit import BELL_INFO, make_task
 
 INFO = BELL_INFO
@@ -267,6 +271,12 @@ async def test_a_claim_nobody_took_is_requeued_with_its_attempt_refunded_on_clos
         await reopened.close()
 
 
+class _OnePool:
+    """What Worker reads of its process pool; the test records a run, it starts none."""
+
+    size = 1
+
+
 class _GatedCommit(sqlite3.Connection):
     """A connection whose COMMIT waits for `gate` (and then fails when `fail` is set)."""
 
@@ -329,6 +339,51 @@ async def test_a_task_handed_over_whose_commit_fails_was_never_stored(
     with pytest.raises(TaskNotFoundError):  # the run's result finds no task: it is discarded
         await store.complete(delivery.task.id, {"00": 1})
     assert await store.counts() == {}
+    await store.close()
+
+
+async def test_a_remote_task_waits_for_its_commit_before_the_fetch_gets_it(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connect = sqlite3.connect
+    monkeypatch.setattr(
+        sqlite3, "connect", lambda *a, **kw: connect(*a, factory=_GatedCommit, **kw)
+    )
+    _GatedCommit.gate.set()
+    _GatedCommit.fail = False
+    store = SQLiteTaskStore(db_path, early_handover=lambda task: task.backend != "remote")
+    fetch = await waiting_fetch(store, 1)
+    _GatedCommit.gate.clear()
+    create = asyncio.create_task(store.create_many([make_task(backend="remote")]))
+    await asyncio.sleep(0.2)
+    assert not fetch.done()  # its provider job must not be submitted before the record exists
+    _GatedCommit.gate.set()
+    [task] = await create
+    assert [d.task.id for d in await asyncio.wait_for(fetch, 5.0)] == [task.id]
+    await store.close()
+
+
+async def test_a_run_recorded_before_its_insert_commits_keeps_its_result_object(
+    gated_store: SQLiteTaskStore,
+) -> None:
+    # The worker asks the store whether the task already ended before writing per-shot results;
+    # a task handed over before its commit is not visible yet, and is not "ended".
+    store = gated_store
+    objects = InMemoryObjectStore()
+    worker = Worker(store, store, _OnePool(), WorkerSettings(processes=1), objects=objects)
+    fetch = await waiting_fetch(store, 1)
+    _GatedCommit.gate.clear()
+    task = make_task(memory=True, result_object="completed/x.json", circuit_object=None)
+    create = asyncio.create_task(store.create_many([task]))
+    [delivery] = await asyncio.wait_for(fetch, 5.0)
+    outcome = RunOutcome(delivery.task.id, counts={"00": 2}, memory=["00", "00"])
+    record = asyncio.create_task(worker._record(delivery, outcome, 0.001, 1))
+    await asyncio.sleep(0.05)  # the run is done and recorded while the fsync still lasts
+    _GatedCommit.gate.set()
+    await create
+    await record
+    assert (await stored(store, task.id)).status is Status.COMPLETED
+    assert "completed/x.json" in objects.objects  # with the per-shot results in it
     await store.close()
 
 

@@ -76,11 +76,15 @@ _REST_FETCH_SECONDS = 0.02
 STREAM_RECREATE_DELAY_S = 1.0
 
 
-def _pending_after(msg: Msg) -> int:
-    """How many messages the consumer held undelivered when JetStream sent `msg` (from the
-    message's reply subject); 0 when that cannot be read."""
+def _more_waiting(msg: Msg, room: int) -> int:
+    """How many more messages to pull at once after `msg`, at most `room`: as many as the
+    consumer held undelivered when JetStream sent it (its reply subject says), or `room` when
+    `msg` is a redelivery (redeliveries are not counted there); 0 when that cannot be read."""
     try:
-        return int(msg.metadata.num_pending or 0)
+        metadata = msg.metadata
+        if (metadata.num_delivered or 0) > 1:
+            return max(room, 0)
+        return max(min(room, int(metadata.num_pending or 0)), 0)
     except (ValueError, TypeError, AttributeError, nats.errors.Error):
         return 0
 
@@ -396,13 +400,18 @@ class NatsTaskQueue:
             raise QueueUnavailableError(
                 f"cannot fetch from NATS at {self.url}: {_describe(exc)}"
             ) from exc
-        waiting = _pending_after(messages[-1]) if messages else 0
-        if max_tasks > 1 and waiting > 0:
-            # What fails here is the next fetch's to report: these messages are held already.
-            with contextlib.suppress(*_NATS_FAILURES):
-                messages += await sub.fetch(
-                    min(max_tasks - 1, waiting), timeout=_REST_FETCH_SECONDS
-                )
+        more = _more_waiting(messages[-1], max_tasks - 1) if messages else 0
+        if more > 0:
+            try:
+                # What fails here is the next fetch's to report: these messages are held now.
+                with contextlib.suppress(*_NATS_FAILURES):
+                    messages += await sub.fetch(more, timeout=_REST_FETCH_SECONDS)
+            except asyncio.CancelledError:
+                # Handed back now, not after ack_wait: nobody will start them.
+                for msg in messages:
+                    with contextlib.suppress(*_NATS_FAILURES):
+                        await msg.nak()
+                raise
         return messages
 
     async def _check_consumer(self) -> None:

@@ -170,6 +170,20 @@ class ObjectStoreAdapter:
             self._deleter = asyncio.create_task(self._send_deletes())
         await future
 
+    async def _delete_one(self, key: str, future: asyncio.Future[None]) -> None:
+        """Delete `key` alone and settle `future` with the outcome (a missing key is fine)."""
+        try:
+            await self._store.delete_async(key)
+        except (ObstoreError, OSError) as exc:
+            if not future.done():
+                if _is_missing_object(exc):
+                    future.set_result(None)
+                else:
+                    future.set_exception(self._unavailable("delete", key, exc))
+            return
+        if not future.done():
+            future.set_result(None)
+
     async def _send_deletes(self) -> None:
         """Send the waiting deletes, up to 1,000 keys a request, until none are left."""
         batch: list[tuple[str, asyncio.Future[None]]] = []
@@ -180,10 +194,10 @@ class ObjectStoreAdapter:
                 del self._deletes[:_MAX_KEYS_PER_DELETE]
                 try:
                     await obstore.delete_async(self._store, [key for key, _ in batch])
-                except (ObstoreError, OSError) as exc:
-                    for key, future in batch:
-                        if not future.done():
-                            future.set_exception(self._unavailable("delete", key, exc))
+                except (ObstoreError, OSError):
+                    # One key's error fails the whole bulk request (and some servers report a
+                    # missing key there): each key again on its own, for its own answer.
+                    await asyncio.gather(*(self._delete_one(key, fut) for key, fut in batch))
                 else:
                     for _, future in batch:
                         if not future.done():

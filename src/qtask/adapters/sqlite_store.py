@@ -140,9 +140,18 @@ def _migrate(conn: sqlite3.Connection) -> None:
 class SQLiteTaskStore:
     """TaskStore and TaskQueue on one SQLite file; see the module docstring."""
 
-    def __init__(self, path: Path, *, worker_id: str = "embedded") -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        worker_id: str = "embedded",
+        early_handover: Callable[[Task], bool] = lambda task: True,
+    ) -> None:
         self._db = SQLiteDatabase(path, SCHEMA, _migrate)
         self._worker_id = worker_id
+        # Which tasks a waiting fetch may get before their insert has committed (create_many):
+        # not those whose run has effects outside this database (a remote provider's job).
+        self._early_handover = early_handover
         self._wakeup = asyncio.Event()
         self._listeners: list[EndListener] = []
         # How many tasks the next insert may claim for the fetch waiting now (0: none waits).
@@ -179,7 +188,7 @@ class SQLiteTaskStore:
         rows = [_to_row(task) for task in tasks]
         loop = asyncio.get_running_loop()
 
-        def insert(conn: sqlite3.Connection) -> list[Task]:
+        def insert(conn: sqlite3.Connection) -> tuple[list[Task], list[Task]]:
             stored = []
             inserted = False
             new: dict[str, int] = {}  # owner -> tasks this call adds
@@ -205,16 +214,23 @@ class SQLiteTaskStore:
                     raise PendingCapError(owner, pending - adding, max_pending)
             limit = self._handoff_limit if inserted else 0
             claimed = [_from_row(row) for row in _claim_for_waiting(conn, limit, self._worker_id)]
-            if claimed:
-                # Handed to the waiting fetch now, while this transaction's commit (an fsync)
-                # is still to come: the run overlaps it. Nothing of the run can show before
-                # the commit: its result is a later write on this same writer thread. Should
-                # the commit fail, the task was never stored: its result finds no row, and the
-                # worker discards the run (the caller of create_many gets the error).
-                loop.call_soon_threadsafe(self._hand_over, claimed)
-            return stored
+            # This call's own new tasks go to the waiting fetch now, while the commit (an
+            # fsync) is still to come: the run overlaps it. Nothing of the run can show before
+            # the commit: its result is a later write on this same writer thread. Should the
+            # commit fail, the task was never stored: its result finds no row and the worker
+            # discards the run (the caller of create_many gets the error). Other rows the claim
+            # took (requeued by an earlier write of this group) exist without this commit, so
+            # they, and tasks whose run reaches outside this database, wait for it.
+            mine = {task.id for task in tasks}
+            early = [t for t in claimed if t.id in mine and self._early_handover(t)]
+            if early:
+                loop.call_soon_threadsafe(self._hand_over, early)
+            handed_early = {task.id for task in early}
+            late = [task for task in claimed if task.id not in handed_early]
+            return stored, late
 
-        result = await self._db.write(insert)
+        result, late = await self._db.write(insert)
+        self._handed.extend(late)
         self._wakeup.set()
         return result
 

@@ -79,10 +79,15 @@ class EmbeddedService:
         self.settings = settings
         self._remotes: list[RemoteBackend] = []
         self._remote_jobs: SQLiteRemoteJobs | None = None
-        self.store = SQLiteTaskStore(settings.storage.data_dir / DB_FILE)
         # Built once: each build makes its own remote backends, each with its own provider
         # process (176-286 MiB for IBM or Braket) once used.
         self.catalog = build_catalog(settings)
+        remote_names = frozenset(self.catalog.remotes())
+        self.store = SQLiteTaskStore(
+            settings.storage.data_dir / DB_FILE,
+            # A remote task's provider job must not be submitted before its record commits.
+            early_handover=lambda task: task.backend not in remote_names,
+        )
         self.parse_pool = wiring.parse_pool(settings)
         self.exec_pool = wiring.exec_pool(settings, self.catalog)
         self.objects = wiring.object_store(settings)

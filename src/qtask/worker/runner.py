@@ -402,9 +402,11 @@ class Worker:
                 self._held.pop(task.id, None)
 
     async def _ended(self, task_id: str) -> bool:
-        """Whether the task already ended (or is gone), as the store says now."""
+        """Whether the task already ended, as the store says now. A task the store cannot show
+        is not taken as ended: a task handed over before its insert committed (SQLite) is not
+        visible yet; one really gone makes complete() fail, and the object is discarded."""
         current = await self._store.get(task_id)
-        return current is None or current.status.terminal
+        return current is not None and current.status.terminal
 
     async def _restore_result(self, stored: Task) -> None:
         """Write the stored result back over the object a refused duplicate run just replaced,

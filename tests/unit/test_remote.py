@@ -476,3 +476,34 @@ async def test_shutdown_while_waiting_on_the_provider_requeues_with_the_attempt_
     await worker.stop(grace=10.0)
     stored = store.tasks[task.id]
     assert (stored.status, stored.attempts) == (Status.QUEUED, 0)
+
+
+class CancelledWhileRecording(InMemoryRemoteJobs):
+    """A cancel arrives while the worker records the job: the service's due_now finds no job."""
+
+    async def record(self, job: RemoteJob) -> None:
+        await self._store.cancel(job.task_id, "Task was cancelled.")
+        await self.due_now([job.task_id], time.time())  # what the cancel does: nothing yet
+        await super().record(job)
+
+
+async def test_a_cancel_while_the_job_is_recorded_still_makes_the_job_due_at_once() -> None:
+    store = InMemoryTaskStore()
+    jobs = CancelledWhileRecording(store)
+    provider = FakeRemoteBackend(poll_interval_s=120.0)
+    task = await store.create(remote_task())
+    worker = Worker(
+        store,
+        store,
+        FakePool(),  # type: ignore[arg-type]
+        worker_settings(),
+        remote=RemoteSubmitter({"remote": provider}, jobs),
+    )
+    worker.start()
+    try:
+        await wait_until(lambda: task.id in jobs.jobs and worker.in_flight == 0)
+    finally:
+        await worker.stop(grace=1.0)
+    assert store.tasks[task.id].status is Status.FAILED
+    # Due now, so the poller's next pass cancels it at the provider (not in 120 s).
+    assert jobs.jobs[task.id].next_poll_at <= time.time()

@@ -98,6 +98,9 @@ SERVE_READ_TIMEOUT_S = 30.0
 # Start-up and shutdown bounds of the libp2p thread.
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
+# How long stop() waits for replies whose handler has returned but which are not written yet
+# (a draining node's last fragment ends, the node stops, the reply must still go out).
+REPLY_FLUSH_S = 2.0
 # Gossip messages waiting for their asyncio handler, per topic, before the oldest are dropped.
 GOSSIP_BACKLOG = 10_000
 # The request channel: one long-lived stream per peer carrying every request up to
@@ -162,6 +165,9 @@ class MeshHost:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._stopped = False
+        # Inbound requests being answered (trio side), for stop() to let their replies out.
+        self._answering = 0
+        self._answering_lock = threading.Lock()
 
     # -- registration (before start) ----------------------------------------------------------
 
@@ -222,6 +228,10 @@ class MeshHost:
             self._stopped = True
             return
         self._stopped = True
+        # The count changes on the trio thread: polled (10 ms, bounded) rather than signalled.
+        deadline = asyncio.get_running_loop().time() + REPLY_FLUSH_S
+        while self._answering and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         token, stop_event = self._token, self._stop_event
         if token is not None and stop_event is not None:
             try:
@@ -525,6 +535,7 @@ class MeshHost:
         protocol_id = str(stream.get_protocol())
         peer = stream.muxed_conn.peer_id.to_base58()
         handler = self._protocols[protocol_id]
+        self._count_answering(1)
         try:
             with trio.fail_after(SERVE_READ_TIMEOUT_S):
                 request = await read_frame(stream)
@@ -544,6 +555,12 @@ class MeshHost:
                     await stream.reset()
                 except Exception:  # already broken: nothing more to tell the peer
                     pass
+        finally:
+            self._count_answering(-1)
+
+    def _count_answering(self, change: int) -> None:
+        with self._answering_lock:
+            self._answering += change
 
     async def _serve_channel(self, stream: Any) -> None:
         """(trio side) A peer's request channel: each request runs on its own (requests to
@@ -573,33 +590,37 @@ class MeshHost:
         request: bytes,
     ) -> None:  # fmt: skip
         """(trio side) One request that came on a channel: run its handler, send the reply."""
-        handler = self._protocols.get(protocol_id)
-        status, reply = _OK, b""
-        if handler is None:
-            status, reply = _UNKNOWN_PROTOCOL, b"no handler"
-        else:
-            try:
-
-                async def run() -> bytes:
-                    return await handler(peer, request)
-
-                reply = await self._on_asyncio(run())
-                if len(reply) > MAX_FRAME_BYTES:
-                    raise MeshProtocolError(
-                        f"frame of {len(reply)} bytes is over {MAX_FRAME_BYTES}"
-                    )
-            except trio.Cancelled:
-                raise
-            except Exception as exc:  # the requester sees a failed request; we log why
-                log.warning("mesh_request_failed", protocol=protocol_id, peer=peer,
-                            error=repr(exc))  # fmt: skip
-                status, reply = _FAILED, type(exc).__name__.encode()
+        self._count_answering(1)
         try:
-            await _write_frame(
-                stream, lock, encode_frame(reply, _REPLY_HEAD.pack(request_id, status))
-            )
-        except Exception as exc:  # the channel broke; its reader ends it
-            log.debug("mesh_channel_reply_failed", peer=peer, error=repr(exc))
+            handler = self._protocols.get(protocol_id)
+            status, reply = _OK, b""
+            if handler is None:
+                status, reply = _UNKNOWN_PROTOCOL, b"no handler"
+            else:
+                try:
+
+                    async def run() -> bytes:
+                        return await handler(peer, request)
+
+                    reply = await self._on_asyncio(run())
+                    if len(reply) > MAX_FRAME_BYTES:
+                        raise MeshProtocolError(
+                            f"frame of {len(reply)} bytes is over {MAX_FRAME_BYTES}"
+                        )
+                except trio.Cancelled:
+                    raise
+                except Exception as exc:  # the requester sees a failed request; we log why
+                    log.warning("mesh_request_failed", protocol=protocol_id, peer=peer,
+                                error=repr(exc))  # fmt: skip
+                    status, reply = _FAILED, type(exc).__name__.encode()
+            try:
+                await _write_frame(
+                    stream, lock, encode_frame(reply, _REPLY_HEAD.pack(request_id, status))
+                )
+            except Exception as exc:  # the channel broke; its reader ends it
+                log.debug("mesh_channel_reply_failed", peer=peer, error=repr(exc))
+        finally:
+            self._count_answering(-1)
 
     def _peer_changed(self, peer: str, connected: bool) -> None:
         """(asyncio side) Track the peer set and tell the on_peer handlers."""

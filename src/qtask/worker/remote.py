@@ -107,3 +107,7 @@ class RemoteSubmitter:
             await self._objects.put(remote_job_key(task.id), orjson.dumps(job_document(job)))
         await self._jobs.record(job)
         return job
+
+    async def due_now(self, task_id: str) -> None:
+        """Make the task's job due at the poller's next pass (its task ended meanwhile)."""
+        await self._jobs.due_now([task_id], self._clock())

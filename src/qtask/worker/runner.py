@@ -259,6 +259,14 @@ class Worker:
             self._held.pop(task.id, None)
             return
         log.info("remote_submitted", task_id=task.id, backend=task.backend, job_id=job.job_id)
+        # A cancel that came while the job was being recorded made nothing due (there was no
+        # job yet): the job would wait for its first poll before the poller cancelled it at
+        # the provider. Looked at after the record, so one of the two always sees the other.
+        try:
+            if await self._ended(task.id):
+                await self._remote.due_now(task.id)
+        except Exception as exc:  # the job's first poll finds the task ended anyway
+            log.warning("remote_cancel_check_failed", task_id=task.id, reason=str(exc))
         try:
             await self._settle(delivery)
         except Exception:  # redelivered: submitted again, the same job comes back

@@ -313,10 +313,10 @@ def open_object_store(
     `request_timeout` per request; `retry_timeout` is the time after a call's first attempt
     past which obstore starts no further retry (of server errors, refused or dropped
     connections, timeouts), and `max_retries` caps their number. obstore's backoff is random
-    (10 ms growing to 2 s), so retries are capped by time rather than by count: a call fails
-    after about `retry_timeout` when the server is gone, at worst `retry_timeout` plus one
-    `request_timeout` when it accepts but never answers. Raises ConfigError for a URL this
-    cannot open.
+    (from 10 ms, doubling on average, to 2 s), so retries are capped by time rather than by
+    count: a call fails after about `retry_timeout` when the server is gone, at worst
+    `retry_timeout` plus one `request_timeout` when it accepts but never answers. Raises
+    ConfigError for a URL this cannot open.
     """
     text = url.strip()
     if not text:
@@ -353,7 +353,10 @@ def open_object_store(
                     # tasks come one at a time) then costs ~10 ms, not a 100 ms p99.
                     "init_backoff": timedelta(milliseconds=10),
                     "max_backoff": timedelta(seconds=2),
-                    "base": 2,
+                    # Each wait is drawn between init and base × the last one: base 4 doubles
+                    # it on average (base 2 hovered near 10 ms and spent the 30 retries in ~1 s,
+                    # too soon to ride out an S3 restart).
+                    "base": 4,
                 },
             },
         )

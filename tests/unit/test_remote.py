@@ -128,6 +128,19 @@ class FlakyJobs(InMemoryRemoteJobs):
         await super().record(job)
 
 
+def remote_worker(
+    store: InMemoryTaskStore, jobs: InMemoryRemoteJobs, provider: FakeRemoteBackend
+) -> Worker:
+    """A worker with no simulator slot in use, submitting to `provider` as "remote"."""
+    return Worker(
+        store,
+        store,
+        FakePool(),  # type: ignore[arg-type]
+        worker_settings(),
+        remote=RemoteSubmitter({"remote": provider}, jobs),
+    )
+
+
 async def test_remote_task_is_submitted_without_a_slot_and_acked_once_its_job_is_stored() -> None:
     store = InMemoryTaskStore()
     jobs = InMemoryRemoteJobs(store)
@@ -157,13 +170,7 @@ async def test_worker_killed_between_accept_and_store_resubmits_to_the_same_job(
     jobs = FlakyJobs(store, failures=1)
     provider = FakeRemoteBackend()
     task = await store.create(remote_task())
-    worker = Worker(
-        store,
-        store,
-        FakePool(),  # type: ignore[arg-type]
-        worker_settings(),
-        remote=RemoteSubmitter({"remote": provider}, jobs),
-    )
+    worker = remote_worker(store, jobs, provider)
     worker.start()
     try:
         await wait_until(lambda: provider.submit_calls == 1 and worker.in_flight == 0)
@@ -189,13 +196,7 @@ async def test_remote_refusal_ends_the_task_with_the_providers_message() -> None
 
     provider.submit = refuse  # type: ignore[method-assign]
     task = await store.create(remote_task())
-    worker = Worker(
-        store,
-        store,
-        FakePool(),  # type: ignore[arg-type]
-        worker_settings(),
-        remote=RemoteSubmitter({"remote": provider}, jobs),
-    )
+    worker = remote_worker(store, jobs, provider)
     worker.start()
     try:
         await wait_until(lambda: store.tasks[task.id].status.terminal)
@@ -423,13 +424,7 @@ class FlakyProvider(FakeRemoteBackend):
 async def run_submission(provider: FakeRemoteBackend, store: InMemoryTaskStore) -> Task:
     jobs = InMemoryRemoteJobs(store)
     task = await store.create(remote_task())
-    worker = Worker(
-        store,
-        store,
-        FakePool(),  # type: ignore[arg-type]
-        worker_settings(),
-        remote=RemoteSubmitter({"remote": provider}, jobs),
-    )
+    worker = remote_worker(store, jobs, provider)
     worker.start()
     try:
         await wait_until(lambda: task.id in jobs.jobs or store.tasks[task.id].status.terminal)
@@ -492,13 +487,7 @@ async def test_a_cancel_while_the_job_is_recorded_still_makes_the_job_due_at_onc
     jobs = CancelledWhileRecording(store)
     provider = FakeRemoteBackend(poll_interval_s=120.0)
     task = await store.create(remote_task())
-    worker = Worker(
-        store,
-        store,
-        FakePool(),  # type: ignore[arg-type]
-        worker_settings(),
-        remote=RemoteSubmitter({"remote": provider}, jobs),
-    )
+    worker = remote_worker(store, jobs, provider)
     worker.start()
     try:
         await wait_until(lambda: task.id in jobs.jobs and worker.in_flight == 0)

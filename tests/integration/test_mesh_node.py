@@ -424,10 +424,14 @@ async def test_node_health_port_serves_ready_and_mesh_metrics(
     assert "qtask_mesh_adverts_published_total" in metrics_text
 
 
-async def test_release_during_the_run_keeps_the_slot_until_the_run_ends(tmp_path: Path) -> None:
+async def test_a_reservation_frees_its_slot_when_its_run_ends_released_or_not(
+    tmp_path: Path,
+) -> None:
     # A cancelled job's coordinator releases the reservation while its fragment still runs:
     # the slot must stay taken until the run ends, or a second job's reservation is accepted
-    # and its EXECUTE queues behind the first's.
+    # and its EXECUTE queues behind the first's. Unreleased, a reservation is good for one
+    # run: the slot is free when the run's reply arrives (a coordinator's next fragment must
+    # not be refused for the 60 s window).
     node = node_process(tmp_path, noise=NOISY.model_dump(), capacity=1).start()
     try:
         async with mesh_client(bootstrap=[node.addr]) as client:
@@ -456,5 +460,11 @@ async def test_release_during_the_run_keeps_the_slot_until_the_run_ends(tmp_path
             assert (await running).ok
             after = await reserve_now("r3")
             assert after.ok
+            bell_run = execute(circuit_to_ir(bell()), 100, reservation_id="r3")
+            assert (await call(client, node.peer_id, EXECUTE_PROTOCOL, bell_run,
+                               ExecuteReply, 30)).ok  # fmt: skip
+            assert (await reserve_now("r4")).ok
+            again = await call(client, node.peer_id, EXECUTE_PROTOCOL, bell_run, ExecuteReply, 30)
+            assert (again.ok, again.error and again.error.code) == (False, "reservation_unknown")
     finally:
         node.terminate()

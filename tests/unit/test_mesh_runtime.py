@@ -171,7 +171,7 @@ async def test_a_failed_run_is_retried_on_the_next_feasible_node() -> None:
             error=ErrorInfo(code="simulator_error", message="out of memory"),
         )  # fmt: skip
 
-    rig.node("best", 0.99, execute=broken)
+    best = rig.node("best", 0.99, execute=broken)
     rig.node("second", 0.9)
     job = await rig.runtime.submit("OPENQASM 2.0;", 10, None, 0.0, None)
     done = await rig.finished(job.id)
@@ -181,6 +181,11 @@ async def test_a_failed_run_is_retried_on_the_next_feasible_node() -> None:
         (2, "second", FragmentStatus.COMPLETED),
     ]
     assert done.fragments[0].error == "simulator_error: out of memory"
+    async with asyncio.timeout(5):
+        await rig.runtime.drain()
+    # The failed attempt's reservation is given back (a refused or lost EXECUTE never ran).
+    reserves = [r.action for p, r in best.requests if p == RESERVE_PROTOCOL]
+    assert reserves == ["reserve", "release"]
 
 
 async def test_an_unreachable_node_is_recorded_and_the_job_moves_on() -> None:
@@ -253,6 +258,36 @@ async def test_a_refusal_by_the_only_node_waits_for_the_window_it_offers() -> No
     assert [f.status for f in done.fragments] == [FragmentStatus.FAILED, FragmentStatus.COMPLETED]
 
 
+async def test_a_refused_fragment_asks_again_once_the_node_advertises_a_free_slot() -> None:
+    # The window a node offers is where its reservations end (30 s holds), but a fragment runs
+    # for milliseconds: an advert with a free slot ends the wait long before the window.
+    rig = Rig()
+    refused = asyncio.Event()
+
+    async def busy_once(request: ReserveRequest) -> ReserveReply:
+        if not refused.is_set():
+            refused.set()
+            return ReserveReply(
+                ok=False, correlation_id=request.correlation_id,
+                reservation_id=request.reservation_id, node_id="only",
+                next_window=(time.time() + 30, time.time() + 60),
+            )  # fmt: skip
+        return ReserveReply(ok=True, correlation_id=request.correlation_id,
+                            reservation_id=request.reservation_id, node_id="only")  # fmt: skip
+
+    rig.node("only", 0.99, reserve=busy_once)
+    job = await rig.runtime.submit("OPENQASM 2.0;", 10, None, 0.0, None)
+    await asyncio.wait_for(refused.wait(), 5)
+    await asyncio.sleep(0.3)
+    assert not rig.runtime.job(job.id).state.terminal  # still waiting for the window
+    free = advert("only", 0.99).model_copy(update={"seq": 2, "timestamp": time.time()})
+    rig.registry.upsert(free, time.time())
+    async with asyncio.timeout(3):
+        done = await rig.finished(job.id)
+    assert done.state is JobState.COMPLETED
+    assert [f.status for f in done.fragments] == [FragmentStatus.FAILED, FragmentStatus.COMPLETED]
+
+
 async def test_a_restart_abandons_the_attempt_in_flight_and_runs_the_job_again() -> None:
     rig = Rig()
     rig.node("n", 0.99)
@@ -302,7 +337,7 @@ async def test_a_circuit_a_node_calls_invalid_fails_at_once_without_retries() ->
     assert other.requests == []
 
 
-async def test_a_completed_run_gives_its_reservation_back() -> None:
+async def test_a_completed_run_sends_no_release_the_node_freed_the_slot_at_its_end() -> None:
     rig = Rig()
     node = rig.node("a", 0.99)
     job = await rig.runtime.submit("OPENQASM 2.0;", 10, None, 0.0, None)
@@ -310,10 +345,10 @@ async def test_a_completed_run_gives_its_reservation_back() -> None:
     async with asyncio.timeout(5):
         await rig.runtime.drain()
     reserves = [r for p, r in node.requests if p == RESERVE_PROTOCOL]
-    assert [r.action for r in reserves] == ["reserve", "release"]
+    assert [r.action for r in reserves] == ["reserve"]
     rid = reserves[0].reservation_id
     assert [e["kind"] for e in rig.store.reservation_events(rid)] == [
-        "requested", "accepted", "used", "released",
+        "requested", "accepted", "used",
     ]  # fmt: skip
 
 

@@ -169,15 +169,18 @@ class FragmentAttempts:
                             excluded=sorted(exclude), nodes=nodes)  # fmt: skip
                 continue
             if node in refused:
-                # Every candidate refused: wait for the earliest window offered (bounded), then
-                # ask again. A whole round of refusals counts as one failed attempt.
+                # Every candidate refused: wait for the earliest window offered (bounded) or
+                # until one of them advertises a free slot, then ask again. A whole round of
+                # refusals counts as one failed attempt.
                 windows = [w[0] for w in refused.values() if w is not None]
-                wait = min(windows, default=self._clock()) - self._clock()
+                now = self._clock()
+                wait = min(windows, default=now) - now
                 failures.append(f"every candidate refused a reservation ({len(refused)} nodes)")
                 metrics.FRAGMENT_FAILURES.labels("rejected").inc()
+                await asyncio.sleep(self._backoff(len(failures)))
+                until = now + min(wait, settings.reservation_hold_s)
+                await self._until_free(set(refused), since=now, until=until)
                 refused.clear()
-                await asyncio.sleep(min(max(wait, self._backoff(len(failures))),
-                                        settings.reservation_hold_s))  # fmt: skip
                 continue
             attempt += 1
             if failures or refused:
@@ -219,6 +222,21 @@ class FragmentAttempts:
                     if len(failures) < settings.max_attempts:
                         await asyncio.sleep(self._backoff(len(failures)))
                     continue
+
+    async def _until_free(self, nodes: set[str], *, since: float, until: float) -> None:
+        """Return at `until`, or sooner once one of `nodes` advertises a free slot in an
+        advert received after `since` (a window a node offers is its reservations' end, and
+        most are given back long before: a fragment runs for milliseconds)."""
+        while (now := self._clock()) < until:
+            for node in nodes:
+                entry = self._registry.get(node)
+                if (
+                    entry is not None
+                    and entry.received_at > since
+                    and entry.advert.in_use < entry.advert.capacity
+                ):
+                    return
+            await asyncio.sleep(min(_PLAN_POLL_S, until - now))
 
     async def _next_node(
         self, job: Job, spec: FragmentSpec, nodes: list[str], failed: set[str], refused: set[str]
@@ -416,8 +434,8 @@ class FragmentAttempts:
             self._store.add_reservation_event(reservation_id, record.node_id, job.id,
                                               "used", now, {"run_s": reply.run_s}),
         )  # fmt: skip
-        # The node keeps the window until its end unless told: give the slot back now.
-        self._background(self._release(job.id, started))
+        # No release: a reservation is good for one run, and the node freed it when the run
+        # ended (a release sent now could arrive after this job's next RESERVE to that node).
         run.transfer(
             fragment.fragment_id,
             len(input_state or ""),

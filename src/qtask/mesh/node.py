@@ -113,10 +113,11 @@ class ServiceNode:
         self.calibration: Calibration | None = None
         self.calibration_noise = settings.noise  # the noise the last calibration ran under
         self.running = 0
-        # Reservations whose fragment runs now, and those of them released meanwhile (a
-        # cancelled job): the slot stays taken until the run ends, then is freed.
+        # Reservations whose fragment runs now. A reservation is good for one run: the node
+        # frees it when that run ends (a release that arrives during the run, from a cancelled
+        # job, is acknowledged and takes effect then), so the coordinator's next fragment
+        # here never races a release over the wire.
         self._running_reservations: set[str] = set()
-        self._release_after_run: set[str] = set()
         self.draining = False
         self._gates = frozenset(settings.gates)
         self._pool = ChildPool(
@@ -326,12 +327,8 @@ class ServiceNode:
         cid, rid = request.correlation_id, request.reservation_id
         if request.action == "release":
             if rid in self._running_reservations:
-                current = self.book.state.get(rid)
-                if current is not None and current.status == "accepted":
-                    self._release_after_run.add(rid)
-                    log.info("reservation_release_deferred", reservation_id=rid,
-                             correlation_id=cid)  # fmt: skip
-                    return self._reserve_reply(cid, rid)
+                log.info("reservation_release_deferred", reservation_id=rid, correlation_id=cid)
+                return self._reserve_reply(cid, rid)
             if self.book.release(rid, now=now):
                 self.publisher.changed()
                 return self._reserve_reply(cid, rid)
@@ -412,9 +409,7 @@ class ServiceNode:
             self.running -= 1
             if rid is not None:
                 self._running_reservations.discard(rid)
-                if rid in self._release_after_run:
-                    self._release_after_run.discard(rid)
-                    self.book.release(rid, now=time.time())
+                self.book.release(rid, now=time.time())
             if self.running == 0:
                 self._idle.set()
             self.publisher.changed()
@@ -503,6 +498,8 @@ class ServiceNode:
                 return "reservation_unknown", f"reservation {rid} is {status}"
             if reservation.window_end <= now:
                 return "reservation_unknown", f"reservation {rid} ended at {reservation.window_end}"
+            if rid in self._running_reservations:
+                return "reservation_unknown", f"reservation {rid} is in use by a running fragment"
             return None
         if self.running + self.book.in_use_at(now) >= self.settings.capacity:
             return "busy", f"all {self.settings.capacity} slots are in use or reserved"

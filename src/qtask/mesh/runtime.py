@@ -5,14 +5,15 @@ IR, and the planner (qtask.mesh.planner.plan_job, or the `planner_hook`) a DAG o
 (dag.JobPlan), kept beside the database before anything runs. Then each fragment runs once its
 dependencies are done (independent ones at once): RESERVE on its node (`reserve_timeout_s`;
 a refusal tries the next node of [node, *fallbacks], and when all refused, the job waits for
-the earliest `next_window`), then EXECUTE with the joined input state (`execute_timeout_s`,
-plus `transfer_timeout_s` when a state travels). A failure (timeout, unreachable peer, an
-error reply) is retried after a bounded exponential backoff with jitter on the next node that
-has not failed it; after `max_attempts`, or with no node left, the job is re-planned without
-the failed nodes (the fragment must keep its slice); no feasible plan: the job FAILS at once
-with the fragment-level error. A fragment's output state is kept on disk (dag.StateFiles)
-with its completed record; the measuring fragment(s)' counts, combined, complete the job with
-its metadata (route, transfers, time per stage). The coordinator never simulates.
+the earliest `next_window`, or until one of them advertises a free slot), then EXECUTE with
+the joined input state (`execute_timeout_s`, plus `transfer_timeout_s` when a state travels).
+A failure (timeout, unreachable peer, an error reply) is retried after a bounded exponential
+backoff with jitter on the next node that has not failed it; after `max_attempts`, or with no
+node left, the job is re-planned without the failed nodes (the fragment must keep its slice);
+no feasible plan: the job FAILS at once with the fragment-level error. A fragment's output
+state is kept on disk (dag.StateFiles) with its completed record; the measuring fragment(s)'
+counts, combined, complete the job with its metadata (route, transfers, time per stage). The
+coordinator never simulates.
 
 Every change is written to the database before it is acted on (a reservation is recorded as
 requested before the request leaves), so a coordinator killed at any moment restarts from what
@@ -24,7 +25,9 @@ Cancel (DELETE /api/v1/jobs/{id}): the job's drive is stopped where it waits, it
 flight end `failed` ("cancelled") with their reservations released, and the job ends FAILED
 with the error "cancelled" (FR-009's six states are kept: a cancelled job is a failed one).
 A fragment already running on a node runs to its end there; its counts are never read, and
-the node frees its slot when the run ends (a release during the run is deferred).
+the node frees its slot when the run ends (a release during the run is deferred). A
+reservation is good for one run: the node frees it when the run ends, so a completed fragment
+sends no release.
 """
 
 from __future__ import annotations

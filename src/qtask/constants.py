@@ -72,6 +72,11 @@ LOOP_STALE_INTERVALS = 3
 # resumes within 5 s once the dependency is back.
 LOOP_BACKOFF_FIRST_SECONDS = 0.1
 LOOP_BACKOFF_MAX_SECONDS = 5.0
+# A task running alone in a worker process is looked up in the store this often while it runs
+# (the first time after this long): once it has ended (cancelled), the process is killed and
+# replaced, so a cancelled long simulation stops within about this long.
+CANCEL_CHECK_SECONDS = 1.0
+
 # The fetch loop waiting for a free worker process is live while some run holds one and is
 # within its time limit plus this: the slack for storing the outcome (Redis retries for ~16 s,
 # the object store has its own retries). A run older than that is wedged and makes /ready fail.

@@ -59,7 +59,7 @@ class Mesh:
         self.root = root
         self.coordinator = CoordinatorProcess(
             root / "coordinator",
-            {"QTASK_MESH__COORDINATOR__PLAN_WAIT_S": "20",
+            {"QTASK_MESH__COORDINATOR__PLAN_WAIT_S": "8",
              "QTASK_MESH__COORDINATOR__PING_TIMEOUT_S": "0.5"},
         ).start()  # fmt: skip
         options: dict[str, dict[str, Any]] = {

@@ -86,7 +86,7 @@ def test_a_queued_task_is_cancelled_and_an_ended_one_is_a_conflict(client: Clien
     assert client.cancel(queued) == TaskResult(queued, "error", error="Task was cancelled.")
     assert client.wait(queued, timeout=10).error == "Task was cancelled."
     assert client.cancel(queued).error == "Task was cancelled."  # a repeat answers the same
-    client.cancel(busy)  # running: ends now, its result is discarded
+    client.cancel(busy)  # running alone: ends now, its run is stopped
     completed = client.submit(BELL, shots=10)
     client.wait(completed, timeout=60)
     with pytest.raises(ConflictError) as caught:

@@ -94,6 +94,16 @@ def test_a_stream_sends_each_state_once_then_the_final_body_and_closes_normally(
     assert sum(final["result"].values()) == 10
 
 
+def running(server: ServerProcess, task_id: str) -> str:
+    """`task_id` once its run has started (a task submitted after it then waits for the one
+    worker process; submitted together, the worker may run the small one first)."""
+    deadline = time.monotonic() + 60
+    while server.stored_status(task_id) != "running":
+        assert time.monotonic() < deadline, f"{task_id} never started"
+        time.sleep(0.05)
+    return task_id
+
+
 def test_a_browser_sends_its_key_as_the_first_message(keyed: ServerProcess) -> None:
     with client(keyed, "bob") as bob:
         task_id = submit(bob, BELL, shots=10)
@@ -109,8 +119,8 @@ def test_a_stream_of_an_ended_task_sends_its_end_at_once_and_a_cancel_is_told_ap
     keyed: ServerProcess,
 ) -> None:
     with client(keyed, "alice") as alice:
-        busy = submit(alice, slow_circuit(), shots=10)  # one worker: the next waits behind it
-        task_id = submit(alice, BELL, shots=10)
+        busy = running(keyed, submit(alice, slow_circuit(), shots=10))
+        task_id = submit(alice, BELL, shots=10)  # one worker: it waits behind `busy`
         assert alice.delete(f"/tasks/{task_id}").status_code == 200
         with connect(ws_url(keyed.url, task_id), additional_headers=header("alice")) as socket:
             messages = drain(socket)
@@ -129,8 +139,8 @@ def test_a_quiet_stream_outlasts_the_header_timeout_and_keep_alive_and_then_gets
     keyed: ServerProcess,
 ) -> None:
     with client(keyed, "alice") as alice:
-        busy = submit(alice, slow_circuit(), shots=10)  # one worker: the next stays queued
-        task_id = submit(alice, BELL, shots=10)
+        busy = running(keyed, submit(alice, slow_circuit(), shots=10))
+        task_id = submit(alice, BELL, shots=10)  # one worker: it stays queued behind `busy`
         with connect(ws_url(keyed.url, task_id), additional_headers=header("alice")) as socket:
             assert json.loads(socket.recv(timeout=30))["state"] == "queued"
             # Nothing changes for 4 s, past both of the server's connection timeouts.

@@ -185,6 +185,57 @@ async def test_the_result_of_a_task_cancelled_while_it_ran_is_discarded() -> Non
     assert line["outcome"] == "discarded"
 
 
+async def test_a_task_cancelled_while_it_runs_alone_has_its_run_stopped() -> None:
+    # A long simulation cancelled by its user must not hold a worker process to its end: the
+    # call is cancelled (the real pool kills and replaces the process), the delivery acked.
+    store = RecordingStore()
+    task = await store.create(make_task(info=BIG_INFO))
+    stopped = asyncio.Event()
+
+    async def long_run(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        await store.cancel(task.id, "Task was cancelled.")
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+        return counts_for(items)
+
+    pool = FakePool(long_run)
+    worker = Worker(store, store, pool, settings(), cancel_check_s=0.05)  # type: ignore[arg-type]
+    with structlog.testing.capture_logs() as logs:
+        worker.start()
+        try:
+            await wait_until(lambda: bool(store.deliveries) and store.deliveries[0].acked == 1)
+        finally:
+            await worker.stop(grace=1.0)
+    assert stopped.is_set()
+    assert store.tasks[task.id].status is Status.FAILED
+    assert worker.in_flight == 0
+    [line] = [entry for entry in logs if entry["event"] == "task_finished"]
+    assert line["outcome"] == "stopped"
+
+
+async def test_a_batch_whose_task_is_cancelled_runs_on_for_the_others() -> None:
+    store = RecordingStore()
+    tasks = [await store.create(make_task()) for _ in range(2)]
+
+    async def one_cancelled(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        await store.cancel(tasks[0].id, "Task was cancelled.")
+        await asyncio.sleep(0.3)  # several cancel checks' worth
+        return counts_for(items)
+
+    pool = FakePool(one_cancelled)
+    worker = Worker(store, store, pool, settings(), cancel_check_s=0.05)  # type: ignore[arg-type]
+    worker.start()
+    try:
+        await wait_until(all_terminal(store))
+    finally:
+        await worker.stop(grace=1.0)
+    assert pool.batch_sizes == [2]
+    assert store.tasks[tasks[1].id].status is Status.COMPLETED
+
+
 async def test_task_submitted_while_running_is_picked_up() -> None:
     store = RecordingStore()
     worker = Worker(store, store, FakePool(), settings())  # type: ignore[arg-type]

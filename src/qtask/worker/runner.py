@@ -5,6 +5,9 @@ counted are domain.lifecycle's rules; the worker applies them. Rules it keeps:
 - an outcome is stored durably before the delivery is acknowledged;
 - a task already ended (a redelivery after a crash) is acknowledged without running again;
 - a task whose attempts are used up ends in error with the reason of its last failure;
+- a task that runs alone and is cancelled (or otherwise ends) meanwhile is stopped: its process
+  is killed and replaced within ~CANCEL_CHECK_SECONDS; a batch's run is not stopped (the other
+  tasks' results are in it), its cancelled tasks' results are refused when it ends;
 - a crash or timeout of a batch sends each of its tasks back to run alone, so one poison
   circuit cannot take its neighbours' attempts with it; a timeout of a task running alone is
   final (the circuit is simply too slow), a crash is retried up to the attempt limit;
@@ -30,6 +33,7 @@ from qtask.config import WorkerSettings
 from qtask.constants import (
     BATCH_MAX_OPERATIONS,
     BATCH_MAX_QUBITS,
+    CANCEL_CHECK_SECONDS,
     FETCH_WAIT_SECONDS,
     LEASE_SECONDS,
     RUN_SETTLE_GRACE_SECONDS,
@@ -69,8 +73,10 @@ class Worker:
         fetch_wait_s: float = FETCH_WAIT_SECONDS,
         objects: ObjectStore | None = None,
         remote: RemoteSubmitter | None = None,
+        cancel_check_s: float = CANCEL_CHECK_SECONDS,
     ) -> None:
         self._store = store
+        self._cancel_check_s = cancel_check_s
         # Tasks on remote backends are submitted without a slot (worker.remote).
         self._remote = remote
         self._submissions: set[asyncio.Task[None]] = set()
@@ -297,7 +303,15 @@ class Worker:
         items = [RunItem.from_task(delivery.task) for delivery in batch]
         started = time.perf_counter()
         try:
-            outcomes: list[RunOutcome] = await self._pool.call(items, self._settings.task_timeout_s)
+            if len(batch) == 1:
+                outcomes = await self._run_alone(batch[0], items)
+                if outcomes is None:  # it ended meanwhile and its run was stopped
+                    await self._settle(batch[0])
+                    ran = time.perf_counter() - started
+                    _canonical(batch[0].task, "stopped", ran, ran, 1)
+                    return
+            else:
+                outcomes = await self._pool.call(items, self._settings.task_timeout_s)
         except ChildTimeoutError:
             if self._interrupted:
                 for delivery in batch:
@@ -344,6 +358,37 @@ class Worker:
                 for delivery, outcome in zip(batch, outcomes, strict=True)
             )
         )
+
+    async def _run_alone(self, delivery: Delivery, items: list[RunItem]) -> list[RunOutcome] | None:
+        """The run of a task alone in a process, or None when the task ended while it ran (a
+        cancel): then the call is cancelled, which kills the process (the pool replaces it)."""
+        run: asyncio.Future[list[RunOutcome]] = asyncio.ensure_future(
+            self._pool.call(items, self._settings.task_timeout_s)
+        )
+        watch = asyncio.ensure_future(self._until_ended(delivery.task.id))
+        try:
+            await asyncio.wait((run, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not run.done():
+                run.cancel()
+        if run.done() and not run.cancelled():
+            return run.result()
+        await asyncio.wait((run,))  # the pool kills the process when the call is cancelled
+        if not run.cancelled():
+            run.exception()  # ended some other way at the same moment: the task ended anyway
+        log.info("run_stopped", task_id=delivery.task.id, reason="the task ended while it ran")
+        return None
+
+    async def _until_ended(self, task_id: str) -> None:
+        """Return once the store shows the task ended; a failed look is tried again later."""
+        while True:
+            await asyncio.sleep(self._cancel_check_s)
+            try:
+                if await self._ended(task_id):
+                    return
+            except Exception as exc:  # the store is unreachable: the run goes on
+                log.warning("cancel_check_failed", task_id=task_id, reason=str(exc))
 
     async def _record(
         self, delivery: Delivery, outcome: RunOutcome, elapsed: float, batch_size: int

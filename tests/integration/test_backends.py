@@ -4,6 +4,7 @@ written before tasks named a backend (read and run as `aer`)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sqlite3
@@ -59,6 +60,7 @@ GHZ_T = (
 )
 
 
+@functools.cache  # the same for both deployments, and FakeFez's noise model takes ~9 s
 def direct_counts(fake: str, source: str, seed: int, shots: int) -> dict[str, int]:
     """What Aer itself gives: the fake device's simulator (its whole noise model), the circuit
     transpiled and run with the seed."""

@@ -216,6 +216,24 @@ async def test_a_task_cancelled_while_it_runs_alone_has_its_run_stopped() -> Non
     assert line["outcome"] == "stopped"
 
 
+async def test_a_lone_run_looked_at_many_times_completes_as_usual() -> None:
+    store = RecordingStore()
+    task = await store.create(make_task(info=BIG_INFO))
+
+    async def slow(items: list[RunItem], timeout: float) -> list[RunOutcome]:
+        await asyncio.sleep(0.3)  # fifteen looks at the store meanwhile
+        return counts_for(items)
+
+    worker = Worker(store, store, FakePool(slow), settings(), cancel_check_s=0.02)  # type: ignore[arg-type]
+    worker.start()
+    try:
+        await wait_until(all_terminal(store))
+    finally:
+        await worker.stop(grace=1.0)
+    assert store.tasks[task.id].status is Status.COMPLETED
+    assert store.deliveries[0].acked == 1
+
+
 async def test_a_batch_whose_task_is_cancelled_runs_on_for_the_others() -> None:
     store = RecordingStore()
     tasks = [await store.create(make_task()) for _ in range(2)]

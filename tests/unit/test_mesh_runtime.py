@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -233,23 +234,29 @@ async def test_a_refused_reservation_goes_to_the_next_node() -> None:
     assert refused[1]["detail"]["reason"] == "both slots reserved"
 
 
-async def test_a_refusal_by_the_only_node_waits_for_the_window_it_offers() -> None:
-    rig = Rig()
-    refusals = 0
+def refuse_once(
+    window_in_s: float, refused: asyncio.Event
+) -> Callable[[ReserveRequest], Awaitable[ReserveReply]]:
+    """A node "only"'s RESERVE: the first refused, offering a window `window_in_s` from now
+    (`refused` set then); the rest accepted."""
 
-    async def later(request: ReserveRequest) -> ReserveReply:
-        nonlocal refusals
-        if refusals == 0:
-            refusals += 1
+    async def reserve(request: ReserveRequest) -> ReserveReply:
+        if not refused.is_set():
+            refused.set()
             return ReserveReply(
                 ok=False, correlation_id=request.correlation_id,
                 reservation_id=request.reservation_id, node_id="only",
-                next_window=(time.time() + 0.3, time.time() + 10),
+                next_window=(time.time() + window_in_s, time.time() + window_in_s + 30),
             )  # fmt: skip
         return ReserveReply(ok=True, correlation_id=request.correlation_id,
                             reservation_id=request.reservation_id, node_id="only")  # fmt: skip
 
-    rig.node("only", 0.99, reserve=later)
+    return reserve
+
+
+async def test_a_refusal_by_the_only_node_waits_for_the_window_it_offers() -> None:
+    rig = Rig()
+    rig.node("only", 0.99, reserve=refuse_once(0.3, asyncio.Event()))
     started = time.monotonic()
     job = await rig.runtime.submit("OPENQASM 2.0;", 10, None, 0.0, None)
     done = await rig.finished(job.id)
@@ -263,19 +270,7 @@ async def test_a_refused_fragment_asks_again_once_the_node_advertises_a_free_slo
     # for milliseconds: an advert with a free slot ends the wait long before the window.
     rig = Rig()
     refused = asyncio.Event()
-
-    async def busy_once(request: ReserveRequest) -> ReserveReply:
-        if not refused.is_set():
-            refused.set()
-            return ReserveReply(
-                ok=False, correlation_id=request.correlation_id,
-                reservation_id=request.reservation_id, node_id="only",
-                next_window=(time.time() + 30, time.time() + 60),
-            )  # fmt: skip
-        return ReserveReply(ok=True, correlation_id=request.correlation_id,
-                            reservation_id=request.reservation_id, node_id="only")  # fmt: skip
-
-    rig.node("only", 0.99, reserve=busy_once)
+    rig.node("only", 0.99, reserve=refuse_once(30, refused))
     job = await rig.runtime.submit("OPENQASM 2.0;", 10, None, 0.0, None)
     await asyncio.wait_for(refused.wait(), 5)
     await asyncio.sleep(0.3)

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import orjson
 import pytest
@@ -119,6 +120,17 @@ async def run_until_done(
     return worker
 
 
+async def run_until_first_ack(store: RecordingStore, worker: Worker) -> list[dict[str, Any]]:
+    """Run `worker` until the first delivery is acknowledged; the log lines meanwhile."""
+    with structlog.testing.capture_logs() as logs:
+        worker.start()
+        try:
+            await wait_until(lambda: bool(store.deliveries) and store.deliveries[0].acked == 1)
+        finally:
+            await worker.stop(grace=1.0)
+    return logs
+
+
 # --- the happy path --------------------------------------------------------------------------
 
 
@@ -171,12 +183,7 @@ async def test_the_result_of_a_task_cancelled_while_it_ran_is_discarded() -> Non
 
     pool = FakePool(cancelled_meanwhile)
     worker = Worker(store, store, pool, settings(), objects=objects)  # type: ignore[arg-type]
-    with structlog.testing.capture_logs() as logs:
-        worker.start()
-        try:
-            await wait_until(lambda: bool(store.deliveries) and store.deliveries[0].acked == 1)
-        finally:
-            await worker.stop(grace=1.0)
+    logs = await run_until_first_ack(store, worker)
     ended = store.tasks[task.id]
     assert (ended.status, ended.error, ended.result) == (Status.FAILED, "Task was cancelled.", None)
     assert objects.objects == {}  # the result object written before the record refused it
@@ -203,12 +210,7 @@ async def test_a_task_cancelled_while_it_runs_alone_has_its_run_stopped() -> Non
 
     pool = FakePool(long_run)
     worker = Worker(store, store, pool, settings(), cancel_check_s=0.05)  # type: ignore[arg-type]
-    with structlog.testing.capture_logs() as logs:
-        worker.start()
-        try:
-            await wait_until(lambda: bool(store.deliveries) and store.deliveries[0].acked == 1)
-        finally:
-            await worker.stop(grace=1.0)
+    logs = await run_until_first_ack(store, worker)
     assert stopped.is_set()
     assert store.tasks[task.id].status is Status.FAILED
     assert worker.in_flight == 0

@@ -13,7 +13,7 @@ import pytest
 import structlog.testing
 
 from qtask.config import WorkerSettings
-from qtask.constants import RUN_SETTLE_GRACE_SECONDS
+from qtask.constants import CANCEL_CHECK_SECONDS, RUN_SETTLE_GRACE_SECONDS
 from qtask.domain.ports import Delivery
 from qtask.domain.task import CircuitInfo, Status, Task, new_task_id
 from qtask.errors import QueueUnavailableError, StoreUnavailableError
@@ -109,9 +109,13 @@ def all_terminal(store: InMemoryTaskStore) -> Callable[[], bool]:
 
 
 async def run_until_done(
-    store: InMemoryTaskStore, pool: FakePool, worker_settings: WorkerSettings
+    store: InMemoryTaskStore,
+    pool: FakePool,
+    worker_settings: WorkerSettings,
+    *,
+    cancel_check_s: float = CANCEL_CHECK_SECONDS,
 ) -> Worker:
-    worker = Worker(store, store, pool, worker_settings)  # type: ignore[arg-type]
+    worker = Worker(store, store, pool, worker_settings, cancel_check_s=cancel_check_s)  # type: ignore[arg-type]
     worker.start()
     try:
         await wait_until(all_terminal(store))
@@ -226,12 +230,7 @@ async def test_a_lone_run_looked_at_many_times_completes_as_usual() -> None:
         await asyncio.sleep(0.3)  # fifteen looks at the store meanwhile
         return counts_for(items)
 
-    worker = Worker(store, store, FakePool(slow), settings(), cancel_check_s=0.02)  # type: ignore[arg-type]
-    worker.start()
-    try:
-        await wait_until(all_terminal(store))
-    finally:
-        await worker.stop(grace=1.0)
+    await run_until_done(store, FakePool(slow), settings(), cancel_check_s=0.02)
     assert store.tasks[task.id].status is Status.COMPLETED
     assert store.deliveries[0].acked == 1
 
@@ -246,12 +245,7 @@ async def test_a_batch_whose_task_is_cancelled_runs_on_for_the_others() -> None:
         return counts_for(items)
 
     pool = FakePool(one_cancelled)
-    worker = Worker(store, store, pool, settings(), cancel_check_s=0.05)  # type: ignore[arg-type]
-    worker.start()
-    try:
-        await wait_until(all_terminal(store))
-    finally:
-        await worker.stop(grace=1.0)
+    await run_until_done(store, pool, settings(), cancel_check_s=0.05)
     assert pool.batch_sizes == [2]
     assert store.tasks[tasks[1].id].status is Status.COMPLETED
 

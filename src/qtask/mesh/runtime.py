@@ -24,10 +24,9 @@ kept plan, skipping fragments whose completed record and state file both exist.
 Cancel (DELETE /api/v1/jobs/{id}): the job's drive is stopped where it waits, its attempts in
 flight end `failed` ("cancelled") with their reservations released, and the job ends FAILED
 with the error "cancelled" (FR-009's six states are kept: a cancelled job is a failed one).
-A fragment already running on a node runs to its end there; its counts are never read, and
-the node frees its slot when the run ends (a release during the run is deferred). A
-reservation is good for one run: the node frees it when the run ends, so a completed fragment
-sends no release.
+A fragment already running on a node runs to its end there; its counts are never read. A
+reservation is good for one run: the node frees it when the run ends (a release that arrives
+during the run takes effect then), so a completed fragment sends no release.
 """
 
 from __future__ import annotations

@@ -9,13 +9,14 @@ named in an `include`, whatever include path it is given.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import os
 import re
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from qiskit import qasm2, qasm3, qpy
 from qiskit.circuit import ControlFlowOp, ForLoopOp, QuantumCircuit, Qubit
 from qiskit.exceptions import ExperimentalWarning, QiskitError
 
+from qtask.circuits.plain import Gate, PlainCircuit, recognise
 from qtask.constants import ALLOWED_INCLUDES, MAX_DECLARED_CLBITS, MAX_DECLARED_QUBITS
 from qtask.domain.task import CircuitInfo, Encoding
 from qtask.errors import CircuitError, CircuitTooLargeError
@@ -175,6 +177,11 @@ def ingest(source: str, limits: Limits, *, fast_only: bool = False) -> IngestedC
     if version == 2:
         circuit, encoding = _parse_qasm2(source), Encoding.QASM2
     elif version == 3:
+        plain = recognise(source, _standard_gates())
+        if plain is not None:  # what the native importer reads, known without building it
+            info = _plain_info(plain)
+            check_limits(info, limits)
+            return IngestedCircuit(info=info, program=None)
         try:
             circuit, encoding = _parse_qasm3_native(source), Encoding.QASM3
         except _NativeRefusedError:
@@ -225,6 +232,58 @@ def describe(circuit: QuantumCircuit, encoding: Encoding) -> CircuitInfo:
         needs_transpile=not names <= _AER_OPS,
         measured="measure" in names,
     )
+
+
+def _plain_info(plain: PlainCircuit) -> CircuitInfo:
+    """What describe() gives for the circuit Qiskit would build from a plain source (no
+    classical variables, no control flow, no directives)."""
+    names = plain.names
+    return CircuitInfo(
+        encoding=Encoding.QASM3,
+        num_qubits=plain.touched_qubits if "measure" in names else plain.declared_qubits,
+        num_clbits=plain.clbits,
+        num_operations=plain.operations,
+        clifford=names <= _CLIFFORD_OPS
+        or (names <= _CLIFFORD_OPS | _CLIFFORD_ROTATIONS and _quarter_turns(plain.rotations)),
+        needs_transpile=not names <= _AER_OPS,
+        measured="measure" in names,
+    )
+
+
+# The gates of stdgates.inc without a definition of their own here: (qubits, angles).
+_STDGATES = {
+    **dict.fromkeys(["x", "y", "z", "h", "s", "sdg", "t", "tdg", "sx", "id"], (1, 0)),
+    **dict.fromkeys(["p", "phase", "rx", "ry", "rz", "u1"], (1, 1)),
+    "u2": (1, 2),
+    "u3": (1, 3),
+    **dict.fromkeys(["cx", "CX", "cy", "cz", "ch", "swap"], (2, 0)),
+    **dict.fromkeys(["cp", "cphase", "crx", "cry", "crz"], (2, 1)),
+    "cu": (2, 4),
+    **dict.fromkeys(["ccx", "cswap"], (3, 0)),
+}
+
+
+@functools.cache
+def _standard_gates() -> dict[str, Gate]:
+    """The table qtask.circuits.plain reads gates with, asked of Qiskit once per process (a
+    few milliseconds): what each gate is called once read and what it counts as. A gate the
+    installed Qiskit reads differently is left out, so its circuits take the parser."""
+    gates = {}
+    for name, (qubits, angles) in _STDGATES.items():
+        call = name + (f"({', '.join(['0.5'] * angles)})" if angles else "")
+        operands = ", ".join(f"q[{i}]" for i in range(qubits))
+        source = f'OPENQASM 3.0; include "stdgates.inc"; qubit[{qubits}] q; {call} {operands};'
+        try:
+            circuit = _parse_qasm3_native(source)
+        except _NativeRefusedError:
+            continue
+        if len(circuit.data) != 1:
+            continue
+        operation = circuit.data[0].operation
+        if operation.num_qubits == qubits and len(operation.params) == angles:
+            size = _expanded_size(circuit, MAX_COUNTED_OPERATIONS)
+            gates[name] = Gate(qubits=qubits, angles=angles, name=operation.name, size=size)
+    return gates
 
 
 def check_limits(info: CircuitInfo, limits: Limits) -> None:
@@ -479,11 +538,20 @@ def _iterations(indexset: object, cap: int) -> int:
 def _clifford_angles(circuit: QuantumCircuit) -> bool:
     """Whether every rotation in `circuit` (no control flow: see describe) turns by an exact
     multiple of pi/2, as Aer's stabilizer method requires; an unbound parameter does not."""
-    for instruction in circuit.data:
-        operation = instruction.operation
-        if operation.name in _CLIFFORD_ROTATIONS:
+    return _quarter_turns(
+        (instruction.operation.name, instruction.operation.params[0])
+        for instruction in circuit.data
+        if instruction.operation.name in _CLIFFORD_ROTATIONS
+    )
+
+
+def _quarter_turns(rotations: Iterable[tuple[str, Any]]) -> bool:
+    """Whether each (name, angle) of a rotation Aer may run as Clifford turns by an exact
+    multiple of pi/2."""
+    for name, angle in rotations:
+        if name in _CLIFFORD_ROTATIONS:
             try:
-                quarters = float(operation.params[0]) / (math.pi / 2)
+                quarters = float(angle) / (math.pi / 2)
             except TypeError:  # a ParameterExpression with free parameters
                 return False
             if quarters != round(quarters):

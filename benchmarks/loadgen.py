@@ -96,7 +96,9 @@ class Transport(Protocol):
 
     async def post_batch(self, sources: list[str]) -> tuple[int, Any]: ...
 
-    async def get_tasks(self, task_ids: list[str]) -> tuple[int, Any]: ...
+    async def get_tasks(
+        self, task_ids: list[str], wait_s: float | None = None
+    ) -> tuple[int, Any]: ...
 
     async def aclose(self) -> None: ...
 
@@ -124,8 +126,9 @@ class HttpxTransport:
         response = await self.client.post("/tasks/batch", json=_batch_body(sources))
         return response.status_code, _json_or_text(response.content)
 
-    async def get_tasks(self, task_ids: list[str]) -> tuple[int, Any]:
-        response = await self.client.get("/tasks", params={"ids": ",".join(task_ids)})
+    async def get_tasks(self, task_ids: list[str], wait_s: float | None = None) -> tuple[int, Any]:
+        params = {"ids": ",".join(task_ids)} | ({} if wait_s is None else {"wait": f"{wait_s:g}"})
+        response = await self.client.get("/tasks", params=params)
         return response.status_code, _json_or_text(response.content)
 
     async def aclose(self) -> None:
@@ -215,8 +218,9 @@ class RawTransport:
             "POST", "/tasks/batch", json.dumps(_batch_body(sources)).encode()
         )
 
-    async def get_tasks(self, task_ids: list[str]) -> tuple[int, Any]:
-        return await self._request("GET", "/tasks?ids=" + ",".join(task_ids))
+    async def get_tasks(self, task_ids: list[str], wait_s: float | None = None) -> tuple[int, Any]:
+        wait = "" if wait_s is None else f"&wait={wait_s:g}"
+        return await self._request("GET", "/tasks?ids=" + ",".join(task_ids) + wait)
 
     async def aclose(self) -> None:
         for writer in self.open:
@@ -315,8 +319,10 @@ async def _batch_client(
     result: LoadResult,
     poll_interval: float,
     deadline: float,
+    wait_s: float | None = None,
 ) -> None:
-    """Submit `batch` circuits in one POST /tasks/batch; poll them with GET /tasks?ids=."""
+    """Submit `batch` circuits in one POST /tasks/batch; poll them with GET /tasks?ids=, or
+    with `wait_s` long-poll them (`&wait=`: the answer comes once all of them ended)."""
     while chunk := list(itertools.islice(sources, batch)):
         submitted = await _post(lambda: transport.post_batch(chunk), "POST batch", result, deadline)
         if submitted is None:
@@ -326,12 +332,13 @@ async def _batch_client(
             if time.monotonic() >= deadline:
                 result.outstanding += pending
                 return
-            await asyncio.sleep(poll_interval)
+            if wait_s is None:
+                await asyncio.sleep(poll_interval)
             still = []
             for start in range(0, len(pending), MAX_IDS_PER_READ):
                 wanted = pending[start : start + MAX_IDS_PER_READ]
                 try:
-                    status, body = await transport.get_tasks(wanted)
+                    status, body = await transport.get_tasks(wanted, wait_s)
                 except TRANSPORT_ERRORS as exc:
                     result.note_error(f"GET many {type(exc).__name__}: {exc}")
                     still += wanted
@@ -374,7 +381,7 @@ async def _run(
             clients = max(1, min(concurrency // batch, -(-len(sources) // batch)))
             workers = [
                 asyncio.create_task(
-                    _batch_client(transport, shared, batch, result, poll_interval, deadline)
+                    _batch_client(transport, shared, batch, result, poll_interval, deadline, wait_s)
                 )
                 for _ in range(clients)
             ]
@@ -414,8 +421,9 @@ def run_load(
     """Submit every source and wait for every result, or stop after `budget_s` seconds.
 
     With `batch` > 1, each of `concurrency // batch` virtual clients submits `batch` circuits
-    in one POST /tasks/batch and polls them together with GET /tasks?ids=. With `wait_s`, a
-    one-task client long-polls (GET /tasks/{id}?wait=wait_s) instead of polling.
+    in one POST /tasks/batch and polls them together with GET /tasks?ids=. With `wait_s`,
+    clients long-poll instead of polling (GET /tasks/{id}?wait=wait_s, or for a batch
+    GET /tasks?ids=...&wait=wait_s, answered once all of them ended).
     """
     runner_kwargs: dict[str, Any] = {}
     with contextlib.suppress(ImportError):

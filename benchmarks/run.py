@@ -131,6 +131,7 @@ def run_deployment(
                     budget_s=args.budget,
                     client=args.client,
                     batch=args.batch,
+                    wait_s=args.wait,
                 )
             report.usage.merge_peaks(sampler.usage)
             row = Row(name, workload.name, load, sampler.usage, bare[workload.name], workload.large)
@@ -256,6 +257,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--concurrency", type=int, default=64, help="tasks outstanding at once")
     parser.add_argument("--poll-interval", type=float, default=0.005, help="seconds")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        help="long-poll the workloads' tasks (GET ...&wait=S) instead of polling them",
+    )
     parser.add_argument(
         "--client",
         choices=list(loadgen.CLIENTS),

@@ -24,6 +24,7 @@ from qtask.adapters.sqlite_db import SQLiteDatabase
 from qtask.constants import LEASE_SECONDS
 from qtask.domain.lifecycle import (
     ATTEMPT_PER_START,
+    TRANSITIONS,
     attempts_refunded,
     check_transition,
 )
@@ -116,6 +117,11 @@ _OWNER_INDEXES = (
 )
 
 _TERMINAL = (Status.COMPLETED.value, Status.FAILED.value)
+# The statuses a task may end from, by the status it ends in (domain.lifecycle.TRANSITIONS).
+_SOURCES = {
+    end: tuple(sorted(start.value for start, ends in TRANSITIONS.items() if end in ends))
+    for end in (Status.COMPLETED, Status.FAILED)
+}
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -591,23 +597,26 @@ class SQLiteTaskStore:
         by: tuple[str | None, int | None] = (None, None),
         memory_data: str | None = None,
     ) -> Completion:
+        # One statement in the common case: the UPDATE applies only from a status the state
+        # machine lets become `status`, and says what it changed (on the one writer thread,
+        # nothing moves the row in between). The row is read only when nothing changed.
+        sources = _SOURCES[status]
+        updated = conn.execute(
+            "UPDATE tasks SET status = ?, result = ?, error = ?, finished_at = ?,"
+            " lease_owner = NULL, lease_expires = NULL, completed_by = ?, completed_attempt = ?,"
+            f" memory_data = ? WHERE id = ? AND status IN ({','.join('?' * len(sources))})"
+            " RETURNING *",
+            (status.value, result, error, time.time(), *by, memory_data, task_id, *sources),
+        ).fetchone()
+        if updated is not None:
+            return Completion(_from_row(updated), True)
         row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
             raise TaskNotFoundError(task_id)
         if row["status"] in _TERMINAL:
             return Completion(_from_row(row), False)  # the first outcome stored wins
-        check_transition(Status(row["status"]), status)
-        # Conditional on the status just read, so the transition is this UPDATE's alone.
-        updated = conn.execute(
-            "UPDATE tasks SET status = ?, result = ?, error = ?, finished_at = ?,"
-            " lease_owner = NULL, lease_expires = NULL, completed_by = ?, completed_attempt = ?,"
-            " memory_data = ? WHERE id = ? AND status = ? RETURNING *",
-            (status.value, result, error, time.time(), *by, memory_data, task_id, row["status"]),
-        ).fetchone()
-        if updated is None:
-            row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            return Completion(_from_row(row), False)
-        return Completion(_from_row(updated), True)
+        check_transition(Status(row["status"]), status)  # raises: not a move that exists
+        raise AssertionError(f"{status} from {row['status']} was allowed but not applied")
 
 
 def page_query(

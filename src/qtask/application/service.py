@@ -192,8 +192,9 @@ class TaskService:
     async def cancel(self, task_id: str, caller: str | None = None) -> TaskOutcome:
         """Cancel a queued or running task: it ends in error "Task was cancelled." at once.
 
-        A queued task never runs. A running one's simulator run is not interrupted (it may
-        share one Aer call with other tasks); its result is discarded when it arrives.
+        A queued task never runs. A running one that runs alone in its worker process is
+        stopped within about a second (the worker looks it up while it runs); one sharing an
+        Aer call with other tasks runs on, and its result is discarded when it arrives.
         Cancelling a cancelled task answers the same again; a task that ended otherwise raises
         TaskConflictError. With a cap on pending tasks, a running task is not cancelled either
         (TaskConflictError): its run would go on while no longer counted against the cap.

@@ -31,7 +31,7 @@ ANGLES = [
 ]
 # Characters a mutation inserts: the ones the grammar turns on, and some it has no place for.
 INSERTED = [*'[]();,=-. 0123456789qcxhmz\t\n/"#{}@$π', "measure", "pi", "//", "->"]
-RESERVED_NAMES = ["h", "cx", "rz", "measure", "qubit", "bit", "pi", "U", "if", "gate", "reset"]
+RESERVED_NAMES = ["h", "cx", "rz", "measure", "qubit", "bit", "pi", "U", "if", "gate", "reset", "_"]
 
 
 def program(rng: random.Random) -> str:
@@ -138,6 +138,7 @@ def test_whatever_it_accepts_of_mutated_programs_qiskit_reads_the_same() -> None
         "qubit[2] q; rz(pi/2) q[0];",  # an expression
         "qubit[2] q; // a comment\nh q[0];",
         "qubit[2] h; h h[0];",  # a register named as a gate
+        "qubit[1] _; h _[0];",  # `_` is a token of its own to Qiskit's lexer
         "qubit[2] q; qubit[1] q;",  # declared twice
         "qubit[2] q; bit[1] q;",
         "qubit[2] q; hq[0];",

@@ -36,14 +36,15 @@ _GATE = re.compile(
 )
 _ANGLE = re.compile(rf"{_WS}*(-?{_NUMBER}\.[0-9]{{1,17}}){_WS}*")  # Qiskit: an int is no angle
 
-# Words a register may not be named: OpenQASM 3's keywords, types and built-in names (the
-# gates' own names are refused through the table).
+# Words a register may not be named: OpenQASM 3's keywords, types and built-in names, and `_`,
+# which Qiskit's lexer reads as a token of its own (the gates' names are refused through the
+# table).
 _KEYWORDS = """
     OPENQASM include defcalgrammar def cal defcal gate extern box let break continue if else end
     return for while in switch case default input output const readonly mutable qreg qubit creg
     bool bit int uint float angle complex array void duration stretch gphase inv pow ctrl negctrl
     dim durationof delay reset measure barrier true false pi tau euler sizeof im dt ns us ms s U
-    CX nop pragma
+    CX nop pragma _
 """
 _RESERVED = frozenset(_KEYWORDS.split())
 

@@ -183,9 +183,8 @@ def loaded_row(
         for role in cpu:
             cpu[role] += sampler.usage.cpu_s[role]
         _merge(merged, load)
-    cells = row(name, merged, cpu, None)
-    cells[-2] = fmt(statistics.median(ratios) if ratios else None)
-    return cells, ratios
+    median = statistics.median(ratios) if ratios else None
+    return row(name, merged, cpu, None, ratio=median), ratios
 
 
 def _merge(total: loadgen.LoadResult, part: loadgen.LoadResult) -> None:
@@ -222,12 +221,20 @@ async def _reads(url: str, count: int, concurrency: int) -> None:
 
 
 def row(
-    name: str, load: loadgen.LoadResult, cpu: dict[str, float], bare_ms: float | None
+    name: str,
+    load: loadgen.LoadResult,
+    cpu: dict[str, float],
+    bare_ms: float | None,
+    *,
+    ratio: float | None = None,
 ) -> list[str]:
-    """One table row: latency, and CPU per task (`cpu`: seconds by role) against bare Aer's."""
+    """One table row: latency, and CPU per task (`cpu`: seconds by role) against bare Aer's
+    (`ratio`, when given, is the row's bare Aer / service instead: a loaded row's median)."""
     done = load.completed + load.failed
     per = (lambda seconds: 1000 * seconds / done) if done else (lambda _: None)
     service_ms = per(cpu["front"] + cpu["workers"])
+    if ratio is None and bare_ms and service_ms:
+        ratio = bare_ms / service_ms
     return [
         name,
         f"{load.completed}/{load.tasks}",
@@ -238,7 +245,7 @@ def row(
         fmt(1 + load.polls / done if done else None, 2),
         f"{fmt(per(cpu['front']))}+{fmt(per(cpu['workers']))}",
         fmt(service_ms),
-        fmt(bare_ms / service_ms if bare_ms and service_ms else None),
+        fmt(ratio),
         fmt(per(load.client_cpu_s)),
     ]
 

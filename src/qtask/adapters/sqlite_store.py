@@ -117,10 +117,17 @@ _OWNER_INDEXES = (
 )
 
 _TERMINAL = (Status.COMPLETED.value, Status.FAILED.value)
-# The statuses a task may end from, by the status it ends in (domain.lifecycle.TRANSITIONS).
+# The statuses a task may end from, by the status it ends in (domain.lifecycle.TRANSITIONS),
+# and _finish's UPDATE for each, written once.
 _SOURCES = {
     end: tuple(sorted(start.value for start, ends in TRANSITIONS.items() if end in ends))
     for end in (Status.COMPLETED, Status.FAILED)
+}
+_FINISH = {
+    end: "UPDATE tasks SET status = ?, result = ?, error = ?, finished_at = ?,"
+    " lease_owner = NULL, lease_expires = NULL, completed_by = ?, completed_attempt = ?,"
+    f" memory_data = ? WHERE id = ? AND status IN ({','.join('?' * len(sources))}) RETURNING *"
+    for end, sources in _SOURCES.items()
 }
 
 
@@ -600,13 +607,10 @@ class SQLiteTaskStore:
         # One statement in the common case: the UPDATE applies only from a status the state
         # machine lets become `status`, and says what it changed (on the one writer thread,
         # nothing moves the row in between). The row is read only when nothing changed.
-        sources = _SOURCES[status]
         updated = conn.execute(
-            "UPDATE tasks SET status = ?, result = ?, error = ?, finished_at = ?,"
-            " lease_owner = NULL, lease_expires = NULL, completed_by = ?, completed_attempt = ?,"
-            f" memory_data = ? WHERE id = ? AND status IN ({','.join('?' * len(sources))})"
-            " RETURNING *",
-            (status.value, result, error, time.time(), *by, memory_data, task_id, *sources),
+            _FINISH[status],
+            (status.value, result, error, time.time(), *by, memory_data, task_id)
+            + _SOURCES[status],
         ).fetchone()
         if updated is not None:
             return Completion(_from_row(updated), True)

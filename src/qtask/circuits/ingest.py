@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +49,7 @@ _CLIFFORD_OPS = frozenset(
 )
 # Rotations the stabilizer method runs when their angle is a multiple of pi/2 (Aer 0.18 takes
 # rz so, not rx, ry or p): transpilers write S, Z and Sdg as rz(pi/2), rz(pi), rz(-pi/2). Aer
-# checks the multiple exactly (pi/2 + 1e-15 is refused), and so does _clifford_angles.
+# checks the multiple exactly (pi/2 + 1e-15 is refused), and so does _quarter_turns.
 _CLIFFORD_ROTATIONS = frozenset({"rz"})
 # Everything AerSimulator runs without transpiling (its target's operation names, Aer 0.18),
 # plus the directives every simulator accepts.
@@ -220,31 +220,54 @@ def dump_qpy(circuit: QuantumCircuit) -> bytes:
 
 def describe(circuit: QuantumCircuit, encoding: Encoding) -> CircuitInfo:
     """Summarise what a worker needs to know to plan the run of `circuit`."""
-    names = operation_names(circuit)
-    return CircuitInfo(
-        encoding=encoding,
+    return _summary(
+        encoding,
+        operation_names(circuit),
         # What a run simulates: the qubits it uses, not those it declares (see used_qubits).
         num_qubits=len(used_qubits(circuit)),
         num_clbits=circuit.num_clbits,
         num_operations=_expanded_size(circuit, MAX_COUNTED_OPERATIONS),
-        clifford=names <= _CLIFFORD_OPS
-        or (names <= _CLIFFORD_OPS | _CLIFFORD_ROTATIONS and _clifford_angles(circuit)),
-        needs_transpile=not names <= _AER_OPS,
-        measured="measure" in names,
+        # (control flow: its blocks' rotations are not looked at, and control flow is no
+        # Clifford operation, so such a circuit is not Clifford anyway)
+        rotations=(
+            (instruction.operation.name, instruction.operation.params[0])
+            for instruction in circuit.data
+            if instruction.operation.name in _CLIFFORD_ROTATIONS
+        ),
     )
 
 
 def _plain_info(plain: PlainCircuit) -> CircuitInfo:
     """What describe() gives for the circuit Qiskit would build from a plain source (no
     classical variables, no control flow, no directives)."""
-    names = plain.names
-    return CircuitInfo(
-        encoding=Encoding.QASM3,
-        num_qubits=plain.touched_qubits if "measure" in names else plain.declared_qubits,
+    return _summary(
+        Encoding.QASM3,
+        plain.names,
+        num_qubits=plain.touched_qubits if "measure" in plain.names else plain.declared_qubits,
         num_clbits=plain.clbits,
         num_operations=plain.operations,
+        rotations=plain.rotations,
+    )
+
+
+def _summary(
+    encoding: Encoding,
+    names: Set[str],
+    *,
+    num_qubits: int,
+    num_clbits: int,
+    num_operations: int,
+    rotations: Iterable[tuple[str, Any]],
+) -> CircuitInfo:
+    """The CircuitInfo of a circuit with these operation names and counts; `rotations` (name,
+    angle) is looked at only when the names alone do not settle whether it is Clifford."""
+    return CircuitInfo(
+        encoding=encoding,
+        num_qubits=num_qubits,
+        num_clbits=num_clbits,
+        num_operations=num_operations,
         clifford=names <= _CLIFFORD_OPS
-        or (names <= _CLIFFORD_OPS | _CLIFFORD_ROTATIONS and _quarter_turns(plain.rotations)),
+        or (names <= _CLIFFORD_OPS | _CLIFFORD_ROTATIONS and _quarter_turns(rotations)),
         needs_transpile=not names <= _AER_OPS,
         measured="measure" in names,
     )
@@ -535,19 +558,9 @@ def _iterations(indexset: object, cap: int) -> int:
         return cap + 1
 
 
-def _clifford_angles(circuit: QuantumCircuit) -> bool:
-    """Whether every rotation in `circuit` (no control flow: see describe) turns by an exact
-    multiple of pi/2, as Aer's stabilizer method requires; an unbound parameter does not."""
-    return _quarter_turns(
-        (instruction.operation.name, instruction.operation.params[0])
-        for instruction in circuit.data
-        if instruction.operation.name in _CLIFFORD_ROTATIONS
-    )
-
-
 def _quarter_turns(rotations: Iterable[tuple[str, Any]]) -> bool:
     """Whether each (name, angle) of a rotation Aer may run as Clifford turns by an exact
-    multiple of pi/2."""
+    multiple of pi/2, as Aer's stabilizer method requires; an unbound parameter does not."""
     for name, angle in rotations:
         if name in _CLIFFORD_ROTATIONS:
             try:

@@ -92,9 +92,10 @@ def recognise(source: str, gates: Mapping[str, Gate]) -> PlainCircuit | None:
             if found is None:
                 return None
             bits, bit, qubits, qubit = found.groups()
-            if not (_fits(registers, bits, bit, False) and _fits(registers, qubits, qubit, True)):
+            target, measured = (bits, int(bit)), (qubits, int(qubit))
+            if not (_fits(registers, target, False) and _fits(registers, measured, True)):
                 return None
-            touched.add((qubits, int(qubit)))
+            touched.add(measured)
             names.add("measure")
             operations += 1
             continue
@@ -116,14 +117,15 @@ def recognise(source: str, gates: Mapping[str, Gate]) -> PlainCircuit | None:
         gate = gates.get(found.group(1))
         if gate is None:
             return None
+        groups = found.groups()
         operands = [
             (register, int(index))
-            for register, index in zip(found.groups()[2::2], found.groups()[3::2], strict=True)
+            for register, index in zip(groups[2::2], groups[3::2], strict=True)
             if register is not None
         ]
         if len(operands) != gate.qubits or len(set(operands)) != len(operands):
             return None
-        if not all(_fits(registers, name, str(index), True) for name, index in operands):
+        if not all(_fits(registers, operand, True) for operand in operands):
             return None
         angles = _angles(found.group(2))
         if angles is None or len(angles) != gate.angles:
@@ -143,10 +145,10 @@ def recognise(source: str, gates: Mapping[str, Gate]) -> PlainCircuit | None:
     )
 
 
-def _fits(registers: dict[str, tuple[bool, int]], name: str, index: str, quantum: bool) -> bool:
-    """Whether `name[index]` is a declared register of that kind with that index."""
-    register = registers.get(name)
-    return register is not None and register[0] is quantum and int(index) < register[1]
+def _fits(registers: dict[str, tuple[bool, int]], ref: tuple[str, int], quantum: bool) -> bool:
+    """Whether `name[index]` is in a declared register of that kind."""
+    register = registers.get(ref[0])
+    return register is not None and register[0] is quantum and ref[1] < register[1]
 
 
 def _angles(text: str | None) -> list[float] | None:

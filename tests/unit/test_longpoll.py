@@ -4,7 +4,7 @@ over the in-memory store (which notifies ends as the embedded store does)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import httpx
 import pytest
@@ -34,6 +34,10 @@ def store() -> InMemoryTaskStore:
 
 @pytest.fixture
 def service(store: InMemoryTaskStore) -> TaskService:
+    return make_service(store)
+
+
+def make_service(store: InMemoryTaskStore) -> TaskService:
     settings = LimitsSettings()
     waiters = Waiters()
     store.listen(waiters.ended, waiters.resync)
@@ -205,6 +209,45 @@ async def test_wait_many_answers_when_all_have_ended(
         first: Status.COMPLETED,
         second: Status.FAILED,
     }
+
+
+class CountingStore(InMemoryTaskStore):
+    """The in-memory store, recording which ids each outcomes() call asks for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[list[str]] = []
+        self.pending: list[list[str]] = []  # of each call's answer, those not ended
+
+    async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
+        self.asked.append(list(task_ids))
+        found = await super().outcomes(task_ids)
+        self.pending.append([i for i in task_ids if i in found and not found[i].status.terminal])
+        return found
+
+
+async def test_wait_many_rereads_only_the_tasks_still_pending() -> None:
+    store = CountingStore()
+    service = make_service(store)
+    ids = [await submit(service) for _ in range(10)]
+    asked = store.asked
+    waiting = asyncio.create_task(service.wait_many(ids, None, 30))
+    await started(waiting)
+    for done in ids[:8]:  # eight end in separate bursts, each a wake-up and a re-read
+        await store.complete(done, {"0": 1})
+        await asyncio.sleep(0.005)
+    await store.fail(ids[8], "boom")  # ends and is removed before the re-read: left out,
+    await store.remove([store.tasks[ids[8]]])  # as a first read would leave it out
+    await store.fail(ids[9], "boom")
+    found = await asyncio.wait_for(waiting, 1)
+    assert {i: t.status for i, t in found.items()} == {
+        **{i: Status.COMPLETED for i in ids[:8]},
+        ids[9]: Status.FAILED,
+    }
+    assert asked[0] == ids
+    assert len(asked) > 5  # woken several times
+    # Each re-read asks only for what was pending at the read before it.
+    assert asked[1:] == store.pending[:-1]
 
 
 async def test_wait_for_another_keys_task_is_not_found(service: TaskService) -> None:

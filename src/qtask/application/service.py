@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import orjson
@@ -296,14 +296,14 @@ class TaskService:
         as done (it cannot end), so its id never holds the answer back.
         """
 
-        async def read() -> dict[str, TaskOutcome]:
-            found = await self._reads.read(task_ids)
+        async def read(ids: Sequence[str]) -> dict[str, TaskOutcome]:
+            found = await self._reads.read(ids)
             return {i: task for i, task in found.items() if task.visible_to(caller)}
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         with self._waiters.watch(task_ids) as watch, metrics.LONG_POLLS.track_inprogress():
-            found = await read()
+            found = await read(task_ids)
             while True:
                 pending = [i for i, task in found.items() if not task.status.terminal]
                 if not pending:
@@ -313,8 +313,10 @@ class TaskService:
                     async with asyncio.timeout_at(deadline):
                         await watch.wait()
                 except TimeoutError:
-                    return await read()
-                found = await read()
+                    return _refreshed(found, pending, await read(pending))
+                # Only the pending ones are read again: an ended task stays as it ended, so a
+                # batch of n tasks that end in k bursts costs n + k reads, not n * k.
+                found = _refreshed(found, pending, await read(pending))
 
     async def list_tasks(
         self,
@@ -477,3 +479,16 @@ def _check_ids(task_ids: Sequence[str]) -> None:
         raise InvalidRequestError(
             f"At most {MAX_IDS_PER_READ} task ids may be read at once; got {len(task_ids)}."
         )
+
+
+def _refreshed(
+    found: dict[str, TaskOutcome], reread: Sequence[str], fresh: Mapping[str, TaskOutcome]
+) -> dict[str, TaskOutcome]:
+    """`found` with the ids in `reread` replaced by their `fresh` outcomes; those of them no
+    longer there (removed, or no longer visible) left out, as a first read would leave them."""
+    again = frozenset(reread)
+    return {
+        i: fresh[i] if i in again else task
+        for i, task in found.items()
+        if i not in again or i in fresh
+    }

@@ -65,6 +65,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from qtask.adapters.redis_scripts import CoalescedScripts
 from qtask.domain.lifecycle import ATTEMPT_PER_START, attempts_refunded
 from qtask.domain.ports import Completion, ListedTask, ListPosition, TaskPage
 from qtask.domain.task import (
@@ -444,6 +445,8 @@ class RedisTaskStore:
         self._backfill_active = self._redis.register_script(_BACKFILL_ACTIVE_LUA)
         self._backfill_listing = self._redis.register_script(_BACKFILL_LISTING_LUA)
         self._swap_marker = self._redis.register_script(_SWAP_MARKER_LUA)
+        # A worker's starts and ends come in bursts (a fetch, a batch): one pipeline each.
+        self._batched = CoalescedScripts(self._redis)
         self._counts_key = COUNTS_KEY.format(prefix=prefix)
         self._unpublished_key = UNPUBLISHED_KEY.format(prefix=prefix)
         self._dead_key = DEAD_KEY.format(prefix=prefix)
@@ -630,9 +633,10 @@ class RedisTaskStore:
         """Mark a queued or running task running and count its attempt; an ended task is
         returned as is."""
         with self._unavailable(f"start task {task_id}"):
-            reply = await self._start(
-                keys=[self._task_key(task_id), self._counts_key, self._active_key],
-                args=[ATTEMPT_PER_START, repr(time.time()), worker_id, task_id],
+            reply = await self._batched.call(
+                self._start,
+                [self._task_key(task_id), self._counts_key, self._active_key],
+                [ATTEMPT_PER_START, repr(time.time()), worker_id, task_id],
             )
         return None if reply is None else _from_hash(_pairs(reply))
 
@@ -957,8 +961,9 @@ class RedisTaskStore:
     ) -> tuple[Task, bool]:
         """Run the finish script: the task as stored, and whether this call ended it."""
         with self._unavailable(f"store the outcome of task {task_id}"):
-            reply = await self._finish(
-                keys=[
+            reply = await self._batched.call(
+                self._finish,
+                [
                     self._task_key(task_id),
                     self._counts_key,
                     self._dead_key,
@@ -966,7 +971,7 @@ class RedisTaskStore:
                     self._unpublished_key,
                     self._active_key,
                 ],
-                args=[
+                [
                     status.value,
                     field,
                     value,

@@ -311,12 +311,15 @@ class TaskService:
                 self._waiters.narrow(watch, pending)
                 try:
                     async with asyncio.timeout_at(deadline):
-                        await watch.wait()
+                        ended = await watch.wait()
                 except TimeoutError:
                     return _refreshed(found, pending, await read(pending))
-                # Only the pending ones are read again: an ended task stays as it ended, so a
-                # batch of n tasks that end in k bursts costs n + k reads, not n * k.
-                found = _refreshed(found, pending, await read(pending))
+                # Only those said to have ended are read again (all the pending ones after a
+                # resync): a batch of n tasks ending one notice at a time costs about 2n reads
+                # of one task, not n * n / 2.
+                again = pending if ended is None else [i for i in pending if i in ended]
+                if again:
+                    found = _refreshed(found, again, await read(again))
 
     async def list_tasks(
         self,

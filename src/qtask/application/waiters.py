@@ -4,9 +4,10 @@ A waiting request costs one `Watch` (a future and the ids it watches) and nothin
 database connection, no thread. Whatever learns that tasks ended in this process calls
 `ended(ids)` (the embedded store after its write, the Redis subscriber on a notice from any
 process); `resync()` wakes every watch so each re-reads the store, for when notices may have
-been missed (the subscription reconnected). A woken watch does not say what the task became:
-its owner re-reads the store, which stays the only source of truth. `BatchedReads` makes the
-re-reads of waiters woken together one store call.
+been missed (the subscription reconnected). A woken watch says which of its ids ended (after a
+resync: that any may have), not what they became: its owner re-reads those from the store,
+which stays the only source of truth. `BatchedReads` makes the re-reads of waiters woken
+together one store call.
 
 The rule that keeps wake-ups from being lost: register the watch first, then read the store.
 An end recorded after the read is then always seen by the watch. No I/O here (BatchedReads
@@ -23,21 +24,33 @@ from qtask.domain.task import TaskOutcome
 
 
 class Watch:
-    """One waiting request's interest in some task ids; `wait()` returns when one may have ended."""
+    """One waiting request's interest in some task ids; `wait()` returns when one may have ended,
+    saying which."""
 
     def __init__(self) -> None:
         self.ids: frozenset[str] = frozenset()
         self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ended: set[str] = set()
+        self._any = False  # a resync: any of the ids may have ended
 
-    def wake(self) -> None:
-        """Wake the current wait (or the next one, if none is under way)."""
+    def wake(self, task_id: str | None = None) -> None:
+        """Wake the current wait (or the next one, if none is under way): `task_id` ended, or,
+        without one, any of the watched ids may have."""
+        if task_id is None:
+            self._any = True
+        else:
+            self._ended.add(task_id)
         if not self._future.done():
             self._future.set_result(None)
 
-    async def wait(self) -> None:
-        """Return once woken since the last wait; the caller bounds it with a timeout."""
+    async def wait(self) -> frozenset[str] | None:
+        """Return once woken since the last wait: the ids said to have ended since then, or
+        None when any of them may have (re-read them all)."""
         await self._future
         self._future = asyncio.get_running_loop().create_future()
+        ended, self._ended = frozenset(self._ended), set()
+        any_ended, self._any = self._any, False
+        return None if any_ended else ended
 
 
 class Waiters:
@@ -64,7 +77,7 @@ class Waiters:
         """These tasks ended (or were removed or cancelled): wake whoever watches them."""
         for task_id in task_ids:
             for watch in self._by_id.get(task_id, ()):
-                watch.wake()
+                watch.wake(task_id)
 
     def resync(self) -> None:
         """Ends may have been missed: wake every watch, so that each re-reads the store."""

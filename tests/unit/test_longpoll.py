@@ -98,10 +98,10 @@ async def test_resync_wakes_every_watch() -> None:
         await asyncio.wait_for(asyncio.gather(first.wait(), second.wait()), 1)
 
 
-async def test_narrowing_stops_wakes_for_dropped_ids() -> None:
+async def test_a_forgotten_id_no_longer_wakes_the_watch() -> None:
     waiters = Waiters()
     with waiters.watch(["a", "b"]) as watch:
-        waiters.narrow(watch, ["b"])
+        waiters.forget(watch, ["a", "x"])
         waiters.ended(["a"])
         waiting = asyncio.create_task(watch.wait())
         await asyncio.sleep(0)

@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import orjson
@@ -292,34 +292,46 @@ class TaskService:
         """Read until none of the tasks `caller` may see is pending, or until the deadline.
 
         The watch is registered before the first read, so an end recorded after that read
-        always wakes it; a wake-up only says "read again". A task missing or not visible counts
-        as done (it cannot end), so its id never holds the answer back.
+        always wakes it; a wake-up names the tasks to read again. A task missing or not visible
+        counts as done (it cannot end), so its id never holds the answer back.
         """
 
-        async def read(ids: Sequence[str]) -> dict[str, TaskOutcome]:
-            found = await self._reads.read(ids)
+        async def read(ids: Collection[str]) -> dict[str, TaskOutcome]:
+            found = await self._reads.read(list(ids))
             return {i: task for i, task in found.items() if task.visible_to(caller)}
+
+        def reread(ids: Collection[str], fresh: Mapping[str, TaskOutcome]) -> None:
+            """Take in what was read again: drop those gone, stop watching those ended."""
+            settled = [i for i in ids if i not in fresh or fresh[i].status.terminal]
+            for task_id in ids:
+                if task_id in fresh:
+                    found[task_id] = fresh[task_id]
+                else:  # removed, as a first read would leave it out
+                    found.pop(task_id, None)
+            pending.difference_update(settled)
+            self._waiters.forget(watch, settled)
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         with self._waiters.watch(task_ids) as watch, metrics.LONG_POLLS.track_inprogress():
             found = await read(task_ids)
-            while True:
-                pending = [i for i, task in found.items() if not task.status.terminal]
-                if not pending:
-                    return found
-                self._waiters.narrow(watch, pending)
+            pending = {i for i, task in found.items() if not task.status.terminal}
+            self._waiters.forget(watch, set(task_ids) - pending)
+            # Each wake-up costs what it names: only the tasks said to have ended are read
+            # again (all the pending ones after a resync), so a batch of n tasks ending one
+            # notice at a time costs about 2n reads of one task, not n * n / 2.
+            while pending:
                 try:
                     async with asyncio.timeout_at(deadline):
                         ended = await watch.wait()
                 except TimeoutError:
-                    return _refreshed(found, pending, await read(pending))
-                # Only those said to have ended are read again (all the pending ones after a
-                # resync): a batch of n tasks ending one notice at a time costs about 2n reads
-                # of one task, not n * n / 2.
-                again = pending if ended is None else [i for i in pending if i in ended]
+                    again = set(pending)
+                    reread(again, await read(again))
+                    break
+                again = set(pending) if ended is None else pending & ended
                 if again:
-                    found = _refreshed(found, again, await read(again))
+                    reread(again, await read(again))
+            return found
 
     async def list_tasks(
         self,
@@ -482,16 +494,3 @@ def _check_ids(task_ids: Sequence[str]) -> None:
         raise InvalidRequestError(
             f"At most {MAX_IDS_PER_READ} task ids may be read at once; got {len(task_ids)}."
         )
-
-
-def _refreshed(
-    found: dict[str, TaskOutcome], reread: Sequence[str], fresh: Mapping[str, TaskOutcome]
-) -> dict[str, TaskOutcome]:
-    """`found` with the ids in `reread` replaced by their `fresh` outcomes; those of them no
-    longer there (removed, or no longer visible) left out, as a first read would leave them."""
-    again = frozenset(reread)
-    return {
-        i: fresh[i] if i in again else task
-        for i, task in found.items()
-        if i not in again or i in fresh
-    }

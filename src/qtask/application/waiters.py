@@ -69,9 +69,15 @@ class Waiters:
         finally:
             self._add(watch, frozenset())
 
-    def narrow(self, watch: Watch, task_ids: Iterable[str]) -> None:
-        """Watch only these ids from now on (the ones still pending at the last read)."""
-        self._add(watch, frozenset(task_ids))
+    def forget(self, watch: Watch, task_ids: Iterable[str]) -> None:
+        """Stop watching these ids (they ended); costs what it names, not what the watch holds."""
+        for task_id in task_ids:
+            if task_id in watch.ids:
+                watches = self._by_id[task_id]
+                watches.discard(watch)
+                if not watches:
+                    del self._by_id[task_id]
+        watch.ids = watch.ids.difference(task_ids)
 
     def ended(self, task_ids: Iterable[str]) -> None:
         """These tasks ended (or were removed or cancelled): wake whoever watches them."""

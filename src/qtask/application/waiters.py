@@ -28,7 +28,7 @@ class Watch:
     saying which."""
 
     def __init__(self) -> None:
-        self.ids: frozenset[str] = frozenset()
+        self.ids: set[str] = set()
         self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._ended: set[str] = set()
         self._any = False  # a resync: any of the ids may have ended
@@ -73,11 +73,11 @@ class Waiters:
         """Stop watching these ids (they ended); costs what it names, not what the watch holds."""
         for task_id in task_ids:
             if task_id in watch.ids:
+                watch.ids.discard(task_id)
                 watches = self._by_id[task_id]
                 watches.discard(watch)
                 if not watches:
                     del self._by_id[task_id]
-        watch.ids = watch.ids.difference(task_ids)
 
     def ended(self, task_ids: Iterable[str]) -> None:
         """These tasks ended (or were removed or cancelled): wake whoever watches them."""
@@ -104,7 +104,7 @@ class Waiters:
                 del self._by_id[task_id]
         for task_id in ids - watch.ids:
             self._by_id.setdefault(task_id, set()).add(watch)
-        watch.ids = ids
+        watch.ids = set(ids)
 
 
 Outcomes = Callable[[Sequence[str]], Awaitable[Mapping[str, TaskOutcome]]]

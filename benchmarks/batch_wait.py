@@ -15,53 +15,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
-from collections.abc import Sequence
+from pathlib import Path
 
-from qtask.application.service import Submission, TaskService
-from qtask.application.waiters import Waiters
-from qtask.circuits.ingestor import CircuitIngestor
-from qtask.config import LimitsSettings
-from qtask.domain.task import TaskOutcome
-from qtask.execution.catalog import aer_only
-from qtask.testing import InMemoryTaskStore
-
-BELL = (
-    'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\n'
-    "h q[0];\ncx q[0], q[1];\nc = measure q;\n"
-)
-
-
-class CountingStore(InMemoryTaskStore):
-    """The in-memory store, counting the ids outcomes() is asked for."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ids_read = 0
-
-    async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
-        self.ids_read += len(task_ids)
-        return await super().outcomes(task_ids)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from qtask.application.service import Submission
+from qtask_testkit import BELL, CountingStore, in_memory_service
 
 
 async def row(polls: int, ids: int, per_turn: int) -> str:
     store = CountingStore()
-    settings = LimitsSettings()
-    waiters = Waiters()
-    store.listen(waiters.ended, waiters.resync)
-    service = TaskService(
-        store,
-        store,
-        CircuitIngestor(settings, pool=None),
-        settings,
-        waiters=waiters,
-        backends=aer_only(settings),
-    )
+    service = in_memory_service(store)
     task_ids = [(await service.submit(Submission(BELL, 10))).id for _ in range(polls * ids)]
     groups = [task_ids[i * ids : (i + 1) * ids] for i in range(polls)]
     waiting = [asyncio.create_task(service.wait_many(group, None, 60)) for group in groups]
     await asyncio.sleep(0.01)  # every poll has read once and waits
-    store.ids_read = 0
+    store.asked.clear()
     started = time.process_time()
     order = [group[i] for i in range(ids) for group in groups]
     for k in range(0, len(order), per_turn):
@@ -73,9 +43,10 @@ async def row(polls: int, ids: int, per_turn: int) -> str:
     if any(len(answer) != ids for answer in answers):
         raise SystemExit("a poll answered before all of its tasks ended")
     total = polls * ids
+    read = sum(map(len, store.asked))
     return (
         f"| {polls} × {ids} | {per_turn} | {1000 * cpu:.1f} | {1e6 * cpu / total:.1f} "
-        f"| {store.ids_read + total} | {(store.ids_read + total) / total:.1f} |"
+        f"| {read + total} | {(read + total) / total:.1f} |"
     )
 
 

@@ -17,9 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from qtask.domain.task import CircuitInfo, Encoding, Task, new_task_id
+from qtask.domain.task import CircuitInfo, Encoding, Task, TaskOutcome, new_task_id
+from qtask.testing import InMemoryTaskStore
 
-if TYPE_CHECKING:  # Qiskit loads only where a test asks for a run item
+if TYPE_CHECKING:  # Qiskit loads only where a test asks for a run item or a service
+    from collections.abc import Sequence
+
+    from qtask.application.service import TaskService
     from qtask.circuits.ingest import Limits
     from qtask.execution.items import RunItem
 
@@ -92,6 +96,44 @@ def run_item(
         num_qubits=result.info.num_qubits,
         clifford=result.info.clifford,
     )
+
+
+def in_memory_service(store: InMemoryTaskStore) -> TaskService:
+    """A TaskService with `store` as its store and its queue, ideal Aer as its backend,
+    circuits checked in this process, and long polls woken by the store's end notices."""
+    from qtask.application.service import TaskService
+    from qtask.application.waiters import Waiters
+    from qtask.circuits.ingestor import CircuitIngestor
+    from qtask.config import LimitsSettings
+    from qtask.execution.catalog import aer_only
+
+    settings = LimitsSettings()
+    waiters = Waiters()
+    store.listen(waiters.ended, waiters.resync)
+    return TaskService(
+        store,
+        store,
+        CircuitIngestor(settings, pool=None),
+        settings,
+        waiters=waiters,
+        backends=aer_only(settings),
+    )
+
+
+class CountingStore(InMemoryTaskStore):
+    """The in-memory store, recording the ids each outcomes() call asks for and, of its
+    answer, those not ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[list[str]] = []
+        self.pending: list[list[str]] = []
+
+    async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
+        self.asked.append(list(task_ids))
+        found = await super().outcomes(task_ids)
+        self.pending.append([i for i in task_ids if i in found and not found[i].status.terminal])
+        return found
 
 
 def free_port() -> int:

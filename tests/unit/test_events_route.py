@@ -14,13 +14,9 @@ from structlog.testing import capture_logs
 
 from qtask.api.app import create_app
 from qtask.application.live import Streams
-from qtask.application.service import TaskService
-from qtask.application.waiters import Waiters
-from qtask.circuits.ingestor import CircuitIngestor
-from qtask.config import LimitsSettings
 from qtask.constants import MSG_CANCELLED, MSG_PENDING
-from qtask.execution.catalog import aer_only
 from qtask.testing import InMemoryTaskStore
+from qtask_testkit import in_memory_service
 
 with warnings.catch_warnings():
     # Starlette would have its test client run on `httpx2`; the one here is plain httpx, which
@@ -35,18 +31,7 @@ BELL = (
 
 
 def app_with(streams: Streams) -> TestClient:
-    store = InMemoryTaskStore()
-    waiters = Waiters()
-    store.listen(waiters.ended, waiters.resync)
-    settings = LimitsSettings()
-    service = TaskService(
-        store,
-        store,
-        CircuitIngestor(settings, pool=None),
-        settings,
-        waiters=waiters,
-        backends=aer_only(settings),
-    )
+    service = in_memory_service(InMemoryTaskStore())
     return TestClient(create_app(service, max_body_bytes=1 << 16, streams=streams))
 
 

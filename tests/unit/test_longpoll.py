@@ -4,7 +4,7 @@ over the in-memory store (which notifies ends as the embedded store does)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -13,13 +13,11 @@ from qtask.api.app import create_app
 from qtask.application.listing import decode_cursor, encode_cursor
 from qtask.application.service import Submission, TaskService
 from qtask.application.waiters import BatchedReads, Waiters
-from qtask.circuits.ingestor import CircuitIngestor
-from qtask.config import LimitsSettings
 from qtask.constants import MSG_CANCELLED, MSG_NOT_FOUND, MSG_PENDING
 from qtask.domain.task import Status, TaskOutcome
 from qtask.errors import InvalidRequestError, TaskNotFoundError
-from qtask.execution.catalog import aer_only
 from qtask.testing import InMemoryTaskStore
+from qtask_testkit import CountingStore, in_memory_service
 
 BELL = (
     'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\n'
@@ -34,21 +32,7 @@ def store() -> InMemoryTaskStore:
 
 @pytest.fixture
 def service(store: InMemoryTaskStore) -> TaskService:
-    return make_service(store)
-
-
-def make_service(store: InMemoryTaskStore) -> TaskService:
-    settings = LimitsSettings()
-    waiters = Waiters()
-    store.listen(waiters.ended, waiters.resync)
-    return TaskService(
-        store,
-        store,
-        CircuitIngestor(settings, pool=None),
-        settings,
-        waiters=waiters,
-        backends=aer_only(settings),
-    )
+    return in_memory_service(store)
 
 
 @pytest.fixture
@@ -211,24 +195,9 @@ async def test_wait_many_answers_when_all_have_ended(
     }
 
 
-class CountingStore(InMemoryTaskStore):
-    """The in-memory store, recording which ids each outcomes() call asks for."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.asked: list[list[str]] = []
-        self.pending: list[list[str]] = []  # of each call's answer, those not ended
-
-    async def outcomes(self, task_ids: Sequence[str]) -> dict[str, TaskOutcome]:
-        self.asked.append(list(task_ids))
-        found = await super().outcomes(task_ids)
-        self.pending.append([i for i in task_ids if i in found and not found[i].status.terminal])
-        return found
-
-
 async def test_wait_many_rereads_only_the_tasks_still_pending() -> None:
     store = CountingStore()
-    service = make_service(store)
+    service = in_memory_service(store)
     ids = [await submit(service) for _ in range(10)]
     asked = store.asked
     waiting = asyncio.create_task(service.wait_many(ids, None, 30))

@@ -61,26 +61,26 @@ class CoalescedScripts:
         sending.add_done_callback(self._sending.discard)
 
     async def _send(self, calls: list[_Call]) -> None:
-        if len(calls) == 1:
-            script, keys, args, future = calls[0]
-            _settle(future, await _alone(script, keys, args))
-            return
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for script, keys, args, _ in calls:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
-                replies: list[Any] = await pipe.execute(raise_on_error=False)
-        except BaseException as exc:  # the connection failed: every call of the pipeline fails
+            if len(calls) == 1:
+                script, keys, args, future = calls[0]
+                _settle(future, await _alone(script, keys, args))
+                return
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for script, keys, args, _ in calls:
+                        pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    replies: list[Any] = await pipe.execute(raise_on_error=False)
+            except Exception as exc:  # the connection failed: every call of the pipeline fails
+                replies = [exc] * len(calls)
+            for (script, keys, args, future), reply in zip(calls, replies, strict=True):
+                if isinstance(reply, NoScriptError):
+                    reply = await _alone(script, keys, args)
+                _settle(future, reply)
+        finally:  # this send was cancelled (the loop is closing): so is every call it carried
             for *_, future in calls:
                 if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (script, keys, args, future), reply in zip(calls, replies, strict=True):
-            if isinstance(reply, NoScriptError):
-                reply = await _alone(script, keys, args)
-            _settle(future, reply)
+                    future.cancel()
 
 
 async def _alone(

@@ -98,7 +98,7 @@ def run_item(
     )
 
 
-def in_memory_service(store: InMemoryTaskStore) -> TaskService:
+def in_memory_service(store: InMemoryTaskStore, max_pending_per_owner: int = 0) -> TaskService:
     """A TaskService with `store` as its store and its queue, ideal Aer as its backend,
     circuits checked in this process, and long polls woken by the store's end notices."""
     from qtask.application.service import TaskService
@@ -115,6 +115,7 @@ def in_memory_service(store: InMemoryTaskStore) -> TaskService:
         store,
         CircuitIngestor(settings, pool=None),
         settings,
+        max_pending_per_owner=max_pending_per_owner,
         waiters=waiters,
         backends=aer_only(settings),
     )

@@ -15,14 +15,12 @@ import structlog.testing
 from qtask.adapters.local_rate import TokenBuckets
 from qtask.api.app import create_app
 from qtask.api.auth import Gate, key_digest, new_key
-from qtask.application.service import Submission, TaskService
-from qtask.circuits.ingestor import CircuitIngestor
-from qtask.config import ApiKey, AuthSettings, LimitsSettings, load_settings
+from qtask.application.service import Submission
+from qtask.config import ApiKey, AuthSettings, load_settings
 from qtask.constants import MSG_CANCELLED, MSG_NOT_FOUND
 from qtask.errors import ConfigError, TooManyRequestsError, UnauthorizedError
-from qtask.execution.catalog import aer_only
 from qtask.testing import InMemoryTaskStore
-from qtask_testkit import BELL, make_task
+from qtask_testkit import BELL, in_memory_service, make_task
 
 ALICE, BOB, ALICE_ROTATED = new_key(), new_key(), new_key()
 KEYS = (
@@ -38,16 +36,8 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def guarded(max_pending: int = 0, **auth: object) -> tuple[InMemoryTaskStore, httpx.AsyncClient]:
-    limits = LimitsSettings()
     store = InMemoryTaskStore()
-    service = TaskService(
-        store,
-        store,
-        CircuitIngestor(limits, pool=None),
-        limits,
-        max_pending_per_owner=max_pending,
-        backends=aer_only(limits),
-    )
+    service = in_memory_service(store, max_pending_per_owner=max_pending)
     settings = AuthSettings(enabled=True, keys=KEYS, **auth)  # type: ignore[arg-type]
     buckets = TokenBuckets(settings.rate_per_s, settings.burst) if settings.rate_per_s else None
     app = create_app(service, max_body_bytes=1 << 20, gate=Gate(settings, buckets))
@@ -224,11 +214,8 @@ async def test_a_retry_is_answered_without_parsing_its_circuit_again() -> None:
 
 async def test_keys_off_idempotency_keys_never_meet_a_keys_own() -> None:
     # One store seen by a service with keys off, then on (an operator turned them on).
-    limits = LimitsSettings()
     store = InMemoryTaskStore()
-    service = TaskService(
-        store, store, CircuitIngestor(limits, pool=None), limits, backends=aer_only(limits)
-    )
+    service = in_memory_service(store)
     circuit = Submission(BELL, 10)
     anonymous = await service.submit(circuit, "alice:k", owner=None)
     mine = await service.submit(circuit, "k", owner="alice")

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from qtask.adapters.redis_store import _to_hash
+from qtask.adapters.redis_hash import to_hash
 from qtask.domain.task import Status
 from qtask_testkit import make_task
 from servers import DistributedDeployment
@@ -24,7 +24,7 @@ def test_tasks_stored_before_the_listings_are_listed_after_an_upgrade(tmp_path: 
     client = redis.Redis.from_url(deployment.redis.url)
     try:
         for task in old:  # the old create script's HSET: no backend field, no listing entries
-            fields = _to_hash(task)
+            fields = to_hash(task)
             at = fields.index("backend")
             del fields[at : at + 2]
             client.hset(

@@ -12,8 +12,9 @@ from dataclasses import replace
 import pytest
 import redis.asyncio
 
+from qtask.adapters.redis_hash import to_hash
 from qtask.adapters.redis_rate import RedisRateLimiter
-from qtask.adapters.redis_store import RedisTaskStore, _to_hash
+from qtask.adapters.redis_store import RedisTaskStore
 from qtask.domain.task import Status, Task, new_task_id
 from qtask.errors import StoreUnavailableError, TaskNotFoundError
 from qtask_testkit import BELL_INFO, make_task
@@ -337,7 +338,7 @@ async def test_index_listing_lists_tasks_stored_before_the_listings_once(
     client = redis.asyncio.Redis.from_url(redis_server.url)
     try:
         for task in old:
-            fields = _to_hash(task)
+            fields = to_hash(task)
             at = fields.index("backend")
             del fields[at : at + 2]
             mapping = dict(zip(fields[::2], fields[1::2], strict=True))

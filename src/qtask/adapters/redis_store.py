@@ -53,7 +53,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -65,16 +65,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from qtask.adapters import redis_hash
+from qtask.adapters import redis_lua as lua
 from qtask.adapters.redis_scripts import CoalescedScripts
 from qtask.domain.lifecycle import ATTEMPT_PER_START, attempts_refunded
 from qtask.domain.ports import Completion, ListedTask, ListPosition, TaskPage
 from qtask.domain.task import (
-    LEGACY_BACKEND,
     Status,
     Task,
     TaskOutcome,
-    info_from_json,
-    info_to_json,
 )
 from qtask.errors import PendingCapError, StoreUnavailableError, TaskNotFoundError
 
@@ -137,285 +136,6 @@ _UNPUBLISHED_ROUNDS = 8
 LIST_CHUNK_MAX = 500
 LIST_SCAN_MAX = 2_000
 
-# Lua scripts. They touch only keys passed in KEYS (what Redis Cluster requires); the ARGV
-# layout of each is described at its top. `false` comes back to Python as None.
-
-_CREATE_LUA = """
--- KEYS[1] counts hash, KEYS[2] unpublished zset, then per task its hash key followed by its
--- idempotency key when it has one and its owner's listing zset when it has an owner; the last
--- two keys are the listing of every task and the active zset.
--- ARGV[1]: the cap of queued or running tasks per owner ('0': none). Then per task: id,
--- has_key ('1'/'0'), status, created_at, stale, owner ('' for none), n, then n field/value items.
--- `stale` is a task id the idempotency key may be taken over from (its task vanished), or ''.
--- Returns per task 1 when stored, or the id of the task already stored (same id or same key);
--- or, storing nothing, {-1, owner, pending} when the new tasks would take an owner past the cap.
--- First pass: read each task's arguments and keys once, find which are already stored (also
--- earlier in this call), and add up what the new ones add to each owner's pending count.
-local cap = tonumber(ARGV[1])
-local tasks, adding, seen = {}, {}, {}
-local k = 3
-local a = 2
-while a <= #ARGV do
-  local t = {id = ARGV[a], status = ARGV[a + 2], created = ARGV[a + 3], owner = ARGV[a + 5],
-    first = a + 7, n = tonumber(ARGV[a + 6])}
-  local has_key, stale = ARGV[a + 1], ARGV[a + 4]
-  a = t.first + t.n
-  t.task_key = KEYS[k]
-  k = k + 1
-  if has_key == '1' then
-    t.idem_key = KEYS[k]
-    k = k + 1
-  end
-  if t.owner ~= '' then
-    t.listing = KEYS[k]
-    k = k + 1
-  end
-  if seen[t.task_key] or redis.call('EXISTS', t.task_key) == 1 then
-    t.existing = t.id
-  elseif t.idem_key then
-    local holder = seen[t.idem_key] or redis.call('GET', t.idem_key)
-    if holder and holder ~= stale then
-      t.existing = holder
-    end
-  end
-  if not t.existing then
-    seen[t.task_key] = true
-    if t.idem_key then
-      seen[t.idem_key] = t.id
-    end
-    if t.status == 'queued' and t.owner ~= '' then
-      adding[t.owner] = (adding[t.owner] or 0) + 1
-    end
-  end
-  tasks[#tasks + 1] = t
-end
-if cap > 0 then
-  for owner, n in pairs(adding) do
-    local pending = tonumber(redis.call('HGET', KEYS[1], 'pending:' .. owner) or '0')
-    if pending + n > cap then
-      return {-1, owner, pending}
-    end
-  end
-end
--- Second pass: store the new tasks.
-local out = {}
-for _, t in ipairs(tasks) do
-  if t.existing then
-    out[#out + 1] = t.existing
-  else
-    redis.call('HSET', t.task_key, unpack(ARGV, t.first, t.first + t.n - 1))
-    if t.idem_key then
-      redis.call('SET', t.idem_key, t.id)
-    end
-    redis.call('HINCRBY', KEYS[1], t.status, 1)
-    redis.call('ZADD', KEYS[#KEYS - 1], t.created, t.id)
-    if t.listing then
-      redis.call('ZADD', t.listing, t.created, t.id)
-    end
-    if t.status == 'queued' or t.status == 'running' then
-      redis.call('ZADD', KEYS[#KEYS], 0, t.id)
-    end
-    if t.status == 'queued' then
-      redis.call('ZADD', KEYS[2], t.created, t.id)
-      if t.owner ~= '' then
-        redis.call('HINCRBY', KEYS[1], 'pending:' .. t.owner, 1)
-      end
-    end
-    out[#out + 1] = 1
-  end
-end
-return out
-"""
-
-_START_LUA = """
--- KEYS[1] task hash, KEYS[2] counts, KEYS[3] active zset. ARGV: attempts a start counts
--- (domain.lifecycle), now, worker id, task id.
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then
-  return false
-end
-if status == 'queued' or status == 'running' then
-  redis.call('ZADD', KEYS[3], 0, ARGV[4])
-  redis.call('HINCRBY', KEYS[1], 'attempts', tonumber(ARGV[1]))
-  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[3])
-  if status == 'queued' then
-    redis.call('HINCRBY', KEYS[2], 'queued', -1)
-    redis.call('HINCRBY', KEYS[2], 'running', 1)
-  end
-end
-return redis.call('HGETALL', KEYS[1])
-"""
-
-_FINISH_LUA = """
--- KEYS[1] task hash, KEYS[2] counts, KEYS[3] dead-letter list, KEYS[4] finished zset,
--- KEYS[5] unpublished zset, KEYS[6] active zset.
--- ARGV: new status, field to set, its value, field to clear, now, dead letter ('1'/'0'),
--- dead letters kept, task id, reason (for the dead letter), completed_by and
--- completed_attempt ('' to record none), the channel of end notices, a further field to set
--- ('' for none) and its value (the per-shot results).
--- The first outcome wins: a task that already ended is returned unchanged, with no dead letter.
--- The call that ends the task publishes its id on the channel, atomically with the change, so
--- no end can be stored without its notice being sent (long polls wait for these).
--- An ended task leaves the unpublished ledger, so the reconciler never publishes it.
--- Returns {1 when this call ended the task else 0, the task's hash}.
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then
-  return false
-end
-local changed = 0
-if status == 'queued' or status == 'running' then
-  changed = 1
-  redis.call('HSET', KEYS[1], 'status', ARGV[1], ARGV[2], ARGV[3], 'finished_at', ARGV[5])
-  if ARGV[10] ~= '' then
-    redis.call('HSET', KEYS[1], 'completed_by', ARGV[10])
-  end
-  if ARGV[11] ~= '' then
-    redis.call('HSET', KEYS[1], 'completed_attempt', ARGV[11])
-  end
-  if ARGV[13] ~= '' then
-    redis.call('HSET', KEYS[1], ARGV[13], ARGV[14])
-  end
-  redis.call('HDEL', KEYS[1], ARGV[4], 'worker')
-  redis.call('HINCRBY', KEYS[2], status, -1)
-  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[8])
-  redis.call('ZREM', KEYS[5], ARGV[8])
-  redis.call('ZREM', KEYS[6], ARGV[8])
-  local owner = redis.call('HGET', KEYS[1], 'owner')
-  if owner then
-    redis.call('HINCRBY', KEYS[2], 'pending:' .. owner, -1)
-  end
-  if ARGV[6] == '1' then
-    local attempts = redis.call('HGET', KEYS[1], 'attempts')
-    local record = '{"task_id":' .. cjson.encode(ARGV[8]) .. ',"reason":' ..
-      cjson.encode(ARGV[9]) .. ',"attempts":' .. attempts .. ',"at":' .. ARGV[5] .. '}'
-    redis.call('LPUSH', KEYS[3], record)
-    redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[7]) - 1)
-  end
-  redis.call('PUBLISH', ARGV[12], ARGV[8])
-end
-return {changed, redis.call('HGETALL', KEYS[1])}
-"""
-
-_RELEASE_LUA = """
--- KEYS[1] task hash, KEYS[2] counts, KEYS[3] active zset. ARGV: has reason ('1'/'0'), reason,
--- attempts to refund, task id.
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'running' then
-  return false
-end
-redis.call('ZADD', KEYS[3], 0, ARGV[4])
-redis.call('HSET', KEYS[1], 'status', 'queued')
-if ARGV[1] == '1' then
-  redis.call('HSET', KEYS[1], 'last_error', ARGV[2])
-end
-if ARGV[3] ~= '0' then
-  redis.call('HINCRBY', KEYS[1], 'attempts', -tonumber(ARGV[3]))
-end
-redis.call('HDEL', KEYS[1], 'worker')
-redis.call('HINCRBY', KEYS[2], 'running', -1)
-redis.call('HINCRBY', KEYS[2], 'queued', 1)
-return redis.call('HGETALL', KEYS[1])
-"""
-
-
-_REMOVE_LUA = """
--- KEYS[1] counts, KEYS[2] finished zset, then per task its hash key followed by its idempotency
--- key when it has one and its owner's listing zset when it has an owner; the last two keys are
--- the listing of every task and the active zset. ARGV[1]: the channel of end notices; then per
--- task: id, has_key ('1'/'0'), has_owner ('1'/'0').
--- Deletes each task that ended (and its idempotency key while that still names it); a task not
--- ended is kept. Publishes the deleted ids (comma-separated) on the channel, so that a waiter
--- re-reads and finds its task gone. Returns how many were deleted.
-local deleted = {}
-local k = 3
-for a = 2, #ARGV, 3 do
-  local id, task_key = ARGV[a], KEYS[k]
-  local idem_key, listing = false, false
-  k = k + 1
-  if ARGV[a + 1] == '1' then
-    idem_key = KEYS[k]
-    k = k + 1
-  end
-  if ARGV[a + 2] == '1' then
-    listing = KEYS[k]
-    k = k + 1
-  end
-  local status = redis.call('HGET', task_key, 'status')
-  if status == 'completed' or status == 'failed' then
-    redis.call('DEL', task_key)
-    redis.call('HINCRBY', KEYS[1], status, -1)
-    if idem_key and redis.call('GET', idem_key) == id then
-      redis.call('DEL', idem_key)
-    end
-    deleted[#deleted + 1] = id
-  end
-  if status ~= 'queued' and status ~= 'running' then
-    redis.call('ZREM', KEYS[2], id)
-    redis.call('ZREM', KEYS[#KEYS], id)
-    redis.call('ZREM', KEYS[#KEYS - 1], id)
-    if listing then
-      redis.call('ZREM', listing, id)
-    end
-  end
-end
-if #deleted > 0 then
-  redis.call('PUBLISH', ARGV[1], table.concat(deleted, ','))
-end
-return #deleted
-"""
-
-_BACKFILL_ACTIVE_LUA = """
--- KEYS[1] active zset, then task hashes. Adds the queued and running ones to the active index
--- (as the scripts above would have); returns how many were not in it yet.
-local added = 0
-for i = 2, #KEYS do
-  local fields = redis.call('HMGET', KEYS[i], 'status', 'id')
-  if fields[1] == 'queued' or fields[1] == 'running' then
-    added = added + redis.call('ZADD', KEYS[1], 0, fields[2])
-  end
-end
-return added
-"""
-
-_BACKFILL_LISTING_LUA = """
--- KEYS[1] the listing of every task, then per task its hash key followed by its owner's listing
--- when it has one. ARGV: per task, has_owner ('1'/'0'), as read before the call (an owner never
--- changes). Adds each task that still exists to the listings (as the create script would have),
--- never moving an entry already there; a task deleted since it was read is skipped, so no entry
--- outlives its task. Returns how many were not in the listing of every task yet.
-local added = 0
-local k = 2
-for a = 1, #ARGV do
-  local task_key = KEYS[k]
-  local listing = false
-  k = k + 1
-  if ARGV[a] == '1' then
-    listing = KEYS[k]
-    k = k + 1
-  end
-  local fields = redis.call('HMGET', task_key, 'id', 'created_at')
-  if fields[1] then
-    added = added + redis.call('ZADD', KEYS[1], 'NX', fields[2], fields[1])
-    if listing then
-      redis.call('ZADD', listing, 'NX', fields[2], fields[1])
-    end
-  end
-end
-return added
-"""
-
-_SWAP_MARKER_LUA = """
--- KEYS[1] the marker. ARGV: expected present ('1'/'0'), expected value, new value.
--- Compare-and-set: stores the new value only if the marker still holds the expected one.
-local current = redis.call('GET', KEYS[1])
-if (ARGV[1] == '0' and not current) or (ARGV[1] == '1' and current == ARGV[2]) then
-  redis.call('SET', KEYS[1], ARGV[3])
-  return 1
-end
-return 0
-"""
-
 
 class RedisTaskStore:
     """TaskStore on Redis; see the module docstring for the layout and guarantees."""
@@ -437,14 +157,14 @@ class RedisTaskStore:
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         self._redis = redis.asyncio.Redis.from_pool(pool)
-        self._create = self._redis.register_script(_CREATE_LUA)
-        self._start = self._redis.register_script(_START_LUA)
-        self._finish = self._redis.register_script(_FINISH_LUA)
-        self._release = self._redis.register_script(_RELEASE_LUA)
-        self._remove = self._redis.register_script(_REMOVE_LUA)
-        self._backfill_active = self._redis.register_script(_BACKFILL_ACTIVE_LUA)
-        self._backfill_listing = self._redis.register_script(_BACKFILL_LISTING_LUA)
-        self._swap_marker = self._redis.register_script(_SWAP_MARKER_LUA)
+        self._create = self._redis.register_script(lua.CREATE)
+        self._start = self._redis.register_script(lua.START)
+        self._finish = self._redis.register_script(lua.FINISH)
+        self._release = self._redis.register_script(lua.RELEASE)
+        self._remove = self._redis.register_script(lua.REMOVE)
+        self._backfill_active = self._redis.register_script(lua.BACKFILL_ACTIVE)
+        self._backfill_listing = self._redis.register_script(lua.BACKFILL_LISTING)
+        self._swap_marker = self._redis.register_script(lua.SWAP_MARKER)
         # A worker's starts and ends come in bursts (a fetch, a batch): one pipeline each.
         self._batched = CoalescedScripts(self._redis)
         self._counts_key = COUNTS_KEY.format(prefix=prefix)
@@ -490,7 +210,9 @@ class RedisTaskStore:
         with self._unavailable("look up idempotency keys"):
             names = [IDEMPOTENCY_KEY.format(prefix=self._prefix, key=key) for key in unique]
             ids = await self._redis.mget(names)
-            held = {key: _text(i) for key, i in zip(unique, ids, strict=True) if i is not None}
+            held = {
+                key: redis_hash.text(i) for key, i in zip(unique, ids, strict=True) if i is not None
+            }
             found = await self._get_many(list(held.values())) if held else {}
         return {key: task for key, i in held.items() if (task := found[i]) is not None}
 
@@ -498,7 +220,7 @@ class RedisTaskStore:
         """Return the task or None."""
         with self._unavailable(f"read task {task_id}"):
             raw = await self._redis.hgetall(self._task_key(task_id))
-        return _from_hash(_bytes_hash(raw)) if raw else None
+        return redis_hash.from_hash(redis_hash.bytes_hash(raw)) if raw else None
 
     async def cancel(self, task_id: str, message: str) -> Task | None:
         """End a queued or running task in error (fail() without a dead letter); see the port."""
@@ -572,7 +294,7 @@ class RedisTaskStore:
                     key, top, "-inf", start=offset, num=chunk, withscores=True
                 )
                 offset += len(raw)
-                entries = [(float(item[1]), _text(item[0])) for item in raw]
+                entries = [(float(item[1]), redis_hash.text(item[0])) for item in raw]
                 if after is not None:
                     entries = [entry for entry in entries if entry < after]
                 found = await self.outcomes([task_id for _, task_id in entries])
@@ -601,7 +323,7 @@ class RedisTaskStore:
             ids = await self._redis.zrangebyscore(
                 self._finished_key, "-inf", f"({finished_before!r}", start=0, num=limit
             )
-            found = await self._get_many([_text(i) for i in ids]) if ids else {}
+            found = await self._get_many([redis_hash.text(i) for i in ids]) if ids else {}
             gone = [task_id for task_id, task in found.items() if task is None]
             if gone:  # removed by another pass meanwhile
                 await self._redis.zrem(self._finished_key, *gone)
@@ -638,7 +360,7 @@ class RedisTaskStore:
                 [self._task_key(task_id), self._counts_key, self._active_key],
                 [ATTEMPT_PER_START, repr(time.time()), worker_id, task_id],
             )
-        return None if reply is None else _from_hash(_pairs(reply))
+        return None if reply is None else redis_hash.from_hash(redis_hash.pairs(reply))
 
     async def mark_published(self, task_ids: Sequence[str]) -> None:
         """Take these tasks off the unpublished ledger."""
@@ -664,7 +386,7 @@ class RedisTaskStore:
                 )
                 if not ids:
                     break
-                tasks = await self._get_many([_text(i) for i in ids])
+                tasks = await self._get_many([redis_hash.text(i) for i in ids])
                 gone = [task_id for task_id, task in tasks.items() if task is None]
                 gone += [
                     task.id for task in tasks.values() if task and task.status is not Status.QUEUED
@@ -687,14 +409,14 @@ class RedisTaskStore:
                 ids = await self._redis.zrangebylex(self._active_key, low, "+", 0, wanted)
                 if not ids:
                     break
-                tasks = await self._get_many([_text(i) for i in ids])
+                tasks = await self._get_many([redis_hash.text(i) for i in ids])
                 found += [t for t in tasks.values() if t is not None and not t.status.terminal]
                 stale = [i for i, t in tasks.items() if t is None or t.status.terminal]
                 if stale:  # left by a backfill that raced with a task ending: drop them
                     await self._redis.zrem(self._active_key, *stale)
                 if len(ids) < wanted:
                     break
-                low = f"({_text(ids[-1])}"
+                low = f"({redis_hash.text(ids[-1])}"
         return found
 
     async def index_active(self) -> int:
@@ -738,7 +460,7 @@ class RedisTaskStore:
             while True:
                 cursor, found = await self._redis.scan(cursor, match=pattern, count=1000)
                 if found:
-                    added += await self._add_to_listings([_text(key) for key in found])
+                    added += await self._add_to_listings([redis_hash.text(key) for key in found])
                 if cursor == 0:
                     break
             await self._redis.set(marker, repr(time.time()))
@@ -748,7 +470,7 @@ class RedisTaskStore:
         """The record stored under `name`, or None."""
         with self._unavailable(f"read marker {name}"):
             raw = await self._redis.get(MARKER_KEY.format(prefix=self._prefix, name=name))
-        return None if raw is None else _text(raw)
+        return None if raw is None else redis_hash.text(raw)
 
     async def swap_marker(self, name: str, expected: str | None, new: str) -> bool:
         """Compare-and-set of the record under `name`, in one script."""
@@ -808,7 +530,7 @@ class RedisTaskStore:
                     task_id,
                 ],
             )
-        return None if reply is None else _from_hash(_pairs(reply))
+        return None if reply is None else redis_hash.from_hash(redis_hash.pairs(reply))
 
     async def ping(self, timeout: float = PING_TIMEOUT_SECONDS) -> None:
         """Check within `timeout` seconds that Redis accepts a write."""
@@ -855,7 +577,7 @@ class RedisTaskStore:
         """Return the number of tasks in each status (statuses with none are left out)."""
         with self._unavailable("count tasks"):
             raw = await self._redis.hgetall(self._counts_key)
-        counted = {_text(k): int(v) for k, v in raw.items()}
+        counted = {redis_hash.text(k): int(v) for k, v in raw.items()}
         return {status: n for status, n in counted.items() if n > 0 and status in _STATUSES}
 
     # --- internals -------------------------------------------------------------------------
@@ -884,7 +606,7 @@ class RedisTaskStore:
         keys = [self._counts_key, self._unpublished_key]
         args: list[str | bytes] = [str(max(max_pending, 0))]
         for task, stale_id in zip(tasks, stale, strict=True):
-            fields = _to_hash(task)
+            fields = redis_hash.to_hash(task)
             keys.append(self._task_key(task.id))
             if task.idempotency_key is not None:
                 keys.append(IDEMPOTENCY_KEY.format(prefix=self._prefix, key=task.idempotency_key))
@@ -904,9 +626,10 @@ class RedisTaskStore:
         replies: list[int | bytes] = await self._create(keys=keys, args=args)
         if replies and replies[0] == -1:
             _, owner, pending = replies
-            raise PendingCapError(_text(owner), int(pending), max_pending)
+            raise PendingCapError(redis_hash.text(owner), int(pending), max_pending)
         return [
-            task if reply == 1 else _text(reply) for task, reply in zip(tasks, replies, strict=True)
+            task if reply == 1 else redis_hash.text(reply)
+            for task, reply in zip(tasks, replies, strict=True)
         ]
 
     async def _take_over(self, task: Task, holder: str, max_pending: int) -> Task:
@@ -933,7 +656,7 @@ class RedisTaskStore:
         for task_key, owner in zip(task_keys, owners, strict=True):
             keys.append(task_key)
             if owner is not None:
-                keys.append(self._listing_key(_text(owner)))
+                keys.append(self._listing_key(redis_hash.text(owner)))
             args.append("0" if owner is None else "1")
         return int(await self._backfill_listing(keys=keys, args=args))
 
@@ -943,7 +666,7 @@ class RedisTaskStore:
                 pipe.hgetall(self._task_key(task_id))
             raws: list[dict[bytes, bytes]] = await pipe.execute()
         return {
-            task_id: _from_hash(raw) if raw else None
+            task_id: redis_hash.from_hash(raw) if raw else None
             for task_id, raw in zip(task_ids, raws, strict=True)
         }
 
@@ -989,7 +712,7 @@ class RedisTaskStore:
         if reply is None:
             raise TaskNotFoundError(task_id)
         changed, fields = reply
-        return _from_hash(_pairs(fields)), changed == 1
+        return redis_hash.from_hash(redis_hash.pairs(fields)), changed == 1
 
 
 def _describe(url: str) -> str:
@@ -998,105 +721,6 @@ def _describe(url: str) -> str:
     host = parts.hostname or parts.path or "localhost"
     port = f":{parts.port}" if parts.port else ""
     return f"{host}{port}{parts.path if parts.hostname else ''}"
-
-
-def _text(value: object) -> str:
-    """A reply item as text (the client returns bytes; it is typed to allow str too)."""
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, str):
-        return value
-    raise TypeError(f"unexpected Redis reply item {value!r}")
-
-
-def _bytes_hash(raw: Mapping[bytes | str, bytes | str]) -> dict[bytes, bytes]:
-    """A HGETALL reply with bytes keys and values, however the client's types describe it."""
-    return {_raw(k): _raw(v) for k, v in raw.items()}
-
-
-def _raw(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()
-
-
-def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
-    """A HGETALL reply from a script (a flat list) as a dict."""
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _to_hash(task: Task) -> list[str | bytes]:
-    """The task as flat field/value items for HSET; None fields are left out."""
-    info_json = info_to_json(task.info)
-    optional: dict[str, str | bytes | None] = {
-        "program": task.program,
-        "seed": None if task.seed is None else str(task.seed),
-        "result": None if task.result is None else json.dumps(task.result, separators=(",", ":")),
-        "error": task.error,
-        "last_error": task.last_error,
-        "started_at": None if task.started_at is None else repr(task.started_at),
-        "finished_at": None if task.finished_at is None else repr(task.finished_at),
-        "idempotency_key": task.idempotency_key,
-        "circuit_object": task.circuit_object,
-        "result_object": task.result_object,
-        "owner": task.owner,
-        "completed_by": task.completed_by,
-        "completed_attempt": (
-            None if task.completed_attempt is None else str(task.completed_attempt)
-        ),
-        "memory": "1" if task.memory else None,
-    }
-    fields: list[str | bytes] = [
-        "id", task.id,
-        "status", task.status.value,
-        "source", task.source,
-        "info", info_json,
-        "shots", str(task.shots),
-        "attempts", str(task.attempts),
-        "created_at", repr(task.created_at),
-        "backend", task.backend,
-    ]  # fmt: skip
-    for name, value in optional.items():
-        if value is not None:
-            fields += [name, value]
-    return fields
-
-
-def _from_hash(raw: dict[bytes, bytes]) -> Task:
-    def text(name: bytes) -> str | None:
-        value = raw.get(name)
-        return None if value is None else value.decode()
-
-    def number(name: bytes) -> float | None:
-        value = raw.get(name)
-        return None if value is None else float(value)
-
-    seed = raw.get(b"seed")
-    result = raw.get(b"result")
-    completed_attempt = raw.get(b"completed_attempt")
-    return Task(
-        id=raw[b"id"].decode(),
-        source=raw[b"source"].decode(),
-        info=info_from_json(raw[b"info"]),
-        shots=int(raw[b"shots"]),
-        seed=None if seed is None else int(seed),
-        program=raw.get(b"program"),
-        status=Status(raw[b"status"].decode()),
-        attempts=int(raw[b"attempts"]),
-        result=None if result is None else json.loads(result),
-        error=text(b"error"),
-        last_error=text(b"last_error"),
-        created_at=float(raw[b"created_at"]),
-        started_at=number(b"started_at"),
-        finished_at=number(b"finished_at"),
-        idempotency_key=text(b"idempotency_key"),
-        circuit_object=text(b"circuit_object"),
-        result_object=text(b"result_object"),
-        owner=text(b"owner"),
-        completed_by=text(b"completed_by"),
-        completed_attempt=None if completed_attempt is None else int(completed_attempt),
-        memory=raw.get(b"memory") == b"1",
-        # Hashes written before tasks named a backend have no such field.
-        backend=text(b"backend") or LEGACY_BACKEND,
-    )
 
 
 if TYPE_CHECKING:

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from qtask.adapters import sqlite_store
-from qtask.adapters.sqlite_store import _COLUMNS, SCHEMA, SQLiteTaskStore, _to_row
+from qtask.adapters import sqlite_store, sqlite_tables
+from qtask.adapters.sqlite_store import SQLiteTaskStore
+from qtask.adapters.sqlite_tables import COLUMNS, SCHEMA, to_row
 from qtask.config import WorkerSettings
 from qtask.domain.ports import Delivery
 from qtask.domain.task import Status, Task
@@ -115,7 +116,7 @@ async def test_a_write_alone_in_its_commit_that_fails_leaves_nothing(
     task = make_task()
 
     def half_done(conn: sqlite3.Connection) -> None:
-        conn.execute(sqlite_store._INSERT, _to_row(task))
+        conn.execute(sqlite_tables.INSERT, to_row(task))
         raise RuntimeError("failed after its insert")
 
     with pytest.raises(RuntimeError, match="failed after its insert"):
@@ -634,9 +635,9 @@ async def test_a_database_from_before_owners_is_migrated(db_path: Path) -> None:
     db_path.parent.mkdir(parents=True)
     conn = sqlite3.connect(db_path)
     conn.executescript(old_schema)
-    row = _to_row(old)[:-5]
+    row = to_row(old)[:-5]
     conn.execute(
-        f"INSERT INTO tasks ({_COLUMNS.rsplit(',', 5)[0]}) VALUES ({', '.join('?' * len(row))})",
+        f"INSERT INTO tasks ({COLUMNS.rsplit(',', 5)[0]}) VALUES ({', '.join('?' * len(row))})",
         row,
     )
     conn.commit()

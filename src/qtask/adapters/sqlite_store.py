@@ -20,6 +20,7 @@ from pathlib import Path
 
 import orjson
 
+from qtask.adapters import sqlite_tables as tables
 from qtask.adapters.sqlite_db import SQLiteDatabase
 from qtask.constants import LEASE_SECONDS
 from qtask.domain.lifecycle import (
@@ -37,84 +38,11 @@ from qtask.domain.ports import (
     TaskPage,
 )
 from qtask.domain.task import (
-    LEGACY_BACKEND,
     Status,
     Task,
     TaskOutcome,
-    info_from_json,
-    info_to_json,
 )
 from qtask.errors import PendingCapError, TaskNotFoundError
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL,
-    source TEXT NOT NULL,
-    program BLOB,
-    info TEXT NOT NULL,
-    shots INTEGER NOT NULL,
-    seed INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    result TEXT,
-    error TEXT,
-    last_error TEXT,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    lease_owner TEXT,
-    lease_expires REAL,
-    idempotency_key TEXT UNIQUE,
-    circuit_object TEXT,
-    result_object TEXT,
-    owner TEXT,
-    completed_by TEXT,
-    completed_attempt INTEGER,
-    memory INTEGER NOT NULL DEFAULT 0,
-    memory_data TEXT,
-    backend TEXT
-);
--- Only unfinished tasks are indexed for the queue, so claiming stays fast however many
--- completed tasks the table keeps.
-CREATE INDEX IF NOT EXISTS tasks_active ON tasks (seq) WHERE status IN ('queued', 'running');
--- Ended tasks by when they ended, for the retention pass.
-CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at)
-    WHERE status IN ('completed', 'failed');
--- Unfinished tasks by id: active() pages through them with the last id as the cursor.
-CREATE INDEX IF NOT EXISTS tasks_active_id ON tasks (id) WHERE status IN ('queued', 'running');
--- Small compare-and-set records (TaskStore.swap_marker).
-CREATE TABLE IF NOT EXISTS markers (
-    name TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
--- Submitted remote tasks (domain.remote.RemoteJob; adapters.sqlite_remote), by next poll.
-CREATE TABLE IF NOT EXISTS remote_jobs (
-    task_id TEXT PRIMARY KEY,
-    backend TEXT NOT NULL,
-    job_id TEXT NOT NULL,
-    submitted_at REAL NOT NULL,
-    next_poll_at REAL NOT NULL,
-    polls INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS remote_jobs_due ON remote_jobs (next_poll_at);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    task_id TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    at REAL NOT NULL
-);
-"""
-
-# Made after the migration, which may add the column they index: each key's unfinished tasks;
-# and the listings, newest first (every task, and one key's), which page by (created_at, id).
-_OWNER_INDEXES = (
-    """CREATE INDEX IF NOT EXISTS tasks_owner_active ON tasks (owner)
-    WHERE status IN ('queued', 'running') AND owner IS NOT NULL""",
-    "CREATE INDEX IF NOT EXISTS tasks_created ON tasks (created_at, id)",
-    "CREATE INDEX IF NOT EXISTS tasks_owner_created ON tasks (owner, created_at, id)",
-)
 
 _TERMINAL = (Status.COMPLETED.value, Status.FAILED.value)
 # The statuses a task may end from, by the status it ends in (domain.lifecycle.TRANSITIONS),
@@ -131,25 +59,6 @@ _FINISH = {
 }
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring a database made by an older qtask up to SCHEMA: add the columns it lacks."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
-    if "owner" not in columns:
-        conn.execute("ALTER TABLE tasks ADD COLUMN owner TEXT")
-    if "completed_by" not in columns:
-        conn.execute("ALTER TABLE tasks ADD COLUMN completed_by TEXT")
-        conn.execute("ALTER TABLE tasks ADD COLUMN completed_attempt INTEGER")
-    if "memory" not in columns:
-        # memory: the per-shot results were asked for; memory_data: them, as a JSON list,
-        # when no object store keeps them.
-        conn.execute("ALTER TABLE tasks ADD COLUMN memory INTEGER NOT NULL DEFAULT 0")
-        conn.execute("ALTER TABLE tasks ADD COLUMN memory_data TEXT")
-    if "backend" not in columns:  # rows from before backends: NULL, read as LEGACY_BACKEND
-        conn.execute("ALTER TABLE tasks ADD COLUMN backend TEXT")
-    for index in _OWNER_INDEXES:
-        conn.execute(index)
-
-
 class SQLiteTaskStore:
     """TaskStore and TaskQueue on one SQLite file; see the module docstring."""
 
@@ -160,7 +69,7 @@ class SQLiteTaskStore:
         worker_id: str = "embedded",
         early_handover: Callable[[Task], bool] = lambda task: True,
     ) -> None:
-        self._db = SQLiteDatabase(path, SCHEMA, _migrate)
+        self._db = SQLiteDatabase(path, tables.SCHEMA, tables.migrate)
         self._worker_id = worker_id
         # Which tasks a waiting fetch may get before their insert has committed (create_many):
         # not those whose run has effects outside this database (a remote provider's job).
@@ -198,7 +107,7 @@ class SQLiteTaskStore:
 
     async def create_many(self, tasks: Sequence[Task], *, max_pending: int = 0) -> list[Task]:
         """Store new queued tasks in one commit; the cap is checked in the same transaction."""
-        rows = [_to_row(task) for task in tasks]
+        rows = [tables.to_row(task) for task in tasks]
         loop = asyncio.get_running_loop()
 
         def insert(conn: sqlite3.Connection) -> tuple[list[Task], list[Task]]:
@@ -211,9 +120,9 @@ class SQLiteTaskStore:
                         "SELECT * FROM tasks WHERE idempotency_key = ?", (task.idempotency_key,)
                     ).fetchone()
                     if existing is not None:
-                        stored.append(_from_row(existing))
+                        stored.append(tables.from_row(existing))
                         continue
-                conn.execute(_INSERT, row)
+                conn.execute(tables.INSERT, row)
                 inserted = True
                 stored.append(task)
                 if task.owner is not None and task.status is Status.QUEUED:
@@ -226,7 +135,9 @@ class SQLiteTaskStore:
                 if pending > max_pending:
                     raise PendingCapError(owner, pending - adding, max_pending)
             limit = self._handoff_limit if inserted else 0
-            claimed = [_from_row(row) for row in _claim_for_waiting(conn, limit, self._worker_id)]
+            claimed = [
+                tables.from_row(row) for row in _claim_for_waiting(conn, limit, self._worker_id)
+            ]
             # This call's own new tasks go to the waiting fetch now, while the commit (an
             # fsync) is still to come: the run overlaps it. Nothing of the run can show before
             # the commit: its result is a later write on this same writer thread. Should the
@@ -259,14 +170,14 @@ class SQLiteTaskStore:
         marks = ",".join("?" * len(unique))
         query = f"SELECT * FROM tasks WHERE idempotency_key IN ({marks})"
         rows = self._db.read(lambda conn: conn.execute(query, unique).fetchall())
-        return {row["idempotency_key"]: _from_row(row) for row in rows}
+        return {row["idempotency_key"]: tables.from_row(row) for row in rows}
 
     async def get(self, task_id: str) -> Task | None:
         """Return the task or None."""
         row = self._db.read(
             lambda conn: conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         )
-        return None if row is None else _from_row(row)
+        return None if row is None else tables.from_row(row)
 
     async def cancel(self, task_id: str, message: str) -> Task | None:
         """End a queued or running task in error (fail() without a dead letter); see the port.
@@ -348,7 +259,7 @@ class SQLiteTaskStore:
                 (finished_before, limit),
             ).fetchall()
         )
-        return [_from_row(row) for row in rows]
+        return [tables.from_row(row) for row in rows]
 
     async def remove(self, tasks: Sequence[Task]) -> int:
         """Delete these tasks if they ended (their idempotency keys go with the rows)."""
@@ -375,7 +286,7 @@ class SQLiteTaskStore:
             ).fetchone()
             if row is None:
                 row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            return None if row is None else _from_row(row)
+            return None if row is None else tables.from_row(row)
 
         return await self._db.write(mark)
 
@@ -395,7 +306,7 @@ class SQLiteTaskStore:
                 ("" if after is None else after, max(limit, 0)),
             ).fetchall()
         )
-        return [_from_row(row) for row in rows]
+        return [tables.from_row(row) for row in rows]
 
     async def index_active(self) -> int:
         """Nothing to add: the partial index tasks_active_id covers every row by its status."""
@@ -486,7 +397,7 @@ class SQLiteTaskStore:
                 " WHERE id = ? AND status = 'running' RETURNING *",
                 (reason, attempts_refunded(penalize=penalize), task_id),
             ).fetchone()
-            return None if row is None else _from_row(row)
+            return None if row is None else tables.from_row(row)
 
         task = await self._db.write(requeue)
         self._wakeup.set()
@@ -525,7 +436,7 @@ class SQLiteTaskStore:
                 lambda conn, params=params: conn.execute(_CLAIM, params).fetchall()  # type: ignore[misc]
             )
             if rows:
-                return [_SQLiteDelivery(self, _from_row(row)) for row in rows]
+                return [_SQLiteDelivery(self, tables.from_row(row)) for row in rows]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
@@ -613,12 +524,12 @@ class SQLiteTaskStore:
             + _SOURCES[status],
         ).fetchone()
         if updated is not None:
-            return Completion(_from_row(updated), True)
+            return Completion(tables.from_row(updated), True)
         row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
             raise TaskNotFoundError(task_id)
         if row["status"] in _TERMINAL:
-            return Completion(_from_row(row), False)  # the first outcome stored wins
+            return Completion(tables.from_row(row), False)  # the first outcome stored wins
         check_transition(Status(row["status"]), status)  # raises: not a move that exists
         raise AssertionError(f"{status} from {row['status']} was allowed but not applied")
 
@@ -698,13 +609,6 @@ class _SQLiteDelivery:
         await self._store.renew([self._task.id])
 
 
-_COLUMNS = (
-    "id, status, source, program, info, shots, seed, attempts, result, error, last_error,"
-    " created_at, started_at, finished_at, idempotency_key, circuit_object, result_object, owner,"
-    " completed_by, completed_attempt, memory, backend"
-)
-_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 22)})"
-
 # A claim is a start: it counts the attempt as domain.lifecycle says (a constant, not input).
 _CLAIM = f"""
 UPDATE tasks SET status = 'running', attempts = attempts + {ATTEMPT_PER_START}, started_at = ?,
@@ -717,58 +621,3 @@ WHERE seq IN (
 )
 RETURNING *
 """
-
-
-def _to_row(task: Task) -> tuple[object, ...]:
-    info_json = info_to_json(task.info)
-    return (
-        task.id,
-        task.status.value,
-        task.source,
-        task.program,
-        info_json,
-        task.shots,
-        task.seed,
-        task.attempts,
-        None if task.result is None else json.dumps(task.result, separators=(",", ":")),
-        task.error,
-        task.last_error,
-        task.created_at,
-        task.started_at,
-        task.finished_at,
-        task.idempotency_key,
-        task.circuit_object,
-        task.result_object,
-        task.owner,
-        task.completed_by,
-        task.completed_attempt,
-        int(task.memory),
-        task.backend,
-    )
-
-
-def _from_row(row: sqlite3.Row) -> Task:
-    return Task(
-        id=row["id"],
-        source=row["source"],
-        info=info_from_json(row["info"]),
-        shots=row["shots"],
-        seed=row["seed"],
-        program=row["program"],
-        status=Status(row["status"]),
-        attempts=row["attempts"],
-        result=None if row["result"] is None else json.loads(row["result"]),
-        error=row["error"],
-        last_error=row["last_error"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        idempotency_key=row["idempotency_key"],
-        circuit_object=row["circuit_object"],
-        result_object=row["result_object"],
-        owner=row["owner"],
-        completed_by=row["completed_by"],
-        completed_attempt=row["completed_attempt"],
-        memory=bool(row["memory"]),
-        backend=row["backend"] or LEGACY_BACKEND,
-    )

@@ -4,14 +4,13 @@ test's directory, its peer id and multiaddrs read from its log (meshkit.MeshProc
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from meshkit import MeshProcess
-from qtask_testkit import free_port
+from qtask_testkit import free_port, wait_ready
 
 
 class CoordinatorProcess(MeshProcess):
@@ -34,16 +33,9 @@ class CoordinatorProcess(MeshProcess):
     def start(self, timeout: float = 60.0) -> CoordinatorProcess:
         """Start it and wait until its libp2p host and its HTTP API both answer."""
         super().start(timeout)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"coordinator not ready in {timeout} s:\n{self.log()[-4000:]}")
-            time.sleep(0.05)
+        assert self.process is not None
+        wait_ready(self.url, self.process, "qtask coordinator", lambda: self.log()[-4000:], timeout)
+        return self
 
     def get(self, path: str, **params: Any) -> Any:
         """GET a JSON body from its API."""

@@ -11,9 +11,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -144,6 +146,47 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def listens(pid: int, port: int) -> bool:
+    """True when process `pid` itself holds a socket listening on TCP `port` (Linux's /proc)."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    sockets.add(f"socket:[{fields[9]}]")  # 0A: LISTEN; [9]: the inode
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) in sockets:
+                    return True
+    return False
+
+
+def wait_ready(
+    url: str,
+    process: subprocess.Popen[bytes],
+    what: str,
+    log: Callable[[], str],
+    timeout: float = 60.0,
+) -> None:
+    """Wait until `process` serves `url`'s /ready with 200. The port was free when it was
+    chosen, not when the process binds it: an answer from a server that another test or
+    benchmark started on it since does not count (the process then fails to bind and exits)."""
+    port = urlsplit(url).port
+    assert port is not None, url
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited early:\n{log()}")
+        with contextlib.suppress(httpx.HTTPError):
+            ready = httpx.get(f"{url}/ready", timeout=2).status_code == 200
+            if ready and listens(process.pid, port):
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} not ready in {timeout} s:\n{log()}")
+
+
 def kill_group(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL the process's group (it and every process it started) and reap it."""
     with contextlib.suppress(ProcessLookupError):
@@ -208,15 +251,7 @@ class ServerProcess:
         )
         log.close()
         self.starts += 1
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"qtask serve exited early:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"qtask serve not ready in {timeout} s:\n{self.log()}")
+        wait_ready(self.url, self.process, "qtask serve", self.log, timeout)
 
     def kill_tree(self) -> None:
         """SIGKILL the server and every process it started, at once."""

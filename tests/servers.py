@@ -18,10 +18,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from qtask_testkit import ServerProcess, free_port, kill_group, remote_env, terminate_group
+from qtask_testkit import (
+    ServerProcess,
+    free_port,
+    kill_group,
+    remote_env,
+    terminate_group,
+    wait_ready,
+)
 
 S3_ACCESS_KEY = "qtask-test-access"
 S3_SECRET_KEY = "qtask-test-secret-key"
@@ -292,18 +298,9 @@ class DistributedDeployment:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until the API's /ready answers 200."""
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.api is not None
-            if not self.api.alive():
-                raise RuntimeError(f"qtask api exited early:\n{self.api.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"qtask api not ready in {timeout} s:\n{self.log()}")
+        assert self.api is not None
+        assert self.api.process is not None
+        wait_ready(self.url, self.api.process, "qtask api", self.log, timeout)
 
     def worker_running(self, task_id: str, timeout: float = 30.0) -> RoleProcess:
         """The worker that runs the task, as soon as the store says one does."""
@@ -399,11 +396,6 @@ def started_api_replica(deployment: DistributedDeployment, log: Path) -> tuple[R
     replica = RoleProcess("api", ["--port", str(port)], {**deployment.env}, log)
     replica.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return replica, url
-        assert replica.alive(), replica.log()
-        assert time.monotonic() < deadline, replica.log()
-        time.sleep(0.1)
+    assert replica.process is not None
+    wait_ready(url, replica.process, "qtask api replica", replica.log)
+    return replica, url

@@ -161,7 +161,7 @@ class LimitsSettings(BaseModel):
     max_batch_tasks: int = Field(default=1000, ge=1)
     max_batch_body_bytes: int = Field(default=16 << 20, ge=1024)
     max_circuit_bytes: int = Field(default=512 << 10, ge=64)
-    # Qubits a circuit uses (circuits.ingest.used_qubits): declared idle ones do not count.
+    # Qubits a circuit uses (circuits.shape.used_qubits): declared idle ones do not count.
     max_qubits: int = Field(default=100, ge=1)
     max_operations: int = Field(default=100_000, ge=1)
     max_shots: int = Field(default=1_000_000, ge=1)

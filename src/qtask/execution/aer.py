@@ -29,7 +29,8 @@ from typing import Any
 from qiskit.circuit import QuantumCircuit
 from qiskit.transpiler import PassManager
 
-from qtask.circuits.ingest import load_program, operation_names, without_idle_qubits
+from qtask.circuits.ingest import load_program
+from qtask.circuits.shape import operation_names, without_idle_qubits
 from qtask.constants import FAULT_CRASH_MARKER_ENV, OUT_OF_MEMORY_SIGNAL
 from qtask.execution.items import RunItem, RunOutcome
 from qtask.execution.methods import Method, choose_method, resolve_device

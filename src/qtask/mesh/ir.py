@@ -26,7 +26,8 @@ from qiskit.circuit import (
 )
 from qiskit.circuit.library import get_standard_gate_name_mapping
 
-from qtask.circuits.ingest import Limits, ingest, load_program, without_idle_qubits
+from qtask.circuits.ingest import Limits, ingest, load_program
+from qtask.circuits.shape import without_idle_qubits
 from qtask.errors import CircuitError
 from qtask.mesh.protocol import CircuitIR, Instruction
 

@@ -68,6 +68,30 @@ async def test_a_child_that_dies_fails_its_call_as_unavailable_and_is_started_ag
     assert second != first
 
 
+def test_a_request_larger_than_the_pipe_goes_whole_under_uvloop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # uvloop's add_reader leaves the pipe non-blocking: the first request after the child
+    # started, if larger than the pipe's buffer, failed half-sent (EAGAIN) and took the child
+    # down. `qtask worker`, `qtask poller` and `qtask serve` all run on uvloop.
+    import uvloop
+
+    monkeypatch.setenv("PYTHONPATH", f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.syspath_prepend(str(HERE))
+    name = "q" * (1 << 20)
+
+    async def scenario() -> None:
+        child = ChildHost("provider_sessions:EchoSession", ("hello",), threads=4)
+        try:
+            for _ in range(2):
+                assert await child.call("hello", name, timeout=60) == f"hello, {name}"
+        finally:
+            await child.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
+
+
 IBM_SUBMIT_AND_POLL = """
 import asyncio, json, sys, time
 from qtask.config import Settings

@@ -28,7 +28,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
 from qtask.errors import QTaskError, RemoteUnavailableError
-from qtask.runtime.pool import ChildFailedError, _die_with_parent, _receive, _resolve
+from qtask.runtime.pool import ChildFailedError, _die_with_parent, _receive, _resolve, _send
 
 # Seconds the child may take to import its modules and build the session (Qiskit ~0.5 s,
 # the Braket SDK ~1.2 s here).
@@ -149,10 +149,11 @@ class ChildHost:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            conn.send((request_id, method, args))
+            _send(conn, (request_id, method, args))
             async with asyncio.timeout(timeout):
                 return await future
         except (OSError, ValueError) as exc:
+            self._pending.pop(request_id, None)  # this call raises its own error, below
             self._lost("its pipe broke")
             raise RemoteUnavailableError(f"the provider process is gone: {exc}") from exc
         except TimeoutError:

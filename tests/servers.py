@@ -8,7 +8,6 @@ installs them.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import signal
 import socket
@@ -24,6 +23,7 @@ from qtask_testkit import (
     ServerProcess,
     free_port,
     kill_group,
+    listens,
     remote_env,
     terminate_group,
     wait_ready,
@@ -45,11 +45,14 @@ def _binary(name: str) -> str:
 
 
 def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    """Wait until `process` itself listens on `port`: a connection accepted by another test's
+    server that took the port since it was chosen (or between a stop and a restart) does not
+    count; the process then fails to bind and exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited early:\n{log.read_text(errors='replace')}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        if listens(process.pid, port):
             return
         time.sleep(0.05)
     raise RuntimeError(f"server not listening on {port} after {timeout} s")

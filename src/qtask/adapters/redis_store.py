@@ -33,14 +33,15 @@ Layout, every key under one prefix (default "qtask"):
   adapters/redis_rate.py, through the store's public `client`).
 - `{prefix}:dead`: list of dead-letter records (JSON), newest first, capped at 10,000.
 
-Every change of a task is one Lua script, so it is atomic: the task hash, the counters, the ledger
-and the dead letters change together or not at all. Each call returns once Redis has applied
-and acknowledged it. Durability across a Redis restart is the server's: with AOF on (the test
-servers and compose set `appendonly yes`), Redis normally writes a command to the append-only
-file before it replies, so an acknowledged write survives the redis-server process being
-killed; with `appendfsync everysec` an operating-system crash or power loss (or a disk so slow
-that Redis postpones the write) can still lose up to about two seconds of writes, which
-`appendfsync always` prevents at a cost in throughput. Without AOF a restart loses them all.
+Every change of a task is one Lua script (adapters/redis_lua.py), so it is atomic: the task
+hash, the counters, the ledger and the dead letters change together or not at all. Each call
+returns once Redis has applied and acknowledged it. Durability across a Redis restart is the
+server's: with AOF on (the test servers and compose set `appendonly yes`), Redis normally writes
+a command to the append-only file before it replies, so an acknowledged write survives the
+redis-server process being killed; with `appendfsync everysec` an operating-system crash or
+power loss (or a disk so slow that Redis postpones the write) can still lose up to about two
+seconds of writes, which `appendfsync always` prevents at a cost in throughput. Without AOF a
+restart loses them all.
 
 The client retries on connection errors and timeouts with a capped exponential backoff, so a
 Redis restart of a few seconds delays calls rather than failing them; anything Redis cannot do

@@ -1,4 +1,4 @@
-"""RemoteJobStore on the embedded SQLite database: the `remote_jobs` table (see sqlite_store's
+"""RemoteJobStore on the embedded SQLite database: the `remote_jobs` table (see sqlite_tables'
 SCHEMA), indexed by next poll time.
 
 Recording a job also takes its task out of the queue's reach: the task stays `running` (clients

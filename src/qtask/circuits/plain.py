@@ -56,7 +56,7 @@ class Gate:
     qubits: int
     angles: int
     name: str  # Qiskit's name for the operation (`cphase` is `cp`)
-    size: int  # the operations it counts as when expanded (ingest's count)
+    size: int  # the operations it counts as when expanded (shape.expanded_size's count)
 
 
 @dataclass(frozen=True, slots=True)

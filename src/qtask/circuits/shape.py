@@ -1,4 +1,5 @@
-"""What a circuit asks of the simulator: the operations it names, the qubits it uses, how many
+"""What a circuit asks of the simulator: the operations it names (and AER_OPS, those Aer runs
+without transpiling), the qubits it uses (and the circuit without its idle ones), how many
 operations it runs once its custom gates are expanded and its loops unrolled."""
 
 from __future__ import annotations

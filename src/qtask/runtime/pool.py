@@ -59,14 +59,6 @@ def _receive(conn: Connection) -> Any:
     return conn.recv()
 
 
-def _send(conn: Connection, message: Any) -> None:
-    # The same for a request: a non-blocking write of one larger than the pipe's buffer stops
-    # half-way (EAGAIN) and the rest is lost; the child is reading, so wait for it to take it.
-    if not conn.closed:
-        os.set_blocking(conn.fileno(), True)
-    conn.send(message)
-
-
 def _resolve(path: str) -> Callable[..., Any]:
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
@@ -248,7 +240,7 @@ class ChildPool:
     async def _exchange(self, child: _Child, request: Any, timeout: float) -> Any:
         loop = asyncio.get_running_loop()
         try:
-            _send(child.conn, request)
+            child.conn.send(request)  # blocking: the last _receive set it so after add_reader
         except (OSError, ValueError) as exc:
             raise ChildCrashedError("send failed") from exc
         readable: asyncio.Future[None] = loop.create_future()

@@ -28,7 +28,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
 from qtask.errors import QTaskError, RemoteUnavailableError
-from qtask.runtime.pool import ChildFailedError, _die_with_parent, _receive, _resolve, _send
+from qtask.runtime.pool import ChildFailedError, _die_with_parent, _receive, _resolve
 
 # Seconds the child may take to import its modules and build the session (Qiskit ~0.5 s,
 # the Braket SDK ~1.2 s here).
@@ -149,7 +149,7 @@ class ChildHost:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            _send(conn, (request_id, method, args))
+            conn.send((request_id, method, args))
             async with asyncio.timeout(timeout):
                 return await future
         except (OSError, ValueError) as exc:
@@ -205,6 +205,9 @@ class ChildHost:
             raise QTaskError(f"the provider process sent {ready!r} instead of ready")
         self._process, self._conn = process, parent_conn
         asyncio.get_running_loop().add_reader(parent_conn.fileno(), self._on_readable)
+        # uvloop's add_reader leaves the pipe non-blocking, and a request larger than its buffer
+        # would then go half-sent (EAGAIN); the child reads as it arrives, so writes may block.
+        os.set_blocking(parent_conn.fileno(), True)
         return parent_conn
 
     def _on_readable(self) -> None:

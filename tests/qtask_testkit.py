@@ -163,6 +163,27 @@ def listens(pid: int, port: int) -> bool:
     return False
 
 
+def wait_listening(
+    port: int,
+    process: subprocess.Popen[bytes],
+    what: str,
+    log: Callable[[], str],
+    timeout: float = 60.0,
+    ready: Callable[[], bool] | None = None,
+) -> None:
+    """Wait until `process` itself listens on `port` (and `ready()`, when given, says yes). The
+    port was free when it was chosen, not when the process binds it: a server that another test
+    or benchmark started on it since does not count (the process then fails to bind and exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited early:\n{log()}")
+        if listens(process.pid, port) and (ready is None or ready()):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready in {timeout} s:\n{log()}")
+
+
 def wait_ready(
     url: str,
     process: subprocess.Popen[bytes],
@@ -170,21 +191,17 @@ def wait_ready(
     log: Callable[[], str],
     timeout: float = 60.0,
 ) -> None:
-    """Wait until `process` serves `url`'s /ready with 200. The port was free when it was
-    chosen, not when the process binds it: an answer from a server that another test or
-    benchmark started on it since does not count (the process then fails to bind and exits)."""
+    """Wait until `process` listens on `url`'s port and its /ready answers 200."""
     port = urlsplit(url).port
     assert port is not None, url
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited early:\n{log()}")
-        with contextlib.suppress(httpx.HTTPError):
-            ready = httpx.get(f"{url}/ready", timeout=2).status_code == 200
-            if ready and listens(process.pid, port):
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} not ready in {timeout} s:\n{log()}")
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{url}/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_listening(port, process, what, log, timeout, answers)
 
 
 def kill_group(process: subprocess.Popen[bytes]) -> None:

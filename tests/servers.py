@@ -23,9 +23,9 @@ from qtask_testkit import (
     ServerProcess,
     free_port,
     kill_group,
-    listens,
     remote_env,
     terminate_group,
+    wait_listening,
     wait_ready,
 )
 
@@ -42,20 +42,6 @@ def _binary(name: str) -> str:
             return str(venv_bin)
         raise RuntimeError(f"{name} is not installed; run scripts/bootstrap")
     return found
-
-
-def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    """Wait until `process` itself listens on `port`: a connection accepted by another test's
-    server that took the port since it was chosen (or between a stop and a restart) does not
-    count; the process then fails to bind and exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{log.read_text(errors='replace')}")
-        if listens(process.pid, port):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"server not listening on {port} after {timeout} s")
 
 
 class _Server:
@@ -79,7 +65,10 @@ class _Server:
             self.process = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.dir
             )
-        _wait_port(self.port, self.process, self.log_path, timeout)
+        wait_listening(
+            self.port, self.process, self.name,
+            lambda: self.log_path.read_text(errors="replace"), timeout,
+        )  # fmt: skip
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 20.0) -> None:
         """Stop the server with `sig` and wait for it to exit."""

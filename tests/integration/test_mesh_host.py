@@ -21,6 +21,7 @@ from qtask.mesh.protocol import ADVERT_TOPIC, MAX_FRAME_BYTES, Advert
 from qtask_testkit import free_port
 
 FORGED_ID = "12D3KooWForgedForgedForgedForgedForgedForgedForged1"
+LAST_PROTOCOL = "/qtask/test/last/1.0.0"
 
 
 @pytest.fixture
@@ -159,3 +160,33 @@ async def test_bootstrap_peer_restarted_on_its_address_is_rejoined(tmp_path: Pat
     finally:
         process.terminate()
     assert process.wait_for("mesh_bootstrap_rejoined", timeout=1)["peer"] == hub.peer_id
+
+
+@pytest.mark.parametrize("size", [10, CHANNEL_MAX_BYTES + 1], ids=["channel", "own_stream"])
+async def test_a_reply_written_just_before_stop_is_read_by_a_slow_peer(size: int) -> None:
+    # A draining node answers its last request and stops at once. py-libp2p's yamux drops
+    # what it buffered for a stream but its reader had not taken yet when the connection
+    # closes, so a peer whose trio thread was busy at that moment lost the reply (the mesh
+    # node's SIGTERM-drain test failed so under CPU load). Here the client's trio thread is
+    # held for 0.5 s from the moment the handler runs: the server's stop falls in that window.
+    server = MeshHost(listen="/ip4/127.0.0.1/tcp/0")
+    client = MeshHost(listen="/ip4/127.0.0.1/tcp/0")
+    stopping: list[asyncio.Task[None]] = []
+
+    async def answer_then_stop(peer: str, request: bytes) -> bytes:
+        # The client's trio loop (private: no public way in) sleeps, as a busy one would.
+        client._token.run_sync_soon(time.sleep, 0.5)  # type: ignore[union-attr]
+        stopping.append(asyncio.create_task(server.stop()))
+        return b"last reply %d" % len(request)
+
+    server.handle(LAST_PROTOCOL, answer_then_stop)
+    await server.start()
+    await client.start()
+    try:
+        await client.connect(server.addrs[0])
+        reply = await client.request(server.peer_id, LAST_PROTOCOL, b"x" * size, timeout=10)
+        assert reply == b"last reply %d" % size
+        await stopping[0]
+    finally:
+        await client.stop()
+        await server.stop()

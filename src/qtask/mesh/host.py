@@ -168,6 +168,9 @@ class MeshHost:
         # Inbound requests being answered (trio side), for stop() to let their replies out.
         self._answering = 0
         self._answering_lock = threading.Lock()
+        # Channels peers opened to this host (trio side), for stop() to end them in order.
+        self._served: set[Any] = set()
+        self._served_ended: trio.Event | None = None
 
     # -- registration (before start) ----------------------------------------------------------
 
@@ -502,6 +505,7 @@ class MeshHost:
                     self._token = trio.lowlevel.current_trio_token()
                     loop.call_soon_threadsafe(_succeed, ready, None)
                     await self._stop_event.wait()
+                    await self._end_served_channels()
                     self._nursery = None
                     nursery.cancel_scope.cancel()
             # host.run's exit cancels the connections' tasks but leaves their sockets open
@@ -562,9 +566,36 @@ class MeshHost:
         with self._answering_lock:
             self._answering += change
 
+    async def _end_served_channels(self) -> None:
+        """(trio side, at stop) Half-close each channel a peer opened here, then wait (up to
+        REPLY_FLUSH_S) for the peers to close their end.
+
+        A reply written is not yet a reply read: when a connection closes, py-libp2p's yamux
+        drops what it had buffered for a stream that its reader had not taken, so a peer whose
+        trio thread was busy lost the last reply of a node that stopped right after sending
+        it. The end of stream goes out behind the replies; a peer closes its end once it has
+        read them all (`_read_channel`), and only then do the connections close.
+        """
+        if not self._served:
+            return
+        self._served_ended = ended = trio.Event()
+        with trio.move_on_after(REPLY_FLUSH_S):
+            for stream in list(self._served):
+                await _close_quietly(stream)
+            await ended.wait()
+
     async def _serve_channel(self, stream: Any) -> None:
         """(trio side) A peer's request channel: each request runs on its own (requests to
         different protocols must not wait for each other), replies go back as they are ready."""
+        self._served.add(stream)
+        try:
+            await self._serve_requests(stream)
+        finally:
+            self._served.discard(stream)
+            if not self._served and self._served_ended is not None:
+                self._served_ended.set()
+
+    async def _serve_requests(self, stream: Any) -> None:
         peer = stream.muxed_conn.peer_id.to_base58()
         lock = trio.Lock()
         async with trio.open_nursery() as nursery:

@@ -19,8 +19,8 @@ from schemathesis.checks import positive_data_acceptance
 from qtask_testkit import ServerProcess
 
 FUZZ_EXAMPLES = 60  # per operation; bounded so CI stays quick
-# What the fuzz cases leave for test_every_accepted_task_ends, in this process (a run spread
-# over processes, e.g. pytest-xdist, must hand out whole files: --dist=loadfile).
+# What the fuzz cases leave for test_every_accepted_task_ends, in this process: a file's tests
+# run in one pytest-xdist worker, in order (scripts/test passes --dist=loadfile).
 ACCEPTED: list[str] = []
 FUZZED: set[tuple[str, str]] = set()
 

@@ -587,6 +587,9 @@ class MeshHost:
     async def _serve_channel(self, stream: Any) -> None:
         """(trio side) A peer's request channel: each request runs on its own (requests to
         different protocols must not wait for each other), replies go back as they are ready."""
+        if self._served_ended is not None:  # stopping: a channel opened now would hold it up
+            await _reset_quietly(stream)
+            return
         self._served.add(stream)
         try:
             await self._serve_requests(stream)

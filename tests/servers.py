@@ -198,6 +198,13 @@ class RoleProcess:
         """What the process printed so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until this process serves /ready with 200 on its own health port."""
+        assert self.process is not None, f"qtask {self.role} was not started"
+        port = self.env[f"QTASK_{self.role.upper()}__HEALTH_PORT"]
+        wait_ready(f"http://127.0.0.1:{port}", self.process, f"qtask {self.role}", self.log,
+                   timeout)  # fmt: skip
+
 
 class DistributedDeployment:
     """Redis, NATS and S3 servers with `qtask api`, N `qtask worker`s and a `qtask poller`.

@@ -61,7 +61,8 @@ def test_worker_ready_is_503_while_its_fetch_loop_is_wedged(
     url = f"http://127.0.0.1:{port}"
     worker.start()
     try:
-        body = _wait_ready_status(url, 200, timeout=60)
+        worker.wait_ready()
+        body = _wait_ready_status(url, 200)
         assert body["checks"]["worker_fetch"].startswith("ok (")
         assert body["checks"]["worker_heartbeat"].startswith("ok (")
 

@@ -19,18 +19,9 @@ SHORT = slow_circuit(19, 10)  # ~0.4 s on one core: long enough to be killed mid
 RECOVERY_BOUND_S = 10.0
 
 
-def _wait_workers_ready(deployment: DistributedDeployment, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
+def _wait_workers_ready(deployment: DistributedDeployment) -> None:
     for worker in deployment.workers:
-        url = f"http://127.0.0.1:{worker.env['QTASK_WORKER__HEALTH_PORT']}/ready"
-        while True:
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"worker not ready:\n{worker.log()[-2000:]}"
-            time.sleep(0.05)
+        worker.wait_ready()
 
 
 def test_killed_worker_short_task_completes_within_10_s_by_default(tmp_path: Path) -> None:

@@ -80,7 +80,9 @@ def test_a_stream_sends_each_state_once_then_the_final_body_and_closes_normally(
     keyed: ServerProcess,
 ) -> None:
     with client(keyed, "alice") as alice:
-        task_id = submit(alice, slow_circuit(), shots=10)
+        # ~2 s on one core (the default slow circuit, ~15 s, was only waited out): ten of the
+        # server's 0.2 s re-reads while it runs.
+        task_id = submit(alice, slow_circuit(20, 20), shots=10)
         with connect(ws_url(keyed.url, task_id), additional_headers=header("alice")) as socket:
             messages = drain(socket)
             assert socket.close_code == 1000

@@ -230,6 +230,18 @@ class RetentionSettings(BaseModel):
     interval_s: float = Field(default=60.0, gt=0)
 
 
+class SupervisionSettings(BaseModel):
+    """What a role does when one of its background loops is wedged."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # `qtask worker` and `qtask poller`: seconds a loop may stay stuck in one iteration, past
+    # the point where /ready turned 503, before the process exits (status 70) for its restart
+    # policy to replace it; for docker compose, which restarts exited containers but not
+    # unhealthy ones. 0: never (an orchestrator that acts on /ready does it instead).
+    wedged_exit_s: float = Field(default=0.0, ge=0)
+
+
 class LogSettings(BaseModel):
     """Logging output."""
 
@@ -255,6 +267,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     auth: AuthSettings = AuthSettings()
     retention: RetentionSettings = RetentionSettings()
+    supervision: SupervisionSettings = SupervisionSettings()
     log: LogSettings = LogSettings()
     # [mesh.node] and [mesh.coordinator]: the 004 seed's roles (qtask.mesh.config).
     mesh: MeshSettings = MeshSettings()

@@ -72,6 +72,9 @@ LOOP_STALE_INTERVALS = 3
 # resumes within 5 s once the dependency is back.
 LOOP_BACKOFF_FIRST_SECONDS = 0.1
 LOOP_BACKOFF_MAX_SECONDS = 5.0
+# The exit status of a process its wedge watchdog ended (supervision.WedgeWatchdog): 70 is
+# sysexits' EX_SOFTWARE, an internal error.
+EXIT_WEDGED = 70
 # A task running alone in a worker process is looked up in the store this often while it runs
 # (the first time after this long): once it has ended (cancelled), the process is killed and
 # replaced, so a cancelled long simulation stops within about this long.

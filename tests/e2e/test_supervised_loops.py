@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from qtask.constants import FAULT_LOOP_FILE_ENV
+from qtask.constants import EXIT_WEDGED, FAULT_LOOP_FILE_ENV
 from qtask_testkit import BELL, ServerProcess, free_port, submit, wait_done
 from servers import NatsServer, RedisServer, RoleProcess
 
@@ -39,12 +39,11 @@ def _wait_ready_status(url: str, status: int, timeout: float = 30.0) -> dict[str
     raise AssertionError(f"/ready did not answer {status} in {timeout} s; last: {last}")
 
 
-def test_worker_ready_is_503_while_its_fetch_loop_is_wedged(
-    tmp_path: Path, redis_server: RedisServer, nats_server: NatsServer
-) -> None:
-    fault = tmp_path / "fault"
-    port = free_port()
-    worker = RoleProcess(
+def worker_process(
+    tmp_path: Path, redis_server: RedisServer, nats_server: NatsServer, **env: str
+) -> RoleProcess:
+    """A `qtask worker` (one process) whose loops the file tmp_path/fault can wedge."""
+    return RoleProcess(
         "worker",
         ["--workers", "1"],
         {
@@ -52,13 +51,21 @@ def test_worker_ready_is_503_while_its_fetch_loop_is_wedged(
             "QTASK_STORAGE__QUEUE": "nats",
             "QTASK_REDIS__URL": redis_server.url,
             "QTASK_NATS__URL": nats_server.url,
-            "QTASK_WORKER__HEALTH_PORT": str(port),
+            "QTASK_WORKER__HEALTH_PORT": str(free_port()),
             "QTASK_LOG__JSON_OUTPUT": "true",
-            FAULT_LOOP_FILE_ENV: str(fault),
+            FAULT_LOOP_FILE_ENV: str(tmp_path / "fault"),
+            **env,
         },
         tmp_path / "worker.log",
     )
-    url = f"http://127.0.0.1:{port}"
+
+
+def test_worker_ready_is_503_while_its_fetch_loop_is_wedged(
+    tmp_path: Path, redis_server: RedisServer, nats_server: NatsServer
+) -> None:
+    fault = tmp_path / "fault"
+    worker = worker_process(tmp_path, redis_server, nats_server)
+    url = f"http://127.0.0.1:{worker.env['QTASK_WORKER__HEALTH_PORT']}"
     worker.start()
     try:
         worker.wait_ready()
@@ -82,6 +89,29 @@ def test_worker_ready_is_503_while_its_fetch_loop_is_wedged(
         worker.terminate()
     assert worker.process is not None
     assert worker.process.returncode == 0, worker.log()  # a clean shutdown after all
+
+
+def test_a_worker_whose_fetch_loop_stays_wedged_exits_70_for_its_restart_policy(
+    tmp_path: Path, redis_server: RedisServer, nats_server: NatsServer
+) -> None:
+    # docker compose restarts a container that exits, not one whose /ready is 503.
+    worker = worker_process(
+        tmp_path, redis_server, nats_server, QTASK_SUPERVISION__WEDGED_EXIT_S="2"
+    )
+    worker.start()
+    try:
+        worker.wait_ready()
+        (tmp_path / "fault").write_text("worker_fetch")
+        wedged_at = time.monotonic()
+        assert worker.process is not None
+        assert worker.process.wait(60) == EXIT_WEDGED, worker.log()
+        print(f"worker exited {time.monotonic() - wedged_at:.1f} s after the wedge")
+    finally:
+        worker.terminate()
+    lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+    [wedged] = [line for line in lines if line.get("event") == "loop_wedged_exit"]
+    assert wedged["loop"] == "worker_fetch"
+    assert wedged["exit_code"] == EXIT_WEDGED
 
 
 def test_serve_ready_is_503_while_its_fetch_loop_fails_every_iteration(tmp_path: Path) -> None:

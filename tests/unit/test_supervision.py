@@ -9,8 +9,9 @@ from collections.abc import Callable
 import pytest
 import structlog.testing
 
+from qtask.constants import EXIT_WEDGED
 from qtask.runtime.periodic import Periodic
-from qtask.runtime.supervision import SupervisedLoop, backoff_s
+from qtask.runtime.supervision import SupervisedLoop, WedgeWatchdog, backoff_s
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -232,3 +233,89 @@ async def test_stop_ends_a_loop_whose_iteration_swallows_the_cancellation() -> N
     await asyncio.wait_for(loop.stop(), 2)
     assert loop.ended
     assert loop.failures == 0  # the error of the cancelled iteration is not a failure
+
+
+class Exits:
+    """Stands in for os._exit: records the status the watchdog would have ended with."""
+
+    def __init__(self) -> None:
+        self.codes: list[int] = []
+
+    def __call__(self, code: int) -> None:
+        self.codes.append(code)
+
+
+async def test_the_watchdog_ends_the_process_when_a_loop_stays_stuck_in_one_iteration() -> None:
+    script = Script("ok", "hang")
+    loop = SupervisedLoop("probe", script, interval=0.05)  # stale after 0.15 s
+    exits = Exits()
+    watchdog = WedgeWatchdog(0.3, exit_process=exits, tick_s=0.02)
+    loop.start()
+    watchdog.start()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await wait_until(lambda: script.calls == 2)
+            hung = time.monotonic()
+            await wait_until(lambda: bool(exits.codes))
+        # Stale at 0.15 s, then 0.3 s more as the watchdog saw it (and a tick or two).
+        assert 0.4 < time.monotonic() - hung < 3.0
+        assert exits.codes == [EXIT_WEDGED]
+        [line] = [entry for entry in logs if entry["event"] == "loop_wedged_exit"]
+        assert line["loop"] == "probe"
+        assert line["log_level"] == "critical"
+    finally:
+        await watchdog.stop()
+        script.release.set()
+        await loop.stop()
+
+
+async def test_the_watchdog_spares_failing_waiting_and_progressing_loops() -> None:
+    # A failing loop backs off between iterations (a restart does not fix a dependency that is
+    # down), a legitimate wait is not a stall, and progress() counts as a completed iteration.
+    release = asyncio.Event()
+
+    async def wait_for_a_slot() -> None:
+        with waiting_loop.waiting("a free slot", lambda now: True):
+            await release.wait()
+
+    async def long_pass() -> None:
+        while not release.is_set():
+            progressing.progress()
+            await asyncio.sleep(0.02)
+
+    failing = SupervisedLoop("failing", Script(*["raise"] * 1000), interval=0.05)
+    waiting_loop = SupervisedLoop("waiting", wait_for_a_slot, interval=0.05)
+    progressing = SupervisedLoop("progressing", long_pass, interval=0.05)
+    exits = Exits()
+    watchdog = WedgeWatchdog(0.2, exit_process=exits, tick_s=0.02)
+    loops = (failing, waiting_loop, progressing)
+    for loop in loops:
+        loop.start()
+    watchdog.start()
+    try:
+        await asyncio.sleep(1.0)  # stale limit 0.15 s + 0.2 s, three times over
+        assert exits.codes == []
+        assert failing.failures >= 3
+    finally:
+        await watchdog.stop()
+        release.set()
+        for loop in loops:
+            await loop.stop()
+
+
+async def test_the_watchdog_counts_from_its_own_first_sight_so_a_paused_process_survives() -> None:
+    # After SIGSTOP and SIGCONT every iteration in flight looks stuck for as long as the
+    # process was stopped; it completes at once on resuming, and the process must live on.
+    loop = SupervisedLoop("probe", Script(), interval=0.05)
+    exits = Exits()
+    watchdog = WedgeWatchdog(0.3, exit_process=exits, tick_s=0.02)
+    loop.start()
+    watchdog.start()
+    try:
+        await wait_until(lambda: loop.iterations >= 1)
+        time.sleep(1.0)  # noqa: ASYNC251 - the whole event loop frozen, as if stopped
+        await asyncio.sleep(0.5)
+        assert exits.codes == []
+    finally:
+        await watchdog.stop()
+        await loop.stop()

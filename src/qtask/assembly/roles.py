@@ -25,6 +25,7 @@ from qtask.errors import ConfigError
 from qtask.logs import get_logger
 from qtask.runtime.health import Check, serve_health
 from qtask.runtime.signals import until_signalled
+from qtask.runtime.supervision import WedgeWatchdog
 from qtask.worker.remote import RemoteSubmitter
 from qtask.worker.runner import Worker
 
@@ -172,9 +173,12 @@ async def run_worker(settings: Settings) -> None:
             **wiring.loop_checks(*worker.loops),
         },
     )
+    watchdog = _watchdog(settings)
     log.info("worker_started", worker_id=me, processes=pool.size)
     await until_signalled()
     log.info("worker_stopping", grace_s=settings.worker.shutdown_grace_s)
+    if watchdog is not None:
+        await watchdog.stop()
     if health is not None:
         health.close()
     await worker.stop(settings.worker.shutdown_grace_s)
@@ -220,8 +224,11 @@ async def run_poller(settings: Settings) -> None:
             ),
         },
     )
+    watchdog = _watchdog(settings)
     log.info("poller_started", keep_finished_s=settings.retention.keep_finished_s or None)
     await until_signalled()
+    if watchdog is not None:
+        await watchdog.stop()
     if health is not None:
         health.close()
     await reconciler.stop()
@@ -264,6 +271,16 @@ async def _close_remote(remotes: dict[str, RemoteBackend], jobs: RedisRemoteJobs
         await backend.close()
     if jobs is not None:
         await jobs.close()
+
+
+def _watchdog(settings: Settings) -> WedgeWatchdog | None:
+    """The started wedge watchdog, when supervision.wedged_exit_s asks for one."""
+    exit_after_s = settings.supervision.wedged_exit_s
+    if exit_after_s == 0:
+        return None
+    watchdog = WedgeWatchdog(exit_after_s)
+    watchdog.start()
+    return watchdog
 
 
 async def _health(settings: Settings, checks: dict[str, Check]) -> asyncio.Server | None:

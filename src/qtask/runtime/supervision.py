@@ -10,6 +10,11 @@ A loop may wait for something that legitimately takes long (a free worker proces
 circuits run): inside `waiting()`, and while its `legitimate` predicate holds, that wait does not
 count against the loop.
 
+A process with no orchestrator watching /ready (docker compose only restarts containers that
+exit) can run a `WedgeWatchdog`: when one of its loops stays stuck inside a single iteration,
+it ends the process so that the restart policy replaces it. A loop failing every iteration is
+not stuck (a broken dependency is not fixed by a restart).
+
 Nothing here knows what the loops do: the worker, the reconciler and retention build on it.
 """
 
@@ -18,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from qtask.constants import (
+    EXIT_WEDGED,
     FAULT_LOOP_FILE_ENV,
     LOOP_BACKOFF_FIRST_SECONDS,
     LOOP_BACKOFF_MAX_SECONDS,
@@ -36,6 +43,9 @@ Iteration = Callable[[], Awaitable[None]]
 
 # stop() cancels the loop's task again this often until it ends.
 _STOP_RETRY_SECONDS = 1.0
+
+# The supervised loops running in this process, for the watchdog.
+_RUNNING: set[SupervisedLoop] = set()
 
 
 def backoff_s(failures: int) -> float:
@@ -63,6 +73,8 @@ class SupervisedLoop:
         self.iterations = 0
         self.failures = 0  # consecutive; 0 after a completed iteration
         self.last_error: str | None = None
+        self._began: float | None = None  # when the current iteration began (None: between)
+        self._entered = 0  # iterations begun, so the watchdog tells one iteration from the next
         fault_file = os.environ.get(FAULT_LOOP_FILE_ENV)
         self._fault_file = Path(fault_file) if fault_file else None
 
@@ -71,6 +83,7 @@ class SupervisedLoop:
         self._last = time.monotonic()
         self._task = asyncio.create_task(self._run(), name=self.name)
         self._task.add_done_callback(self._on_end)
+        _RUNNING.add(self)
 
     async def stop(self) -> None:
         """Cancel the loop and wait for it; never raises the loop's own error."""
@@ -127,6 +140,18 @@ class SupervisedLoop:
             )
         return f"ok (last iteration {age:.1f} s ago)"
 
+    def stuck_s(self, now: float) -> float:
+        """Seconds the current iteration has gone without completing or reporting progress,
+        once that is past the stale limit; 0 when the loop is between iterations, backing off
+        after a failure, in a legitimate wait, or not past the limit."""
+        began = self._began
+        if began is None or self._task is None or self._task.done():
+            return 0.0
+        if self._waiting is not None and self._waiting[1](now):
+            return 0.0
+        age = now - max(began, self._last)
+        return age if age > LOOP_STALE_INTERVALS * self.interval else 0.0
+
     def check(self) -> Callable[[], Awaitable[str]]:
         """This loop's readiness check, for /ready."""
 
@@ -137,11 +162,14 @@ class SupervisedLoop:
 
     async def _run(self) -> None:
         while not self._stopping:
+            self._began = time.monotonic()
+            self._entered += 1
             try:
                 if self._fault_file is not None:
                     await self._injected_fault(self._fault_file)
                 await self._iteration()
             except Exception as exc:
+                self._began = None
                 if self._stopping:  # the cancellation of stop(), turned into another error
                     return
                 self.failures += 1
@@ -152,6 +180,7 @@ class SupervisedLoop:
                 )
                 await asyncio.sleep(delay)
                 continue
+            self._began = None
             self.failures = 0
             self.iterations += 1
             self._last = time.monotonic()
@@ -159,6 +188,7 @@ class SupervisedLoop:
             await asyncio.sleep(self._pause)
 
     def _on_end(self, task: asyncio.Task[None]) -> None:
+        _RUNNING.discard(self)
         reason = _end_reason(task)  # retrieves the exception, so asyncio never reports it lost
         if not self._stopping:
             log.error("loop_ended", loop=self.name, reason=reason)
@@ -172,6 +202,64 @@ class SupervisedLoop:
             if words[1:2] == ["fail"]:
                 raise RuntimeError(f"fault injected into {self.name} by {path}")
             await asyncio.sleep(0.05)
+
+
+class WedgeWatchdog:
+    """Ends the process when a supervised loop of it stays stuck in one iteration for
+    `exit_after_s` more seconds than its stale limit, as seen by this watchdog.
+
+    The time counts from the watchdog's first sight of the stuck iteration, not from the
+    iteration's start, so a process that was paused (SIGSTOP, a suspended VM) is not ended on
+    resuming: its loops complete their iterations within a tick or two. The exit skips the
+    graceful shutdown, which would wait on the wedged loop itself; the tasks the process held
+    are delivered again, as after a SIGKILL.
+    """
+
+    def __init__(
+        self,
+        exit_after_s: float,
+        *,
+        exit_process: Callable[[int], object] = os._exit,
+        tick_s: float = 1.0,
+    ) -> None:
+        self.exit_after_s = exit_after_s
+        self._exit = exit_process
+        self._tick_s = min(tick_s, max(exit_after_s / 4, 0.01))
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Watch this process's running loops in the background."""
+        self._task = asyncio.create_task(self._run(), name="wedge_watchdog")
+
+    async def stop(self) -> None:
+        """Stop watching."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        seen: dict[tuple[SupervisedLoop, int], float] = {}
+        while True:
+            await asyncio.sleep(self._tick_s)
+            now = time.monotonic()
+            still: dict[tuple[SupervisedLoop, int], float] = {}
+            for loop in list(_RUNNING):
+                stuck = loop.stuck_s(now)
+                if not stuck:
+                    continue
+                key = (loop, loop._entered)
+                first = still[key] = seen.get(key, now)
+                if now - first >= self.exit_after_s:
+                    log.critical(
+                        "loop_wedged_exit", loop=loop.name, stuck_s=round(stuck, 1),
+                        exit_code=EXIT_WEDGED,
+                    )  # fmt: skip
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    self._exit(EXIT_WEDGED)
+                    return
+            seen = still
 
 
 def _end_reason(task: asyncio.Task[None]) -> str:

@@ -213,6 +213,9 @@ class WedgeWatchdog:
     resuming: its loops complete their iterations within a tick or two. The exit skips the
     graceful shutdown, which would wait on the wedged loop itself; the tasks the process held
     are delivered again, as after a SIGKILL.
+
+    It runs on the loops' own event loop, so it catches an await that never returns, not an
+    event loop blocked in a synchronous call (which also silences /ready: a probe's timeout).
     """
 
     def __init__(

@@ -235,7 +235,7 @@ class SupervisionSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # `qtask worker` and `qtask poller`: seconds a loop may stay stuck in one iteration, past
+    # `qtask api`, `worker` and `poller`: seconds a loop may stay stuck in one iteration, past
     # the point where /ready turned 503, before the process exits (status 70) for its restart
     # policy to replace it; for docker compose, which restarts exited containers but not
     # unhealthy ones. 0: never (an orchestrator that acts on /ready does it instead).

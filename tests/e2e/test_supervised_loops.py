@@ -114,6 +114,37 @@ def test_a_worker_whose_fetch_loop_stays_wedged_exits_70_for_its_restart_policy(
     assert wedged["exit_code"] == EXIT_WEDGED
 
 
+def test_an_api_whose_reconciler_stays_wedged_exits_70_too(
+    tmp_path: Path, redis_server: RedisServer, nats_server: NatsServer
+) -> None:
+    (tmp_path / "fault").write_text("reconciler")  # hangs from its first iteration
+    api = RoleProcess(
+        "api",
+        [],
+        {
+            "QTASK_STORAGE__STORE": "redis",
+            "QTASK_STORAGE__QUEUE": "nats",
+            "QTASK_REDIS__URL": redis_server.url,
+            "QTASK_NATS__URL": nats_server.url,
+            "QTASK_NATS__RECONCILE_INTERVAL_S": "0.5",  # stale after 1.5 s
+            "QTASK_SERVER__PORT": str(free_port()),
+            "QTASK_LOG__JSON_OUTPUT": "true",
+            "QTASK_SUPERVISION__WEDGED_EXIT_S": "1",
+            FAULT_LOOP_FILE_ENV: str(tmp_path / "fault"),
+        },
+        tmp_path / "api.log",
+    )
+    api.start()
+    try:
+        assert api.process is not None
+        assert api.process.wait(60) == EXIT_WEDGED, api.log()
+    finally:
+        api.terminate()
+    lines = [json.loads(line) for line in api.log().splitlines() if line.startswith("{")]
+    [wedged] = [line for line in lines if line.get("event") == "loop_wedged_exit"]
+    assert wedged["loop"] == "reconciler"
+
+
 def test_serve_ready_is_503_while_its_fetch_loop_fails_every_iteration(tmp_path: Path) -> None:
     fault = tmp_path / "fault"
     server = ServerProcess(tmp_path / "data", env={FAULT_LOOP_FILE_ENV: str(fault)})

@@ -119,10 +119,13 @@ class ApiRole:
         await self.parse_pool.start()
         self.notices.start()
         self.reconciler.start()
+        watchdog = _watchdog(self.settings)
         log.info("api_started", redis=self.settings.redis.url, nats=self.settings.nats.url)
         try:
             yield
         finally:
+            if watchdog is not None:
+                await watchdog.stop()
             await self.reconciler.stop()
             await self.notices.close()
             await _close_remote(self.catalog.remotes(), self.remote_jobs)

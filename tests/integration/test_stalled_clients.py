@@ -219,3 +219,23 @@ def test_a_large_body_in_the_same_read_as_its_headers_is_not_a_large_header(
     status = int(answer.split(b" ", 2)[1])
     assert status != 431
     assert 400 <= status < 500  # the circuit itself is not valid, and that is what is said
+
+
+def test_a_response_given_before_its_body_arrived_says_the_connection_closes(
+    deployment: Deployment,
+) -> None:
+    # The server closes such a connection after the response (the rest of the body would keep
+    # it busy), so the response must say so, or a client reuses it and its next request meets
+    # a closed connection (seen as "Server disconnected without sending a response" after a
+    # 401 to a POST whose body came in a second packet).
+    with socket.create_connection(("127.0.0.1", deployment.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /tasks HTTP/1.1\r\nHost: qtask\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 2000000\r\n\r\n"  # over max_body_bytes; not one byte of it sent
+        )
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 413 "), answer
+    assert b"\r\nconnection: close" in head, answer

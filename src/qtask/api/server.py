@@ -59,6 +59,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._tail = b""  # the last bytes of the previous read, for a header end split in two
         self._header_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._seen_cycle: Any = None  # the last request whose body this protocol looked at
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -82,6 +83,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 )
                 return
         super().data_received(data)
+        cycle = self.cycle
+        if cycle is not None and cycle is not self._seen_cycle:
+            self._seen_cycle = cycle
+            if cycle.more_body:  # its body comes in a later read: the app may answer first
+                cycle.send = _closing_send(cycle)  # type: ignore[method-assign]
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -142,6 +148,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.close()
         log.info("http_connection_refused", status=status, reason=message)
+
+
+def _closing_send(cycle: Any) -> Any:
+    """`cycle.send`, saying `connection: close` on a response that starts before its request's
+    body arrived in full: on_response_complete closes that connection, and a response that did
+    not say so (RFC 9112, 9.6) let a client send its next request into the closed connection
+    ("Server disconnected without sending a response": a 401 to a POST, under load)."""
+    send = cycle.send
+
+    async def send_closing(message: Any) -> None:
+        if message["type"] == "http.response.start" and cycle.more_body:
+            cycle.keep_alive = False  # uvicorn adds the header and closes after the body
+        await send(message)
+
+    return send_closing
 
 
 def guarded_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:

@@ -73,8 +73,9 @@ class SupervisedLoop:
         self.iterations = 0
         self.failures = 0  # consecutive; 0 after a completed iteration
         self.last_error: str | None = None
-        self._began: float | None = None  # when the current iteration began (None: between)
-        self._entered = 0  # iterations begun, so the watchdog tells one iteration from the next
+        # When the current iteration began (None: between iterations); it also tells the
+        # watchdog one iteration from the next.
+        self._began: float | None = None
         fault_file = os.environ.get(FAULT_LOOP_FILE_ENV)
         self._fault_file = Path(fault_file) if fault_file else None
 
@@ -163,7 +164,6 @@ class SupervisedLoop:
     async def _run(self) -> None:
         while not self._stopping:
             self._began = time.monotonic()
-            self._entered += 1
             try:
                 if self._fault_file is not None:
                     await self._injected_fault(self._fault_file)
@@ -242,16 +242,16 @@ class WedgeWatchdog:
                 await self._task
 
     async def _run(self) -> None:
-        seen: dict[tuple[SupervisedLoop, int], float] = {}
+        seen: dict[tuple[SupervisedLoop, float | None], float] = {}
         while True:
             await asyncio.sleep(self._tick_s)
             now = time.monotonic()
-            still: dict[tuple[SupervisedLoop, int], float] = {}
+            still: dict[tuple[SupervisedLoop, float | None], float] = {}
             for loop in list(_RUNNING):
                 stuck = loop.stuck_s(now)
                 if not stuck:
                     continue
-                key = (loop, loop._entered)
+                key = (loop, loop._began)
                 first = still[key] = seen.get(key, now)
                 if now - first >= self.exit_after_s:
                     log.critical(

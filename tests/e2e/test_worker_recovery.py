@@ -19,16 +19,12 @@ SHORT = slow_circuit(19, 10)  # ~0.4 s on one core: long enough to be killed mid
 RECOVERY_BOUND_S = 10.0
 
 
-def _wait_workers_ready(deployment: DistributedDeployment) -> None:
-    for worker in deployment.workers:
-        worker.wait_ready()
-
-
 def test_killed_worker_short_task_completes_within_10_s_by_default(tmp_path: Path) -> None:
     deployment = DistributedDeployment(tmp_path / "d", ack_wait_s=None)
     deployment.start()
     try:
-        _wait_workers_ready(deployment)
+        for worker in deployment.workers:
+            worker.wait_ready()
         with httpx.Client(base_url=deployment.url, timeout=30) as client:
             task_id = submit(client, SHORT, shots=100)
             victim = deployment.worker_running(task_id, timeout=30)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -303,19 +306,76 @@ async def test_the_watchdog_spares_failing_waiting_and_progressing_loops() -> No
             await loop.stop()
 
 
-async def test_the_watchdog_counts_from_its_own_first_sight_so_a_paused_process_survives() -> None:
-    # After SIGSTOP and SIGCONT every iteration in flight looks stuck for as long as the
-    # process was stopped; it completes at once on resuming, and the process must live on.
-    loop = SupervisedLoop("probe", Script(), interval=0.05)
+async def test_the_watchdog_ends_the_process_when_its_event_loop_stays_blocked() -> None:
+    # A synchronous call that never returns runs none of the loops, nor the watchdog's own
+    # ticks: its thread sees the ticks stop.
     exits = Exits()
     watchdog = WedgeWatchdog(0.3, exit_process=exits, tick_s=0.02)
-    loop.start()
     watchdog.start()
     try:
-        await wait_until(lambda: loop.iterations >= 1)
-        time.sleep(1.0)  # noqa: ASYNC251 - the whole event loop frozen, as if stopped
-        await asyncio.sleep(0.5)
+        with structlog.testing.capture_logs() as logs:
+            await asyncio.sleep(0.1)
+            blocked = time.monotonic()
+            while not exits.codes and time.monotonic() - blocked < 3.0:
+                time.sleep(0.01)  # noqa: ASYNC251 - the event loop blocked, on purpose
+        assert exits.codes == [EXIT_WEDGED]
+        assert time.monotonic() - blocked > 0.3
+        [line] = [entry for entry in logs if entry["event"] == "event_loop_blocked_exit"]
+        assert line["log_level"] == "critical"
+        assert line["blocked_s"] >= 0.3
+    finally:
+        await watchdog.stop()
+
+
+async def test_an_event_loop_blocked_for_less_than_the_limit_is_spared() -> None:
+    exits = Exits()
+    watchdog = WedgeWatchdog(1.0, exit_process=exits, tick_s=0.02)
+    watchdog.start()
+    try:
+        await asyncio.sleep(0.1)
+        time.sleep(0.5)  # noqa: ASYNC251 - a slow synchronous call, well under the limit
+        await asyncio.sleep(1.0)
         assert exits.codes == []
     finally:
         await watchdog.stop()
-        await loop.stop()
+
+
+_PAUSED_PROCESS = """
+import asyncio, sys, time
+from qtask.runtime.supervision import SupervisedLoop, WedgeWatchdog
+
+async def tick() -> None:
+    await asyncio.sleep(0.01)
+
+async def main() -> None:
+    loop = SupervisedLoop("probe", tick, interval=0.05)  # stale after 0.15 s
+    loop.start()
+    WedgeWatchdog(0.3, tick_s=0.02).start()
+    print("ready", flush=True)
+    await asyncio.sleep(float(sys.argv[1]))
+    print("alive", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_the_watchdog_counts_what_it_sees_so_a_paused_process_survives() -> None:
+    # SIGSTOP freezes the event loop and the watchdog's thread alike. On SIGCONT every
+    # iteration in flight looks stuck, and the ticks look stopped, for as long as the pause
+    # (1.5 s, five times the limit); both catch up at once and the process must live on.
+    child = subprocess.Popen(
+        [sys.executable, "-c", _PAUSED_PROCESS, "3.0"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        child.send_signal(signal.SIGSTOP)
+        time.sleep(1.5)
+        child.send_signal(signal.SIGCONT)
+        out, _ = child.communicate(timeout=20)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 0, f"exited {child.returncode}: {out}"
+    assert "alive" in out

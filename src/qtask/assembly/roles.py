@@ -25,7 +25,7 @@ from qtask.errors import ConfigError
 from qtask.logs import get_logger
 from qtask.runtime.health import Check, serve_health
 from qtask.runtime.signals import until_signalled
-from qtask.runtime.supervision import WedgeWatchdog
+from qtask.runtime.supervision import start_watchdog
 from qtask.worker.remote import RemoteSubmitter
 from qtask.worker.runner import Worker
 
@@ -119,7 +119,7 @@ class ApiRole:
         await self.parse_pool.start()
         self.notices.start()
         self.reconciler.start()
-        watchdog = _watchdog(self.settings)
+        watchdog = start_watchdog(self.settings.supervision.wedged_exit_s)
         log.info("api_started", redis=self.settings.redis.url, nats=self.settings.nats.url)
         try:
             yield
@@ -176,7 +176,7 @@ async def run_worker(settings: Settings) -> None:
             **wiring.loop_checks(*worker.loops),
         },
     )
-    watchdog = _watchdog(settings)
+    watchdog = start_watchdog(settings.supervision.wedged_exit_s)
     log.info("worker_started", worker_id=me, processes=pool.size)
     await until_signalled()
     log.info("worker_stopping", grace_s=settings.worker.shutdown_grace_s)
@@ -227,7 +227,7 @@ async def run_poller(settings: Settings) -> None:
             ),
         },
     )
-    watchdog = _watchdog(settings)
+    watchdog = start_watchdog(settings.supervision.wedged_exit_s)
     log.info("poller_started", keep_finished_s=settings.retention.keep_finished_s or None)
     await until_signalled()
     if watchdog is not None:
@@ -274,16 +274,6 @@ async def _close_remote(remotes: dict[str, RemoteBackend], jobs: RedisRemoteJobs
         await backend.close()
     if jobs is not None:
         await jobs.close()
-
-
-def _watchdog(settings: Settings) -> WedgeWatchdog | None:
-    """The started wedge watchdog, when supervision.wedged_exit_s asks for one."""
-    exit_after_s = settings.supervision.wedged_exit_s
-    if exit_after_s == 0:
-        return None
-    watchdog = WedgeWatchdog(exit_after_s)
-    watchdog.start()
-    return watchdog
 
 
 async def _health(settings: Settings, checks: dict[str, Check]) -> asyncio.Server | None:

@@ -12,8 +12,8 @@ count against the loop.
 
 A process with no orchestrator watching /ready (docker compose only restarts containers that
 exit) can run a `WedgeWatchdog`: when one of its loops stays stuck inside a single iteration,
-it ends the process so that the restart policy replaces it. A loop failing every iteration is
-not stuck (a broken dependency is not fixed by a restart).
+or its event loop stays blocked, it ends the process so that the restart policy replaces it.
+A loop failing every iteration is not stuck (a broken dependency is not fixed by a restart).
 
 Nothing here knows what the loops do: the worker, the reconciler and retention build on it.
 """
@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -194,13 +195,17 @@ class SupervisedLoop:
             log.error("loop_ended", loop=self.name, reason=reason)
 
     async def _injected_fault(self, path: Path) -> None:
-        """Tests only: while `path` names this loop, hang ("NAME") or fail ("NAME fail")."""
+        """Tests only: while `path` names this loop, hang ("NAME"), fail ("NAME fail") or
+        block the whole event loop ("NAME block", as a synchronous call that never returns)."""
         while True:
             words = _fault_words(path)
             if not words or words[0] != self.name:
                 return
             if words[1:2] == ["fail"]:
                 raise RuntimeError(f"fault injected into {self.name} by {path}")
+            if words[1:2] == ["block"]:
+                time.sleep(0.05)  # noqa: ASYNC251 - the event loop blocked, on purpose
+                continue
             await asyncio.sleep(0.05)
 
 
@@ -214,8 +219,11 @@ class WedgeWatchdog:
     graceful shutdown, which would wait on the wedged loop itself; the tasks the process held
     are delivered again, as after a SIGKILL.
 
-    It runs on the loops' own event loop, so it catches an await that never returns, not an
-    event loop blocked in a synchronous call (which also silences /ready: a probe's timeout).
+    An event loop blocked in a synchronous call (which also silences /ready: a probe's timeout)
+    runs none of its loops, nor this watchdog's own ticks: a thread counts how long those ticks
+    have stopped and ends the process after `exit_after_s` of it. That count, too, is the
+    thread's own sight: each of its wake-ups adds at most two ticks, so the gap a pause leaves
+    adds little. Only an event loop that holds the GIL inside native code stops the thread too.
     """
 
     def __init__(
@@ -229,13 +237,22 @@ class WedgeWatchdog:
         self._exit = exit_process
         self._tick_s = min(tick_s, max(exit_after_s / 4, 0.01))
         self._task: asyncio.Task[None] | None = None
+        self._ticks = 0  # the event loop's ticks of this watchdog, read by the thread
+        self._stopped = threading.Event()
+        self._ending = threading.Lock()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Watch this process's running loops in the background."""
+        """Watch this process's running loops, and its event loop, in the background."""
         self._task = asyncio.create_task(self._run(), name="wedge_watchdog")
+        self._thread = threading.Thread(
+            target=self._watch_event_loop, name="wedge_watchdog", daemon=True
+        )
+        self._thread.start()
 
     async def stop(self) -> None:
         """Stop watching."""
+        self._stopped.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -245,6 +262,7 @@ class WedgeWatchdog:
         seen: dict[tuple[SupervisedLoop, float | None], float] = {}
         while True:
             await asyncio.sleep(self._tick_s)
+            self._ticks += 1
             now = time.monotonic()
             still: dict[tuple[SupervisedLoop, float | None], float] = {}
             for loop in list(_RUNNING):
@@ -254,15 +272,43 @@ class WedgeWatchdog:
                 key = (loop, loop._began)
                 first = still[key] = seen.get(key, now)
                 if now - first >= self.exit_after_s:
-                    log.critical(
-                        "loop_wedged_exit", loop=loop.name, stuck_s=round(stuck, 1),
-                        exit_code=EXIT_WEDGED,
-                    )  # fmt: skip
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                    self._exit(EXIT_WEDGED)
+                    self._end("loop_wedged_exit", loop=loop.name, stuck_s=round(stuck, 1))
                     return
             seen = still
+
+    def _watch_event_loop(self) -> None:
+        """On its own thread: end the process once the event loop has not ticked for
+        `exit_after_s`, counted from this thread's wake-ups (each adds two ticks at most)."""
+        last_ticks, blocked_s, last = self._ticks, 0.0, time.monotonic()
+        while not self._stopped.wait(self._tick_s):
+            now = time.monotonic()
+            if self._ticks != last_ticks:
+                last_ticks, blocked_s = self._ticks, 0.0
+            else:
+                blocked_s += min(now - last, 2 * self._tick_s)
+            last = now
+            if blocked_s >= self.exit_after_s + self._tick_s:  # a tick may be late by one
+                self._end("event_loop_blocked_exit", blocked_s=round(blocked_s, 1))
+                return
+
+    def _end(self, event: str, **fields: object) -> None:
+        if not self._ending.acquire(blocking=False):
+            return  # one exit, whichever side sees the wedge first
+        self._stopped.set()
+        log.critical(event, exit_code=EXIT_WEDGED, **fields)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._exit(EXIT_WEDGED)
+
+
+def start_watchdog(exit_after_s: float) -> WedgeWatchdog | None:
+    """A started WedgeWatchdog, or None when `exit_after_s` is 0 (supervision.wedged_exit_s:
+    off). On the running event loop."""
+    if exit_after_s == 0:
+        return None
+    watchdog = WedgeWatchdog(exit_after_s)
+    watchdog.start()
+    return watchdog
 
 
 def _end_reason(task: asyncio.Task[None]) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from meshcoord import CoordinatorProcess
 from qtask.constants import EXIT_WEDGED, FAULT_LOOP_FILE_ENV
 from qtask_testkit import BELL, ServerProcess, free_port, submit, wait_done
 from servers import NatsServer, RedisServer, RoleProcess
@@ -114,6 +115,30 @@ def test_a_worker_whose_fetch_loop_stays_wedged_exits_70_for_its_restart_policy(
     assert wedged["exit_code"] == EXIT_WEDGED
 
 
+def test_a_worker_whose_event_loop_stays_blocked_exits_70_too(
+    tmp_path: Path, redis_server: RedisServer, nats_server: NatsServer
+) -> None:
+    # A synchronous call that never returns stops every loop and the watchdog's own ticks; the
+    # watchdog's thread sees that.
+    worker = worker_process(
+        tmp_path, redis_server, nats_server, QTASK_SUPERVISION__WEDGED_EXIT_S="2"
+    )
+    worker.start()
+    try:
+        worker.wait_ready()
+        (tmp_path / "fault").write_text("worker_fetch block")
+        blocked_at = time.monotonic()
+        assert worker.process is not None
+        assert worker.process.wait(60) == EXIT_WEDGED, worker.log()
+        print(f"worker exited {time.monotonic() - blocked_at:.1f} s after its loop blocked")
+    finally:
+        worker.terminate()
+    lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+    [blocked] = [line for line in lines if line.get("event") == "event_loop_blocked_exit"]
+    assert blocked["blocked_s"] >= 2
+    assert blocked["exit_code"] == EXIT_WEDGED
+
+
 def test_an_api_whose_reconciler_stays_wedged_exits_70_too(
     tmp_path: Path, redis_server: RedisServer, nats_server: NatsServer
 ) -> None:
@@ -143,6 +168,29 @@ def test_an_api_whose_reconciler_stays_wedged_exits_70_too(
     lines = [json.loads(line) for line in api.log().splitlines() if line.startswith("{")]
     [wedged] = [line for line in lines if line.get("event") == "loop_wedged_exit"]
     assert wedged["loop"] == "reconciler"
+
+
+def test_a_mesh_coordinator_whose_ping_loop_stays_wedged_exits_70_too(tmp_path: Path) -> None:
+    fault = tmp_path / "fault"
+    coordinator = CoordinatorProcess(
+        tmp_path / "coordinator",
+        {
+            "QTASK_MESH__COORDINATOR__PING_INTERVAL_S": "0.2",
+            "QTASK_MESH__COORDINATOR__PING_TIMEOUT_S": "0.3",  # stale after 1.5 s
+            "QTASK_SUPERVISION__WEDGED_EXIT_S": "1",
+            FAULT_LOOP_FILE_ENV: str(fault),
+        },
+    )
+    coordinator.start()
+    try:
+        fault.write_text("mesh_pinger")
+        assert coordinator.process is not None
+        assert coordinator.process.wait(60) == EXIT_WEDGED, coordinator.log()[-4000:]
+    finally:
+        coordinator.terminate()
+    lines = [json.loads(line) for line in coordinator.log().splitlines() if line.startswith("{")]
+    [wedged] = [line for line in lines if line.get("event") == "loop_wedged_exit"]
+    assert wedged["loop"] == "mesh_pinger"
 
 
 def test_serve_ready_is_503_while_its_fetch_loop_fails_every_iteration(tmp_path: Path) -> None:

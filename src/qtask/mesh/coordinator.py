@@ -5,7 +5,9 @@ guards), and its lifespan starts and stops the rest in order: the database (migr
 and the registry reloaded from it as `stale`; the libp2p host (MeshHost: adverts through
 AdvertInbox into the registry, quality reports, disconnect notices); a dial to every reloaded
 node's address, so a restarted coordinator finds its nodes again; the runtime's recovery of
-unfinished jobs; the ping loop; the quality reports' retention loop. SIGTERM: uvicorn stops
+unfinished jobs; the ping loop; the quality reports' retention loop; with
+`[supervision] wedged_exit_s`, the wedge watchdog (the process exits 70 when a loop or the
+event loop stays stuck, for compose's restart policy). SIGTERM: uvicorn stops
 taking requests, then the lifespan stops the loops, the runtime (jobs stay in the database
 for the next start), the host and the database.
 
@@ -44,7 +46,7 @@ from qtask.mesh.retention import QualityRetention
 from qtask.mesh.runtime import Compile, PlanJob, Runtime
 from qtask.mesh.store import MeshStore, open_migrated
 from qtask.runtime.health import Check
-from qtask.runtime.supervision import SupervisedLoop
+from qtask.runtime.supervision import SupervisedLoop, start_watchdog
 
 log = get_logger("mesh.coordinator")
 
@@ -211,10 +213,13 @@ class CoordinatorProcess:
             log.warning("mesh_jobs_recovered", count=recovered)
         self.ping_loop.start()
         self.retention_loop.start()
+        watchdog = start_watchdog(self.settings.supervision.wedged_exit_s)
         try:
             yield
         finally:
             log.info("coordinator_stopping")
+            if watchdog is not None:
+                await watchdog.stop()
             await self.retention_loop.stop()
             await self.ping_loop.stop()
             for task in self._tasks:

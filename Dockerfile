@@ -31,13 +31,23 @@ RUN set -eu; \
     if ls /wheelhouse/*.whl >/dev/null 2>&1; then src="--no-index --find-links /wheelhouse"; \
     else src=""; fi; \
     /opt/qtask/bin/pip install $src --only-binary=:all: --upgrade setuptools wheel
-COPY pyproject.toml README.md ./
-COPY src ./src
-# The server extra (plain `.` is the client only: httpx, rich), and mesh when asked for.
+# The dependencies first, named by pyproject.toml alone (the server extra: plain `.` is the
+# client only, httpx and rich; and mesh when asked for): a change to src/ reuses this layer
+# instead of installing Qiskit, Aer and the rest again.
+COPY pyproject.toml ./
 RUN set -eu; \
     if ls /wheelhouse/*.whl >/dev/null 2>&1; then src="--no-index --find-links /wheelhouse"; \
     else src=""; fi; \
-    /opt/qtask/bin/pip install $src --prefer-binary --no-build-isolation ".[$QTASK_EXTRAS]" \
+    python3 -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+print("\n".join(p["dependencies"] + [d for e in sys.argv[1].split(",") \
+for d in p["optional-dependencies"][e]]))' "$QTASK_EXTRAS" > /tmp/requirements.txt; \
+    /opt/qtask/bin/pip install $src --prefer-binary --no-build-isolation -r /tmp/requirements.txt
+COPY README.md ./
+COPY src ./src
+RUN set -eu; \
+    if ls /wheelhouse/*.whl >/dev/null 2>&1; then src="--no-index --find-links /wheelhouse"; \
+    else src=""; fi; \
+    /opt/qtask/bin/pip install $src --no-deps --no-build-isolation ".[$QTASK_EXTRAS]" \
     && /opt/qtask/bin/pip uninstall -y setuptools wheel
 # The GPU variant: the same version of qiskit_aer from the other distribution.
 RUN set -eu; \

@@ -92,27 +92,38 @@ def test_worker_ready_is_503_while_its_fetch_loop_is_wedged(
     assert worker.process.returncode == 0, worker.log()  # a clean shutdown after all
 
 
-def test_a_worker_whose_fetch_loop_stays_wedged_exits_70_for_its_restart_policy(
-    tmp_path: Path, redis_server: RedisServer, nats_server: NatsServer
-) -> None:
-    # docker compose restarts a container that exits, not one whose /ready is 503.
+def _worker_exit_line(
+    tmp_path: Path, redis_server: RedisServer, nats_server: NatsServer, fault: str, event: str
+) -> dict[str, Any]:
+    """Start a worker whose wedge watchdog allows 2 s, inject `fault`, wait for its exit with
+    status 70 and return its `event` line."""
     worker = worker_process(
         tmp_path, redis_server, nats_server, QTASK_SUPERVISION__WEDGED_EXIT_S="2"
     )
     worker.start()
     try:
         worker.wait_ready()
-        (tmp_path / "fault").write_text("worker_fetch")
-        wedged_at = time.monotonic()
+        (tmp_path / "fault").write_text(fault)
+        injected_at = time.monotonic()
         assert worker.process is not None
         assert worker.process.wait(60) == EXIT_WEDGED, worker.log()
-        print(f"worker exited {time.monotonic() - wedged_at:.1f} s after the wedge")
+        print(f"worker exited {time.monotonic() - injected_at:.1f} s after {fault!r}")
     finally:
         worker.terminate()
     lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
-    [wedged] = [line for line in lines if line.get("event") == "loop_wedged_exit"]
-    assert wedged["loop"] == "worker_fetch"
-    assert wedged["exit_code"] == EXIT_WEDGED
+    [line] = [line for line in lines if line.get("event") == event]
+    assert line["exit_code"] == EXIT_WEDGED
+    return line
+
+
+def test_a_worker_whose_fetch_loop_stays_wedged_exits_70_for_its_restart_policy(
+    tmp_path: Path, redis_server: RedisServer, nats_server: NatsServer
+) -> None:
+    # docker compose restarts a container that exits, not one whose /ready is 503.
+    line = _worker_exit_line(
+        tmp_path, redis_server, nats_server, "worker_fetch", "loop_wedged_exit"
+    )
+    assert line["loop"] == "worker_fetch"
 
 
 def test_a_worker_whose_event_loop_stays_blocked_exits_70_too(
@@ -120,23 +131,10 @@ def test_a_worker_whose_event_loop_stays_blocked_exits_70_too(
 ) -> None:
     # A synchronous call that never returns stops every loop and the watchdog's own ticks; the
     # watchdog's thread sees that.
-    worker = worker_process(
-        tmp_path, redis_server, nats_server, QTASK_SUPERVISION__WEDGED_EXIT_S="2"
+    line = _worker_exit_line(
+        tmp_path, redis_server, nats_server, "worker_fetch block", "event_loop_blocked_exit"
     )
-    worker.start()
-    try:
-        worker.wait_ready()
-        (tmp_path / "fault").write_text("worker_fetch block")
-        blocked_at = time.monotonic()
-        assert worker.process is not None
-        assert worker.process.wait(60) == EXIT_WEDGED, worker.log()
-        print(f"worker exited {time.monotonic() - blocked_at:.1f} s after its loop blocked")
-    finally:
-        worker.terminate()
-    lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
-    [blocked] = [line for line in lines if line.get("event") == "event_loop_blocked_exit"]
-    assert blocked["blocked_s"] >= 2
-    assert blocked["exit_code"] == EXIT_WEDGED
+    assert line["blocked_s"] >= 2
 
 
 def test_an_api_whose_reconciler_stays_wedged_exits_70_too(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -139,8 +140,28 @@ class CountingStore(InMemoryTaskStore):
         return found
 
 
+# Servers' ports are drawn below the kernel's ephemeral range: a port in it is handed to any
+# outgoing connection and to any bind(0), so one that a test frees to restart a server on it
+# (the same URL) could be taken meanwhile by some client's socket (seen once in CI).
+_LOWEST_PORT = 20000
+_ports = random.Random()  # seeded from os.urandom: each test process draws its own
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
+    """A TCP port nobody holds right now, below the ephemeral range where it has room."""
+    highest = _ephemeral_low() - 1
+    for _ in range(200 if highest - _LOWEST_PORT > 1000 else 0):
+        port = _ports.randint(_LOWEST_PORT, highest)
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind(("127.0.0.1", port))
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -295,10 +295,13 @@ async def test_the_watchdog_spares_failing_waiting_and_progressing_loops() -> No
     for loop in loops:
         loop.start()
     watchdog.start()
+    started = time.monotonic()
     try:
-        await asyncio.sleep(1.0)  # stale limit 0.15 s + 0.2 s, three times over
+        # Three failures (backing off 0.1, 0.2, 0.4 s), however slow the machine, and at least
+        # 1 s: the stale limit 0.15 s + 0.2 s, three times over.
+        await wait_until(lambda: failing.failures >= 3, timeout=60)
+        await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
         assert exits.codes == []
-        assert failing.failures >= 3
     finally:
         await watchdog.stop()
         release.set()

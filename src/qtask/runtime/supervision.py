@@ -240,15 +240,12 @@ class WedgeWatchdog:
         self._ticks = 0  # the event loop's ticks of this watchdog, read by the thread
         self._stopped = threading.Event()
         self._ending = threading.Lock()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Watch this process's running loops, and its event loop, in the background."""
         self._task = asyncio.create_task(self._run(), name="wedge_watchdog")
-        self._thread = threading.Thread(
-            target=self._watch_event_loop, name="wedge_watchdog", daemon=True
-        )
-        self._thread.start()
+        # A daemon: stop() sets _stopped and it ends within a tick, nobody waits for it.
+        threading.Thread(target=self._watch_event_loop, name="wedge_watchdog", daemon=True).start()
 
     async def stop(self) -> None:
         """Stop watching."""

@@ -286,11 +286,13 @@ async def test_the_watchdog_spares_failing_waiting_and_progressing_loops() -> No
             progressing.progress()
             await asyncio.sleep(0.02)
 
-    failing = SupervisedLoop("failing", Script(*["raise"] * 1000), interval=0.05)
-    waiting_loop = SupervisedLoop("waiting", wait_for_a_slot, interval=0.05)
-    progressing = SupervisedLoop("progressing", long_pass, interval=0.05)
+    # Limits wide enough that a loaded machine's scheduling never reaches them (0.15 + 0.2 s
+    # did once, with four test processes on two cores): stale after 0.3 s, exit 0.5 s later.
+    failing = SupervisedLoop("failing", Script(*["raise"] * 1000), interval=0.1)
+    waiting_loop = SupervisedLoop("waiting", wait_for_a_slot, interval=0.1)
+    progressing = SupervisedLoop("progressing", long_pass, interval=0.1)
     exits = Exits()
-    watchdog = WedgeWatchdog(0.2, exit_process=exits, tick_s=0.02)
+    watchdog = WedgeWatchdog(0.5, exit_process=exits, tick_s=0.02)
     loops = (failing, waiting_loop, progressing)
     for loop in loops:
         loop.start()
@@ -298,9 +300,9 @@ async def test_the_watchdog_spares_failing_waiting_and_progressing_loops() -> No
     started = time.monotonic()
     try:
         # Three failures (backing off 0.1, 0.2, 0.4 s), however slow the machine, and at least
-        # 1 s: the stale limit 0.15 s + 0.2 s, three times over.
+        # 2.4 s: the stale limit 0.3 s + 0.5 s, three times over.
         await wait_until(lambda: failing.failures >= 3, timeout=60)
-        await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+        await asyncio.sleep(max(0.0, 2.4 - (time.monotonic() - started)))
         assert exits.codes == []
     finally:
         await watchdog.stop()

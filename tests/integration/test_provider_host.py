@@ -104,7 +104,7 @@ from qtask_testkit import BELL, BELL_INFO
 
 async def main():
     settings = Settings.model_validate({"backends": {"ibm_local": {
-        "type": "ibm", "channel": "local", "device": "fake_brisbane", "poll_interval_s": 0.1}}})
+        "type": "ibm", "channel": "local", "device": "fake_manila", "poll_interval_s": 0.1}}})
     remotes = build_catalog(settings).remotes()
     store = InMemoryTaskStore()
     jobs = InMemoryRemoteJobs(store)

@@ -60,7 +60,6 @@ GHZ_T = (
 )
 
 
-@functools.cache  # the same for both deployments, and FakeFez's noise model takes ~9 s
 @functools.cache  # seeded, so the same for both deployments; a device's model takes seconds
 def direct_counts(fake: str, source: str, seed: int, shots: int) -> dict[str, int]:
     """What Aer itself gives: the fake device's simulator (its whole noise model), the circuit

@@ -1,15 +1,21 @@
 """Run circuits on Aer with an IBM device's noise, inside a worker child process.
 
-Each device's simulator (`AerSimulator.from_backend(Fake...())`, 1.4–2.9 s to build) is built
-on the first task that names it in this process and then reused; so is a preset pass manager
-(optimisation level 1, ~3–20 ms to build) per transpiler seed, a few of them at once. Nothing
-here runs at process start, so a worker starts as fast with devices configured as without.
+Each device's simulator (`AerSimulator.from_backend(Fake...(), noise_model=None)`: its target,
+no noise) is built on the first task that names it in this process and then reused; so is a
+preset pass manager (optimisation level 1, ~3–20 ms to build) per transpiler seed, a few of them
+at once. Nothing here runs at process start, so a worker starts as fast with devices configured
+as without.
 
-Each run passes Aer a noise model cut down to the physical qubits the transpiled circuit uses:
-Aer serialises the whole noise model on every call (a 127-qubit device's: ~1.2 s of a Bell run;
-156 qubits: 3–5 s), and errors on qubits no instruction touches never apply, so the counts are
-the same (the integration test compares them with a direct run on the full model). Measured: a
-Bell run on fake_brisbane 1.0–1.3 s -> 6 ms; fake_fez 3.3–4.8 s -> 17–38 ms.
+Noise: each run passes Aer the device's noise model for the physical qubits the transpiled
+circuit uses (`DeviceNoise`), kept per set of qubits. Each instruction's error is built once per
+process, when the first circuit on its qubits comes. Errors on qubits no instruction touches
+never apply, so the counts equal a direct run on the whole model (the integration test compares
+them, and a unit test compares the models). `AerSimulator.from_backend` builds every qubit's
+errors, and Aer serialises the whole model on every call (~1.2 s of a Bell run on 127 qubits,
+3–5 s on 156); neither happens here. Measured (benchmarks/device_noise.py, 2026-12-02):
+the whole model 4.5–4.8 s for fake_brisbane, 12.6 s for fake_fez; qtask's first Bell task on
+them 0.33–0.38 and 0.57 s, an 8-qubit GHZ next 0.5–0.7 s, and the models of 60 random 2–6-qubit
+circuits (23–27 sets of qubits) 1.8–2.1 s in all.
 
 Seeds: a seeded task is transpiled with `seed_transpiler` = its seed and simulated with
 `seed_simulator` = its seed, so its counts equal those of a direct run of
@@ -26,7 +32,8 @@ from collections import OrderedDict, defaultdict
 from typing import Any
 
 from qiskit.circuit import QuantumCircuit
-from qiskit.transpiler import PassManager
+from qiskit.providers import BackendV2, Options
+from qiskit.transpiler import PassManager, Target
 
 from qtask.execution.aer import load_circuit
 from qtask.execution.items import RunItem, RunOutcome
@@ -40,6 +47,8 @@ UNSEEDED_TRANSPILE_SEED = 0
 # Cut-down noise models kept per process, one per (device, set of physical qubits used).
 _NOISE_MODELS_KEPT = 64
 
+_fakes: dict[str, Any] = {}
+_device_noises: dict[str, DeviceNoise] = {}
 _simulators: dict[str, Any] = {}
 _noise_models: OrderedDict[tuple[str, frozenset[int]], Any] = OrderedDict()
 _pass_managers: OrderedDict[tuple[str, int], PassManager] = OrderedDict()
@@ -65,13 +74,21 @@ def fake_backend(device: str) -> Any:
     raise LookupError(f"qiskit-ibm-runtime has no fake device {device}")
 
 
+def _fake(device: str) -> Any:
+    found = _fakes.get(device)
+    if found is None:
+        found = _fakes[device] = fake_backend(device)
+    return found
+
+
 def simulator(device: str) -> Any:
-    """The noisy simulator of `device`, built on first use in this process."""
+    """The simulator of `device`'s target, noiseless (each run brings its noise: `noise_for`),
+    built on first use in this process."""
     found = _simulators.get(device)
     if found is None:
         from qiskit_aer import AerSimulator
 
-        found = AerSimulator.from_backend(fake_backend(device), **_options)
+        found = AerSimulator.from_backend(_fake(device), noise_model=None, **_options)
         _simulators[device] = found
     return found
 
@@ -95,17 +112,15 @@ def pass_manager(device: str, seed: int) -> PassManager:
 
 
 def noise_for(device: str, circuit: QuantumCircuit) -> Any:
-    """The device's noise model restricted to the qubits `circuit` acts on; the full model
-    when this Aer keeps its errors differently than this was written for."""
-    full = simulator(device).options.noise_model
-    used = frozenset(
-        circuit.find_bit(qubit).index for item in circuit.data for qubit in item.qubits
-    )
+    """The device's noise model for the physical qubits the transpiled `circuit` acts on."""
+    used = used_qubits(circuit)
     key = (device, used)
     found = _noise_models.get(key)
     if found is None:
-        found = _restrict(full, used)
-        _noise_models[key] = found
+        noise = _device_noises.get(device)
+        if noise is None:
+            noise = _device_noises[device] = DeviceNoise(_fake(device))
+        found = _noise_models[key] = noise.model(used)
         while len(_noise_models) > _NOISE_MODELS_KEPT:
             _noise_models.popitem(last=False)
     else:
@@ -118,26 +133,85 @@ def used_qubits(circuit: QuantumCircuit) -> frozenset[int]:
     return frozenset(circuit.find_bit(q).index for item in circuit.data for q in item.qubits)
 
 
-def _restrict(full: Any, used: frozenset[int]) -> Any:
-    from qiskit_aer.noise import NoiseModel
+class DeviceNoise:
+    """A device's noise model, built one instruction at a time as circuits come to need it.
 
-    try:
-        cut = NoiseModel(basis_gates=sorted(full.basis_gates))
-        cut._noise_instructions = set(full._noise_instructions)
-        cut._noise_qubits = {qubit for qubit in full._noise_qubits if qubit in used}
-        for gate, errors in full._local_quantum_errors.items():
-            kept = {qubits: e for qubits, e in errors.items() if set(qubits) <= used}
-            if kept:
-                cut._local_quantum_errors[gate] = kept
-        cut._local_readout_errors = {
-            qubits: e for qubits, e in full._local_readout_errors.items() if set(qubits) <= used
+    `model(qubits)` is what `NoiseModel.from_backend(backend)` gives, restricted to the
+    instructions on `qubits`: their errors (Aer's own `basic_device_gate_errors` and
+    `basic_device_readout_errors`, each built from its instruction's and qubits' properties
+    alone), the same basis gates and delay relaxation. Each instruction's error is built once,
+    the first time a circuit on its qubits comes."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self._gate_errors: dict[tuple[str, tuple[int, ...]], Any] = {}
+        self._readout_errors: dict[int, Any] = {}
+        self._built: set[tuple[str, tuple[int, ...]]] = set()  # some errors are None
+
+    def model(self, qubits: frozenset[int]) -> Any:
+        """The noise model of the instructions on `qubits`."""
+        from qiskit_aer.noise import NoiseModel
+        from qiskit_aer.noise.device import basic_device_gate_errors, basic_device_readout_errors
+
+        missing = {
+            (name, qargs)
+            for name, properties in self._backend.target.items()
+            for qargs in properties or ()
+            if qargs is not None and qubits.issuperset(qargs) and (name, qargs) not in self._built
         }
-        cut._default_quantum_errors = dict(full._default_quantum_errors)
-        cut._default_readout_error = full._default_readout_error
-        cut._custom_noise_passes = list(full._custom_noise_passes)
-    except AttributeError:  # another Aer's internals: correct, only slower
-        return full
-    return cut
+        if missing:
+            part = _Part(self._backend, missing).target
+            for name, qargs, error in basic_device_gate_errors(target=part):
+                self._gate_errors[name, tuple(qargs)] = error
+            for (qubit,), error in basic_device_readout_errors(target=part):
+                self._readout_errors[qubit] = error
+            self._built |= missing
+        # No instruction: the basis gates and the delays' relaxation, as from_backend sets them.
+        model = NoiseModel.from_backend(_Part(self._backend, set()))
+        for qubit in sorted(qubits & self._readout_errors.keys()):
+            model.add_readout_error(self._readout_errors[qubit], [qubit])
+        for (name, qargs), error in self._gate_errors.items():
+            if qubits.issuperset(qargs):
+                model.add_quantum_error(error, name, qargs)
+        return model
+
+
+class _Part(BackendV2):  # type: ignore[misc]  # qiskit has no type hints
+    """A backend whose target is `backend`'s with only the instructions in `kept` ((name,
+    qubits) pairs) and the variadic ones: every operation name, every qubit's properties, the
+    same dt."""
+
+    def __init__(self, backend: Any, kept: set[tuple[str, tuple[int, ...]]]) -> None:
+        super().__init__(name=f"{backend.name}, {len(kept)} instructions")
+        whole: Target = backend.target
+        self._target = Target(
+            num_qubits=whole.num_qubits, dt=whole.dt, qubit_properties=whole.qubit_properties
+        )
+        for name, properties in whole.items():
+            operation = whole.operation_from_name(name)
+            if isinstance(operation, type):  # variadic (control flow): on any qubits
+                self._target.add_instruction(operation, name=name)
+                continue
+            self._target.add_instruction(
+                operation,
+                {q: value for q, value in (properties or {}).items() if (name, q) in kept},
+                name=name,
+            )
+
+    @property
+    def target(self) -> Target:
+        return self._target
+
+    @property
+    def max_circuits(self) -> None:
+        return None
+
+    @classmethod
+    def _default_options(cls) -> Options:
+        return Options()
+
+    def run(self, run_input: Any, **options: Any) -> Any:
+        raise NotImplementedError("a noise model's source, not a backend to run on")
 
 
 def run_items(items: list[RunItem], device: str) -> list[RunOutcome]:

@@ -49,6 +49,10 @@ def configure(level: str = "INFO", json_output: bool | None = None) -> None:
     root.setLevel(level)
     # One canonical line per request is ours to write; uvicorn's access log would double it.
     logging.getLogger("uvicorn.access").disabled = True
+    # Qiskit logs every transpiler pass at INFO ("Pass: BasisTranslator - 0.04 (ms)"): shown at
+    # DEBUG only.
+    debug = level.upper() == "DEBUG"
+    logging.getLogger("qiskit").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

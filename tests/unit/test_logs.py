@@ -19,11 +19,13 @@ def stdout(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     monkeypatch.setattr("sys.stdout", out)
     saved, root = structlog.get_config(), logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    qiskit_level = logging.getLogger("qiskit").level
     logs.configure("INFO", json_output=True)
     yield out
     structlog.configure(**saved)
     root.handlers[:] = handlers
     root.setLevel(level)
+    logging.getLogger("qiskit").setLevel(qiskit_level)
 
 
 def _lines(out: io.StringIO) -> list[dict[str, object]]:
@@ -57,3 +59,13 @@ def test_stdlib_lines_are_json_too(stdout: io.StringIO) -> None:
         "warning",
         "uvicorn.error",
     )
+
+
+def test_qiskits_per_pass_info_lines_are_left_out_and_its_warnings_kept(
+    stdout: io.StringIO,
+) -> None:
+    passes = logging.getLogger("qiskit.passmanager.base_tasks")
+    passes.info("Pass: BasisTranslator - 0.04 (ms)")
+    passes.warning("something worth a warning")
+    logging.getLogger("qtask.other").info("kept")
+    assert [line["event"] for line in _lines(stdout)] == ["something worth a warning", "kept"]

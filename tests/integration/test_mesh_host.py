@@ -65,6 +65,23 @@ async def test_request_past_its_timeout_raises_peer_timeout(peer: MeshProcess) -
         assert await client.request(peer.peer_id, ECHO_PROTOCOL, b"ok", timeout=5) == b"ok"
 
 
+@pytest.mark.parametrize("size", [1, CHANNEL_MAX_BYTES + 1], ids=["channel", "own-stream"])
+async def test_a_timeout_that_fires_while_the_stream_opens_leaves_the_connection_whole(
+    peer: MeshProcess, size: int
+) -> None:
+    # A few milliseconds end the request mid-negotiation (multistream-select) on one of these
+    # connections at least: cancelled there, py-libp2p left half a handshake and the peer
+    # closed the connection, so every later request on it failed.
+    large = b"y" * (CHANNEL_MAX_BYTES + 1)
+    for timeout in (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.006, 0.008, 0.012, 0.016):
+        async with mesh_client() as client:
+            await client.connect(peer.addr)
+            with pytest.raises(PeerTimeoutError):
+                await client.request(peer.peer_id, HANG_PROTOCOL, b"x" * size, timeout=timeout)
+            assert await client.request(peer.peer_id, ECHO_PROTOCOL, b"ok", timeout=5) == b"ok"
+            assert await client.request(peer.peer_id, ECHO_PROTOCOL, large, timeout=10) == large
+
+
 async def test_requests_sharing_a_peers_channel_are_answered_past_a_hung_one(
     peer: MeshProcess,
 ) -> None:

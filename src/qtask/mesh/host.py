@@ -27,6 +27,12 @@ Transport details that matter (measured, ../shared/FACTS.md):
 - A stream error arrives as a bare reset with no message: application errors travel in replies
   (protocol.py); here every transport failure becomes a `MeshPeerError` subclass.
 - The publisher receives its own gossip messages; handlers get them too (signer == peer_id).
+- A stream open cancelled mid-negotiation (multistream-select) leaves half a handshake on the
+  connection, and the remote end closes the whole connection: a request whose 1 ms timeout
+  fired while its peer's channel opened broke every later request to that peer. Streams are
+  therefore opened in the host's own nursery, out of the caller's cancel scope (`_stream`,
+  `_channel`); a caller that stops waiting gets its timeout, and the stream is closed (or, a
+  channel, kept for the next request).
 
 Framing, the key file and the mapping of transport exceptions live in wire.py; libp2p's names
 come from _libp2p.py (imported without its import-time DeprecationWarning). Requests up to
@@ -159,7 +165,7 @@ class MeshHost:
         self._host: Any = None
         self._pubsub: Any = None
         self._channels: dict[str, _Channel] = {}
-        self._channel_locks: dict[str, trio.Lock] = {}
+        self._channel_openings: dict[str, _Opening] = {}
         self._no_channel: set[str] = set()
         self._queues: dict[str, asyncio.Queue[tuple[str, bytes]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -301,7 +307,7 @@ class MeshHost:
                             channel = await self._channel(target, peer_id)
                             if channel is not None:
                                 return await channel.request(protocol_id, data)
-                        stream = await self._host.new_stream(target, [TProtocol(protocol_id)])
+                        stream = await self._stream(target, protocol_id)
                         try:
                             await stream.write(frame)
                             reply = await read_frame(stream)
@@ -322,29 +328,77 @@ class MeshHost:
 
     async def _channel(self, target: Any, peer_id: str) -> _Channel | None:
         """(trio side) The open request channel to `peer_id`, opened when there is none;
-        None when the peer does not speak CHANNEL_PROTOCOL."""
+        None when the peer does not speak CHANNEL_PROTOCOL. Callers that come while it opens
+        wait for the same opening."""
         channel = self._channels.get(peer_id)
         if channel is not None and not channel.closed:
             return channel
         if peer_id in self._no_channel:
             return None
-        lock = self._channel_locks.setdefault(peer_id, trio.Lock())
-        async with lock:
-            channel = self._channels.get(peer_id)
-            if channel is not None and not channel.closed:
-                return channel
-            try:
-                stream = await self._host.new_stream(target, [TProtocol(CHANNEL_PROTOCOL)])
-            except Exception as exc:
-                if not _speaks_not(exc):
-                    raise
+        opening = self._channel_openings.get(peer_id)
+        if opening is None:
+            opening = self._channel_openings[peer_id] = _Opening()
+            assert self._nursery is not None
+            self._nursery.start_soon(self._open_channel, target, peer_id, opening)
+        await opening.done.wait()
+        found: _Channel | None = opening.result()
+        return found
+
+    async def _open_channel(self, target: Any, peer_id: str, opening: _Opening) -> None:
+        """(trio side, in the nursery) Open and install a channel, whoever still waits."""
+        try:
+            stream = await self._new_stream(target, CHANNEL_PROTOCOL)
+        except Exception as exc:
+            if _speaks_not(exc):
                 self._no_channel.add(peer_id)
-                return None
+            else:
+                opening.error = exc
+        except BaseException:  # the host is stopping
+            opening.error = PeerUnreachableError(f"no channel to peer {peer_id}: host stopped")
+            raise
+        else:
             channel = _Channel(peer_id, stream)
             assert self._nursery is not None
             self._nursery.start_soon(self._read_channel, channel)
-            self._channels[peer_id] = channel
-            return channel
+            self._channels[peer_id] = opening.value = channel
+        finally:
+            del self._channel_openings[peer_id]
+            opening.done.set()
+
+    async def _stream(self, target: Any, protocol_id: str) -> Any:
+        """(trio side) A new stream to `target` for `protocol_id`, opened in the nursery; one
+        whose caller stopped waiting is reset once open."""
+        opening = _Opening()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._open_stream, target, protocol_id, opening)
+        try:
+            await opening.done.wait()
+        except BaseException:
+            opening.abandoned = True
+            if opening.value is not None:  # opened, but the caller's timeout came first
+                self._nursery.start_soon(_reset_quietly, opening.value)
+            raise
+        return opening.result()
+
+    async def _open_stream(self, target: Any, protocol_id: str, opening: _Opening) -> None:
+        try:
+            opening.value = await self._new_stream(target, protocol_id)
+        except Exception as exc:
+            opening.error = exc
+        except BaseException:  # the host is stopping
+            opening.error = PeerUnreachableError(f"no {protocol_id} stream: host stopped")
+            raise
+        finally:
+            opening.done.set()
+        if opening.abandoned and opening.value is not None:
+            await _reset_quietly(opening.value)
+
+    async def _new_stream(self, target: Any, protocol_id: str) -> Any:
+        with trio.move_on_after(self._dial_timeout):
+            return await self._host.new_stream(target, [TProtocol(protocol_id)])
+        raise PeerTimeoutError(
+            f"no {protocol_id} stream to peer {target} opened within {self._dial_timeout} s"
+        )
 
     async def _read_channel(self, channel: _Channel) -> None:
         """(trio side) Hand each reply on a channel to its waiting request until it breaks."""
@@ -755,6 +809,21 @@ class _Channel:
         for waiter in self._waiting.values():
             waiter.error = error
             waiter.done.set()
+
+
+class _Opening:
+    """(trio side) A stream or channel being opened in the nursery, and who waits for it."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.abandoned = False
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 class _Waiter:

@@ -91,6 +91,8 @@ def test_remote_sigkilled_and_restarted_mid_run_loses_and_duplicates_nothing(
         _check_all_completed(front, ids)
         # One task on B per task of A (idempotency keys), and each completed once on A.
         assert remote.task_count() == TASKS
+        # A's completion line comes just after the completion it reports: the last may trail.
+        _wait_until(lambda: _completions(front).keys() >= set(ids), 10, "every completion line")
         assert _completions(front) == Counter(dict.fromkeys(ids, 1))
         print(f"B at the kill: {dict(at_kill)}; after restart all {TASKS} completed on A")
     finally:

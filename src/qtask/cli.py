@@ -162,7 +162,13 @@ def _server_command(args: argparse.Namespace) -> int:
         if args.command == "node":
             from qtask.mesh.node import run_node
 
-            asyncio.run(run_node(settings.mesh.node, health_host=settings.server.host))
+            asyncio.run(
+                run_node(
+                    settings.mesh.node,
+                    health_host=settings.server.host,
+                    wedged_exit_s=settings.supervision.wedged_exit_s,
+                )
+            )
             return 0
         if args.command == "coordinator":
             return _coordinator(settings, args.migrate_to)

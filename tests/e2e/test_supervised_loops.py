@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from meshcoord import CoordinatorProcess
+from meshkit import node_process
 from qtask.constants import EXIT_WEDGED, FAULT_LOOP_FILE_ENV
 from qtask_testkit import BELL, ServerProcess, free_port, submit, wait_done
 from servers import NatsServer, RedisServer, RoleProcess
@@ -189,6 +190,36 @@ def test_a_mesh_coordinator_whose_ping_loop_stays_wedged_exits_70_too(tmp_path: 
     lines = [json.loads(line) for line in coordinator.log().splitlines() if line.startswith("{")]
     [wedged] = [line for line in lines if line.get("event") == "loop_wedged_exit"]
     assert wedged["loop"] == "mesh_pinger"
+
+
+def test_a_mesh_nodes_ready_names_a_failing_loop_and_a_wedged_loop_exits_70(
+    tmp_path: Path,
+) -> None:
+    fault = tmp_path / "fault"
+    # Adverts every 0.3 s: the advert loop is stale 1.2 s into a stuck turn.
+    node = node_process(tmp_path / "node", health_port=0, advert_interval_s=0.3)
+    node.env = {"QTASK_SUPERVISION__WEDGED_EXIT_S": "1", FAULT_LOOP_FILE_ENV: str(fault)}
+    node.start()
+    try:
+        url = f"http://127.0.0.1:{node.ready['health_port']}"
+        body = _wait_ready_status(url, 200)
+        for loop in ("mesh_adverts", "mesh_calibration", "mesh_expiry"):
+            assert body["checks"][loop].startswith("ok ("), body
+        # A loop failing every pass: /ready names it and its error; the process lives on.
+        fault.write_text("mesh_expiry fail")
+        check = _wait_ready_status(url, 503)["checks"]["mesh_expiry"]
+        assert check.startswith("failing: mesh_expiry: no completed iteration for "), check
+        assert check.endswith(f"RuntimeError: fault injected into mesh_expiry by {fault}"), check
+        fault.unlink()
+        _wait_ready_status(url, 200)
+        # A loop stuck in one pass: the watchdog ends the node for its restart policy.
+        fault.write_text("mesh_adverts")
+        assert node.process is not None
+        assert node.process.wait(60) == EXIT_WEDGED, node.log()[-4000:]
+    finally:
+        node.terminate()
+    [wedged] = [line for line in node.lines() if line.get("event") == "loop_wedged_exit"]
+    assert wedged["loop"] == "mesh_adverts"
 
 
 def test_serve_ready_is_503_while_its_fetch_loop_fails_every_iteration(tmp_path: Path) -> None:

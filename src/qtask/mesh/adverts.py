@@ -145,6 +145,7 @@ class AdvertPublisher:
         self._clock = clock
         self._seq = int(clock() * 1000)
         self._changed = asyncio.Event()
+        self._trigger: Literal["interval", "change"] = "interval"  # what the next turn says
         self.last: Advert | None = None
 
     def changed(self) -> None:
@@ -161,23 +162,27 @@ class AdvertPublisher:
         return advert
 
     async def run(self) -> None:
-        """Publish until cancelled; a failed publish is logged and retried at the next turn."""
-        trigger: Literal["interval", "change"] = "interval"
+        """Publish until cancelled: turn() after turn()."""
         while True:
-            self._changed.clear()
-            try:
-                await self.publish_once(trigger)
-            except Exception as exc:  # keep advertising: the next turn may succeed
-                log.warning("advert_publish_failed", error=repr(exc))
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-            # lands as the event is set, and the loop would outlive its node's stop().
-            try:
-                async with asyncio.timeout(self._interval_s):
-                    await self._changed.wait()
-                trigger = "change"
-                if self._coalesce_s:
-                    # A fragment's reserve, start, end and release come within tens of ms:
-                    # one advert for the burst, not one each.
-                    await asyncio.sleep(self._coalesce_s)
-            except TimeoutError:
-                trigger = "interval"
+            await self.turn()
+
+    async def turn(self) -> None:
+        """Publish one advert (a failure is logged: the next turn may succeed), then wait for
+        a change, or `interval_s` at most; a node runs its turns as a supervised loop."""
+        self._changed.clear()
+        try:
+            await self.publish_once(self._trigger)
+        except Exception as exc:  # keep advertising: the next turn may succeed
+            log.warning("advert_publish_failed", error=repr(exc))
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # lands as the event is set, and the loop would outlive its node's stop().
+        try:
+            async with asyncio.timeout(self._interval_s):
+                await self._changed.wait()
+            self._trigger = "change"
+            if self._coalesce_s:
+                # A fragment's reserve, start, end and release come within tens of ms:
+                # one advert for the burst, not one each.
+                await asyncio.sleep(self._coalesce_s)
+        except TimeoutError:
+            self._trigger = "interval"

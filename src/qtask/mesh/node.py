@@ -15,6 +15,12 @@ A node is a MeshHost that
 - with `faults_enabled`, serves FAULT_PROTOCOL: latency, dropped requests and fidelity
   degradation injected in its own transport (qtask.mesh.faults), a test and experiment hook.
 
+Its advert, calibration and reservation-expiry loops are supervised loops
+(qtask.runtime.supervision): an error is logged and retried with backoff, the health port's
+/ready names a loop that completed no pass in three of its intervals, and with
+`[supervision] wedged_exit_s` the node exits 70 when a loop (or its event loop) stays stuck,
+for its restart policy to replace it.
+
 Every failure travels in the reply as an ErrorInfo with a stable code (ERROR_CODES), never as
 a bare stream reset. SIGTERM: the node advertises DRAINING, refuses new work, lets running
 fragments finish (up to `DRAIN_GRACE_S`), then stops. A SIGKILLed node takes its children
@@ -66,6 +72,7 @@ from qtask.mesh.reservations import ReservationBook
 from qtask.runtime.health import serve_health
 from qtask.runtime.pool import ChildPool, ChildTimeoutError
 from qtask.runtime.signals import until_signalled
+from qtask.runtime.supervision import SupervisedLoop, WedgeWatchdog, start_watchdog
 
 log = get_logger("mesh.node")
 
@@ -78,6 +85,9 @@ FRAGMENT_TIMEOUT_S = 600.0
 CALIBRATION_TIMEOUT_S = 60.0
 # Reservations whose window ended are released this often (FR-005: they release themselves).
 EXPIRY_INTERVAL_S = 0.5
+# The expiry loop is stale (/ready 503) after three of these without a completed pass: a
+# lenient multiple of EXPIRY_INTERVAL_S, so a loaded event loop does not flap the node's /ready.
+EXPIRY_STALE_INTERVAL_S = 1.0
 # Changes to the advert (slots taken and freed) within this long go out as one advert: each
 # advert costs every peer a signature check and the coordinator a database write, and a
 # fragment changes it four times in ~30 ms (reserve, start, end, release).
@@ -101,9 +111,17 @@ ERROR_CODES = {
 class ServiceNode:
     """One service node: its host, book, calibration and running fragments."""
 
-    def __init__(self, settings: NodeSettings, *, health_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        *,
+        health_host: str = "127.0.0.1",
+        wedged_exit_s: float = 0.0,
+    ) -> None:
+        """`wedged_exit_s`: [supervision] wedged_exit_s, the wedge watchdog's limit (0: off)."""
         self.settings = settings
         self.health_host = health_host
+        self.wedged_exit_s = wedged_exit_s
         self.host = MeshHost(
             listen=settings.listen,
             bootstrap=settings.bootstrap,
@@ -128,8 +146,8 @@ class ServiceNode:
             # Idle OpenMP threads must not spin on cores other nodes share (FACTS.md).
             env={"OMP_WAIT_POLICY": "passive"},
         )
-        self._tasks: list[asyncio.Task[None]] = []
         self._health: asyncio.Server | None = None
+        self._watchdog: WedgeWatchdog | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self.publisher = AdvertPublisher(
@@ -137,6 +155,28 @@ class ServiceNode:
             self._advert,
             interval_s=settings.advert_interval_s,
             coalesce_s=CHANGE_COALESCE_S,
+        )
+        # The background loops, supervised like every role's: an error is logged and retried
+        # with backoff, /ready names a loop that completed nothing in three of its intervals,
+        # and the wedge watchdog ends a node whose loop (or event loop) stays stuck.
+        self.loops = (
+            SupervisedLoop(
+                "mesh_adverts",
+                self.publisher.turn,
+                interval=settings.advert_interval_s + CHANGE_COALESCE_S,
+            ),
+            # A turn sleeps the interval, then calibrates (up to its timeout).
+            SupervisedLoop(
+                "mesh_calibration",
+                self._calibration_turn,
+                interval=settings.calibration_interval_s + CALIBRATION_TIMEOUT_S,
+            ),
+            SupervisedLoop(
+                "mesh_expiry",
+                self._expiry_turn,
+                interval=EXPIRY_STALE_INTERVAL_S,
+                pause=EXPIRY_INTERVAL_S,
+            ),
         )
         # GossipSub forwards only topics a peer subscribes to: a node subscribes to both so
         # adverts and reports reach peers that joined the mesh through it.
@@ -171,16 +211,13 @@ class ServiceNode:
         self.calibration = await self._calibrate()
         await self.host.start()
         await self._publish_quality()
-        self._tasks = [
-            asyncio.create_task(self.publisher.run()),
-            asyncio.create_task(self._calibrate_periodically()),
-            asyncio.create_task(self._expire_periodically()),
-        ]
+        for loop in self.loops:
+            loop.start()
+        self._watchdog = start_watchdog(self.wedged_exit_s)
         health_port = None
         if s.health_port is not None:
-            self._health = await serve_health(
-                self.health_host, s.health_port, {"mesh": self._ready_check}
-            )
+            checks = {"mesh": self._ready_check, **{loop.name: loop.check() for loop in self.loops}}
+            self._health = await serve_health(self.health_host, s.health_port, checks)
             health_port = self._health.sockets[0].getsockname()[1]
         log.info(
             "mesh_node_ready",
@@ -204,11 +241,13 @@ class ServiceNode:
                 await self._idle.wait()
         except TimeoutError:
             log.warning("mesh_node_drain_timeout", running=self.running, grace_s=grace_s)
+        if self._watchdog is not None:
+            await self._watchdog.stop()
+        for loop in self.loops:
+            await loop.stop()
         if self._fault_expiry is not None:
-            self._tasks.append(self._fault_expiry)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._fault_expiry.cancel()
+            await asyncio.gather(self._fault_expiry, return_exceptions=True)
         if self._health is not None:
             self._health.close()
         await self.host.stop()
@@ -275,30 +314,24 @@ class ServiceNode:
         self.calibration_noise = noise
         return value
 
-    async def _calibrate_periodically(self) -> None:
-        s = self.settings
-        while True:
-            await asyncio.sleep(s.calibration_interval_s)
-            try:
-                calibration = await self._calibrate()
-            except Exception as exc:  # keep the last measurement; try again next turn
-                log.exception("mesh_calibration_failed", error=repr(exc))
-                continue
-            changed = self.calibration is None or calibration.fidelity != self.calibration.fidelity
-            self.calibration = calibration
-            log.info("mesh_node_calibrated", fidelity=calibration.fidelity)
-            with contextlib.suppress(MeshPeerError):
-                await self._publish_quality()
-            if changed:
-                self.publisher.changed()
+    async def _calibration_turn(self) -> None:
+        """After the interval, measure again. A failed calibration raises (the loop logs it)
+        and the last measurement stands until the next turn, an interval later."""
+        await asyncio.sleep(self.settings.calibration_interval_s)
+        calibration = await self._calibrate()
+        changed = self.calibration is None or calibration.fidelity != self.calibration.fidelity
+        self.calibration = calibration
+        log.info("mesh_node_calibrated", fidelity=calibration.fidelity)
+        with contextlib.suppress(MeshPeerError):
+            await self._publish_quality()
+        if changed:
+            self.publisher.changed()
 
-    async def _expire_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(EXPIRY_INTERVAL_S)
-            expired = self.book.expire(time.time())
-            if expired:
-                log.info("reservations_expired", reservations=expired)
-                self.publisher.changed()
+    async def _expiry_turn(self) -> None:
+        expired = self.book.expire(time.time())
+        if expired:
+            log.info("reservations_expired", reservations=expired)
+            self.publisher.changed()
 
     async def _ready_check(self) -> str:
         if self.draining:
@@ -573,13 +606,15 @@ def _field(data: bytes, name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
-async def run_node(settings: NodeSettings, *, health_host: str = "127.0.0.1") -> None:
+async def run_node(
+    settings: NodeSettings, *, health_host: str = "127.0.0.1", wedged_exit_s: float = 0.0
+) -> None:
     """Run a node until SIGTERM or SIGINT, then drain and stop."""
     # Aer's noise runs log every transpiler pass at INFO through qiskit's loggers, and
     # py-libp2p logs its connection manager's every cycle at INFO.
     logging.getLogger("qiskit").setLevel(logging.WARNING)
     logging.getLogger("libp2p").setLevel(logging.WARNING)
-    node = ServiceNode(settings, health_host=health_host)
+    node = ServiceNode(settings, health_host=health_host, wedged_exit_s=wedged_exit_s)
     await node.start()
     await until_signalled()
     await node.stop()

@@ -45,8 +45,7 @@ from qtask.mesh.adverts import AdvertPublisher
 from qtask.mesh.config import NodeSettings
 from qtask.mesh.faults import FaultLayer, effective_noise
 from qtask.mesh.host import MeshHost
-from qtask.mesh.ir import operation_names
-from qtask.mesh.noise import Calibration, ChildRequest
+from qtask.mesh.node_child import Calibration, ChildRequest
 from qtask.mesh.protocol import (
     ADVERT_TOPIC,
     EXECUTE_PROTOCOL,
@@ -518,7 +517,7 @@ class ServiceNode:
             if problem is not None:
                 return problem
         problem = self._capability_problem(
-            set(operation_names(request.circuit)), request.circuit.num_qubits
+            {op.name for op in request.circuit.instructions}, request.circuit.num_qubits
         )
         if problem is not None:
             return problem

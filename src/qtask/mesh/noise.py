@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
 
 from qiskit.circuit import QuantumCircuit
 from qiskit.circuit.library import get_standard_gate_name_mapping
@@ -29,6 +27,7 @@ from qiskit_aer.noise import NoiseModel, ReadoutError, depolarizing_error
 
 from qtask.errors import CircuitError, ExecutionError
 from qtask.mesh.ir import circuit_to_ir, ir_to_circuit
+from qtask.mesh.node_child import Calibration, ChildReply, ChildRequest
 from qtask.mesh.protocol import CircuitIR, NoiseSpec
 
 _STANDARD = get_standard_gate_name_mapping()
@@ -65,16 +64,6 @@ def simulate(ir: CircuitIR, noise: NoiseSpec, shots: int, seed: int | None) -> d
     if not result.success:
         raise ExecutionError(f"Aer could not run the circuit: {result.status}")
     return {str(key): int(value) for key, value in result.get_counts().items()}
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """A node's measured fidelity, when, and the two circuits' fidelities it is the mean of."""
-
-    fidelity: float
-    measured_at: float
-    bell: float
-    ghz3: float
 
 
 def bell() -> QuantumCircuit:
@@ -118,9 +107,6 @@ def _width(name: str) -> int:
 # Aer holds the GIL for a whole run (measured: a 1.1 s run let another thread tick once), so a
 # node runs fragments and calibrations in child processes, never in its own threads: there they
 # would freeze the libp2p thread (no pings, no gossip) and the asyncio loop (no SIGTERM).
-
-ChildRequest = tuple[str, Any]
-ChildReply = tuple[str, Any]
 
 
 def child_handle(request: ChildRequest) -> ChildReply:

@@ -3,7 +3,7 @@ it): the request and reply shapes, and the `Calibration` a child measures.
 
 Nothing of Qiskit here: the node's own process imports this module, and unpickling a reply
 imports the modules its classes live in. The children run Aer (qtask.mesh.noise); the node's
-process never imports Qiskit or Aer, which saves each node ~1 s of start-up.
+process never imports Qiskit or Aer: 0.6 s less of imports at each node's start (2.56 -> 1.9 s).
 """
 
 from __future__ import annotations

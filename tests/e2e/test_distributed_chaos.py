@@ -14,7 +14,7 @@ import pytest
 
 from qtask.domain.object_keys import result_key
 from qtask_testkit import BELL, ghz, slow_circuit, submit, wait_done
-from servers import DistributedDeployment
+from servers import DistributedDeployment, RoleProcess
 
 MEDIUM = slow_circuit(16, 10)  # ~0.1 s of simulation
 
@@ -94,12 +94,9 @@ def test_killed_worker_task_completes_on_another(deployment: DistributedDeployme
                 assert _result_object(deployment, task_id)["result"] == body["result"]
             recovered_after = time.monotonic() - killed_at
             print(f"both tasks completed {recovered_after:.1f} s after the worker was killed")
-            # The survivor's task_finished line trails the completion the API showed.
             survivor = next(w for w in deployment.workers if w is not victim)
-            deadline = time.monotonic() + 10
-            while survivor.log().count('"event": "task_finished"') < 1:
-                assert time.monotonic() < deadline, "the survivor logged no finished task"
-                time.sleep(0.05)
+            [finished] = _finished_lines([survivor], 1)
+            assert finished >= 1
     finally:
         deployment.terminate()
 
@@ -166,6 +163,18 @@ def test_api_killed_between_store_and_publish(deployment: DistributedDeployment)
         deployment.terminate()
 
 
+def _finished_lines(workers: list[RoleProcess], total: int, timeout: float = 10) -> list[int]:
+    """Each worker's task_finished lines, once they add up to `total` (or at the timeout). A
+    worker logs the line after storing the completion (then it deletes the pending objects and
+    acks), so the last lines can trail what the API already shows."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = [worker.log().count('"event": "task_finished"') for worker in workers]
+        if sum(counts) >= total or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.05)
+
+
 def test_three_workers_share_the_load(tmp_path: Path) -> None:
     deployment = DistributedDeployment(tmp_path / "d", workers=3)
     deployment.start()
@@ -173,14 +182,7 @@ def test_three_workers_share_the_load(tmp_path: Path) -> None:
         with httpx.Client(base_url=deployment.url, timeout=30) as client:
             expected = {submit(client, MEDIUM, shots=100): (16, 100) for _ in range(60)}
             _check_all_completed(client, expected)
-        # A worker logs task_finished after the completion is stored (then it deletes the
-        # pending objects and acks), so the last lines can trail what the API already shows.
-        deadline = time.monotonic() + 10
-        while True:
-            per_worker = [w.log().count('"event": "task_finished"') for w in deployment.workers]
-            if sum(per_worker) >= 60 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        per_worker = _finished_lines(deployment.workers, 60)
         print(f"tasks per worker: {per_worker}")
         assert sum(per_worker) == 60
         assert all(count > 0 for count in per_worker)
